@@ -1,0 +1,87 @@
+"""The one small interface every device backend implements (availability, device, autocast, step boundary,
+memory stats, synchronisation, seeding, compile counting)."""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+
+
+class Backend(ABC):
+    """A device adapter. Device quirks live only in subclasses; core code calls these methods and nothing else."""
+
+    name: ClassVar[str]
+    #: True where every distinct drop mask becomes a separately compiled graph (lazy-mode Gaudi).
+    compiles_per_mask: ClassVar[bool] = False
+    #: The sampler a recipe should use on this device by default.
+    default_sampler: ClassVar[str] = "bernoulli"
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when the device can be used here; otherwise one paragraph saying what is missing and how to get it."""
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when this backend can run on this machine."""
+        return cls.unavailable_reason() is None
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """The torch device tensors and models should live on."""
+
+    @abstractmethod
+    def device_name(self) -> str:
+        """A human-readable name of the device (e.g. the GPU model)."""
+
+    def autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+        """Mixed-precision context for ``dtype`` (bf16/fp16), or a no-op for None / float32."""
+        if dtype is None or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def after_backward(self) -> None:
+        """Step boundary after ``loss.backward()`` (a graph cut on lazy devices; nothing on eager ones)."""
+
+    def after_optimizer_step(self) -> None:
+        """Step boundary after ``optimizer.step()``."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so that wall-clock timings are honest."""
+
+    def reset_peak_memory(self) -> None:
+        """Reset the peak-memory counter, where the device has one."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak allocated device memory since the last reset, or None where the device does not report it."""
+        return None
+
+    def memory_capacity_bytes(self) -> int | None:
+        """Total device memory, or None where it is not meaningful (the CPU)."""
+        return None
+
+    def seed(self, seed: int) -> None:
+        """Seed the default generator of this device (for model init and dropout, not for drop decisions)."""
+        torch.manual_seed(seed)
+
+    def compile_count(self) -> int | None:
+        """Graphs compiled so far by ``torch.compile`` in this process (dynamo's unique-graph counter)."""
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    @contextlib.contextmanager
+    def timed_region(self) -> Iterator[None]:
+        """Synchronise before and after the block, so that a timer around it measures finished device work."""
+        self.synchronize()
+        yield
+        self.synchronize()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts about the device."""
+        return {"backend": self.name, "device": str(self.device), "device_name": self.device_name(),
+                "memory_capacity_bytes": self.memory_capacity_bytes()}

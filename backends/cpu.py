@@ -1,0 +1,25 @@
+"""CPU backend: runs everywhere; no device peak-memory counter (saved-activation bytes are measured instead)."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from .base import Backend
+
+
+class CPUBackend(Backend):
+    """The host CPU. Eager execution, so step boundaries and synchronisation are no-ops."""
+
+    name = "cpu"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def device_name(self) -> str:
+        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

@@ -1,0 +1,38 @@
+"""The ``dropbp`` command line: one small module per subcommand; bad input exits with code 2 and one paragraph."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import DropBPError
+from . import env, train
+
+SUBCOMMANDS = (train, env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="dropbp",
+        description="DropBP: faster, lighter LLM fine-tuning by dropping backward propagation of residual branches.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  dropbp train --device auto --drop-rate 0.75\n  dropbp env",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dropbp`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DropBPError as err:
+        print(f"dropbp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dropbp {args.command}: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,53 @@
+"""Command-line options shared by several subcommands, with their allowed values."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import ConfigError
+
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|hpu``."""
+    from backends import DEVICE_CHOICES
+
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="device backend; auto picks hpu > cuda > cpu (default: auto)")
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--method``."""
+    from ..presets import METHODS, PRESETS
+
+    parser.add_argument("--model", default="tiny",
+                        help=f"model preset ({', '.join(PRESETS)}; random weights) or a local path (default: tiny)")
+    parser.add_argument("--method", default="lora", choices=METHODS, help="fine-tuning method (default: lora)")
+
+
+def add_sampler(parser: argparse.ArgumentParser) -> None:
+    """``--sampler`` and ``--pool-size``."""
+    from ..samplers import SAMPLERS
+
+    parser.add_argument("--sampler", default="bernoulli", choices=SAMPLERS, help="drop sampler (default: bernoulli)")
+    parser.add_argument("--pool-size", type=int, default=8, help="masks in the pool sampler (default: 8)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_dtype(name: str) -> torch.dtype | None:
+    """'fp32' | 'bf16' | 'fp16' -> torch dtype (None for fp32)."""
+    if name not in DTYPES:
+        raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {name!r}.")
+    return DTYPES[name]

@@ -1,0 +1,241 @@
+"""The DropBP engine: forward hooks that run dropped branches without autograd, and the per-step bookkeeping.
+
+Where a branch is wrapped (pre-norm decoder block, Llama naming)::
+
+    x ──────────────┬─────────────────────────────(+)──> x'      kept branch: ordinary forward and backward
+                    └─ input_layernorm ─ self_attn ─┘            dropped branch: self_attn runs under no_grad,
+                                        ^ hooks                  so neither it nor the norm before it gets a
+                                                                 gradient or keeps activations; gradient still
+                                                                 reaches x through the residual path.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .allocation import drop_fraction, uniform_rates, validate_rates
+from .branches import Branch, Patterns, find_branches
+from .errors import ConfigError
+from .samplers import Sampler, make_sampler
+
+MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+class DropBP:
+    """Apply DropBP to a Hugging Face decoder in place (forward hooks only: ``state_dict`` keys do not change).
+
+    Typical use in your own loop::
+
+        dropbp = DropBP(model, drop_rate=0.75)          # find branches, attach hooks
+        for step, batch in enumerate(loader):
+            dropbp.begin_step(step)                      # this step's mask: a pure function of (seed, step)
+            loss = model(**batch).loss
+            dropbp.backward(loss)                        # backward, or count a step where every branch was dropped
+            optimizer.step(); optimizer.zero_grad()
+
+    ``begin_step(step, mask=...)`` forces a mask (a bool per branch, a set of branch names, ``"all"`` or ``"none"``).
+    :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
+    Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        drop_rate: float = 0.5,
+        *,
+        rates: Sequence[float] | None = None,
+        sampler: str = "bernoulli",
+        pool_size: int = 8,
+        seed: int = 0,
+        attn: Patterns | None = None,
+        mlp: Patterns | None = None,
+        layers: Iterable[int] | None = None,
+        exclude_layers: Iterable[int] | None = None,
+        seq_len: int = 2048,
+        backend: Any = "cpu",
+    ) -> None:
+        found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
+        self.branches: list[Branch] = found.branches
+        self.shape = found.shape
+        self.model_type = found.model_type
+        self.flops: list[int] = found.flops
+        self.drop_rate = drop_rate
+        self.rates = (validate_rates(rates, len(self.branches)) if rates is not None
+                      else uniform_rates(len(self.branches), drop_rate))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}.")
+        self.seed = seed
+        self.pool_size = pool_size
+        self.sampler: Sampler = make_sampler(sampler, self.rates, self.flops, seed, pool_size)
+        if isinstance(backend, str):
+            import backends
+
+            backend = backends.get(backend)
+        self.backend = backend
+        # Everything is valid: only now touch the model.
+        self._modules = found.modules
+        self._mask: tuple[bool, ...] = (False,) * len(self.branches)
+        self._grad_mode: list[bool | None] = [None] * len(self.branches)
+        self._handles: list[RemovableHandle] = []
+        for index, module in enumerate(self._modules):
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
+            self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
+        self.step: int | None = None
+        self.reset_counters()
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    def _pre_hook(self, index: int):
+        def hook(module: nn.Module, args: Any) -> None:
+            if self._mask[index] and module.training:
+                self._grad_mode[index] = torch.is_grad_enabled()
+                torch.set_grad_enabled(False)
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            previous = self._grad_mode[index]
+            if previous is None:
+                return None
+            self._grad_mode[index] = None
+            torch.set_grad_enabled(previous)
+            return _detach(output)
+
+        return hook
+
+    # -- per-step API ------------------------------------------------------------------------------------------
+    def begin_step(self, step: int | None = None, *, mask: MaskSpec | None = None) -> tuple[bool, ...]:
+        """Choose the branches dropped in the next forward pass and return the mask (True = dropped).
+
+        ``step`` defaults to the previous step + 1 (0 at first). The mask comes from the sampler, a pure function
+        of ``(seed, step)``, unless ``mask`` forces one.
+        """
+        if step is None:
+            step = 0 if self.step is None else self.step + 1
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
+        chosen = self.sampler.mask(step).tolist() if mask is None else self.parse_mask(mask)
+        self._mask = tuple(bool(m) for m in chosen)
+        self.step = step
+        self.steps_counted += 1
+        for i, dropped in enumerate(self._mask):
+            self.drop_counts[i] += dropped
+        if all(self._mask):
+            self.all_dropped_steps += 1
+        return self._mask
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
+        """``loss.backward(**kwargs)`` followed by the backend's step boundary.
+
+        When every trainable path was dropped (e.g. LoRA with all branches dropped) the loss needs no gradient:
+        the backward is skipped and counted in ``skipped_backward_steps``. Returns whether a backward ran.
+        """
+        ran = bool(loss.requires_grad)
+        if ran:
+            loss.backward(**kwargs)
+        else:
+            self.skipped_backward_steps += 1
+        if self.backend is not None:
+            self.backend.after_backward()
+        return ran
+
+    def parse_mask(self, mask: MaskSpec) -> list[bool]:
+        """Turn a mask given as bools/ints per branch, a tensor, branch names, 'all' or 'none' into bools."""
+        n = len(self.branches)
+        if isinstance(mask, str):
+            if mask in ("all", "none"):
+                return [mask == "all"] * n
+            mask = [mask]
+        if isinstance(mask, torch.Tensor):
+            mask = mask.tolist()
+        items = list(mask)
+        if items and all(isinstance(m, str) for m in items):
+            names = {b.name for b in self.branches}
+            unknown = sorted(set(items) - names)
+            if unknown:
+                raise ConfigError(f"mask names unknown branches {unknown}; known: {sorted(names)}.")
+            return [b.name in set(items) for b in self.branches]
+        if len(items) != n or not all(isinstance(m, (bool, int)) and m in (0, 1) for m in items):
+            raise ConfigError(
+                f"mask must be {n} booleans (one per branch, True = dropped), a list of branch names, 'all' or "
+                f"'none'; got {mask!r}."
+            )
+        return [bool(m) for m in items]
+
+    @property
+    def mask(self) -> tuple[bool, ...]:
+        """The mask in force for the current step (True = dropped)."""
+        return self._mask
+
+    # -- reporting ---------------------------------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        """Forget the realised-rate statistics."""
+        self.drop_counts = [0] * len(self.branches)
+        self.steps_counted = 0
+        self.all_dropped_steps = 0
+        self.skipped_backward_steps = 0
+
+    def realized_rates(self) -> list[float]:
+        """Per-branch fraction of counted steps in which the branch was dropped."""
+        steps = max(self.steps_counted, 1)
+        return [c / steps for c in self.drop_counts]
+
+    def realized_drop_fraction(self) -> float:
+        """FLOPs-weighted fraction of branch compute whose backward was dropped over the counted steps."""
+        return drop_fraction(self.flops, self.realized_rates())
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready summary: settings, per-branch asked vs realised rates, step counts."""
+        realized = self.realized_rates()
+        return {
+            "sampler": self.sampler.name,
+            "seed": self.seed,
+            "steps": self.steps_counted,
+            "all_dropped_steps": self.all_dropped_steps,
+            "skipped_backward_steps": self.skipped_backward_steps,
+            "asked_drop_fraction": drop_fraction(self.flops, self.rates),
+            "realized_drop_fraction": drop_fraction(self.flops, realized),
+            "branches": [
+                {**b.to_dict(), "asked_rate": r, "realized_rate": q}
+                for b, r, q in zip(self.branches, self.rates, realized)
+            ],
+        }
+
+    def set_rates(self, rates: Sequence[float]) -> None:
+        """Replace the per-branch rates (e.g. after a sensitivity allocation); the sampler is rebuilt."""
+        self.rates = validate_rates(rates, len(self.branches))
+        self.sampler = make_sampler(self.sampler.name, self.rates, self.flops, self.seed, self.pool_size)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Take every hook off the model; it then behaves exactly as before wrapping."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._mask = (False,) * len(self.branches)
+
+    def __enter__(self) -> "DropBP":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return (f"DropBP({len(self.branches)} branches of {self.model_type}, sampler={self.sampler.name}, "
+                f"drop_fraction={drop_fraction(self.flops, self.rates):.3f}, seed={self.seed})")

@@ -1,0 +1,46 @@
+"""A minimal causal-LM training loop with DropBP, shared by the demo, the benchmarks and the tests."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .engine import DropBP
+
+
+def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                  dropbp: DropBP | None, backend, step: int, *, dtype: torch.dtype | None = None) -> float:
+    """One step: draw the mask, forward, backward (skipped when nothing can get a gradient), optimizer step.
+
+    With ``dropbp=None`` it is the plain baseline step. Returns the loss as a float.
+    """
+    if dropbp is not None:
+        dropbp.begin_step(step)
+    with backend.autocast(dtype):
+        loss = model(input_ids=batch, labels=batch).loss
+    if dropbp is not None:
+        dropbp.backward(loss)
+    else:
+        loss.backward()
+        backend.after_backward()
+    if optimizer is not None:
+        optimizer.step()
+        backend.after_optimizer_step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def train(model: nn.Module, batches: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
+          dropbp: DropBP | None, backend, steps: int, *, start_step: int = 0, dtype: torch.dtype | None = None,
+          progress: bool = True, desc: str = "train") -> list[float]:
+    """Run ``steps`` training steps; ``batches(step)`` gives the token batch of each step. Returns the losses."""
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(start_step, start_step + steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        batch = batches(step).to(backend.device)
+        losses.append(training_step(model, batch, optimizer, dropbp, backend, step, dtype=dtype))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
