@@ -7,17 +7,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import DropBP
+from .engine import DropBP, MaskSpec
 
 
 def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer | None,
-                  dropbp: DropBP | None, backend, step: int, *, dtype: torch.dtype | None = None) -> float:
+                  dropbp: DropBP | None, backend, step: int, *, dtype: torch.dtype | None = None,
+                  mask: MaskSpec | None = None) -> float:
     """One step: draw the mask, forward, backward (skipped when nothing can get a gradient), optimizer step.
 
-    With ``dropbp=None`` it is the plain baseline step. Returns the loss as a float.
+    With ``dropbp=None`` it is the plain baseline step; ``mask`` forces this step's mask. Returns the loss.
     """
     if dropbp is not None:
-        dropbp.begin_step(step)
+        dropbp.begin_step(step, mask=mask)
     with backend.autocast(dtype):
         loss = model(input_ids=batch, labels=batch).loss
     if dropbp is not None:

@@ -6,6 +6,7 @@ import argparse
 import torch
 
 from ..data import batch_at, stdlib_corpus
+from ..allocation import validate_drop_rate
 from ..engine import DropBP
 from ..presets import apply_method, build_model
 from ..tables import markdown_table
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Build, wrap, train, report."""
     import backends
 
+    validate_drop_rate(args.drop_rate, "--drop-rate")
     backend = backends.get(args.device)
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
     dropbp = DropBP(model, args.drop_rate, sampler=args.sampler, pool_size=args.pool_size, seed=args.seed,

@@ -1,0 +1,72 @@
+"""Counting the bytes autograd keeps for backward, on any device, with saved-tensor hooks."""
+from __future__ import annotations
+
+import weakref
+from types import TracebackType
+
+import torch
+from torch import nn
+
+
+class _Saved:
+    """A box around one saved tensor; autograd holds the box, we hold only a weak reference to it."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+class SavedActivationMeter:
+    """Context manager: bytes of tensors saved for backward inside the block and still alive when it ends.
+
+    Only what survives counts: a pre-norm feeding a dropped branch saves tensors that are freed at once, and a
+    storage saved by several ops counts once. Storages of ``exclude`` (e.g. the model's own parameters and
+    buffers) are left out, so the count is activations only. Read :attr:`bytes` after the block, while the graph
+    (the loss) is still referenced.
+    """
+
+    def __init__(self, exclude: nn.Module | None = None) -> None:
+        self._excluded: set[tuple[str, int]] = set()
+        if exclude is not None:
+            for tensor in [*exclude.parameters(), *exclude.buffers()]:
+                self._excluded.add(self._key(tensor))
+        self._boxes: list[weakref.ref[_Saved]] = []
+        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
+        self.bytes = 0
+        self.tensors = 0
+
+    @staticmethod
+    def _key(tensor: torch.Tensor) -> tuple[str, int]:
+        return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+    def _pack(self, tensor: torch.Tensor) -> _Saved:
+        box = _Saved(tensor)
+        self._boxes.append(weakref.ref(box))
+        return box
+
+    @staticmethod
+    def _unpack(box: _Saved) -> torch.Tensor:
+        return box.tensor
+
+    def __enter__(self) -> "SavedActivationMeter":
+        self._boxes.clear()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._hooks is not None
+        self._hooks.__exit__(exc_type, exc, tb)
+        seen: dict[tuple[str, int], int] = {}
+        for ref in self._boxes:
+            box = ref()
+            if box is None:
+                continue
+            key = self._key(box.tensor)
+            if key not in self._excluded:
+                seen[key] = box.tensor.untyped_storage().nbytes()
+        self.bytes = sum(seen.values())
+        self.tensors = len(seen)
+        self._boxes.clear()

@@ -1,0 +1,74 @@
+"""Tiny random Hugging Face models of each supported architecture, built in code (no download)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dropbp_core.presets import apply_method
+
+VOCAB = 64
+
+
+def tiny_config(arch: str, layers: int = 2, width: int = 32):
+    """A tiny config of ``arch`` (hidden size ``width``) with dropout off, so gradient comparisons are exact."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    llama_like = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, **common)
+    if arch == "llama":
+        return tf.LlamaConfig(**llama_like)
+    if arch == "mistral":
+        return tf.MistralConfig(**llama_like)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**llama_like)
+    if arch == "gemma":
+        return tf.GemmaConfig(head_dim=width // 4, **llama_like)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=width, n_layer=layers, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                             attn_pdrop=0.0, **common)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=4,
+                                max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0, **common)
+    raise ValueError(arch)
+
+
+ARCHS = ("llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox")
+
+
+def tiny_model(arch: str = "llama", method: str = "full", seed: int = 0, layers: int = 2, width: int = 32):
+    """A seeded tiny causal LM, optionally wrapped with PEFT LoRA (adapter B initialised non-zero so that LoRA
+    gradients are not trivially zero)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, width))
+        model = apply_method(model, method)
+        if method == "lora":
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(param, std=0.02)
+    return model.train()
+
+
+def token_batch(seed: int = 0, batch: int = 2, seq: int = 16) -> torch.Tensor:
+    """A seeded batch of token ids."""
+    return torch.randint(3, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def loss_and_grads(model, batch):
+    """Forward + backward; the loss and a name -> grad (or None) dict of the trainable parameters."""
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=batch, labels=batch).loss
+    if loss.requires_grad:
+        loss.backward()
+    grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.fixture
+def clone():
+    return copy.deepcopy
