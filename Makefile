@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dropbp train --device auto
+	$(BIN)/dropbp bench throughput --device auto
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

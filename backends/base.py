@@ -64,6 +64,13 @@ class Backend(ABC):
         """Total device memory, or None where it is not meaningful (the CPU)."""
         return None
 
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """True when ``error`` is this device running out of memory (so a search can back off instead of crashing)."""
+        return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+    def empty_cache(self) -> None:
+        """Give cached, unused device memory back after an out-of-memory error, where the device caches it."""
+
     def seed(self, seed: int) -> None:
         """Seed the default generator of this device (for model init and dropout, not for drop decisions)."""
         torch.manual_seed(seed)

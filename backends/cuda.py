@@ -41,6 +41,9 @@ class CUDABackend(Backend):
     def memory_capacity_bytes(self) -> int | None:
         return int(torch.cuda.get_device_properties(self.device).total_memory)
 
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         torch.cuda.manual_seed_all(seed)

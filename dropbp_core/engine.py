@@ -93,9 +93,7 @@ class DropBP:
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
         self._grad_mode: list[bool | None] = [None] * len(self.branches)
         self._handles: list[RemovableHandle] = []
-        for index, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
-            self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
+        self.attach()
         self.step: int | None = None
         self.reset_counters()
 
@@ -223,6 +221,19 @@ class DropBP:
         self.sampler = make_sampler(self.sampler.name, self.rates, self.flops, self.seed, self.pool_size)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are on the model."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Put the hooks on the branches (done by the constructor; use after :meth:`remove` to wrap again)."""
+        if self._handles:
+            return
+        for index, module in enumerate(self._modules):
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
+            self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
+
     def remove(self) -> None:
         """Take every hook off the model; it then behaves exactly as before wrapping."""
         for handle in self._handles:

@@ -12,7 +12,7 @@ from .errors import ConfigError
 # of the models in the paper (random weights: timing and memory depend on shape, not on the values).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=4, vocab_size=512),
+                 num_key_value_heads=4, vocab_size=256),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000),
     "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,

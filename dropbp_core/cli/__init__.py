@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DropBPError
-from . import env, train
+from . import bench, env, train
 
-SUBCOMMANDS = (train, env)
+SUBCOMMANDS = (train, bench, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dropbp",
         description="DropBP: faster, lighter LLM fine-tuning by dropping backward propagation of residual branches.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  dropbp train --device auto --drop-rate 0.75\n  dropbp env",
+        epilog="examples:\n  dropbp bench throughput --device auto\n  dropbp train --device auto --drop-rate 0.75\n  dropbp env",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:

@@ -1,0 +1,1 @@
+"""Benchmarks that compare the unwrapped baseline with DropBP: throughput, memory and convergence."""

@@ -1,0 +1,240 @@
+"""Memory benchmark: for each drop rate, the longest sequence whose training step fits a memory budget.
+
+On CUDA/HPU the budget is the device's memory and a probe is a real training step (an out-of-memory error means
+"does not fit" and is recovered from). On the CPU the budget is ``--budget-gb`` of weights (with gradients and
+optimizer state for trainable ones) plus the activations saved for backward, measured with saved-tensor hooks.
+DropBP's peak is set by the step that drops least, so the search uses the ``pool`` sampler and a length fits only
+if the worst entry of the pool fits (with ``bernoulli`` the worst step drops nothing: no gain in peak memory).
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..allocation import uniform_rates, validate_drop_rate
+from ..engine import DropBP
+from ..errors import ConfigError
+from ..memory import SavedActivationMeter
+from ..presets import apply_method, build_model
+from ..samplers import PoolSampler
+from ..tables import markdown_table
+from .paper import PAPER_MEMORY
+from .results import environment, mib, write_figure, write_json, write_text
+from .throughput import PRECISIONS
+
+GRANULARITY = 64
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """Weights, plus gradient and two AdamW moments for every trainable weight."""
+    total = 0
+    for param in model.parameters():
+        size = param.numel() * param.element_size()
+        total += 4 * size if param.requires_grad else size
+    return total
+
+
+def longest_fitting(fits: Callable[[int], bool], upper: int, start: int = 256, on_probe=None) -> int:
+    """Largest multiple of ``GRANULARITY`` up to ``upper`` for which ``fits`` holds (0 if none), by doubling from
+    ``start`` and then bisecting. ``fits`` must be monotone (longer never fits where shorter does not)."""
+    lo, hi = 0, None
+    probe = min(start, upper)
+    while hi is None:
+        if on_probe:
+            on_probe(probe)
+        if fits(probe):
+            lo = probe
+            if probe >= upper:
+                return lo
+            probe = min(probe * 2, upper)
+        else:
+            hi = probe
+    while hi - lo > GRANULARITY:
+        mid = (lo + hi) // 2 // GRANULARITY * GRANULARITY
+        if mid <= lo:
+            break
+        if on_probe:
+            on_probe(mid)
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _Prober:
+    """Answers "does a step at this length fit?" for one drop rate (None: the unwrapped baseline)."""
+
+    def __init__(self, model, dropbp: DropBP, backend, rate: float | None, budget: int | None, pool_size: int,
+                 seed: int, vocab: int) -> None:
+        self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
+        self.vocab, self.seed = vocab, seed
+        self.masks: list[list[bool]] = [[False] * len(dropbp.branches)]
+        if rate is not None and rate > 0:
+            pool = PoolSampler(uniform_rates(len(dropbp.branches), rate), dropbp.flops, seed, pool_size)
+            self.masks = [row.tolist() for row in pool.pool]
+        self.worst: int | None = None  # index of the pool entry that saved the most at the first probe
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        self.probes: list[dict[str, Any]] = []
+
+    def _batch(self, seq_len: int, batch_size: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, self.vocab, (batch_size, seq_len), generator=generator).to(self.backend.device)
+
+    def _wrap(self, mask: list[bool]) -> None:
+        if self.rate is None:
+            self.dropbp.remove()
+        else:
+            self.dropbp.attach()
+            self.dropbp.begin_step(0, mask=mask)
+
+    def _saved(self, mask: list[bool], batch: torch.Tensor) -> int:
+        self._wrap(mask)
+        with SavedActivationMeter(exclude=self.model) as meter:
+            loss = self.model(input_ids=batch, labels=batch).loss
+        del loss
+        return meter.bytes
+
+    def _device_step(self, mask: list[bool], batch: torch.Tensor) -> tuple[bool, int | None]:
+        from ..training import training_step
+
+        self._wrap(mask)
+        self.backend.reset_peak_memory()
+        try:
+            training_step(self.model, batch, self.optimizer, None if self.rate is None else self.dropbp,
+                          self.backend, 0, mask=None if self.rate is None else mask)
+            return True, self.backend.peak_memory_bytes()
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is expected; anything else is re-raised
+            if not self.backend.is_out_of_memory(error):
+                raise
+            return False, None
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backend.empty_cache()
+
+    def fits(self, seq_len: int, batch_size: int, state: int) -> bool:
+        batch = self._batch(seq_len, batch_size)
+        indices = range(len(self.masks)) if self.worst is None else [self.worst]
+        if self.budget is None:  # device memory: a real step must not run out of memory
+            results = [self._device_step(self.masks[i], batch) for i in indices]
+            ok = all(r[0] for r in results)
+            self.probes.append({"seq_len": seq_len, "fits": ok, "peak_mem_bytes": max(
+                (r[1] for r in results if r[1] is not None), default=None)})
+            return ok
+        saved = {i: self._saved(self.masks[i], batch) for i in indices}
+        if self.worst is None:
+            self.worst = max(saved, key=saved.get)
+        used = state + max(saved.values())
+        self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used})
+        return used <= self.budget
+
+
+def run_memory(settings: dict[str, Any], backend, *, progress: bool = True) -> dict[str, Any]:
+    """Search every drop rate (and the baseline) and return the JSON-ready result."""
+    rates = [validate_drop_rate(r, "--drop-rates") for r in settings["drop_rates"]]
+    if backend.name == "cpu":
+        budget_gb = settings.get("budget_gb") or 1.0
+        if budget_gb <= 0:
+            raise ConfigError(f"--budget-gb must be a positive number of GiB, got {budget_gb}.")
+        budget: int | None = int(budget_gb * 2**30)
+    else:
+        if settings.get("budget_gb"):
+            raise ConfigError("--budget-gb applies to the CPU only; on a device the budget is its memory.")
+        budget = None
+    dtype = (torch.float32 if backend.name == "cpu" else torch.bfloat16) if settings["precision"] == "auto" \
+        else PRECISIONS[settings["precision"]]
+    model = apply_method(build_model(settings["model"], dtype=dtype, device=backend.device, seed=settings["seed"]),
+                         settings["method"]).train()
+    dropbp = DropBP(model, 0.0, seed=settings["seed"], backend=backend)
+    state = state_bytes(model)
+    if budget is not None and state >= budget:
+        raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
+                          f"({state / 2**30:.3f} GiB); raise it.")
+    entries = []
+    bar = tqdm(total=len(rates) + 1, desc="bench memory", disable=not progress)
+    for rate in [None, *rates]:
+        prober = _Prober(model, dropbp, backend, rate, budget, settings["pool_size"], settings["seed"],
+                         dropbp.shape.vocab or 256)
+        best = longest_fitting(lambda s: prober.fits(s, settings["batch_size"], state), settings["max_seq_len"],
+                               on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
+        entries.append({"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,
+                        "max_seq_len": best, "probes": prober.probes})
+        bar.update(1)
+    bar.close()
+    dropbp.remove()
+    base = entries[0]["max_seq_len"]
+    for entry in entries:
+        entry["ratio_vs_baseline"] = entry["max_seq_len"] / base if base else None
+        entry["hit_search_limit"] = entry["max_seq_len"] >= settings["max_seq_len"]
+    return {"benchmark": "memory", **environment(backend), "model": settings["model"], "method": settings["method"],
+            "model_shape": dropbp.shape.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+            "batch_size": settings["batch_size"], "sampler": "pool", "pool_size": settings["pool_size"],
+            "budget_bytes": budget, "budget_source": "--budget-gb" if budget else "device memory",
+            "state_bytes": state, "granularity": GRANULARITY, "max_seq_len_searched": settings["max_seq_len"],
+            "results": entries, "paper_reference": PAPER_MEMORY}
+
+
+def memory_markdown(result: dict[str, Any]) -> str:
+    """Table of the longest sequence per drop rate."""
+    budget = result["budget_bytes"]
+    rows = [(e["label"], e["max_seq_len"], None if e["ratio_vs_baseline"] is None else f"{e['ratio_vs_baseline']:.2f}x",
+             "yes" if e["hit_search_limit"] else "no") for e in result["results"]]
+    head = (f"# Memory: {result['model']} ({result['method']}, {result['dtype']}) on {result['device_name']} "
+            f"({result['device']})\n\nbudget: " + (f"{mib(budget):.0f} MiB of weights+optimizer state "
+                                                    f"({mib(result['state_bytes']):.0f} MiB) plus saved activations"
+                                                    if budget else "the device's memory (real training steps)")
+            + f"; batch {result['batch_size']}; pool sampler (K={result['pool_size']}), worst entry must fit; "
+              f"resolution {result['granularity']} tokens.\n")
+    paper = result["paper_reference"]
+    return (head + "\n" + markdown_table(["config", "max seq len", "vs baseline", "hit search limit"], rows)
+            + f"\n\nPaper, for reference (not measured here): {paper['max_seq_len_ratio']}x at p={paper['drop_rate']} "
+              f"({paper['setting']}).")
+
+
+def memory_figure(result: dict[str, Any]) -> Any:
+    """Bars of the longest sequence per drop rate, with the paper's 6.2x marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = result["results"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels = [e["label"].replace("dropbp ", "") for e in entries]
+    ax.bar(labels, [e["max_seq_len"] for e in entries], color=["#888888"] + ["#3b75af"] * (len(entries) - 1))
+    base = entries[0]["max_seq_len"]
+    paper = result["paper_reference"]
+    if base:
+        ax.axhline(base * paper["max_seq_len_ratio"], ls="--", color="#d62728",
+                   label=f"paper: {paper['max_seq_len_ratio']}x baseline at p={paper['drop_rate']}")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("longest sequence that fits (tokens)")
+    ax.set_title(f"{result['model']} {result['method']} on {result['device']}")
+    fig.tight_layout()
+    return fig
+
+
+def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], Path]) -> int:
+    """CLI body of ``dropbp bench memory``."""
+    import backends
+
+    for rate in args.drop_rates:
+        validate_drop_rate(rate, "--drop-rates")
+    backend = backends.get(args.device)
+    out = out_dir(args, backend.name)
+    settings = {"model": args.model, "method": args.method, "drop_rates": args.drop_rates, "seed": args.seed,
+                "precision": args.precision, "budget_gb": args.budget_gb, "batch_size": args.batch_size,
+                "max_seq_len": args.max_seq_len, "pool_size": args.pool_size}
+    result = run_memory(settings, backend, progress=not args.quiet)
+    markdown = memory_markdown(result)
+    write_json(out / "memory.json", result)
+    write_text(out / "memory.md", markdown)
+    write_figure(out / "memory.png", memory_figure(result))
+    print(markdown)
+    print(f"\nwrote {out / 'memory.json'}, {out / 'memory.md'}, {out / 'memory.png'}")
+    return 0
