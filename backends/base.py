@@ -10,6 +10,17 @@ from typing import Any, ClassVar
 import torch
 
 
+def set_recompile_limit(limit: int) -> None:
+    """Raise dynamo's per-function recompile limit (named ``recompile_limit`` in new torch, ``cache_size_limit``
+    in older releases)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, limit)
+            return
+
+
 class Backend(ABC):
     """A device adapter. Device quirks live only in subclasses; core code calls these methods and nothing else."""
 
@@ -18,6 +29,8 @@ class Backend(ABC):
     compiles_per_mask: ClassVar[bool] = False
     #: The sampler a recipe should use on this device by default.
     default_sampler: ClassVar[str] = "bernoulli"
+    #: The dynamo backend :meth:`compile` uses by default.
+    compile_backend: ClassVar[str] = "inductor"
 
     @classmethod
     @abstractmethod
@@ -74,6 +87,17 @@ class Backend(ABC):
     def seed(self, seed: int) -> None:
         """Seed the default generator of this device (for model init and dropout, not for drop decisions)."""
         torch.manual_seed(seed)
+
+    def compile(self, model: torch.nn.Module, *, backend: str | None = None,
+                recompile_limit: int | None = None) -> torch.nn.Module:
+        """``torch.compile`` the model (inductor unless ``backend`` names another dynamo backend).
+
+        Each distinct drop mask is a distinct set of guards, so ``recompile_limit`` should exceed the number of
+        masks a run will see (the pool size for ``pool``); past the limit dynamo silently falls back to eager.
+        """
+        if recompile_limit is not None:
+            set_recompile_limit(recompile_limit)
+        return torch.compile(model, backend=backend or self.compile_backend)
 
     def compile_count(self) -> int | None:
         """Graphs compiled so far by ``torch.compile`` in this process (dynamo's unique-graph counter)."""

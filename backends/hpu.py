@@ -1,4 +1,9 @@
-"""Intel Gaudi (HPU) backend. The SDK (habana-frameworks) is imported lazily and only here."""
+"""Intel Gaudi (HPU) backend: lazy mode with ``mark_step`` step boundaries, or eager + ``torch.compile``.
+
+The SDK (``habana_frameworks``) is imported lazily and only here. Nothing in this module has run on a Gaudi card:
+the step protocol, the environment handling and the metrics calls are tested against a recording stand-in of the
+SDK (tests/test_hpu_backend.py); API names follow the public Habana sources listed in ``HPU_NOTES.md``.
+"""
 from __future__ import annotations
 
 import importlib
@@ -10,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dropbp_core.errors import BackendUnavailableError
+from dropbp_core.errors import BackendUnavailableError, ConfigError
 
 from .base import Backend
 
@@ -21,17 +26,29 @@ SDK_MISSING = (
     "'pip install dropbp[hpu]' for optimum-habana. Choose --device cpu, --device cuda or --device auto otherwise."
 )
 LAZY_ENV = "PT_HPU_LAZY_MODE"
+CORE_MODULE = "habana_frameworks.torch.core"
+METRICS_MODULE = "habana_frameworks.torch.hpu.metrics"
+INTERNAL_MODULE = "habana_frameworks.torch.utils.internal"
+GRAPH_COMPILATION_METRIC = "graph_compilation"
+HPU_GRAPHS_REFUSED = (
+    "HPU Graphs (ModuleCacher / use_hpu_graphs_for_training) cannot be combined with DropBP: a captured graph is "
+    "keyed on the forward arguments only, and the drop mask lives in module state, so a graph captured under one "
+    "mask would be replayed under another and give silently wrong gradients. Turn HPU Graphs off; the 'pool' "
+    "sampler already bounds the number of compiled graphs to the pool size."
+)
 
 
 class HPUBackend(Backend):
     """One Gaudi card, in lazy mode (``PT_HPU_LAZY_MODE`` != "0": graphs cut by ``mark_step``) or eager/compile mode.
 
-    In lazy mode every distinct drop mask is a distinct compiled graph, so the default sampler is ``pool``.
+    In lazy mode every distinct drop mask is a distinct compiled graph, so the default sampler is ``pool`` and the
+    benchmarks run every pool entry during warm-up.
     """
 
     name = "hpu"
     compiles_per_mask = True
     default_sampler = "pool"
+    compile_backend = "hpu_backend"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -43,28 +60,14 @@ class HPUBackend(Backend):
         reason = self.unavailable_reason()
         if reason is not None:
             raise BackendUnavailableError(reason)
-        self.lazy_mode = self._configure_lazy_mode(lazy_mode)
-        self.core: ModuleType = importlib.import_module("habana_frameworks.torch.core")
-        if not torch.hpu.is_available():  # registered by the import above
+        configure_lazy_mode(lazy_mode)
+        self.core: ModuleType = importlib.import_module(CORE_MODULE)  # registers torch.hpu
+        self.lazy_mode = sdk_is_lazy()
+        if not torch.hpu.is_available():
             raise BackendUnavailableError(
                 "habana_frameworks is installed but no Gaudi card is visible (torch.hpu.is_available() is False); "
                 "check the driver with 'hl-smi', or choose another --device."
             )
-
-    @staticmethod
-    def _configure_lazy_mode(lazy_mode: bool | None) -> bool:
-        """Set ``PT_HPU_LAZY_MODE`` before the SDK is imported (it is read once, at import time)."""
-        if lazy_mode is None:
-            return os.environ.get(LAZY_ENV, "1") != "0"
-        wanted = "1" if lazy_mode else "0"
-        current = os.environ.get(LAZY_ENV)
-        if "habana_frameworks.torch.core" in sys.modules and current is not None and current != wanted:
-            raise BackendUnavailableError(
-                f"the Gaudi SDK was already imported with {LAZY_ENV}={current}; it reads the mode once, so "
-                f"lazy_mode={lazy_mode} cannot take effect. Set {LAZY_ENV}={wanted} before starting Python."
-            )
-        os.environ[LAZY_ENV] = wanted
-        return lazy_mode
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +77,7 @@ class HPUBackend(Backend):
         return str(torch.hpu.get_device_name())
 
     def mark_step(self) -> None:
-        """Cut and launch the accumulated lazy graph (a no-op outside lazy mode)."""
+        """Cut and launch the accumulated lazy graph (skipped outside lazy mode, where it is a no-op)."""
         if self.lazy_mode:
             self.core.mark_step()
 
@@ -94,16 +97,60 @@ class HPUBackend(Backend):
         return int(torch.hpu.max_memory_allocated())
 
     def memory_capacity_bytes(self) -> int | None:
-        stats: dict[str, Any] = torch.hpu.memory_stats()
+        stats: dict[str, Any] = dict(torch.hpu.memory_stats())
         return int(stats["Limit"]) if "Limit" in stats else None
 
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         torch.hpu.manual_seed(seed)
 
+    def compile(self, model: torch.nn.Module, *, backend: str | None = None,
+                recompile_limit: int | None = None) -> torch.nn.Module:
+        """Lazy mode compiles graphs itself (returns the model unchanged); compile mode uses ``hpu_backend``."""
+        if self.lazy_mode:
+            return model
+        return super().compile(model, backend=backend, recompile_limit=recompile_limit)
+
     def compile_count(self) -> int | None:
+        """Lazy mode: the SDK's ``graph_compilation`` metric; compile mode: dynamo's counter."""
         if not self.lazy_mode:
             return super().compile_count()
-        metrics = importlib.import_module("habana_frameworks.torch.hpu.metrics")
-        metric = metrics.metric_global("graph_compilation")
+        metrics = importlib.import_module(METRICS_MODULE)
+        metric = metrics.metric_global(GRAPH_COMPILATION_METRIC)
         return None if metric is None else int(dict(metric.stats())["TotalNumber"])
+
+    def wrap_hpu_graphs(self, model: torch.nn.Module, dropbp: Any = None, max_graphs: int = 10) -> torch.nn.Module:
+        """HPU Graphs for a model *without* DropBP; refused (clear error) while DropBP hooks are attached."""
+        if dropbp is not None and dropbp.attached:
+            raise ConfigError(HPU_GRAPHS_REFUSED)
+        hpu = importlib.import_module("habana_frameworks.torch.hpu")
+        return hpu.ModuleCacher(max_graphs=max_graphs)(model=model, inplace=True)
+
+
+def sdk_is_lazy() -> bool:
+    """The mode the imported SDK runs in: ``habana_frameworks.torch.utils.internal.is_lazy()``, or, on SDKs
+    without it, the environment (unset meant lazy there)."""
+    try:
+        return bool(importlib.import_module(INTERNAL_MODULE).is_lazy())
+    except (ImportError, AttributeError):
+        return os.environ.get(LAZY_ENV, "1") != "0"
+
+
+def configure_lazy_mode(lazy_mode: bool | None) -> None:
+    """Set ``PT_HPU_LAZY_MODE`` before the SDK is imported (it reads it once, at import time).
+
+    ``None`` keeps the environment's choice; newer SDKs default to eager mode when it is unset.
+    """
+    current = os.environ.get(LAZY_ENV)
+    if lazy_mode is None:
+        return
+    wanted = "1" if lazy_mode else "0"
+    if CORE_MODULE in sys.modules:
+        if sdk_is_lazy() != lazy_mode:
+            raise BackendUnavailableError(
+                f"the Gaudi SDK was already imported in {'lazy' if not lazy_mode else 'eager'} mode "
+                f"({LAZY_ENV}={current or 'unset'}); it reads the mode once, at import, so lazy_mode={lazy_mode} "
+                f"cannot take effect. Set {LAZY_ENV}={wanted} before starting Python."
+            )
+        return
+    os.environ[LAZY_ENV] = wanted

@@ -72,3 +72,22 @@ def loss_and_grads(model, batch):
 @pytest.fixture
 def clone():
     return copy.deepcopy
+
+
+@pytest.fixture
+def habana_standin(tmp_path, monkeypatch):
+    """Put the recording stand-in of the Gaudi SDK on sys.path; undo everything afterwards."""
+    import sys
+
+    from .standins.habana import write_standin
+
+    monkeypatch.delenv("PT_HPU_LAZY_MODE", raising=False)
+    monkeypatch.syspath_prepend(str(write_standin(tmp_path / "standin")))
+    had_hpu, old_hpu = hasattr(torch, "hpu"), getattr(torch, "hpu", None)
+    yield
+    for name in [n for n in sys.modules if n == "habana_frameworks" or n.startswith("habana_frameworks.")]:
+        del sys.modules[name]
+    if had_hpu:
+        torch.hpu = old_hpu
+    elif hasattr(torch, "hpu"):
+        del torch.hpu

@@ -146,11 +146,16 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
     vocab = dropbp.shape.vocab or 256
     batch = torch.randint(0, vocab, (settings.batch_size, settings.seq_len),
                           generator=torch.Generator().manual_seed(settings.seed)).to(backend.device)
-    if settings.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     configs = _configs(settings, dropbp)
-    rounds = settings.warmup + settings.steps
+    if settings.compile:
+        # every configuration's masks (at most K each with pool) plus the unwrapped and all-dropped graphs
+        limit = len(configs) * settings.pool_size + 8 if settings.sampler == "pool" else 4096
+        model = backend.compile(model, recompile_limit=limit)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    warmup = settings.warmup
+    if settings.sampler == "pool" and (settings.compile or getattr(backend, "compiles_per_mask", False)):
+        warmup = max(warmup, settings.pool_size)  # steps 0..K-1 replay every pool entry: all graphs compile here
+    rounds = warmup + settings.steps
     bar = tqdm(total=rounds * len(configs), desc="bench throughput", disable=not progress, unit="step")
     for round_index in range(rounds):
         shift = round_index % len(configs)
@@ -158,7 +163,7 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
             before = backend.compile_count() if settings.compile else 0
             elapsed = _run_step(config, round_index, model, dropbp, batch, optimizer, backend)
             compiles = (backend.compile_count() - before) if settings.compile else 0
-            if round_index < settings.warmup:
+            if round_index < warmup:
                 config.warmup_s += elapsed
                 config.compiles_warmup += compiles
                 config.used_masks.clear()
@@ -171,10 +176,12 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
             bar.update(1)
             bar.set_postfix(config=config.label, s=f"{elapsed:.3f}")
     bar.close()
-    memory_steps = list(range(settings.warmup, settings.warmup + min(settings.memory_masks, settings.steps)))
+    memory_steps = list(range(warmup, warmup + min(settings.memory_masks, settings.steps)))
     saved = {c.label: _saved_bytes(c, memory_steps, model, dropbp, batch) for c in configs}
     dropbp.remove()
-    return summarise(settings, backend, dropbp, configs, saved, dtype)
+    result = summarise(settings, backend, dropbp, configs, saved, dtype)
+    result["warmup_rounds"] = warmup
+    return result
 
 
 def _entry(config: _Config, settings: ThroughputSettings, saved: tuple[float, float], flops: list[int],

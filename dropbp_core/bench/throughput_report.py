@@ -34,7 +34,8 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         "",
         f"hidden {shape['hidden']}, layers {shape['layers']}, heads {shape['heads']}/{shape['kv_heads']} kv, "
         f"MLP {shape['intermediate']}; batch {result['batch_size']} x seq {result['seq_len']}; sampler "
-        f"{result['sampler']}; {result['settings']['warmup']} warm-up + {result['settings']['steps']} measured "
+        f"{result['sampler']}; {result.get('warmup_rounds', result['settings']['warmup'])} warm-up + "
+        f"{result['settings']['steps']} measured "
         "rounds, interleaved; step = forward + backward + optimizer step; medians.",
         "",
         throughput_table(result),

@@ -70,6 +70,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convergence.add_argument("--steps", type=options.positive_int, default=None,
                              help="fine-tuning steps per run (default: preset's)")
     convergence.set_defaults(run=run_convergence, method="full")
+    compiles = kinds.add_parser("compiles", help="graphs torch.compile builds over training: pool vs bernoulli",
+                                epilog="example:\n  dropbp bench compiles --device cpu --steps 200",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_device(compiles)
+    compiles.add_argument("--method", default="lora", choices=("full", "lora"), help="fine-tuning method (lora)")
+    compiles.add_argument("--drop-rate", type=float, default=0.75, help="drop rate in [0, 1) (default: 0.75)")
+    compiles.add_argument("--pool-size", type=options.positive_int, default=8, help="pool sampler's K (default: 8)")
+    compiles.add_argument("--steps", type=options.positive_int, default=200, help="training steps (default: 200)")
+    compiles.add_argument("--compile-backend", default="aot_eager",
+                          help="dynamo backend; aot_eager traces forward and backward without code generation, "
+                               "inductor also generates kernels (slow on the CPU) (default: aot_eager)")
+    compiles.add_argument("--out", type=Path, default=None, help="results folder (default: results/<device>)")
+    compiles.add_argument("--quiet", action="store_true", help="no progress bar")
+    compiles.set_defaults(run=run_compiles)
     bench.set_defaults(run=None)
 
 
@@ -88,12 +102,14 @@ def run_throughput(args: argparse.Namespace) -> int:
     from ..bench.throughput import ThroughputSettings, run_throughput as measure
     from ..bench.throughput_report import throughput_figure, throughput_markdown
 
+    backend_class = backends.resolve(args.device)
     settings = ThroughputSettings(model=args.model, method=args.method, drop_rates=args.drop_rates,
                                   seq_len=args.seq_len, batch_size=args.batch_size, warmup=args.warmup,
-                                  steps=args.steps, sampler=args.sampler, pool_size=args.pool_size,
-                                  compile=args.compile, precision=args.precision, seed=args.seed)
+                                  steps=args.steps, sampler=options.resolve_sampler(args.sampler, backend_class),
+                                  pool_size=args.pool_size, compile=args.compile, precision=args.precision,
+                                  seed=args.seed)
     settings.validate()
-    backend = backends.get(args.device)
+    backend = backend_class()
     out = _out_dir(args, backend.name)
     result = measure(settings, backend, progress=not args.quiet)
     markdown = throughput_markdown(result)
@@ -117,3 +133,10 @@ def run_convergence(args: argparse.Namespace) -> int:
     from ..bench.convergence import main as convergence_main
 
     return convergence_main(args, _out_dir)
+
+
+def run_compiles(args: argparse.Namespace) -> int:
+    """Graphs compiled over training, pool vs bernoulli."""
+    from ..bench.compiles import main as compiles_main
+
+    return compiles_main(args, _out_dir)

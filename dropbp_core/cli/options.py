@@ -31,7 +31,9 @@ def add_sampler(parser: argparse.ArgumentParser) -> None:
     """``--sampler`` and ``--pool-size``."""
     from ..samplers import SAMPLERS
 
-    parser.add_argument("--sampler", default="bernoulli", choices=SAMPLERS, help="drop sampler (default: bernoulli)")
+    parser.add_argument("--sampler", default="auto", choices=("auto", *SAMPLERS),
+                        help="drop sampler; auto = the device's default: pool on hpu (every new mask is a new "
+                             "compiled graph there), bernoulli elsewhere (default: auto)")
     parser.add_argument("--pool-size", type=int, default=8, help="masks in the pool sampler (default: 8)")
 
 
@@ -51,3 +53,8 @@ def parse_dtype(name: str) -> torch.dtype | None:
     if name not in DTYPES:
         raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {name!r}.")
     return DTYPES[name]
+
+
+def resolve_sampler(name: str, backend: object) -> str:
+    """'auto' -> the backend's default sampler; any other name is returned unchanged."""
+    return getattr(backend, "default_sampler", "bernoulli") if name == "auto" else name

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     validate_drop_rate(args.drop_rate, "--drop-rate")
     backend = backends.get(args.device)
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
-    dropbp = DropBP(model, args.drop_rate, sampler=args.sampler, pool_size=args.pool_size, seed=args.seed,
+    dropbp = DropBP(model, args.drop_rate, sampler=options.resolve_sampler(args.sampler, backend), pool_size=args.pool_size, seed=args.seed,
                     seq_len=args.seq_len, backend=backend)
     tokens = stdlib_corpus(2_000_000)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
