@@ -88,3 +88,67 @@ def greedy_paper_rates(
         best = min(candidates, key=lambda i: (sensitivity[i] * (rate(i) + step), i))
         steps[best] += 1
     return [round(rate(i), 12) for i in range(len(flops))]
+
+
+def optimal_rates(flops: Sequence[float], sensitivity: Sequence[float], drop_rate: float, *, cap: float = 0.9,
+                  min_rate: float = 0.0) -> list[float]:
+    """The exact minimiser of the paper's objective ``sum_i C_i p_i^2`` under the FLOPs budget.
+
+    Minimise ``sum_i C_i p_i^2`` subject to ``sum_i f_i p_i = drop_rate * sum_i f_i`` and
+    ``min_rate <= p_i <= cap``. The optimality conditions give ``p_i = clip(lam * f_i / C_i, min_rate, cap)``:
+    a branch's rate grows with the FLOPs it saves and shrinks with its sensitivity (the paper's greedy ignores the
+    FLOPs, so it over-drops cheap branches); ``lam`` is found by bisection so the budget holds to 1e-9, never under.
+    Rates are continuous; a branch with zero sensitivity goes to ``cap``.
+    """
+    target = validate_drop_rate(drop_rate)
+    if len(flops) != len(sensitivity):
+        raise ConfigError(f"got {len(sensitivity)} sensitivities for {len(flops)} branches.")
+    if not 0 <= min_rate <= cap < 1:
+        raise ConfigError(f"need 0 <= min_rate <= cap < 1, got min_rate={min_rate}, cap={cap}.")
+    if any(c < 0 for c in sensitivity):
+        raise ConfigError("sensitivities must be >= 0.")
+    _total_flops(flops)
+    if cap + _EPS < target:
+        raise AllocationError(
+            f"drop_rate {target} is infeasible with cap {cap}: no branch may exceed the cap, so the FLOPs-weighted "
+            f"rate is at most {cap}. Lower drop_rate or raise the cap."
+        )
+
+    def rates_for(lam: float) -> list[float]:
+        out = []
+        for f, c in zip(flops, sensitivity):
+            raw = cap if c <= 0 else lam * float(f) / float(c)
+            out.append(min(cap, max(min_rate, raw)))
+        return out
+
+    if drop_fraction(flops, rates_for(0.0)) >= target:
+        return rates_for(0.0)
+    lo, hi = 0.0, 1.0
+    while drop_fraction(flops, rates_for(hi)) < target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if drop_fraction(flops, rates_for(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+        if drop_fraction(flops, rates_for(hi)) - target < 1e-9:
+            break
+    return rates_for(hi)
+
+
+ALLOCATORS: tuple[str, ...] = ("uniform", "paper", "optimal")
+
+
+def allocate(name: str, flops: Sequence[float], sensitivity: Sequence[float] | None, drop_rate: float, *,
+             cap: float = 0.9, step: float = 0.1, min_rate: float = 0.0) -> list[float]:
+    """Per-branch rates from the allocator called ``name`` ('uniform', 'paper' or 'optimal')."""
+    if name == "uniform":
+        return uniform_rates(len(flops), drop_rate)
+    if name not in ALLOCATORS:
+        raise ConfigError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {name!r}.")
+    if sensitivity is None:
+        raise ConfigError(f"allocator {name!r} needs per-branch sensitivities.")
+    if name == "paper":
+        return greedy_paper_rates(flops, sensitivity, drop_rate, step=step, cap=cap, min_rate=min_rate)
+    return optimal_rates(flops, sensitivity, drop_rate, cap=cap, min_rate=min_rate)

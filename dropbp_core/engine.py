@@ -10,7 +10,8 @@ Where a branch is wrapped (pre-norm decoder block, Llama naming)::
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -175,6 +176,17 @@ class DropBP:
                 f"'none'; got {mask!r}."
             )
         return [bool(m) for m in items]
+
+    @contextlib.contextmanager
+    def forced_mask(self, mask: MaskSpec) -> Iterator[tuple[bool, ...]]:
+        """Apply ``mask`` inside the block without counting a training step (for measurements such as sensitivity);
+        the previous mask comes back afterwards."""
+        previous = self._mask
+        self._mask = tuple(self.parse_mask(mask))
+        try:
+            yield self._mask
+        finally:
+            self._mask = previous
 
     @property
     def mask(self) -> tuple[bool, ...]:

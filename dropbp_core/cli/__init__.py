@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DropBPError
-from . import bench, env, train
+from . import allocate, bench, env, train
 
-SUBCOMMANDS = (train, bench, env)
+SUBCOMMANDS = (train, bench, allocate, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

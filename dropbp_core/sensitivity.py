@@ -1,0 +1,318 @@
+"""Branch sensitivity: how much the parameter gradients change when one branch alone is dropped.
+
+- ``exact`` is the reference code's measure, ``C_i = sum_p (||g_p|| - ||g_p^(i)||)^2`` over trainable parameters
+  ``p``, full model vs branch ``i`` alone dropped, on one batch: ``1 + N`` forward+backward passes for N branches.
+- ``fast`` estimates all ``C_i`` from ONE ordinary forward+backward (plus a forward of a few tokens to find each
+  branch's pre-norm). Dropping branch ``i`` changes two things:
+    1. its own parameters and its pre-norm's lose their whole gradient, so they contribute exactly
+       ``sum ||g_p||^2`` over them, read from the ordinary backward;
+    2. the gradient the branch sends back into the residual stream, ``delta_i`` (captured with a backward hook on
+       its pre-norm), no longer reaches the parameters upstream of it: the residual-stream gradient at the branch's
+       input ``x_i`` becomes ``dL/dx_i - delta_i``. Treating the map from that gradient to the upstream parameter
+       gradients as a scaled isometry, with the gain ``G_i = sum_{p upstream} ||g_p||^2 / ||dL/dx_i||^2`` measured
+       in the same backward, the upstream terms of ``C_i`` sum to about
+       ``G_i * (||dL/dx_i|| - ||dL/dx_i - delta_i||)^2``: the same difference-of-norms form as the exact measure.
+  Downstream parameters are unaffected: the forward pass does not change when a branch is dropped.
+- ``online`` refreshes the same estimate from ordinary training steps (a branch's terms are updated on the steps
+  where it was kept) at no extra cost; see :class:`OnlineSensitivity`.
+
+Every computation here is deterministic, restores the model's gradients and train/eval state and the engine's
+mask, and leaves every global random generator as it found it (``torch.random.fork_rng``; Python's and NumPy's
+generators are never used).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine import DropBP
+from .errors import ConfigError
+
+Batch = torch.Tensor | Mapping[str, Any]
+SENSITIVITY_METHODS: tuple[str, ...] = ("exact", "fast")
+
+
+@dataclass
+class Sensitivity:
+    """Per-branch sensitivities and what they cost, in forward+backward step equivalents."""
+
+    values: list[float]
+    method: str
+    step_equivalents: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return asdict(self)
+
+
+def _check_batch(batch: Batch) -> None:
+    ids = batch["input_ids"] if isinstance(batch, Mapping) else batch
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ConfigError(
+            f"batch too small for a sensitivity estimate: need token ids of shape (sequences >= 1, tokens >= 2) so "
+            f"that the next-token loss has a gradient, got {shape}."
+        )
+
+
+def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    if isinstance(batch, Mapping):
+        return model(**batch).loss
+    return model(input_ids=batch, labels=batch).loss
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _reseed(device: torch.device, seed: int) -> None:
+    torch.random.default_generator.manual_seed(seed)
+    if device.type != "cpu":
+        getattr(torch, device.type).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def isolated(model: nn.Module, seed: int = 0) -> Iterator[list[nn.Parameter]]:
+    """Inside: trainable parameters with no gradient, the model in train mode, generators forked and seeded.
+    Afterwards: the gradients, the train/eval state and every generator's state are what they were."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    training = model.training
+    device = _device(model)
+    devices = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if device.type == "cpu" else device.type):
+        _reseed(device, seed)
+        for param in params:
+            param.grad = None
+        model.train()
+        try:
+            yield params
+        finally:
+            for param, grad in zip(params, saved):
+                param.grad = grad
+            model.train(training)
+
+
+def _grad_norms(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    norms = [p.grad.detach().double().norm() if p.grad is not None else torch.zeros((), dtype=torch.float64,
+                                                                                     device=p.device)
+             for p in params]
+    return torch.stack(norms).cpu() if norms else torch.zeros(0, dtype=torch.float64)
+
+
+def _backward_pass(model: nn.Module, dropbp: DropBP, batch: Batch, params: Sequence[nn.Parameter], mask: Any,
+                   seed: int) -> torch.Tensor:
+    _reseed(_device(model), seed)
+    for param in params:
+        param.grad = None
+    with dropbp.forced_mask(mask):
+        loss = _loss(model, batch)
+    if loss.requires_grad:
+        loss.backward()
+    return _grad_norms(params)
+
+
+def exact_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0) -> Sensitivity:
+    """The reference measure with ``1 + N`` forward+backward passes (N branches)."""
+    _check_batch(batch)
+    start = time.perf_counter()
+    was_attached = dropbp.attached
+    dropbp.attach()
+    try:
+        with isolated(model, seed) as params:
+            base = _backward_pass(model, dropbp, batch, params, "none", seed)
+            values = []
+            for index in range(len(dropbp.branches)):
+                mask = [j == index for j in range(len(dropbp.branches))]
+                dropped = _backward_pass(model, dropbp, batch, params, mask, seed)
+                values.append(float(((base - dropped) ** 2).sum()))
+    finally:
+        if not was_attached:
+            dropbp.remove()
+    return Sensitivity(values, "exact", float(len(values) + 1), time.perf_counter() - start)
+
+
+def find_pre_norms(model: nn.Module, dropbp: DropBP, batch: Batch) -> list[nn.Module | None]:
+    """For each branch, the module whose output is the branch's input (its pre-norm), found in a forward pass over
+    the first few tokens under ``no_grad``; None where the input comes from no module (e.g. a plain tensor op)."""
+    ids = batch["input_ids"] if isinstance(batch, Mapping) else batch
+    probe = ids[:1, : min(8, ids.shape[1])]
+    producer: dict[int, nn.Module] = {}
+    found: list[nn.Module | None] = [None] * len(dropbp.branches)
+    handles = []
+
+    def remember(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            producer[id(output)] = module
+
+    def lookup(index: int):
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                found[index] = producer.get(id(x))
+
+        return hook
+
+    branch_modules = set(map(id, dropbp._modules))
+    for module in model.modules():
+        if id(module) not in branch_modules:
+            handles.append(module.register_forward_hook(remember))
+    for index, module in enumerate(dropbp._modules):
+        handles.append(module.register_forward_pre_hook(lookup(index), with_kwargs=True))
+    try:
+        with torch.no_grad(), dropbp.forced_mask("none"):
+            model(input_ids=probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+class GradientProbe:
+    """Hooks that read, during an ordinary forward+backward, what :func:`fast_sensitivity` needs: the order in which
+    parameters are used, each branch's residual-stream gradient ``delta_i`` (the pre-norm's input gradient) and the
+    total gradient at the branch's input point."""
+
+    def __init__(self, model: nn.Module, dropbp: DropBP, pre_norms: Sequence[nn.Module | None]) -> None:
+        self.model, self.dropbp, self.pre_norms = model, dropbp, list(pre_norms)
+        n = len(dropbp.branches)
+        self._delta: dict[int, torch.Tensor] = {}
+        self.norm_change_sq = [0.0] * n  # (||dL/dx_i|| - ||dL/dx_i - delta_i||)^2
+        self.stream_sq = [0.0] * n       # ||dL/dx_i||^2
+        self.entry_order = [0] * n
+        self.first_use: dict[int, int] = {}
+        self._counter = 0
+        self._handles: list[Any] = []
+        self._tensor_handles: list[Any] = []
+
+    def _order_hook(self, module: nn.Module, args: Any) -> None:
+        self._counter += 1
+        for param in module.parameters(recurse=False):
+            self.first_use.setdefault(id(param), self._counter)
+
+    def _norm_entry(self, index: int):
+        def hook(module: nn.Module, args: Any) -> None:
+            self._counter += 1
+            self.entry_order[index] = self._counter
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                def store(grad: torch.Tensor) -> None:  # runs after the pre-norm's hook has stored delta
+                    total = grad.detach().double()
+                    delta = self._delta.pop(index, None)
+                    self.stream_sq[index] = float(total.pow(2).sum())
+                    if delta is not None:
+                        kept = total - delta.double()
+                        self.norm_change_sq[index] = float((total.norm() - kept.norm()) ** 2)
+
+                self._tensor_handles.append(x.register_hook(store))
+
+        return hook
+
+    def _norm_backward(self, index: int):
+        def hook(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+            grad = grad_input[0] if grad_input else None
+            if grad is not None:
+                self._delta[index] = grad.detach()
+
+        return hook
+
+    def __enter__(self) -> "GradientProbe":
+        for module in self.model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._order_hook))
+        for index, norm in enumerate(self.pre_norms):
+            if norm is not None:
+                self._handles.append(norm.register_forward_pre_hook(self._norm_entry(index)))
+                self._handles.append(norm.register_full_backward_hook(self._norm_backward(index)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles + self._tensor_handles:
+            handle.remove()
+        self._handles.clear()
+        self._tensor_handles.clear()
+
+    def estimate(self, params: Sequence[nn.Parameter], grad_sq: torch.Tensor,
+                 kept: Sequence[bool] | None = None) -> list[float | None]:
+        """Per-branch estimate from one backward: own + pre-norm gradient energy, plus the upstream term
+        ``G_i * (||dL/dx_i|| - ||dL/dx_i - delta_i||)^2``.
+        ``kept`` (default: all) marks the branches this backward saw undropped; the others get None."""
+        owners = [set() for _ in self.dropbp.branches]
+        for index, (branch, norm) in enumerate(zip(self.dropbp.branches, self.pre_norms)):
+            module_params = list(self.dropbp._modules[index].parameters())
+            if norm is not None:
+                module_params += list(norm.parameters())
+            owners[index] = {id(p) for p in module_params}
+        values: list[float | None] = []
+        for index in range(len(self.dropbp.branches)):
+            if kept is not None and not kept[index]:
+                values.append(None)
+                continue
+            own = sum(float(g) for p, g in zip(params, grad_sq) if id(p) in owners[index])
+            entry = self.entry_order[index]
+            upstream = sum(float(g) for p, g in zip(params, grad_sq)
+                           if self.first_use.get(id(p), 1 << 62) < entry and id(p) not in owners[index])
+            gain = upstream / self.stream_sq[index] if self.stream_sq[index] > 0 else 0.0
+            values.append(own + self.norm_change_sq[index] * gain)
+        return values
+
+
+def fast_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0) -> Sensitivity:
+    """All branch sensitivities from one ordinary forward+backward (see the module docstring)."""
+    _check_batch(batch)
+    start = time.perf_counter()
+    was_attached = dropbp.attached
+    dropbp.attach()
+    try:
+        with isolated(model, seed) as params:
+            pre_norms = find_pre_norms(model, dropbp, batch)
+            with GradientProbe(model, dropbp, pre_norms) as probe, dropbp.forced_mask("none"):
+                _reseed(_device(model), seed)
+                loss = _loss(model, batch)
+                if loss.requires_grad:
+                    loss.backward()
+            grad_sq = _grad_norms(params) ** 2
+            values = [float(v) for v in probe.estimate(params, grad_sq)]
+    finally:
+        if not was_attached:
+            dropbp.remove()
+    ids = batch["input_ids"] if isinstance(batch, Mapping) else batch
+    probe_cost = min(8, ids.shape[1]) / (3.0 * ids.numel())  # a no-grad forward of <= 8 tokens of one sequence
+    return Sensitivity(values, "fast", 1.0 + probe_cost, time.perf_counter() - start)
+
+
+def compute_sensitivity(method: str, model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0
+                        ) -> Sensitivity:
+    """Dispatch on ``method`` ('exact' or 'fast')."""
+    if method == "exact":
+        return exact_sensitivity(model, dropbp, batch, seed=seed)
+    if method == "fast":
+        return fast_sensitivity(model, dropbp, batch, seed=seed)
+    raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, got {method!r}.")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ConfigError("spearman needs two sequences of the same length >= 2.")
+
+    def ranks(values: Sequence[float]) -> torch.Tensor:
+        x = torch.tensor(values, dtype=torch.float64)
+        order = torch.argsort(x)
+        r = torch.empty_like(x)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for value in torch.unique(x):  # average ranks over ties
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
