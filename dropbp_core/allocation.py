@@ -90,6 +90,15 @@ def greedy_paper_rates(
     return [round(rate(i), 12) for i in range(len(flops))]
 
 
+def check_feasible(drop_rate: float, cap: float) -> None:
+    """Raise :class:`AllocationError` when no allocation under ``cap`` can reach ``drop_rate``."""
+    if cap + _EPS < drop_rate:
+        raise AllocationError(
+            f"drop_rate {drop_rate} is infeasible with cap {cap}: no branch may exceed the cap, so the FLOPs-weighted "
+            f"rate is at most {cap}. Lower drop_rate or raise the cap."
+        )
+
+
 def optimal_rates(flops: Sequence[float], sensitivity: Sequence[float], drop_rate: float, *, cap: float = 0.9,
                   min_rate: float = 0.0) -> list[float]:
     """The exact minimiser of the paper's objective ``sum_i C_i p_i^2`` under the FLOPs budget.
@@ -108,11 +117,7 @@ def optimal_rates(flops: Sequence[float], sensitivity: Sequence[float], drop_rat
     if any(c < 0 for c in sensitivity):
         raise ConfigError("sensitivities must be >= 0.")
     _total_flops(flops)
-    if cap + _EPS < target:
-        raise AllocationError(
-            f"drop_rate {target} is infeasible with cap {cap}: no branch may exceed the cap, so the FLOPs-weighted "
-            f"rate is at most {cap}. Lower drop_rate or raise the cap."
-        )
+    check_feasible(target, cap)
 
     def rates_for(lam: float) -> list[float]:
         out = []

@@ -94,6 +94,8 @@ class DropBP:
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
         self._grad_mode: list[bool | None] = [None] * len(self.branches)
         self._handles: list[RemovableHandle] = []
+        #: Called as ``callback(dropbp, backward_ran)`` after each :meth:`backward` (e.g. online sensitivity).
+        self.after_backward_callbacks: list[Any] = []
         self.attach()
         self.step: int | None = None
         self.reset_counters()
@@ -150,6 +152,8 @@ class DropBP:
             loss.backward(**kwargs)
         else:
             self.skipped_backward_steps += 1
+        for callback in self.after_backward_callbacks:
+            callback(self, ran)
         if self.backend is not None:
             self.backend.after_backward()
         return ran

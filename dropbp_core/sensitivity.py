@@ -223,6 +223,13 @@ class GradientProbe:
 
         return hook
 
+    def reset(self) -> None:
+        """Forget the per-pass records (use order, tensor hooks), ready for the next forward+backward."""
+        self.first_use.clear()
+        self._counter = 0
+        self._delta.clear()
+        self._tensor_handles.clear()  # their tensors are gone with the graph; nothing to remove
+
     def __enter__(self) -> "GradientProbe":
         for module in self.model.modules():
             self._handles.append(module.register_forward_pre_hook(self._order_hook))
@@ -316,3 +323,51 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
+
+
+class OnlineSensitivity:
+    """Sensitivities refreshed for free from ordinary training steps.
+
+    Keeps a :class:`GradientProbe` attached; after each :meth:`DropBP.backward` it reads the gradients the step
+    produced anyway and updates, for every branch that step kept, an exponential moving average of its estimate
+    (a dropped branch has no gradient to read, so its estimate waits for a step that keeps it). Costs no extra
+    forward or backward pass: only hooks and one gradient-norm reduction per step.
+    """
+
+    def __init__(self, model: nn.Module, dropbp: DropBP, sample_batch: Batch, *, decay: float = 0.9) -> None:
+        _check_batch(sample_batch)
+        if not 0 <= decay < 1:
+            raise ConfigError(f"decay must be in [0, 1), got {decay}.")
+        self.model, self.dropbp, self.decay = model, dropbp, decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.probe = GradientProbe(model, dropbp, find_pre_norms(model, dropbp, sample_batch))
+        self.values: list[float | None] = [None] * len(dropbp.branches)
+        self.updates = [0] * len(dropbp.branches)
+        self.probe.__enter__()
+        dropbp.after_backward_callbacks.append(self._after_backward)
+
+    def _after_backward(self, dropbp: DropBP, ran: bool) -> None:
+        if ran:
+            kept = [not m for m in dropbp.mask]
+            estimate = self.probe.estimate(self.params, _grad_norms(self.params) ** 2, kept)
+            for index, value in enumerate(estimate):
+                if value is None:
+                    continue
+                old = self.values[index]
+                self.values[index] = value if old is None else self.decay * old + (1 - self.decay) * value
+                self.updates[index] += 1
+        self.probe.reset()
+
+    def current(self) -> list[float] | None:
+        """The latest estimates; branches never kept so far get the mean of the others. None before any update."""
+        known = [v for v in self.values if v is not None]
+        if not known:
+            return None
+        mean = sum(known) / len(known)
+        return [mean if v is None else v for v in self.values]
+
+    def close(self) -> None:
+        """Remove the hooks and the callback."""
+        self.probe.__exit__()
+        if self._after_backward in self.dropbp.after_backward_callbacks:
+            self.dropbp.after_backward_callbacks.remove(self._after_backward)

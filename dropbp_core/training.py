@@ -8,6 +8,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .engine import DropBP, MaskSpec
+from .schedule import AllocationSchedule
 
 
 def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer | None,
@@ -35,13 +36,16 @@ def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.
 
 def train(model: nn.Module, batches: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
           dropbp: DropBP | None, backend, steps: int, *, start_step: int = 0, dtype: torch.dtype | None = None,
-          progress: bool = True, desc: str = "train") -> list[float]:
-    """Run ``steps`` training steps; ``batches(step)`` gives the token batch of each step. Returns the losses."""
+          progress: bool = True, desc: str = "train", schedule: AllocationSchedule | None = None) -> list[float]:
+    """Run ``steps`` training steps; ``batches(step)`` gives the token batch of each step. Returns the losses.
+    A ``schedule`` re-derives the drop rates from sensitivities when it says so."""
     model.train()
     losses: list[float] = []
     bar = tqdm(range(start_step, start_step + steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         batch = batches(step).to(backend.device)
+        if schedule is not None:
+            schedule.before_step(step, batch)
         losses.append(training_step(model, batch, optimizer, dropbp, backend, step, dtype=dtype))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses

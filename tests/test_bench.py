@@ -116,7 +116,10 @@ def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):
                                    model_overrides=dict(SMALL, vocab_size=256))
     first = run_convergence(settings, backends.get("cpu"), progress=False)
     assert first["pretrain"]["from_cache"] is False and len(list(tmp_path.glob("*.safetensors"))) == 1
-    assert [r["label"] for r in first["runs"]] == ["baseline", "dropbp p=0.5", "dropbp p=0.875 pool"]
+    assert [r["label"] for r in first["runs"]] == ["baseline", "dropbp p=0.5", "dropbp p=0.875 pool",
+                                                   "dropbp p=0.875 sensitivity (paper)",
+                                                   "dropbp p=0.875 sensitivity (optimal)"]
+    assert first["runs"][3]["rates"] != [0.875] * 4  # re-allocated from sensitivities
     assert first["runs"][0]["steps"] == 3 and len(first["runs"][0]["curve"]) == 4
     assert first["runs"][0]["time_to_target_speedup"] == 1.0
     second = run_convergence(settings, backends.get("cpu"), progress=False)

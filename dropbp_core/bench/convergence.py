@@ -27,6 +27,7 @@ from ..data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
 from ..engine import DropBP
 from ..presets import apply_method, build_model
 from ..tables import markdown_table
+from ..schedule import AllocationSchedule
 from ..training import training_step
 from .paper import PAPER_CONVERGENCE
 from .results import environment, write_figure, write_json, write_text
@@ -41,7 +42,9 @@ class ConvergenceSettings:
 
     method: str = "full"
     drop_rates: tuple[float, ...] = (0.5, 0.75, 0.875)
-    compare_pool_at: float = 0.875
+    compare_pool_at: float | None = 0.875
+    sensitivity_at: float | None = 0.875
+    sensitivity_allocators: tuple[str, ...] = ("paper", "optimal")
     pretrain_steps: int = 300
     steps: int = 150
     max_step_factor: float = 3.0
@@ -120,7 +123,7 @@ def step_flops(dropbp: DropBP, mask: tuple[bool, ...], tokens: int, method: str)
     return tokens * (branches + head * (1.0 + backward))
 
 
-def _run(label: str, rate: float | None, sampler: str, base_state: dict[str, torch.Tensor],
+def _run(label: str, rate: float | None, sampler: str, allocation: str, base_state: dict[str, torch.Tensor],
          settings: ConvergenceSettings, tokens: torch.Tensor, windows: torch.Tensor, backend,
          time_budget: float | None, progress: bool) -> dict[str, Any]:
     model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
@@ -130,6 +133,11 @@ def _run(label: str, rate: float | None, sampler: str, base_state: dict[str, tor
                     seed=settings.seed, seq_len=settings.seq_len, backend=backend)
     if rate is None:
         dropbp.remove()  # the baseline is the unwrapped model; dropbp stays only for its FLOPs model
+    schedule = None
+    if rate is not None and allocation != "uniform":
+        # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
+        schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
+                                      allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
     curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
@@ -140,6 +148,8 @@ def _run(label: str, rate: float | None, sampler: str, base_state: dict[str, tor
         batch = batch_at(tokens, step, settings.batch_size, settings.seq_len, settings.seed + 2).to(backend.device)
         backend.synchronize()
         start = time.perf_counter()
+        if schedule is not None:
+            schedule.before_step(step, batch)
         training_step(model, batch, optimizer, None if rate is None else dropbp, backend, step)
         backend.synchronize()
         elapsed += time.perf_counter() - start
@@ -155,7 +165,9 @@ def _run(label: str, rate: float | None, sampler: str, base_state: dict[str, tor
     if curve[-1]["step"] != step:
         curve.append({"step": step, "flops": flops, "time_s": elapsed,
                       "val_loss": validation_loss(model, windows, backend, 8)})
-    return {"label": label, "drop_rate": rate, "sampler": None if rate is None else sampler, "steps": step,
+    return {"label": label, "drop_rate": rate, "sampler": None if rate is None else sampler,
+            "allocation": None if rate is None else allocation,
+            "rates": None if rate is None else dropbp.rates, "steps": step,
             "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
             "best_val_loss": min(p["val_loss"] for p in curve), "curve": curve,
             "realized_drop_fraction": dropbp.realized_drop_fraction() if rate is not None else 0.0}
@@ -182,14 +194,18 @@ def run_convergence(settings: ConvergenceSettings, backend, *, progress: bool = 
                            for i in range(settings.eval_windows)])
     base, pretrain_info = _pretrained(settings, pretrain, backend, progress)
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
-    plan: list[tuple[str, float | None, str]] = [("baseline", None, "bernoulli")]
-    plan += [(f"dropbp p={r:g}", r, "bernoulli") for r in settings.drop_rates]
+    plan: list[tuple[str, float | None, str, str]] = [("baseline", None, "bernoulli", "uniform")]
+    plan += [(f"dropbp p={r:g}", r, "bernoulli", "uniform") for r in settings.drop_rates]
     if settings.compare_pool_at is not None:
-        plan.append((f"dropbp p={settings.compare_pool_at:g} pool", settings.compare_pool_at, "pool"))
+        plan.append((f"dropbp p={settings.compare_pool_at:g} pool", settings.compare_pool_at, "pool", "uniform"))
+    if settings.sensitivity_at is not None:
+        plan += [(f"dropbp p={settings.sensitivity_at:g} sensitivity ({a})", settings.sensitivity_at, "bernoulli", a)
+                 for a in settings.sensitivity_allocators]
     runs: list[dict[str, Any]] = []
-    for label, rate, sampler in plan:
+    for label, rate, sampler, allocation in plan:
         budget = None if rate is None else runs[0]["train_time_s"]
-        runs.append(_run(label, rate, sampler, base_state, settings, finetune, windows, backend, budget, progress))
+        runs.append(_run(label, rate, sampler, allocation, base_state, settings, finetune, windows, backend, budget,
+                         progress))
     target = runs[0]["final_val_loss"]
     for run in runs:
         run["time_to_target_s"] = _time_to(run["curve"], target, "time_s")
@@ -237,7 +253,8 @@ def convergence_figure(result: dict[str, Any]) -> Any:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for run in result["runs"]:
-        style = "k-" if run["drop_rate"] is None else ("--" if run["sampler"] == "pool" else "-")
+        style = "k-" if run["drop_rate"] is None else ("--" if run["sampler"] == "pool" else
+                                                         ":" if run.get("allocation") not in (None, "uniform") else "-")
         xs_flops = [p["flops"] / 1e12 for p in run["curve"]]
         xs_time = [p["time_s"] for p in run["curve"]]
         ys = [p["val_loss"] for p in run["curve"]]

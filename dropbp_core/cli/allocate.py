@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, measure, allocate, write, print."""
     import backends
 
-    from ..allocation import allocate, drop_fraction, validate_drop_rate
+    from ..allocation import allocate, check_feasible, drop_fraction, validate_drop_rate
     from ..allocation_report import allocation_figure, allocation_markdown
     from ..bench.results import environment, write_figure, write_json, write_text
     from ..data import batch_at, stdlib_corpus
@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     validate_drop_rate(args.drop_rate, "--drop-rate")
     if not 0 < args.cap < 1:
         raise ConfigError(f"--cap must be in (0, 1), got {args.cap}.")
+    if args.allocator != "uniform":
+        check_feasible(args.drop_rate, args.cap)
     backend = backends.get(args.device)
     out = args.out if args.out is not None else Path("results") / backend.name
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)

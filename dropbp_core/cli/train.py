@@ -9,6 +9,8 @@ from ..data import batch_at, stdlib_corpus
 from ..allocation import validate_drop_rate
 from ..engine import DropBP
 from ..presets import apply_method, build_model
+from ..schedule import ALLOCATION_MODES, AllocationSchedule
+from ..sensitivity import SENSITIVITY_METHODS
 from ..tables import markdown_table
 from ..training import train
 from . import options
@@ -33,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seq-len", type=options.positive_int, default=128, help="tokens per sequence (default: 128)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model, the data and the masks (default: 0)")
+    parser.add_argument("--allocation", default="uniform", choices=ALLOCATION_MODES,
+                        help="uniform rates; sensitivity-based rates from --allocate-at of training; or online "
+                             "(refreshed from ordinary steps every --reallocate-every steps) (default: uniform)")
+    parser.add_argument("--sensitivity", default="fast", choices=SENSITIVITY_METHODS,
+                        help="estimator for --allocation sensitivity (default: fast)")
+    parser.add_argument("--allocator", default="paper", choices=("paper", "optimal"),
+                        help="allocator for sensitivity-based rates (default: paper)")
+    parser.add_argument("--allocate-at", type=float, default=0.1,
+                        help="fraction of training at which sensitivities are measured (default: 0.1, as the paper)")
+    parser.add_argument("--reallocate-every", type=options.positive_int, default=50,
+                        help="steps between re-allocations with --allocation online (default: 50)")
     parser.set_defaults(run=run)
 
 
@@ -48,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
     tokens = stdlib_corpus(2_000_000)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     print(f"{dropbp!r} on {backend.device_name()} ({backend.name}), method={args.method}")
+    schedule = AllocationSchedule(model, dropbp, mode=args.allocation, drop_rate=args.drop_rate,
+                                  total_steps=args.steps, allocate_at=args.allocate_at, sensitivity=args.sensitivity,
+                                  allocator=args.allocator, every=args.reallocate_every, seed=args.seed)
     losses = train(model, lambda step: batch_at(tokens, step, args.batch_size, args.seq_len, args.seed), optimizer,
-                   dropbp, backend, args.steps, desc="dropbp train")
+                   dropbp, backend, args.steps, desc="dropbp train", schedule=schedule)
+    schedule.close()
+    for event in schedule.events:
+        print(f"step {event['step']}: rates re-allocated from sensitivities ({args.allocator}), "
+              f"FLOPs-weighted drop fraction {event['drop_fraction']:.3f}")
     every = max(1, len(losses) // 10)
     print(markdown_table(["step", "loss"], [(i, losses[i]) for i in range(0, len(losses), every)] +
                          ([(len(losses) - 1, losses[-1])] if (len(losses) - 1) % every else [])))
