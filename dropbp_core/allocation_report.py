@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .tables import markdown_table
+from .bench.results import pyplot
 
 
 def allocation_markdown(result: dict[str, Any]) -> str:
@@ -35,10 +36,7 @@ def allocation_markdown(result: dict[str, Any]) -> str:
 
 def allocation_figure(result: dict[str, Any]) -> Any:
     """Left: rate per layer for attention and MLP branches. Right: sensitivity per layer (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for kind, marker in (("attn", "o"), ("mlp", "s")):

@@ -79,12 +79,16 @@ def _reseed(device: torch.device, seed: int) -> None:
 
 
 @contextlib.contextmanager
-def isolated(model: nn.Module, seed: int = 0) -> Iterator[list[nn.Parameter]]:
-    """Inside: trainable parameters with no gradient, the model in train mode, generators forked and seeded.
-    Afterwards: the gradients, the train/eval state and every generator's state are what they were."""
+def isolated(model: nn.Module, dropbp: DropBP | None = None, seed: int = 0) -> Iterator[list[nn.Parameter]]:
+    """Inside: trainable parameters with no gradient, the model in train mode, the DropBP hooks attached,
+    generators forked and seeded. Afterwards: the gradients, the train/eval state, whether the hooks were attached
+    and every generator's state are what they were."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
     training = model.training
+    was_attached = dropbp is None or dropbp.attached
+    if dropbp is not None:
+        dropbp.attach()
     device = _device(model)
     devices = [] if device.type == "cpu" else [device.index or 0]
     with torch.random.fork_rng(devices=devices, device_type="cuda" if device.type == "cpu" else device.type):
@@ -98,6 +102,8 @@ def isolated(model: nn.Module, seed: int = 0) -> Iterator[list[nn.Parameter]]:
             for param, grad in zip(params, saved):
                 param.grad = grad
             model.train(training)
+            if not was_attached:
+                dropbp.remove()
 
 
 def _grad_norms(params: Sequence[nn.Parameter]) -> torch.Tensor:
@@ -123,19 +129,13 @@ def exact_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: i
     """The reference measure with ``1 + N`` forward+backward passes (N branches)."""
     _check_batch(batch)
     start = time.perf_counter()
-    was_attached = dropbp.attached
-    dropbp.attach()
-    try:
-        with isolated(model, seed) as params:
-            base = _backward_pass(model, dropbp, batch, params, "none", seed)
-            values = []
-            for index in range(len(dropbp.branches)):
-                mask = [j == index for j in range(len(dropbp.branches))]
-                dropped = _backward_pass(model, dropbp, batch, params, mask, seed)
-                values.append(float(((base - dropped) ** 2).sum()))
-    finally:
-        if not was_attached:
-            dropbp.remove()
+    with isolated(model, dropbp, seed) as params:
+        base = _backward_pass(model, dropbp, batch, params, "none", seed)
+        values = []
+        for index in range(len(dropbp.branches)):
+            mask = [j == index for j in range(len(dropbp.branches))]
+            dropped = _backward_pass(model, dropbp, batch, params, mask, seed)
+            values.append(float(((base - dropped) ** 2).sum()))
     return Sensitivity(values, "exact", float(len(values) + 1), time.perf_counter() - start)
 
 
@@ -274,21 +274,15 @@ def fast_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: in
     """All branch sensitivities from one ordinary forward+backward (see the module docstring)."""
     _check_batch(batch)
     start = time.perf_counter()
-    was_attached = dropbp.attached
-    dropbp.attach()
-    try:
-        with isolated(model, seed) as params:
-            pre_norms = find_pre_norms(model, dropbp, batch)
-            with GradientProbe(model, dropbp, pre_norms) as probe, dropbp.forced_mask("none"):
-                _reseed(_device(model), seed)
-                loss = _loss(model, batch)
-                if loss.requires_grad:
-                    loss.backward()
-            grad_sq = _grad_norms(params) ** 2
-            values = [float(v) for v in probe.estimate(params, grad_sq)]
-    finally:
-        if not was_attached:
-            dropbp.remove()
+    with isolated(model, dropbp, seed) as params:
+        pre_norms = find_pre_norms(model, dropbp, batch)
+        with GradientProbe(model, dropbp, pre_norms) as probe, dropbp.forced_mask("none"):
+            _reseed(_device(model), seed)
+            loss = _loss(model, batch)
+            if loss.requires_grad:
+                loss.backward()
+        grad_sq = _grad_norms(params) ** 2
+        values = [float(v) for v in probe.estimate(params, grad_sq)]
     ids = batch["input_ids"] if isinstance(batch, Mapping) else batch
     probe_cost = min(8, ids.shape[1]) / (3.0 * ids.numel())  # a no-grad forward of <= 8 tokens of one sequence
     return Sensitivity(values, "fast", 1.0 + probe_cost, time.perf_counter() - start)

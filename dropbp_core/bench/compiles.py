@@ -20,7 +20,7 @@ from ..engine import DropBP
 from ..presets import apply_method, build_model
 from ..tables import markdown_table
 from ..training import training_step
-from .results import environment, write_figure, write_json, write_text
+from .results import environment, publish, pyplot
 
 SMALL_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                    num_hidden_layers=4, vocab_size=256)
@@ -83,10 +83,7 @@ def compiles_markdown(result: dict[str, Any]) -> str:
 
 def compiles_figure(result: dict[str, Any]) -> Any:
     """Cumulative graphs compiled against training step, one line per sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for run in result["runs"]:
@@ -109,10 +106,5 @@ def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], 
     out = out_dir(args, backend.name)
     result = run_compiles(backend, steps=args.steps, drop_rate=args.drop_rate, pool_size=args.pool_size,
                           compile_backend=args.compile_backend, method=args.method, progress=not args.quiet)
-    markdown = compiles_markdown(result)
-    write_json(out / "compiles.json", result)
-    write_text(out / "compiles.md", markdown)
-    write_figure(out / "compiles.png", compiles_figure(result))
-    print(markdown)
-    print(f"\nwrote {out / 'compiles.json'}, {out / 'compiles.md'}, {out / 'compiles.png'}")
+    publish(out, "compiles", result, compiles_markdown(result), compiles_figure(result))
     return 0

@@ -30,7 +30,7 @@ from ..tables import markdown_table
 from ..schedule import AllocationSchedule
 from ..training import training_step
 from .paper import PAPER_CONVERGENCE
-from .results import environment, write_figure, write_json, write_text
+from .results import environment, publish, pyplot
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
                        vocab_size=VOCAB_SIZE)
@@ -246,10 +246,7 @@ def convergence_markdown(result: dict[str, Any]) -> str:
 
 def convergence_figure(result: dict[str, Any]) -> Any:
     """Validation loss against training FLOPs (left) and wall time (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for run in result["runs"]:
@@ -285,10 +282,5 @@ def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], 
     backend = backends.get(args.device)
     out = out_dir(args, backend.name)
     result = run_convergence(settings, backend, progress=not args.quiet)
-    markdown = convergence_markdown(result)
-    write_json(out / "convergence.json", result)
-    write_text(out / "convergence.md", markdown)
-    write_figure(out / "convergence.png", convergence_figure(result))
-    print(markdown)
-    print(f"\nwrote {out / 'convergence.json'}, {out / 'convergence.md'}, {out / 'convergence.png'}")
+    publish(out, "convergence", result, convergence_markdown(result), convergence_figure(result))
     return 0

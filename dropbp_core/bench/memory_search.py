@@ -24,7 +24,7 @@ from ..presets import apply_method, build_model
 from ..samplers import PoolSampler
 from ..tables import markdown_table
 from .paper import PAPER_MEMORY
-from .results import environment, mib, write_figure, write_json, write_text
+from .results import environment, mib, publish, pyplot
 from .throughput import PRECISIONS
 
 GRANULARITY = 64
@@ -198,10 +198,7 @@ def memory_markdown(result: dict[str, Any]) -> str:
 
 def memory_figure(result: dict[str, Any]) -> Any:
     """Bars of the longest sequence per drop rate, with the paper's 6.2x marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     entries = result["results"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -231,10 +228,5 @@ def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], 
                 "precision": args.precision, "budget_gb": args.budget_gb, "batch_size": args.batch_size,
                 "max_seq_len": args.max_seq_len, "pool_size": args.pool_size}
     result = run_memory(settings, backend, progress=not args.quiet)
-    markdown = memory_markdown(result)
-    write_json(out / "memory.json", result)
-    write_text(out / "memory.md", markdown)
-    write_figure(out / "memory.png", memory_figure(result))
-    print(markdown)
-    print(f"\nwrote {out / 'memory.json'}, {out / 'memory.md'}, {out / 'memory.png'}")
+    publish(out, "memory", result, memory_markdown(result), memory_figure(result))
     return 0

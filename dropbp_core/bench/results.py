@@ -57,3 +57,23 @@ def write_figure(path: Path, figure: Any) -> None:
 def mib(value: float | None) -> float | None:
     """Bytes to MiB (None stays None)."""
     return None if value is None else value / 2**20
+
+
+def publish(out: Path, name: str, result: dict[str, Any], markdown: str, figure: Any) -> None:
+    """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` under ``out``, then print the table and the paths."""
+    paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
+    write_json(paths[0], result)
+    write_text(paths[1], markdown)
+    write_figure(paths[2], figure)
+    print(markdown)
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tables import markdown_table
-from .results import mib
+from .results import mib, pyplot
 
 HEADERS = ["config", "drop rate", "realised q", "step (s)", "tokens/s", "increase", "ideal step (s)", "efficiency",
            "saved act (MiB)", "ideal saved (MiB)", "peak (MiB)", "compiles"]
@@ -53,10 +53,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
 def throughput_figure(result: dict[str, Any]) -> Any:
     """Left: throughput increase per drop rate, measured vs the linear limit, paper points marked.
     Right: saved-activation memory per drop rate vs its linear limit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = result["runs"]
     rates = [r["drop_rate"] for r in runs]

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..allocation import allocate, check_feasible, drop_fraction, validate_drop_rate
     from ..allocation_report import allocation_figure, allocation_markdown
-    from ..bench.results import environment, write_figure, write_json, write_text
+    from ..bench.results import environment, publish
     from ..data import batch_at, stdlib_corpus
     from ..engine import DropBP
     from ..presets import apply_method, build_model
@@ -80,10 +80,5 @@ def run(args: argparse.Namespace) -> int:
         for branch, value in zip(branches, exact.values):
             branch["exact_sensitivity"] = value
     dropbp.remove()
-    markdown = allocation_markdown(result)
-    write_json(out / "allocate.json", result)
-    write_text(out / "allocate.md", markdown)
-    write_figure(out / "allocate.png", allocation_figure(result))
-    print(markdown)
-    print(f"\nwrote {out / 'allocate.json'}, {out / 'allocate.md'}, {out / 'allocate.png'}")
+    publish(out, "allocate", result, allocation_markdown(result), allocation_figure(result))
     return 0

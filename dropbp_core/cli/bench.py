@@ -98,7 +98,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     """Validate, measure, write JSON + Markdown + PNG, print the table."""
     import backends
 
-    from ..bench.results import write_figure, write_json, write_text
+    from ..bench.results import publish
     from ..bench.throughput import ThroughputSettings, run_throughput as measure
     from ..bench.throughput_report import throughput_figure, throughput_markdown
 
@@ -112,12 +112,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     backend = backend_class()
     out = _out_dir(args, backend.name)
     result = measure(settings, backend, progress=not args.quiet)
-    markdown = throughput_markdown(result)
-    write_json(out / "throughput.json", result)
-    write_text(out / "throughput.md", markdown)
-    write_figure(out / "throughput.png", throughput_figure(result))
-    print(markdown)
-    print(f"\nwrote {out / 'throughput.json'}, {out / 'throughput.md'}, {out / 'throughput.png'}")
+    publish(out, "throughput", result, throughput_markdown(result), throughput_figure(result))
     return 0
 
 
