@@ -53,6 +53,8 @@ class DropBP:
     ``begin_step(step, mask=...)`` forces a mask (a bool per branch, a set of branch names, ``"all"`` or ``"none"``).
     :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
     Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
+    ``backend`` (a name such as ``"hpu"`` or a :class:`backends.Backend`) adds the device's step boundary to
+    :meth:`backward` (``mark_step`` on lazy-mode Gaudi); None leaves device handling to the caller.
     """
 
     def __init__(
@@ -69,7 +71,7 @@ class DropBP:
         layers: Iterable[int] | None = None,
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
-        backend: Any = "cpu",
+        backend: Any = None,
     ) -> None:
         found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
         self.branches: list[Branch] = found.branches
