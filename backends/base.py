@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from dropbp_core.engine import guard_module_hooks
+
 
 def set_recompile_limit(limit: int) -> None:
     """Raise dynamo's per-function recompile limit (named ``recompile_limit`` in new torch, ``cache_size_limit``
@@ -97,6 +99,7 @@ class Backend(ABC):
         """
         if recompile_limit is not None:
             set_recompile_limit(recompile_limit)
+        guard_module_hooks()
         return torch.compile(model, backend=backend or self.compile_backend)
 
     def compile_count(self) -> int | None:

@@ -26,6 +26,16 @@ from .samplers import Sampler, make_sampler
 MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
 
 
+def guard_module_hooks() -> None:
+    """Make ``torch.compile`` guard on module hooks. Dynamo skips those guards by default (for speed), so a graph
+    traced before DropBP's hooks were attached (or after they were removed) would be replayed silently with the
+    wrong hooks. Called whenever the hooks are attached; it affects graphs compiled from then on."""
+    import torch._dynamo.config as dynamo_config
+
+    if getattr(dynamo_config, "skip_nnmodule_hook_guards", False):
+        dynamo_config.skip_nnmodule_hook_guards = False
+
+
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -248,6 +258,7 @@ class DropBP:
         """Put the hooks on the branches (done by the constructor; use after :meth:`remove` to wrap again)."""
         if self._handles:
             return
+        guard_module_hooks()
         for index, module in enumerate(self._modules):
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
             self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))

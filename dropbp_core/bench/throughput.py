@@ -40,6 +40,7 @@ class ThroughputSettings:
     sampler: str = "bernoulli"
     pool_size: int = 8
     compile: bool = False
+    compile_backend: str | None = None  # dynamo backend for --compile (None: the device backend's default)
     precision: str = "auto"
     seed: int = 0
     memory_masks: int = 8
@@ -99,16 +100,19 @@ def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
 
 
 def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP, batch: torch.Tensor,
-              optimizer: torch.optim.Optimizer, backend: Any) -> float:
-    if config.drop_rate is None:
-        dropbp.remove()
+              optimizer: torch.optim.Optimizer, backend: Any, compiled: bool) -> float:
+    baseline = config.drop_rate is None
+    if baseline and not compiled:
+        dropbp.remove()  # eager: the baseline is the model with no hooks at all
     else:
+        # compiled: taking hooks off and on would invalidate every cached graph each round, so the baseline keeps
+        # them with nothing dropped; hooks that drop nothing trace away, leaving the unwrapped model's graph
         dropbp.attach()
-    mask = config.masks(step)
+    mask = "none" if baseline else config.masks(step)
     backend.reset_peak_memory()
     backend.synchronize()
     start = time.perf_counter()
-    training_step(model, batch, optimizer, None if config.drop_rate is None else dropbp, backend, step, mask=mask)
+    training_step(model, batch, optimizer, None if baseline and not compiled else dropbp, backend, step, mask=mask)
     backend.synchronize()
     elapsed = time.perf_counter() - start
     if config.drop_rate is not None:
@@ -147,10 +151,11 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
     batch = torch.randint(0, vocab, (settings.batch_size, settings.seq_len),
                           generator=torch.Generator().manual_seed(settings.seed)).to(backend.device)
     configs = _configs(settings, dropbp)
+    eager_model = model  # saved-activation bytes are measured on the eager model
     if settings.compile:
         # every configuration's masks (at most K each with pool) plus the unwrapped and all-dropped graphs
         limit = len(configs) * settings.pool_size + 8 if settings.sampler == "pool" else 4096
-        model = backend.compile(model, recompile_limit=limit)
+        model = backend.compile(model, backend=settings.compile_backend, recompile_limit=limit)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     warmup = settings.warmup
     if settings.sampler == "pool" and (settings.compile or getattr(backend, "compiles_per_mask", False)):
@@ -161,7 +166,7 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
         shift = round_index % len(configs)
         for config in configs[shift:] + configs[:shift]:
             before = backend.compile_count() if settings.compile else 0
-            elapsed = _run_step(config, round_index, model, dropbp, batch, optimizer, backend)
+            elapsed = _run_step(config, round_index, model, dropbp, batch, optimizer, backend, settings.compile)
             compiles = (backend.compile_count() - before) if settings.compile else 0
             if round_index < warmup:
                 config.warmup_s += elapsed
@@ -177,7 +182,7 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
             bar.set_postfix(config=config.label, s=f"{elapsed:.3f}")
     bar.close()
     memory_steps = list(range(warmup, warmup + min(settings.memory_masks, settings.steps)))
-    saved = {c.label: _saved_bytes(c, memory_steps, model, dropbp, batch) for c in configs}
+    saved = {c.label: _saved_bytes(c, memory_steps, eager_model, dropbp, batch) for c in configs}
     dropbp.remove()
     result = summarise(settings, backend, dropbp, configs, saved, dtype)
     result["warmup_rounds"] = warmup
