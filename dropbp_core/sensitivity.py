@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .engine import DropBP
 from .errors import ConfigError
@@ -125,14 +126,15 @@ def _backward_pass(model: nn.Module, dropbp: DropBP, batch: Batch, params: Seque
     return _grad_norms(params)
 
 
-def exact_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0) -> Sensitivity:
-    """The reference measure with ``1 + N`` forward+backward passes (N branches)."""
+def exact_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0,
+                      progress: bool = False) -> Sensitivity:
+    """The reference measure with ``1 + N`` forward+backward passes (N branches); a progress bar if asked."""
     _check_batch(batch)
     start = time.perf_counter()
     with isolated(model, dropbp, seed) as params:
         base = _backward_pass(model, dropbp, batch, params, "none", seed)
         values = []
-        for index in range(len(dropbp.branches)):
+        for index in tqdm(range(len(dropbp.branches)), desc="exact sensitivity", disable=not progress, leave=False):
             mask = [j == index for j in range(len(dropbp.branches))]
             dropped = _backward_pass(model, dropbp, batch, params, mask, seed)
             values.append(float(((base - dropped) ** 2).sum()))
@@ -288,11 +290,11 @@ def fast_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: in
     return Sensitivity(values, "fast", 1.0 + probe_cost, time.perf_counter() - start)
 
 
-def compute_sensitivity(method: str, model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0
-                        ) -> Sensitivity:
+def compute_sensitivity(method: str, model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: int = 0,
+                        progress: bool = False) -> Sensitivity:
     """Dispatch on ``method`` ('exact' or 'fast')."""
     if method == "exact":
-        return exact_sensitivity(model, dropbp, batch, seed=seed)
+        return exact_sensitivity(model, dropbp, batch, seed=seed, progress=progress)
     if method == "fast":
         return fast_sensitivity(model, dropbp, batch, seed=seed)
     raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, got {method!r}.")

@@ -24,6 +24,8 @@ def tiny_config(arch: str, layers: int = 2, width: int = 32):
         return tf.MistralConfig(**llama_like)
     if arch == "qwen2":
         return tf.Qwen2Config(**llama_like)
+    if arch == "qwen3":
+        return tf.Qwen3Config(head_dim=width // 4, **llama_like)
     if arch == "gemma":
         return tf.GemmaConfig(head_dim=width // 4, **llama_like)
     if arch == "gpt2":
@@ -35,7 +37,7 @@ def tiny_config(arch: str, layers: int = 2, width: int = 32):
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox")
 
 
 def tiny_model(arch: str = "llama", method: str = "full", seed: int = 0, layers: int = 2, width: int = 32):

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
     dropbp = DropBP(model, 0.0, seed=args.seed, seq_len=args.seq_len, backend=backend)
     batch = batch_at(stdlib_corpus(1_000_000), args.seed, args.batch_size, args.seq_len, args.seed).to(backend.device)
-    sensitivity = compute_sensitivity(args.sensitivity, model, dropbp, batch, seed=args.seed)
+    sensitivity = compute_sensitivity(args.sensitivity, model, dropbp, batch, seed=args.seed, progress=True)
     rates = allocate(args.allocator, dropbp.flops, sensitivity.values, args.drop_rate, cap=args.cap)
     total = sum(dropbp.flops)
     branches = [{**b.to_dict(), "flops_share": b.flops / total, "sensitivity": s, "rate": r}
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
               "sensitivity": sensitivity.to_dict(), "drop_fraction": drop_fraction(dropbp.flops, rates),
               "branches": branches}
     if args.compare == "exact":
-        exact = sensitivity if sensitivity.method == "exact" else compute_sensitivity("exact", model, dropbp, batch,
-                                                                                      seed=args.seed)
+        exact = sensitivity if sensitivity.method == "exact" else compute_sensitivity(
+            "exact", model, dropbp, batch, seed=args.seed, progress=True)
         result["exact"] = exact.to_dict()
         result["spearman"] = spearman(exact.values, sensitivity.values)
         for branch, value in zip(branches, exact.values):
