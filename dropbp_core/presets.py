@@ -42,11 +42,41 @@ def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, devi
 
     if preset_or_path in PRESETS:
         config = llama_config(preset_or_path, **overrides)
-        with torch.random.fork_rng(devices=[]), torch.device(device):
+        device = torch.device(device)
+        forked = [] if device.type == "cpu" else [device.index or 0]
+        with torch.random.fork_rng(devices=forked, device_type="cuda" if device.type == "cpu" else device.type), \
+                device:
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return model
-    return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype).to(device)
+    try:
+        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype).to(device)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--model must be a preset ({', '.join(PRESETS)}) or a local folder / hub name that transformers can "
+            f"load; {preset_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity_bytes: int | None,
+               **overrides: Any) -> None:
+    """Refuse, before allocating anything, a preset whose weights (plus gradients and AdamW moments when every
+    weight trains) exceed 90% of the device's memory, instead of letting the process be killed."""
+    if preset_or_path not in PRESETS or not capacity_bytes:
+        return
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llama_config(preset_or_path,
+                                                                                        **overrides)).parameters())
+    need = params * torch.tensor([], dtype=dtype).element_size() * (4 if method == "full" else 1)
+    if need > 0.9 * capacity_bytes:
+        raise ConfigError(
+            f"--model {preset_or_path} needs about {need / 2**30:.1f} GiB for its weights"
+            f"{' and optimizer state' if method == 'full' else ''} in {str(dtype).replace('torch.', '')}, more than "
+            f"this device has ({capacity_bytes / 2**30:.1f} GiB). Choose a smaller preset (e.g. tiny), --method "
+            "lora, --precision bf16, or a device with more memory."
+        )
 
 
 def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8) -> nn.Module:

@@ -42,6 +42,9 @@ def test_forced_mask_errors():
     (["train", "--drop-rate", "1.5"], "--drop-rate must be a number in [0, 1)"),
     (["train", "--device", "hpu"], "habana_frameworks"),
     (["train", "--device", "cuda"], "needs an NVIDIA GPU"),
+    (["train", "--device", "cpu", "--model", "/no/such/model"], "--model must be a preset (tiny, llama2-7b"),
+    (["bench", "throughput", "--device", "cpu", "--model", "llama2-70b", "--method", "full"],
+     "--model llama2-70b needs about"),
 ])
 def test_cli_errors_exit_2_with_one_paragraph(argv, needle, capsys):
     assert main(argv) == 2

@@ -20,7 +20,7 @@ from ..allocation import uniform_rates, validate_drop_rate
 from ..engine import DropBP
 from ..errors import ConfigError
 from ..memory import SavedActivationMeter
-from ..presets import apply_method, build_model
+from ..presets import apply_method, build_model, check_fits
 from ..samplers import PoolSampler
 from ..tables import markdown_table
 from .paper import PAPER_MEMORY
@@ -148,6 +148,7 @@ def run_memory(settings: dict[str, Any], backend, *, progress: bool = True) -> d
         budget = None
     dtype = (torch.float32 if backend.name == "cpu" else torch.bfloat16) if settings["precision"] == "auto" \
         else PRECISIONS[settings["precision"]]
+    check_fits(settings["model"], dtype=dtype, method=settings["method"], capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(settings["model"], dtype=dtype, device=backend.device, seed=settings["seed"]),
                          settings["method"]).train()
     dropbp = DropBP(model, 0.0, seed=settings["seed"], backend=backend)

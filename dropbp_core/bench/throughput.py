@@ -19,7 +19,7 @@ from ..allocation import drop_fraction, uniform_rates, validate_drop_rate
 from ..engine import DropBP
 from ..errors import ConfigError
 from ..memory import SavedActivationMeter
-from ..presets import METHODS, apply_method, build_model
+from ..presets import METHODS, apply_method, build_model, check_fits
 from ..samplers import SAMPLERS, make_sampler
 from ..training import training_step
 
@@ -143,6 +143,8 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
     """Measure every configuration and return the JSON-ready result (see :func:`summarise`)."""
     settings.validate()
     dtype = settings.dtype_for(backend)
+    check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes(),
+               **settings.model_overrides)
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed,
                                      **settings.model_overrides), settings.method)
     model.train()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+import torch
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.results import environment, publish
     from ..data import batch_at, stdlib_corpus
     from ..engine import DropBP
-    from ..presets import apply_method, build_model
+    from ..presets import apply_method, build_model, check_fits
     from ..sensitivity import compute_sensitivity, spearman
 
     validate_drop_rate(args.drop_rate, "--drop-rate")
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         check_feasible(args.drop_rate, args.cap)
     backend = backends.get(args.device)
     out = args.out if args.out is not None else Path("results") / backend.name
+    check_fits(args.model, dtype=torch.float32, method=args.method, capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
     dropbp = DropBP(model, 0.0, seed=args.seed, seq_len=args.seq_len, backend=backend)
     batch = batch_at(stdlib_corpus(1_000_000), args.seed, args.batch_size, args.seq_len, args.seed).to(backend.device)

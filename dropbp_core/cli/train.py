@@ -8,7 +8,7 @@ import torch
 from ..data import batch_at, stdlib_corpus
 from ..allocation import validate_drop_rate
 from ..engine import DropBP
-from ..presets import apply_method, build_model
+from ..presets import apply_method, build_model, check_fits
 from ..schedule import ALLOCATION_MODES, AllocationSchedule
 from ..sensitivity import SENSITIVITY_METHODS
 from ..tables import markdown_table
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     validate_drop_rate(args.drop_rate, "--drop-rate")
     backend = backends.get(args.device)
+    check_fits(args.model, dtype=torch.float32, method=args.method, capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
     dropbp = DropBP(model, args.drop_rate, sampler=options.resolve_sampler(args.sampler, backend), pool_size=args.pool_size, seed=args.seed,
                     seq_len=args.seq_len, backend=backend)
