@@ -79,15 +79,20 @@ def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity
         )
 
 
-def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8) -> nn.Module:
-    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters."""
+def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int = 0) -> nn.Module:
+    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
+    initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
     if method == "full":
         return model
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules="all-linear")
-        return get_peft_model(model, config)
+        device = next(model.parameters()).device
+        forked = [] if device.type == "cpu" else [device.index or 0]
+        with torch.random.fork_rng(devices=forked, device_type="cuda" if device.type == "cpu" else device.type):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
     if method == "qlora":
         raise ConfigError(
             "method 'qlora' needs bitsandbytes 4-bit weights on a CUDA GPU; it cannot run on this device. "

@@ -36,7 +36,7 @@ def count_compiles(backend, *, sampler: str, drop_rate: float = 0.75, steps: int
     validate_drop_rate(drop_rate)
     torch._dynamo.reset()
     model = apply_method(build_model("tiny", seed=seed, device=backend.device,
-                                     **(model_overrides or SMALL_LLAMA)), method).train()
+                                     **(model_overrides or SMALL_LLAMA)), method, seed=seed).train()
     dropbp = DropBP(model, drop_rate, sampler=sampler, pool_size=pool_size, seed=seed, seq_len=seq_len,
                     backend=backend)
     compiled = backend.compile(model, backend=compile_backend, recompile_limit=recompile_limit)

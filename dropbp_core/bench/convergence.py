@@ -128,7 +128,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
          time_budget: float | None, progress: bool) -> dict[str, Any]:
     model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
     model.load_state_dict(base_state)
-    model = apply_method(model, settings.method).train()
+    model = apply_method(model, settings.method, seed=settings.seed).train()
     dropbp = DropBP(model, 0.0 if rate is None else rate, sampler=sampler, pool_size=settings.pool_size,
                     seed=settings.seed, seq_len=settings.seq_len, backend=backend)
     if rate is None:

@@ -150,7 +150,7 @@ def run_memory(settings: dict[str, Any], backend, *, progress: bool = True) -> d
         else PRECISIONS[settings["precision"]]
     check_fits(settings["model"], dtype=dtype, method=settings["method"], capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(settings["model"], dtype=dtype, device=backend.device, seed=settings["seed"]),
-                         settings["method"]).train()
+                         settings["method"], seed=settings["seed"]).train()
     dropbp = DropBP(model, 0.0, seed=settings["seed"], backend=backend)
     state = state_bytes(model)
     if budget is not None and state >= budget:

@@ -146,7 +146,7 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
     check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes(),
                **settings.model_overrides)
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed,
-                                     **settings.model_overrides), settings.method)
+                                     **settings.model_overrides), settings.method, seed=settings.seed)
     model.train()
     dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len, backend=backend)
     vocab = dropbp.shape.vocab or 256

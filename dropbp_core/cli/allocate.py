@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     backend = backends.get(args.device)
     out = args.out if args.out is not None else Path("results") / backend.name
     check_fits(args.model, dtype=torch.float32, method=args.method, capacity_bytes=backend.memory_capacity_bytes())
-    model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
+    model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method, seed=args.seed)
     dropbp = DropBP(model, 0.0, seed=args.seed, seq_len=args.seq_len, backend=backend)
     batch = batch_at(stdlib_corpus(1_000_000), args.seed, args.batch_size, args.seq_len, args.seed).to(backend.device)
     sensitivity = compute_sensitivity(args.sensitivity, model, dropbp, batch, seed=args.seed, progress=True)

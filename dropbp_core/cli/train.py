@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     validate_drop_rate(args.drop_rate, "--drop-rate")
     backend = backends.get(args.device)
     check_fits(args.model, dtype=torch.float32, method=args.method, capacity_bytes=backend.memory_capacity_bytes())
-    model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method)
-    dropbp = DropBP(model, args.drop_rate, sampler=options.resolve_sampler(args.sampler, backend), pool_size=args.pool_size, seed=args.seed,
+    model = apply_method(build_model(args.model, device=backend.device, seed=args.seed), args.method, seed=args.seed)
+    sampler = options.resolve_sampler(args.sampler, backend)
+    dropbp = DropBP(model, args.drop_rate, sampler=sampler, pool_size=args.pool_size, seed=args.seed,
                     seq_len=args.seq_len, backend=backend)
     tokens = stdlib_corpus(2_000_000)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
