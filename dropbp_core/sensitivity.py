@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .engine import DropBP
 from .errors import ConfigError
+from .progress import progress_bar
 
 Batch = torch.Tensor | Mapping[str, Any]
 SENSITIVITY_METHODS: tuple[str, ...] = ("exact", "fast")
@@ -134,7 +134,7 @@ def exact_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: i
     with isolated(model, dropbp, seed) as params:
         base = _backward_pass(model, dropbp, batch, params, "none", seed)
         values = []
-        for index in tqdm(range(len(dropbp.branches)), desc="exact sensitivity", disable=not progress, leave=False):
+        for index in progress_bar(range(len(dropbp.branches)), desc="exact sensitivity", enabled=progress):
             mask = [j == index for j in range(len(dropbp.branches))]
             dropped = _backward_pass(model, dropbp, batch, params, mask, seed)
             values.append(float(((base - dropped) ** 2).sum()))

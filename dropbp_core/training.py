@@ -5,10 +5,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .engine import DropBP, MaskSpec
 from .schedule import AllocationSchedule
+from .progress import progress_bar
 
 
 def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer | None,
@@ -41,7 +41,7 @@ def train(model: nn.Module, batches: Callable[[int], torch.Tensor], optimizer: t
     A ``schedule`` re-derives the drop rates from sensitivities when it says so."""
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(start_step, start_step + steps), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(start_step, start_step + steps), desc=desc, enabled=progress)
     for step in bar:
         batch = batches(step).to(backend.device)
         if schedule is not None:

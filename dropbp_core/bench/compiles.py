@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..allocation import validate_drop_rate
 from ..engine import DropBP
@@ -21,6 +20,7 @@ from ..presets import apply_method, build_model
 from ..tables import markdown_table
 from ..training import training_step
 from .results import environment, publish, pyplot
+from ..progress import progress_bar
 
 SMALL_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                    num_hidden_layers=4, vocab_size=256)
@@ -45,7 +45,7 @@ def count_compiles(backend, *, sampler: str, drop_rate: float = 0.75, steps: int
     start_count = backend.compile_count() or 0
     cumulative, masks = [], set()
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=f"compiles ({sampler})", disable=not progress, leave=False):
+    for step in progress_bar(range(steps), desc=f"compiles ({sampler})", enabled=progress):
         training_step(compiled, batch.to(backend.device), optimizer, dropbp, backend, step)
         masks.add(dropbp.mask)
         cumulative.append((backend.compile_count() or 0) - start_count)

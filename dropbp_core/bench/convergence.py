@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..allocation import uniform_rates, validate_drop_rate
 from ..data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
@@ -31,6 +30,7 @@ from ..schedule import AllocationSchedule
 from ..training import training_step
 from .paper import PAPER_CONVERGENCE
 from .results import environment, publish, pyplot
+from ..progress import progress_bar
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
                        vocab_size=VOCAB_SIZE)
@@ -84,8 +84,7 @@ def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, ba
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", disable=not progress,
-               leave=False)
+    bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
     for step in bar:
         batch = batch_at(pretrain_tokens, step, settings.batch_size, settings.seq_len, settings.seed + 1)
         loss = training_step(model, batch.to(backend.device), optimizer, None, backend, step)
@@ -143,7 +142,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
     curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
     flops = elapsed = 0.0
     step = 0
-    bar = tqdm(total=max_steps, desc=label, disable=not progress, leave=False)
+    bar = progress_bar(total=max_steps, desc=label, enabled=progress)
     while step < max_steps and (time_budget is None or elapsed < time_budget):
         batch = batch_at(tokens, step, settings.batch_size, settings.seq_len, settings.seed + 2).to(backend.device)
         backend.synchronize()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..allocation import uniform_rates, validate_drop_rate
 from ..engine import DropBP
@@ -26,6 +25,7 @@ from ..tables import markdown_table
 from .paper import PAPER_MEMORY
 from .results import environment, mib, publish, pyplot
 from .throughput import PRECISIONS
+from ..progress import progress_bar
 
 GRANULARITY = 64
 
@@ -157,7 +157,7 @@ def run_memory(settings: dict[str, Any], backend, *, progress: bool = True) -> d
         raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
                           f"({state / 2**30:.3f} GiB); raise it.")
     entries = []
-    bar = tqdm(total=len(rates) + 1, desc="bench memory", disable=not progress)
+    bar = progress_bar(total=len(rates) + 1, desc="bench memory", enabled=progress)
     for rate in [None, *rates]:
         prober = _Prober(model, dropbp, backend, rate, budget, settings["pool_size"], settings["seed"],
                          dropbp.shape.vocab or 256)

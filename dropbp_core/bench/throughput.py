@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..allocation import drop_fraction, uniform_rates, validate_drop_rate
 from ..engine import DropBP
@@ -22,6 +21,7 @@ from ..memory import SavedActivationMeter
 from ..presets import METHODS, apply_method, build_model, check_fits
 from ..samplers import SAMPLERS, make_sampler
 from ..training import training_step
+from ..progress import progress_bar
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -163,7 +163,7 @@ def run_throughput(settings: ThroughputSettings, backend: Any, *, progress: bool
     if settings.sampler == "pool" and (settings.compile or getattr(backend, "compiles_per_mask", False)):
         warmup = max(warmup, settings.pool_size)  # steps 0..K-1 replay every pool entry: all graphs compile here
     rounds = warmup + settings.steps
-    bar = tqdm(total=rounds * len(configs), desc="bench throughput", disable=not progress, unit="step")
+    bar = progress_bar(total=rounds * len(configs), desc="bench throughput", enabled=progress, unit="step")
     for round_index in range(rounds):
         shift = round_index % len(configs)
         for config in configs[shift:] + configs[:shift]:
