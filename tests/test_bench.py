@@ -125,3 +125,13 @@ def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):
     second = run_convergence(settings, backends.get("cpu"), progress=False)
     assert second["pretrain"]["from_cache"] is True
     assert second["runs"][0]["curve"][0]["val_loss"] == first["runs"][0]["curve"][0]["val_loss"]
+
+
+def test_model_auto_is_tiny_on_cpu_and_paper_shape_on_accelerators(capsys):
+    from dropbp_core.cli.options import resolve_model
+
+    assert resolve_model("auto", backends.get("cpu")) == "tiny"
+    assert resolve_model("auto", backends.CUDABackend) == "llama2-7b"
+    assert resolve_model("llama3-8b", backends.get("cpu")) == "llama3-8b"
+    assert main(["bench", "convergence", "--model", "llama2-7b"]) == 2
+    assert "only 'tiny' is allowed" in capsys.readouterr().err

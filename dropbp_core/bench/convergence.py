@@ -24,6 +24,7 @@ import torch
 from ..allocation import uniform_rates, validate_drop_rate
 from ..data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
 from ..engine import DropBP
+from ..errors import ConfigError
 from ..presets import apply_method, build_model
 from ..tables import markdown_table
 from ..schedule import AllocationSchedule
@@ -272,6 +273,9 @@ def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], 
     """CLI body of ``dropbp bench convergence``."""
     import backends
 
+    if args.model != "tiny":
+        raise ConfigError(f"--model: bench convergence trains its own built-in tiny Llama (pre-trained here, then "
+                          f"fine-tuned); only 'tiny' is allowed, got {args.model!r}.")
     settings = ConvergenceSettings(method=args.method, drop_rates=tuple(args.drop_rates), seed=args.seed,
                                    pool_size=args.pool_size)
     if args.steps:

@@ -225,7 +225,9 @@ def main(args: argparse.Namespace, out_dir: Callable[[argparse.Namespace, str], 
         validate_drop_rate(rate, "--drop-rates")
     backend = backends.get(args.device)
     out = out_dir(args, backend.name)
-    settings = {"model": args.model, "method": args.method, "drop_rates": args.drop_rates, "seed": args.seed,
+    from ..cli.options import resolve_model
+
+    settings = {"model": resolve_model(args.model, backend), "method": args.method, "drop_rates": args.drop_rates, "seed": args.seed,
                 "precision": args.precision, "budget_gb": args.budget_gb, "batch_size": args.batch_size,
                 "max_seq_len": args.max_seq_len, "pool_size": args.pool_size}
     result = run_memory(settings, backend, progress=not args.quiet)

@@ -24,9 +24,9 @@ def drop_rate_list(text: str) -> tuple[float, ...]:
             f"expected comma-separated numbers in [0, 1) such as 0.5,0.75,0.875, got {text!r}") from None
 
 
-def _common(parser: argparse.ArgumentParser, *, rates: str = "0.5,0.75,0.875") -> None:
+def _common(parser: argparse.ArgumentParser, *, rates: str = "0.5,0.75,0.875", model: str = "auto") -> None:
     options.add_device(parser)
-    options.add_model(parser)
+    options.add_model(parser, default=model)
     options.add_sampler(parser)
     parser.add_argument("--drop-rates", type=drop_rate_list, default=drop_rate_list(rates),
                         help=f"drop rates to compare, comma-separated, each in [0, 1) (default: {rates})")
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     convergence = kinds.add_parser("convergence", help="validation loss vs FLOPs and wall time on real text",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(convergence)
+    _common(convergence, model="tiny")
     convergence.add_argument("--steps", type=options.positive_int, default=None,
                              help="fine-tuning steps per run (default: preset's)")
     convergence.set_defaults(run=run_convergence, method="full")
@@ -103,7 +103,8 @@ def run_throughput(args: argparse.Namespace) -> int:
     from ..bench.throughput_report import throughput_figure, throughput_markdown
 
     backend_class = backends.resolve(args.device)
-    settings = ThroughputSettings(model=args.model, method=args.method, drop_rates=args.drop_rates,
+    settings = ThroughputSettings(model=options.resolve_model(args.model, backend_class), method=args.method,
+                                  drop_rates=args.drop_rates,
                                   seq_len=args.seq_len, batch_size=args.batch_size, warmup=args.warmup,
                                   steps=args.steps, sampler=options.resolve_sampler(args.sampler, backend_class),
                                   pool_size=args.pool_size, compile=args.compile, precision=args.precision,

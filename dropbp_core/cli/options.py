@@ -18,12 +18,14 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                         help="device backend; auto picks hpu > cuda > cpu (default: auto)")
 
 
-def add_model(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--method``."""
+def add_model(parser: argparse.ArgumentParser, default: str = "tiny") -> None:
+    """``--model`` and ``--method``; ``default="auto"`` means tiny on the CPU and llama2-7b on an accelerator."""
     from ..presets import METHODS, PRESETS
 
-    parser.add_argument("--model", default="tiny",
-                        help=f"model preset ({', '.join(PRESETS)}; random weights) or a local path (default: tiny)")
+    auto = " (auto: tiny on the CPU, llama2-7b on a GPU or Gaudi)" if default == "auto" else ""
+    parser.add_argument("--model", default=default,
+                        help=f"model preset ({', '.join(PRESETS)}; random weights) or a local path or hub name "
+                             f"(default: {default}){auto}")
     parser.add_argument("--method", default="lora", choices=METHODS, help="fine-tuning method (default: lora)")
 
 
@@ -58,3 +60,11 @@ def parse_dtype(name: str) -> torch.dtype | None:
 def resolve_sampler(name: str, backend: object) -> str:
     """'auto' -> the backend's default sampler; any other name is returned unchanged."""
     return getattr(backend, "default_sampler", "bernoulli") if name == "auto" else name
+
+
+def resolve_model(name: str, backend: object) -> str:
+    """'auto' -> 'tiny' on the CPU (compute-bound there in about a second a step), 'llama2-7b' elsewhere (the
+    paper's shape: a tiny model on an accelerator measures kernel-launch overhead, not DropBP)."""
+    if name != "auto":
+        return name
+    return "tiny" if getattr(backend, "name", "cpu") == "cpu" else "llama2-7b"
