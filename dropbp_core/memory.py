@@ -38,7 +38,17 @@ class SavedActivationMeter:
 
     @staticmethod
     def _key(tensor: torch.Tensor) -> tuple[str, int]:
-        return str(tensor.device), tensor.untyped_storage().data_ptr()
+        try:
+            return str(tensor.device), tensor.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # tensors without a storage (e.g. lazy-mode device tensors)
+            return str(tensor.device), id(tensor)
+
+    @staticmethod
+    def _nbytes(tensor: torch.Tensor) -> int:
+        try:
+            return tensor.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            return tensor.numel() * tensor.element_size()
 
     def _pack(self, tensor: torch.Tensor) -> _Saved:
         box = _Saved(tensor)
@@ -66,7 +76,7 @@ class SavedActivationMeter:
                 continue
             key = self._key(box.tensor)
             if key not in self._excluded:
-                seen[key] = box.tensor.untyped_storage().nbytes()
+                seen[key] = self._nbytes(box.tensor)
         self.bytes = sum(seen.values())
         self.tensors = len(seen)
         self._boxes.clear()
