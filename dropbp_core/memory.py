@@ -80,3 +80,11 @@ class SavedActivationMeter:
         self.bytes = sum(seen.values())
         self.tensors = len(seen)
         self._boxes.clear()
+
+
+def saved_activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
+    """Activation bytes one forward pass of ``model`` on ``batch`` (next-token loss) keeps for backward."""
+    with SavedActivationMeter(exclude=model) as meter:
+        loss = model(input_ids=batch, labels=batch).loss
+    del loss
+    return meter.bytes

@@ -58,8 +58,10 @@ class AllocationSchedule:
         elif self.mode == "online":
             if self.online is None:
                 self.online = OnlineSensitivity(self.model, self.dropbp, batch)
-            elif step % self.every == 0 and self.online.current() is not None:
-                self._apply(step, self.online.current(), 0.0)
+            elif step % self.every == 0:
+                values = self.online.current()
+                if values is not None:
+                    self._apply(step, values, 0.0)
 
     def close(self) -> None:
         """Detach the online estimator's hooks, if any."""

@@ -135,3 +135,14 @@ def test_model_auto_is_tiny_on_cpu_and_paper_shape_on_accelerators(capsys):
     assert resolve_model("llama3-8b", backends.get("cpu")) == "llama3-8b"
     assert main(["bench", "convergence", "--model", "llama2-7b"]) == 2
     assert "only 'tiny' is allowed" in capsys.readouterr().err
+
+
+def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
+    out = tmp_path / "mem"
+    assert main(["bench", "memory", "--device", "cpu", "--budget-gb", "0.08", "--drop-rates", "0.875",
+                 "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "memory.json").read_text())
+    baseline, dropped = result["results"]
+    assert baseline["drop_rate"] is None and dropped["drop_rate"] == 0.875
+    assert 0 < baseline["max_seq_len"] < dropped["max_seq_len"]
+    assert sorted(p.name for p in out.iterdir()) == ["memory.json", "memory.md", "memory.png"]

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..allocation import validate_drop_rate
 from ..engine import DropBP

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..allocation import uniform_rates, validate_drop_rate
+from ..allocation import validate_drop_rate
 from ..data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
 from ..engine import DropBP
 from ..errors import ConfigError

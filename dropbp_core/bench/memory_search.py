@@ -18,13 +18,13 @@ import torch
 from ..allocation import uniform_rates, validate_drop_rate
 from ..engine import DropBP
 from ..errors import ConfigError
-from ..memory import SavedActivationMeter
+from ..memory import saved_activation_bytes
 from ..presets import apply_method, build_model, check_fits
 from ..samplers import PoolSampler
 from ..tables import markdown_table
 from .paper import PAPER_MEMORY
 from .results import environment, mib, publish, pyplot
-from .throughput import PRECISIONS
+from .throughput import model_dtype
 from ..progress import progress_bar
 
 GRANULARITY = 64
@@ -86,24 +86,21 @@ class _Prober:
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randint(0, self.vocab, (batch_size, seq_len), generator=generator).to(self.backend.device)
 
-    def _wrap(self, mask: list[bool]) -> None:
+    def _wrap(self) -> None:
         if self.rate is None:
-            self.dropbp.remove()
+            self.dropbp.remove()  # the baseline is the unwrapped model
         else:
             self.dropbp.attach()
-            self.dropbp.begin_step(0, mask=mask)
 
     def _saved(self, mask: list[bool], batch: torch.Tensor) -> int:
-        self._wrap(mask)
-        with SavedActivationMeter(exclude=self.model) as meter:
-            loss = self.model(input_ids=batch, labels=batch).loss
-        del loss
-        return meter.bytes
+        self._wrap()
+        with self.dropbp.forced_mask(mask):
+            return saved_activation_bytes(self.model, batch)
 
     def _device_step(self, mask: list[bool], batch: torch.Tensor) -> tuple[bool, int | None]:
         from ..training import training_step
 
-        self._wrap(mask)
+        self._wrap()
         self.backend.reset_peak_memory()
         try:
             training_step(self.model, batch, self.optimizer, None if self.rate is None else self.dropbp,
@@ -146,8 +143,7 @@ def run_memory(settings: dict[str, Any], backend, *, progress: bool = True) -> d
         if settings.get("budget_gb"):
             raise ConfigError("--budget-gb applies to the CPU only; on a device the budget is its memory.")
         budget = None
-    dtype = (torch.float32 if backend.name == "cpu" else torch.bfloat16) if settings["precision"] == "auto" \
-        else PRECISIONS[settings["precision"]]
+    dtype = model_dtype(settings["precision"], backend)
     check_fits(settings["model"], dtype=dtype, method=settings["method"], capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(settings["model"], dtype=dtype, device=backend.device, seed=settings["seed"]),
                          settings["method"], seed=settings["seed"]).train()

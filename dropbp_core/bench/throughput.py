@@ -17,7 +17,7 @@ import torch
 from ..allocation import drop_fraction, uniform_rates, validate_drop_rate
 from ..engine import DropBP
 from ..errors import ConfigError
-from ..memory import SavedActivationMeter
+from ..memory import saved_activation_bytes
 from ..presets import METHODS, apply_method, build_model, check_fits
 from ..samplers import SAMPLERS, make_sampler
 from ..training import training_step
@@ -65,10 +65,15 @@ class ThroughputSettings:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}.")
 
     def dtype_for(self, backend: Any) -> torch.dtype:
-        """The model dtype: bf16 on accelerators and fp32 on the CPU unless ``precision`` says otherwise."""
-        if self.precision == "auto":
-            return torch.float32 if backend.name == "cpu" else torch.bfloat16
-        return PRECISIONS[self.precision]
+        """The model dtype for this run on ``backend`` (see :func:`model_dtype`)."""
+        return model_dtype(self.precision, backend)
+
+
+def model_dtype(precision: str, backend: Any) -> torch.dtype:
+    """'auto' is bf16 on accelerators and fp32 on the CPU; otherwise the named precision."""
+    if precision == "auto":
+        return torch.float32 if backend.name == "cpu" else torch.bfloat16
+    return PRECISIONS[precision]
 
 
 def linear_limit(value_all_dropped: float, value_baseline: float, dropped_fraction: float) -> float:
@@ -127,15 +132,11 @@ def _saved_bytes(config: _Config, steps: Sequence[int], model: torch.nn.Module, 
     for step in steps:
         if config.drop_rate is None:
             dropbp.remove()
-            fractions.append(0.0)
         else:
             dropbp.attach()
-            dropbp.begin_step(step, mask=config.masks(step))
-            fractions.append(drop_fraction(dropbp.flops, dropbp.mask))
-        with SavedActivationMeter(exclude=model) as meter:
-            loss = model(input_ids=batch, labels=batch).loss
-        del loss
-        values.append(meter.bytes)
+        with dropbp.forced_mask("none" if config.drop_rate is None else config.masks(step)) as mask:
+            fractions.append(drop_fraction(dropbp.flops, mask))
+            values.append(saved_activation_bytes(model, batch))
     return statistics.fmean(values), statistics.fmean(fractions)
 
 

@@ -3,12 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..errors import ConfigError
-
-DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda|hpu``."""
@@ -48,13 +42,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def parse_dtype(name: str) -> torch.dtype | None:
-    """'fp32' | 'bf16' | 'fp16' -> torch dtype (None for fp32)."""
-    if name not in DTYPES:
-        raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {name!r}.")
-    return DTYPES[name]
 
 
 def resolve_sampler(name: str, backend: object) -> str:
