@@ -1,13 +1,13 @@
-# Set-up and entry points. `make demo` and `make test` each create .venv, install dropbp into it, then run.
-# A torch already importable by $(PYTHON) (e.g. a CUDA or Gaudi build) is kept: the venv sees system packages,
-# and the pinned CPU wheel is installed only where no torch is present.
+# Set-up and entry points. `make demo`, `make test` and `make test-fast` each create .venv, install dropbp into it,
+# then run. A torch already importable by $(PYTHON) (e.g. a CUDA or Gaudi build) is kept: the venv sees system
+# packages, and the pinned CPU wheel is installed only where no torch is present.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbp-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint-imports clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/dropbp bench throughput --device auto
 
-test: $(STAMP)
+# The architecture check (layers only import downward), then every test. This is what CI runs.
+test: $(STAMP) lint-imports
 	$(BIN)/python -m pytest
+
+# The inner loop: the architecture check and every test not marked slow (under a minute on 2 cores).
+test-fast: $(STAMP) lint-imports
+	$(BIN)/python -m pytest -m "not slow"
+
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,9 +1,9 @@
 """Device backends behind one interface, and the priority table that ``--device auto`` walks (hpu > cuda > cpu)."""
 from __future__ import annotations
 
-from dropbp_core.errors import BackendUnavailableError, ConfigError
+from dropbp.core.errors import BackendUnavailableError, ConfigError
 
-from .base import Backend
+from .base import Backend, StepBoundary
 from .cpu import CPUBackend
 from .cuda import CUDABackend
 from .hpu import HPUBackend
@@ -36,5 +36,5 @@ def availability() -> dict[str, str | None]:
     return {name: cls.unavailable_reason() for name, cls in PRIORITY.items()}
 
 
-__all__ = ["Backend", "CPUBackend", "CUDABackend", "HPUBackend", "PRIORITY", "DEVICE_CHOICES", "get", "resolve",
+__all__ = ["Backend", "StepBoundary", "CPUBackend", "CUDABackend", "HPUBackend", "PRIORITY", "DEVICE_CHOICES", "get", "resolve",
            "availability"]

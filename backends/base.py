@@ -1,26 +1,35 @@
-"""The one small interface every device backend implements (availability, device, autocast, step boundary,
-memory stats, synchronisation, seeding, compile counting)."""
+"""The one small interface every device backend implements (availability, device, autocast, step boundaries,
+memory stats, synchronisation, seeding, compile counting).
+
+Step boundaries have one owner: the driver of the training loop (the recipe loop, an accelerate loop, a Trainer
+callback, or your own loop). It calls :meth:`Backend.backward` and :meth:`Backend.optimizer_step`, which run the
+backward (through the engine, so a step with nothing to train is skipped and counted) and the optimizer step, each
+followed by the device's boundary. The engine (:class:`dropbp.core.DropBP`) knows no devices.
+"""
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from dropbp_core.engine import guard_module_hooks
+from dropbp.core.dynamo_settings import guard_module_hooks, raise_recompile_limit
+from dropbp.core.engine import DropBP
+from dropbp.core.errors import ConfigError
 
 
-def set_recompile_limit(limit: int) -> None:
-    """Raise dynamo's per-function recompile limit (named ``recompile_limit`` in new torch, ``cache_size_limit``
-    in older releases)."""
-    import torch._dynamo.config as dynamo_config
+@runtime_checkable
+class StepBoundary(Protocol):
+    """The seam between a training-loop driver and a device: what must run after each backward and after each
+    optimizer step (a graph cut on lazy-mode Gaudi; nothing on eager devices)."""
 
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, limit)
-            return
+    def after_backward(self) -> None:
+        """Step boundary after the backward pass."""
+
+    def after_optimizer_step(self) -> None:
+        """Step boundary after ``optimizer.step()``."""
 
 
 class Backend(ABC):
@@ -33,6 +42,10 @@ class Backend(ABC):
     default_sampler: ClassVar[str] = "bernoulli"
     #: The dynamo backend :meth:`compile` uses by default.
     compile_backend: ClassVar[str] = "inductor"
+    #: False for the host CPU; True for devices with their own memory (peak-memory counter, out-of-memory errors).
+    accelerator: ClassVar[bool] = True
+    #: The precision ``auto`` means on this device.
+    default_precision: ClassVar[str] = "bf16"
 
     @classmethod
     @abstractmethod
@@ -64,6 +77,25 @@ class Backend(ABC):
 
     def after_optimizer_step(self) -> None:
         """Step boundary after ``optimizer.step()``."""
+
+    def backward(self, loss: torch.Tensor, dropbp: DropBP | None = None, **kwargs: Any) -> bool:
+        """The driver's backward: ``dropbp.backward(loss)`` (skipped and counted when the step left nothing to
+        train) or, without DropBP, ``loss.backward()``; then the device's step boundary. Returns whether a backward
+        ran."""
+        if dropbp is not None:
+            ran = dropbp.backward(loss, **kwargs)
+        else:
+            loss.backward(**kwargs)
+            ran = True
+        self.after_backward()
+        return ran
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, *, zero_grad: bool = True) -> None:
+        """``optimizer.step()``, the device's step boundary, then ``optimizer.zero_grad(set_to_none=True)``."""
+        optimizer.step()
+        self.after_optimizer_step()
+        if zero_grad:
+            optimizer.zero_grad(set_to_none=True)
 
     def synchronize(self) -> None:
         """Wait for queued device work, so that wall-clock timings are honest."""
@@ -97,10 +129,21 @@ class Backend(ABC):
         Each distinct drop mask is a distinct set of guards, so ``recompile_limit`` should exceed the number of
         masks a run will see (the pool size for ``pool``); past the limit dynamo silently falls back to eager.
         """
+        name = backend or self.compile_backend
+        known = self.compile_backends()
+        if name not in known:
+            raise ConfigError(f"compile backend must be a dynamo backend registered here ({', '.join(known)}), "
+                              f"got {name!r}.")
         if recompile_limit is not None:
-            set_recompile_limit(recompile_limit)
+            raise_recompile_limit(recompile_limit)
         guard_module_hooks()
-        return torch.compile(model, backend=backend or self.compile_backend)
+        return torch.compile(model, backend=name)
+
+    def compile_backends(self) -> list[str]:
+        """The dynamo backends registered in this process (a device SDK may add its own, e.g. ``hpu_backend``)."""
+        import torch._dynamo
+
+        return sorted(torch._dynamo.list_backends(exclude_tags=()))
 
     def compile_count(self) -> int | None:
         """Graphs compiled so far by ``torch.compile`` in this process (dynamo's unique-graph counter)."""

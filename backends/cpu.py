@@ -13,6 +13,8 @@ class CPUBackend(Backend):
     """The host CPU. Eager execution, so step boundaries and synchronisation are no-ops."""
 
     name = "cpu"
+    accelerator = False
+    default_precision = "fp32"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

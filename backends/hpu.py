@@ -2,7 +2,9 @@
 
 The SDK (``habana_frameworks``) is imported lazily and only here. Nothing in this module has run on a Gaudi card:
 the step protocol, the environment handling and the metrics calls are tested against a recording stand-in of the
-SDK (tests/test_hpu_backend.py); API names follow the public Habana sources listed in ``HPU_NOTES.md``.
+SDK (tests/backends/test_hpu_backend.py); the API names are those of Intel's public Gaudi documentation and
+examples (``habana_frameworks.torch.core.mark_step``, ``habana_frameworks.torch.hpu.metrics.metric_global``,
+``habana_frameworks.torch.utils.internal.is_lazy``, ``habana_frameworks.torch.hpu.ModuleCacher``).
 """
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from dropbp_core.errors import BackendUnavailableError, ConfigError
+from dropbp.core.engine import DropBP
+from dropbp.core.errors import BackendUnavailableError, ConfigError
 
 from .base import Backend
 
@@ -29,12 +33,23 @@ LAZY_ENV = "PT_HPU_LAZY_MODE"
 CORE_MODULE = "habana_frameworks.torch.core"
 METRICS_MODULE = "habana_frameworks.torch.hpu.metrics"
 INTERNAL_MODULE = "habana_frameworks.torch.utils.internal"
+DYNAMO_MODULE = "habana_frameworks.torch.dynamo"  # registers the "hpu_backend" dynamo backend
 GRAPH_COMPILATION_METRIC = "graph_compilation"
 HPU_GRAPHS_REFUSED = (
     "HPU Graphs (ModuleCacher / use_hpu_graphs_for_training) cannot be combined with DropBP: a captured graph is "
     "keyed on the forward arguments only, and the drop mask lives in module state, so a graph captured under one "
     "mask would be replayed under another and give silently wrong gradients. Turn HPU Graphs off; the 'pool' "
     "sampler already bounds the number of compiled graphs to the pool size."
+)
+MISSED_BACKWARD_BOUNDARY = (
+    "lazy-mode Gaudi: optimizer_step() ran with no backward boundary since the previous optimizer step, so "
+    "loss.backward() was called directly and no mark_step() cut the graph after it; backward and optimizer step "
+    "are then compiled as one larger graph. Call device.backward(loss, dropbp) instead of loss.backward()."
+)
+MISSED_OPTIMIZER_BOUNDARY = (
+    "lazy-mode Gaudi: a backward for a new DropBP step ran with no optimizer boundary since the previous backward, "
+    "so optimizer.step() was called directly and no mark_step() cut the graph after it. Call "
+    "device.optimizer_step(optimizer) instead of optimizer.step()."
 )
 
 
@@ -63,6 +78,9 @@ class HPUBackend(Backend):
         configure_lazy_mode(lazy_mode)
         self.core: ModuleType = importlib.import_module(CORE_MODULE)  # registers torch.hpu
         self.lazy_mode = sdk_is_lazy()
+        self._backwards_since_optimizer = 0
+        self._optimizer_since_backward = True
+        self._backward_step: int | None = None
         if not torch.hpu.is_available():
             raise BackendUnavailableError(
                 "habana_frameworks is installed but no Gaudi card is visible (torch.hpu.is_available() is False); "
@@ -82,10 +100,27 @@ class HPUBackend(Backend):
             self.core.mark_step()
 
     def after_backward(self) -> None:
+        self._backwards_since_optimizer += 1
+        self._optimizer_since_backward = False
         self.mark_step()
 
     def after_optimizer_step(self) -> None:
+        if self.lazy_mode and self._backwards_since_optimizer == 0:
+            warnings.warn(MISSED_BACKWARD_BOUNDARY, RuntimeWarning, stacklevel=3)
+        self._backwards_since_optimizer = 0
+        self._optimizer_since_backward = True
         self.mark_step()
+
+    def backward(self, loss: torch.Tensor, dropbp: DropBP | None = None, **kwargs: Any) -> bool:
+        """As :meth:`Backend.backward`; in lazy mode it also says so (a warning) when the previous DropBP step's
+        optimizer step ran without :meth:`optimizer_step` (a lost ``mark_step``). Micro-batches of one step
+        (gradient accumulation) share the DropBP step number and are not mistaken for it."""
+        step = None if dropbp is None else dropbp.step
+        if (self.lazy_mode and step is not None and self._backward_step is not None and step != self._backward_step
+                and not self._optimizer_since_backward):
+            warnings.warn(MISSED_OPTIMIZER_BOUNDARY, RuntimeWarning, stacklevel=2)
+        self._backward_step = step
+        return super().backward(loss, dropbp, **kwargs)
 
     def synchronize(self) -> None:
         torch.hpu.synchronize()
@@ -110,6 +145,14 @@ class HPUBackend(Backend):
         if self.lazy_mode:
             return model
         return super().compile(model, backend=backend, recompile_limit=recompile_limit)
+
+    def compile_backends(self) -> list[str]:
+        """Dynamo's backends after the SDK's dynamo module (which registers ``hpu_backend``) is imported."""
+        try:
+            importlib.import_module(DYNAMO_MODULE)
+        except ImportError:
+            pass
+        return super().compile_backends()
 
     def compile_count(self) -> int | None:
         """Lazy mode: the SDK's ``graph_compilation`` metric; compile mode: dynamo's counter."""

@@ -20,20 +20,11 @@ from torch.utils.hooks import RemovableHandle
 
 from .allocation import drop_fraction, uniform_rates, validate_rates
 from .branches import Branch, Patterns, find_branches
+from .dynamo_settings import guard_module_hooks
 from .errors import ConfigError
 from .samplers import Sampler, make_sampler
 
 MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
-
-
-def guard_module_hooks() -> None:
-    """Make ``torch.compile`` guard on module hooks. Dynamo skips those guards by default (for speed), so a graph
-    traced before DropBP's hooks were attached (or after they were removed) would be replayed silently with the
-    wrong hooks. Called whenever the hooks are attached; it affects graphs compiled from then on."""
-    import torch._dynamo.config as dynamo_config
-
-    if getattr(dynamo_config, "skip_nnmodule_hook_guards", False):
-        dynamo_config.skip_nnmodule_hook_guards = False
 
 
 def _detach(value: Any) -> Any:
@@ -60,11 +51,13 @@ class DropBP:
             dropbp.backward(loss)                        # backward, or count a step where every branch was dropped
             optimizer.step(); optimizer.zero_grad()
 
+    The engine knows no devices: on a device with step boundaries (lazy-mode Gaudi's ``mark_step``) let the
+    backend drive the step instead, ``device.backward(loss, dropbp)`` and ``device.optimizer_step(optimizer)``
+    (see :class:`dropbp.backends.Backend`), which call :meth:`backward` and add the boundaries.
+
     ``begin_step(step, mask=...)`` forces a mask (a bool per branch, a set of branch names, ``"all"`` or ``"none"``).
     :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
     Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
-    ``backend`` (a name such as ``"hpu"`` or a :class:`backends.Backend`) adds the device's step boundary to
-    :meth:`backward` (``mark_step`` on lazy-mode Gaudi); None leaves device handling to the caller.
     """
 
     def __init__(
@@ -81,7 +74,6 @@ class DropBP:
         layers: Iterable[int] | None = None,
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
-        backend: Any = None,
     ) -> None:
         found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
         self.branches: list[Branch] = found.branches
@@ -96,11 +88,6 @@ class DropBP:
         self.seed = seed
         self.pool_size = pool_size
         self.sampler: Sampler = make_sampler(sampler, self.rates, self.flops, seed, pool_size)
-        if isinstance(backend, str):
-            import backends
-
-            backend = backends.get(backend)
-        self.backend = backend
         # Everything is valid: only now touch the model.
         self._modules = found.modules
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
@@ -154,7 +141,7 @@ class DropBP:
         return self._mask
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
-        """``loss.backward(**kwargs)`` followed by the backend's step boundary.
+        """``loss.backward(**kwargs)``, unless this step left nothing to train.
 
         When every trainable path was dropped (e.g. LoRA with all branches dropped) the loss needs no gradient:
         the backward is skipped and counted in ``skipped_backward_steps``. Returns whether a backward ran.
@@ -166,8 +153,6 @@ class DropBP:
             self.skipped_backward_steps += 1
         for callback in self.after_backward_callbacks:
             callback(self, ran)
-        if self.backend is not None:
-            self.backend.after_backward()
         return ran
 
     def parse_mask(self, mask: MaskSpec) -> list[bool]:

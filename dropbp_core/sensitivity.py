@@ -34,6 +34,7 @@ from torch import nn
 from .engine import DropBP
 from .errors import ConfigError
 from .progress import progress_bar
+from .seeding import reseed, seeded
 
 Batch = torch.Tensor | Mapping[str, Any]
 SENSITIVITY_METHODS: tuple[str, ...] = ("exact", "fast")
@@ -73,12 +74,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _reseed(device: torch.device, seed: int) -> None:
-    torch.random.default_generator.manual_seed(seed)
-    if device.type != "cpu":
-        getattr(torch, device.type).manual_seed(seed)
-
-
 @contextlib.contextmanager
 def isolated(model: nn.Module, dropbp: DropBP | None = None, seed: int = 0) -> Iterator[list[nn.Parameter]]:
     """Inside: trainable parameters with no gradient, the model in train mode, the DropBP hooks attached,
@@ -90,10 +85,7 @@ def isolated(model: nn.Module, dropbp: DropBP | None = None, seed: int = 0) -> I
     was_attached = dropbp is None or dropbp.attached
     if dropbp is not None:
         dropbp.attach()
-    device = _device(model)
-    devices = [] if device.type == "cpu" else [device.index or 0]
-    with torch.random.fork_rng(devices=devices, device_type="cuda" if device.type == "cpu" else device.type):
-        _reseed(device, seed)
+    with seeded(seed, _device(model)):
         for param in params:
             param.grad = None
         model.train()
@@ -116,7 +108,7 @@ def _grad_norms(params: Sequence[nn.Parameter]) -> torch.Tensor:
 
 def _backward_pass(model: nn.Module, dropbp: DropBP, batch: Batch, params: Sequence[nn.Parameter], mask: Any,
                    seed: int) -> torch.Tensor:
-    _reseed(_device(model), seed)
+    reseed(seed, _device(model))
     for param in params:
         param.grad = None
     with dropbp.forced_mask(mask):
@@ -279,7 +271,7 @@ def fast_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: in
     with isolated(model, dropbp, seed) as params:
         pre_norms = find_pre_norms(model, dropbp, batch)
         with GradientProbe(model, dropbp, pre_norms) as probe, dropbp.forced_mask("none"):
-            _reseed(_device(model), seed)
+            reseed(seed, _device(model))
             loss = _loss(model, batch)
             if loss.requires_grad:
                 loss.backward()

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from dropbp_core.presets import apply_method
+from dropbp.core.seeding import seeded
 
 VOCAB = 64
 
@@ -48,12 +48,21 @@ def tiny_model(arch: str = "llama", method: str = "full", seed: int = 0, layers:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, width))
-        model = apply_method(model, method)
         if method == "lora":
+            model = lora(model)
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     torch.nn.init.normal_(param, std=0.02)
     return model.train()
+
+
+def lora(model, rank: int = 8):
+    """PEFT LoRA on every linear layer (rank 8, alpha 16, no dropout), adapters initialised from seed 0."""
+    from peft import LoraConfig, get_peft_model
+
+    with seeded(0):
+        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                target_modules="all-linear"))
 
 
 def token_batch(seed: int = 0, batch: int = 2, seq: int = 16) -> torch.Tensor:
@@ -81,7 +90,7 @@ def habana_standin(tmp_path, monkeypatch):
     """Put the recording stand-in of the Gaudi SDK on sys.path; undo everything afterwards."""
     import sys
 
-    from .standins.habana import write_standin
+    from .backends.standins.habana import write_standin
 
     monkeypatch.delenv("PT_HPU_LAZY_MODE", raising=False)
     monkeypatch.syspath_prepend(str(write_standin(tmp_path / "standin")))

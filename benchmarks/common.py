@@ -1,0 +1,63 @@
+"""What every benchmark shares: the settings every run has (device, seed, results folder), and one runner that
+validates, measures on the chosen backend and publishes the JSON, Markdown and PNG."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dropbp import backends
+from dropbp.backends import Backend
+from dropbp.core.errors import ConfigError
+from dropbp.recipes.cli.options import device_field, out_field, seed_field
+from dropbp.recipes.publish import publish
+from dropbp.recipes.settings_fields import check_choice
+
+S = TypeVar("S", bound="BenchSettings")
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    """Fields every benchmark has. Subclasses add their own and extend :meth:`validate` / :meth:`resolve`."""
+
+    device: str = device_field()
+    seed: int = seed_field()
+    out: Path | None = out_field()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field; called before any work starts."""
+        check_choice("--device", self.device, backends.DEVICE_CHOICES)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"--seed must be an integer, got {self.seed!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of every field (paths as strings), recorded in each result."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    def resolve(self: S, backend: type[Backend]) -> S:
+        """A copy with every ``auto`` value replaced by what it means on ``backend``."""
+        return dataclasses.replace(self)
+
+    def results_dir(self, backend_name: str) -> Path:
+        """``out``, or ``results/<device>``; refused up front when it exists and is not a folder."""
+        out = self.out if self.out is not None else Path("results") / backend_name
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder; give a folder for the results.")
+        return Path(out)
+
+
+def run_benchmark(name: str, settings: S, measure: Callable[..., dict[str, Any]],
+                  markdown: Callable[[dict[str, Any]], str], figure: Callable[[dict[str, Any]], Any], *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Validate ``settings``, pick the backend, ``measure(settings, backend, progress=...)``, then write
+    ``NAME.json``, ``NAME.md`` and ``NAME.png`` under the results folder and print the table. Returns the result."""
+    settings.validate()
+    backend_class = backends.resolve(settings.device)
+    settings = settings.resolve(backend_class)
+    settings.validate()
+    out = settings.results_dir(backend_class.name)
+    backend = backend_class()
+    result = measure(settings, backend, progress=progress)
+    publish(out, name, result, markdown(result), figure(result))
+    return result

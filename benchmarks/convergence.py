@@ -1,0 +1,302 @@
+"""Convergence benchmark: validation loss against training FLOPs and wall time, baseline vs DropBP, on real text.
+
+The text is the Python standard library's own source (read at run time, never committed), as byte tokens. Like the
+paper's setting, a tiny Llama is first pre-trained on one part of the corpus (cached on disk), then fine-tuned on
+another part and validated on held-out text. The baseline runs a fixed number of steps; each DropBP run gets the
+same wall-clock training budget (so it may take more, cheaper steps), which is what "time to reach the baseline's
+final validation loss" compares.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropbp.backends import Backend
+from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.engine import DropBP
+from dropbp.core.errors import ConfigError
+from dropbp.core.progress import progress_bar
+from dropbp.core.schedule import AllocationSchedule
+from dropbp.recipes.cli.options import drop_rates_field, method_field, model_field, pool_size_field
+from dropbp.recipes.data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
+from dropbp.recipes.presets import apply_method, build_model
+from dropbp.recipes.publish import environment, pyplot
+from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, option_name, setting
+from dropbp.recipes.tables import markdown_table
+from dropbp.recipes.training import training_step
+
+from .common import BenchSettings, run_benchmark
+from .paper import PAPER_CONVERGENCE
+
+MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=VOCAB_SIZE)
+
+
+@dataclass
+class ConvergenceSettings(BenchSettings):
+    """What a convergence run depends on; :meth:`validate` checks it before any work starts."""
+
+    model: str = model_field("tiny")
+    method: str = method_field("full", ("full", "lora"))
+    drop_rates: tuple[float, ...] = drop_rates_field()
+    compare_pool_at: float | None = setting(0.875, "also run this rate with the pool sampler (none: skip)")
+    sensitivity_at: float | None = setting(0.875, "also run this rate with sensitivity-based rates (none: skip)")
+    sensitivity_allocators: tuple[str, ...] = setting(("paper", "optimal"), "allocators for the sensitivity runs, "
+                                                                            "comma-separated (paper, optimal)")
+    pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)")
+    steps: int = setting(150, "fine-tuning steps of the baseline; DropBP runs get its wall-clock time")
+    max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps")
+    batch_size: int = setting(8, "sequences per step")
+    seq_len: int = setting(128, "tokens per sequence")
+    lr: float = setting(1e-3, "AdamW learning rate of fine-tuning")
+    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training")
+    eval_every: int = setting(10, "steps between validation-loss evaluations")
+    eval_windows: int = setting(64, "held-out windows in the validation loss")
+    pool_size: int = pool_size_field()
+    corpus_bytes: int = setting(3_000_000, "bytes of standard-library source read as text")
+    model_overrides: dict[str, Any] = setting(help="tiny-model fields (width, heads, ...)", cli=False,
+                                              default_factory=lambda: dict(MODEL_OVERRIDES))
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        super().validate()
+        if self.model != "tiny":
+            raise ConfigError(f"--model: bench convergence trains its own built-in tiny Llama (pre-trained here, "
+                              f"then fine-tuned); only 'tiny' is allowed, got {self.model!r}.")
+        check_choice("--method", self.method, ("full", "lora"))
+        self.drop_rates = check_drop_rates(self.drop_rates)
+        for name in ("compare_pool_at", "sensitivity_at"):
+            if getattr(self, name) is not None:
+                validate_drop_rate(getattr(self, name), option_name(name))
+        for allocator in self.sensitivity_allocators:
+            check_choice("--sensitivity-allocators", allocator, ("paper", "optimal"))
+        check_positive(self, "pretrain_steps", "steps", "batch_size", "seq_len", "eval_every", "eval_windows",
+                       "pool_size", "corpus_bytes")
+        if not (math.isfinite(self.max_step_factor) and self.max_step_factor >= 1):
+            raise ConfigError(f"--max-step-factor must be a number >= 1, got {self.max_step_factor}.")
+        for name in ("lr", "pretrain_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{option_name(name)} must be a positive number, got {getattr(self, name)}.")
+
+
+def cache_dir() -> Path:
+    """Where pre-trained tiny models are cached (``DROPBP_CACHE`` overrides ``~/.cache/dropbp``)."""
+    return Path(os.environ.get("DROPBP_CACHE", Path.home() / ".cache" / "dropbp"))
+
+
+def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend, progress: bool
+                ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The pre-trained base model, from the cache when the same settings were pre-trained before."""
+    from safetensors.torch import load_file, save_file
+
+    key_data = {"overrides": settings.model_overrides, "steps": settings.pretrain_steps, "seed": settings.seed,
+                "lr": settings.pretrain_lr, "batch": settings.batch_size, "seq": settings.seq_len,
+                "tokens": len(pretrain_tokens), "python": platform.python_version(), "torch": torch.__version__}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"pretrained-{key}.safetensors"
+    model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
+    info = {"cache_file": str(path), "pretrain_steps": settings.pretrain_steps}
+    if path.exists():
+        model.load_state_dict(load_file(str(path), device=str(backend.device)), strict=False)
+        info["from_cache"] = True
+        return model, info
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
+    start = time.perf_counter()
+    model.train()
+    bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
+    for step in bar:
+        batch = batch_at(pretrain_tokens, step, settings.batch_size, settings.seq_len, settings.seed + 1)
+        loss = training_step(model, batch.to(backend.device), optimizer, None, backend, step)
+        bar.set_postfix(loss=f"{loss:.3f}")
+    info.update(from_cache=False, pretrain_time_s=time.perf_counter() - start, pretrain_final_loss=loss)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shared with the embedding; safetensors stores each tensor once
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return model, info
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, windows: torch.Tensor, backend, batch_size: int) -> float:
+    """Mean loss over fixed validation windows, in eval mode (nothing dropped)."""
+    model.eval()
+    losses = []
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size].to(backend.device)
+        losses.append(float(model(input_ids=batch, labels=batch).loss))
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def step_flops(dropbp: DropBP, mask: tuple[bool, ...], tokens: int, method: str) -> float:
+    """Training FLOPs of one step from the FLOPs model: every branch runs forward; a kept branch also runs backward
+    (2x forward for full fine-tuning: input and weight gradients; 1x for LoRA: input gradients, adapters negligible).
+    The LM head always runs forward and backward."""
+    backward = 2.0 if method == "full" else 1.0
+    head = 2.0 * dropbp.shape.hidden * dropbp.shape.vocab
+    branches = sum(f * (1.0 + backward * (0.0 if m else 1.0)) for f, m in zip(dropbp.flops, mask))
+    return tokens * (branches + head * (1.0 + backward))
+
+
+def _run(label: str, rate: float | None, sampler: str, allocation: str, base_state: dict[str, torch.Tensor],
+         settings: ConvergenceSettings, tokens: torch.Tensor, windows: torch.Tensor, backend,
+         time_budget: float | None, progress: bool) -> dict[str, Any]:
+    model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
+    model.load_state_dict(base_state)
+    model = apply_method(model, settings.method, seed=settings.seed).train()
+    dropbp = DropBP(model, 0.0 if rate is None else rate, sampler=sampler, pool_size=settings.pool_size,
+                    seed=settings.seed, seq_len=settings.seq_len)
+    if rate is None:
+        dropbp.remove()  # the baseline is the unwrapped model; dropbp stays only for its FLOPs model
+    schedule = None
+    if rate is not None and allocation != "uniform":
+        # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
+        schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
+                                      allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
+    curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
+    flops = elapsed = 0.0
+    step = 0
+    bar = progress_bar(total=max_steps, desc=label, enabled=progress)
+    while step < max_steps and (time_budget is None or elapsed < time_budget):
+        batch = batch_at(tokens, step, settings.batch_size, settings.seq_len, settings.seed + 2).to(backend.device)
+        backend.synchronize()
+        start = time.perf_counter()
+        if schedule is not None:
+            schedule.before_step(step, batch)
+        training_step(model, batch, optimizer, None if rate is None else dropbp, backend, step)
+        backend.synchronize()
+        elapsed += time.perf_counter() - start
+        mask = dropbp.mask if rate is not None else (False,) * len(dropbp.branches)
+        flops += step_flops(dropbp, mask, batch.numel(), settings.method)
+        step += 1
+        bar.update(1)
+        if step % settings.eval_every == 0:
+            curve.append({"step": step, "flops": flops, "time_s": elapsed,
+                          "val_loss": validation_loss(model, windows, backend, 8)})
+            bar.set_postfix(val=f"{curve[-1]['val_loss']:.3f}")
+    bar.close()
+    if curve[-1]["step"] != step:
+        curve.append({"step": step, "flops": flops, "time_s": elapsed,
+                      "val_loss": validation_loss(model, windows, backend, 8)})
+    return {"label": label, "drop_rate": rate, "sampler": None if rate is None else sampler,
+            "allocation": None if rate is None else allocation,
+            "rates": None if rate is None else dropbp.rates, "steps": step,
+            "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
+            "best_val_loss": min(p["val_loss"] for p in curve), "curve": curve,
+            "realized_drop_fraction": dropbp.realized_drop_fraction() if rate is not None else 0.0}
+
+
+def _time_to(curve: list[dict[str, Any]], target: float, axis: str) -> float | None:
+    """First point on ``axis`` where the validation loss reaches ``target`` (linear between evaluations)."""
+    for before, after in zip(curve, curve[1:]):
+        if after["val_loss"] <= target:
+            if before["val_loss"] <= target:
+                return before[axis]
+            frac = (before["val_loss"] - target) / (before["val_loss"] - after["val_loss"])
+            return before[axis] + frac * (after[axis] - before[axis])
+    return None
+
+
+def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """Pre-train (or load), then fine-tune the baseline and each DropBP configuration; return the result (nothing is
+    written; :func:`main` also publishes it)."""
+    settings.validate()
+    total_start = time.perf_counter()
+    pretrain, finetune, validation = split_corpus(stdlib_corpus(settings.corpus_bytes), (0.5, 0.4, 0.1))
+    windows = torch.stack([batch_at(validation, i, 1, settings.seq_len, settings.seed + 3)[0]
+                           for i in range(settings.eval_windows)])
+    base, pretrain_info = _pretrained(settings, pretrain, backend, progress)
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    plan: list[tuple[str, float | None, str, str]] = [("baseline", None, "bernoulli", "uniform")]
+    plan += [(f"dropbp p={r:g}", r, "bernoulli", "uniform") for r in settings.drop_rates]
+    if settings.compare_pool_at is not None:
+        plan.append((f"dropbp p={settings.compare_pool_at:g} pool", settings.compare_pool_at, "pool", "uniform"))
+    if settings.sensitivity_at is not None:
+        plan += [(f"dropbp p={settings.sensitivity_at:g} sensitivity ({a})", settings.sensitivity_at, "bernoulli", a)
+                 for a in settings.sensitivity_allocators]
+    runs: list[dict[str, Any]] = []
+    for label, rate, sampler, allocation in plan:
+        budget = None if rate is None else runs[0]["train_time_s"]
+        runs.append(_run(label, rate, sampler, allocation, base_state, settings, finetune, windows, backend, budget,
+                         progress))
+    target = runs[0]["final_val_loss"]
+    for run in runs:
+        run["time_to_target_s"] = _time_to(run["curve"], target, "time_s")
+        run["flops_to_target"] = _time_to(run["curve"], target, "flops")
+        base_time = runs[0]["time_to_target_s"]
+        run["time_to_target_speedup"] = (base_time / run["time_to_target_s"]
+                                         if run["time_to_target_s"] and base_time else None)
+    return {"benchmark": "convergence", **environment(backend), "model": "tiny", "method": settings.method,
+            "settings": settings.to_dict(), "data": "Python standard library source (byte tokens): 50% pre-train, "
+            "40% fine-tune, 10% validation", "pretrain": pretrain_info, "target_val_loss": target, "runs": runs,
+            "total_time_s": time.perf_counter() - total_start, "paper_reference": PAPER_CONVERGENCE}
+
+
+def convergence_markdown(result: dict[str, Any]) -> str:
+    """Table of final losses and time to the baseline's final validation loss."""
+    rows = []
+    for run in result["runs"]:
+        speedup = run["time_to_target_speedup"]
+        rows.append((run["label"], run["steps"], run["train_time_s"], run["train_flops"] / 1e12,
+                     run["final_val_loss"], run["best_val_loss"],
+                     "not reached" if run["time_to_target_s"] is None else f"{run['time_to_target_s']:.1f}",
+                     None if speedup is None else f"{speedup:.2f}x"))
+    paper = result["paper_reference"]
+    s = result["settings"]
+    return "\n".join([
+        f"# Convergence: tiny Llama ({result['method']}) on {result['device_name']} ({result['device']})", "",
+        f"{result['data']}. Pre-training: {result['pretrain']['pretrain_steps']} steps"
+        f"{' (from cache)' if result['pretrain'].get('from_cache') else ''}. Fine-tuning: baseline {s['steps']} steps; "
+        f"each DropBP run gets the baseline's wall-clock training time. Batch {s['batch_size']} x {s['seq_len']} "
+        f"tokens, AdamW lr {s['lr']}. Target: the baseline's final validation loss "
+        f"({result['target_val_loss']:.4f}).", "",
+        markdown_table(["run", "steps", "train time (s)", "train TFLOPs", "final val loss", "best val loss",
+                        "time to target (s)", "speed-up"], rows), "",
+        f"Paper, for reference (not measured here): {paper['time_to_target_speedup']}x faster to the same accuracy "
+        f"({paper['setting']}). Total benchmark time: {result['total_time_s']:.0f} s.",
+    ])
+
+
+def convergence_figure(result: dict[str, Any]) -> Any:
+    """Validation loss against training FLOPs (left) and wall time (right)."""
+    plt = pyplot()
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for run in result["runs"]:
+        style = "k-" if run["drop_rate"] is None else ("--" if run["sampler"] == "pool" else
+                                                         ":" if run.get("allocation") not in (None, "uniform") else "-")
+        xs_flops = [p["flops"] / 1e12 for p in run["curve"]]
+        xs_time = [p["time_s"] for p in run["curve"]]
+        ys = [p["val_loss"] for p in run["curve"]]
+        left.plot(xs_flops, ys, style, label=run["label"])
+        right.plot(xs_time, ys, style, label=run["label"])
+    for ax in (left, right):
+        ax.axhline(result["target_val_loss"], color="grey", lw=0.8, ls=":")
+    left.set_xlabel("training TFLOPs (FLOPs model)")
+    right.set_xlabel("training wall time (s)")
+    left.set_ylabel("validation loss")
+    left.set_title("loss vs compute")
+    right.set_title("loss vs time")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main(settings: ConvergenceSettings, *, progress: bool = True) -> dict[str, Any]:
+    """``dropbp bench convergence``: validate, train, write ``convergence.{json,md,png}``, print the table."""
+    return run_benchmark("convergence", settings, run_convergence, convergence_markdown, convergence_figure,
+                         progress=progress)

@@ -1,0 +1,254 @@
+"""Memory benchmark: for each drop rate, the longest sequence whose training step fits a memory budget.
+
+On CUDA/HPU the budget is the device's memory and a probe is a real training step (an out-of-memory error means
+"does not fit" and is recovered from). On the CPU the budget is ``--budget-gb`` of weights (with gradients and
+optimizer state for trainable ones) plus the activations saved for backward, measured with saved-tensor hooks.
+DropBP's peak is set by the step that drops least, so the search uses the ``pool`` sampler and a length fits only
+if the worst entry of the pool fits (with ``bernoulli`` the worst step drops nothing: no gain in peak memory).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from dropbp.backends import Backend
+from dropbp.core.allocation import uniform_rates
+from dropbp.core.engine import DropBP
+from dropbp.core.errors import ConfigError
+from dropbp.core.memory import saved_activation_bytes
+from dropbp.core.progress import progress_bar
+from dropbp.core.samplers import PoolSampler
+from dropbp.recipes.cli.options import (drop_rates_field, method_field, model_field, pool_size_field,
+                                       precision_field, resolve_model, resolve_precision)
+from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
+from dropbp.recipes.publish import environment, mib, pyplot
+from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting
+from dropbp.recipes.tables import markdown_table
+from dropbp.recipes.training import training_step
+
+from .common import BenchSettings, run_benchmark
+from .paper import PAPER_MEMORY
+
+GRANULARITY = 64
+DEFAULT_CPU_BUDGET_GB = 1.0
+
+
+@dataclass
+class MemorySettings(BenchSettings):
+    """What a memory search depends on; :meth:`validate` checks it before any work starts."""
+
+    model: str = model_field("auto")
+    method: str = method_field()
+    drop_rates: tuple[float, ...] = drop_rates_field()
+    precision: str = precision_field()
+    budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
+                                            f"{DEFAULT_CPU_BUDGET_GB:g})")
+    batch_size: int = setting(1, "sequences per step")
+    max_seq_len: int = setting(65536, "upper end of the search")
+    pool_size: int = pool_size_field()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        super().validate()
+        self.drop_rates = check_drop_rates(self.drop_rates)
+        check_choice("--method", self.method, METHODS)
+        check_choice("--precision", self.precision, ("auto", *PRECISIONS))
+        check_positive(self, "batch_size", "max_seq_len", "pool_size")
+        if self.budget_gb is not None and not (math.isfinite(self.budget_gb) and self.budget_gb > 0):
+            raise ConfigError(f"--budget-gb must be a positive number of GiB, got {self.budget_gb}.")
+
+    def resolve(self, backend: type[Backend]) -> "MemorySettings":
+        """``auto`` model and precision as they are on ``backend``."""
+        return replace(self, model=resolve_model(self.model, backend),
+                       precision=resolve_precision(self.precision, backend))
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """Weights, plus gradient and two AdamW moments for every trainable weight."""
+    total = 0
+    for param in model.parameters():
+        size = param.numel() * param.element_size()
+        total += 4 * size if param.requires_grad else size
+    return total
+
+
+def longest_fitting(fits: Callable[[int], bool], upper: int, start: int = 256, on_probe=None) -> int:
+    """Largest multiple of ``GRANULARITY`` up to ``upper`` for which ``fits`` holds (0 if none), by doubling from
+    ``start`` and then bisecting. ``fits`` must be monotone (longer never fits where shorter does not)."""
+    lo, hi = 0, None
+    probe = min(start, upper)
+    while hi is None:
+        if on_probe:
+            on_probe(probe)
+        if fits(probe):
+            lo = probe
+            if probe >= upper:
+                return lo
+            probe = min(probe * 2, upper)
+        else:
+            hi = probe
+    while hi - lo > GRANULARITY:
+        mid = (lo + hi) // 2 // GRANULARITY * GRANULARITY
+        if mid <= lo:
+            break
+        if on_probe:
+            on_probe(mid)
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _Prober:
+    """Answers "does a step at this length fit?" for one drop rate (None: the unwrapped baseline)."""
+
+    def __init__(self, model, dropbp: DropBP, backend, rate: float | None, budget: int | None, pool_size: int,
+                 seed: int, vocab: int) -> None:
+        self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
+        self.vocab, self.seed = vocab, seed
+        self.masks: list[list[bool]] = [[False] * len(dropbp.branches)]
+        if rate is not None and rate > 0:
+            pool = PoolSampler(uniform_rates(len(dropbp.branches), rate), dropbp.flops, seed, pool_size)
+            self.masks = [row.tolist() for row in pool.pool]
+        self.worst: int | None = None  # index of the pool entry that saved the most at the first probe
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        self.probes: list[dict[str, Any]] = []
+
+    def _batch(self, seq_len: int, batch_size: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, self.vocab, (batch_size, seq_len), generator=generator).to(self.backend.device)
+
+    def _wrap(self) -> None:
+        if self.rate is None:
+            self.dropbp.remove()  # the baseline is the unwrapped model
+        else:
+            self.dropbp.attach()
+
+    def _saved(self, mask: list[bool], batch: torch.Tensor) -> int:
+        self._wrap()
+        with self.dropbp.forced_mask(mask):
+            return saved_activation_bytes(self.model, batch)
+
+    def _device_step(self, mask: list[bool], batch: torch.Tensor) -> tuple[bool, int | None]:
+        self._wrap()
+        self.backend.reset_peak_memory()
+        try:
+            training_step(self.model, batch, self.optimizer, None if self.rate is None else self.dropbp,
+                          self.backend, 0, mask=None if self.rate is None else mask)
+            return True, self.backend.peak_memory_bytes()
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is expected; anything else is re-raised
+            if not self.backend.is_out_of_memory(error):
+                raise
+            return False, None
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backend.empty_cache()
+
+    def fits(self, seq_len: int, batch_size: int, state: int) -> bool:
+        batch = self._batch(seq_len, batch_size)
+        indices = range(len(self.masks)) if self.worst is None else [self.worst]
+        if self.budget is None:  # device memory: a real step must not run out of memory
+            results = [self._device_step(self.masks[i], batch) for i in indices]
+            ok = all(r[0] for r in results)
+            self.probes.append({"seq_len": seq_len, "fits": ok, "peak_mem_bytes": max(
+                (r[1] for r in results if r[1] is not None), default=None)})
+            return ok
+        saved = {i: self._saved(self.masks[i], batch) for i in indices}
+        if self.worst is None:
+            self.worst = max(saved, key=saved.get)
+        used = state + max(saved.values())
+        self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used})
+        return used <= self.budget
+
+
+def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """Search every drop rate (and the baseline) on ``backend`` and return the JSON-ready result; nothing is
+    written. :func:`main` also publishes it."""
+    settings = settings.resolve(type(backend))
+    settings.validate()
+    rates = list(settings.drop_rates)
+    if not backend.accelerator:  # no device memory to run out of: the budget is a number of bytes
+        budget: int | None = int((settings.budget_gb or DEFAULT_CPU_BUDGET_GB) * 2**30)
+    else:
+        if settings.budget_gb is not None:
+            raise ConfigError("--budget-gb applies to the CPU only; on a device the budget is its memory.")
+        budget = None
+    dtype = model_dtype(settings.precision, backend)
+    check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes())
+    model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed),
+                         settings.method, seed=settings.seed).train()
+    dropbp = DropBP(model, 0.0, seed=settings.seed)
+    state = state_bytes(model)
+    if budget is not None and state >= budget:
+        raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
+                          f"({state / 2**30:.3f} GiB); raise it.")
+    entries = []
+    bar = progress_bar(total=len(rates) + 1, desc="bench memory", enabled=progress)
+    for rate in [None, *rates]:
+        prober = _Prober(model, dropbp, backend, rate, budget, settings.pool_size, settings.seed,
+                         dropbp.shape.vocab or 256)
+        best = longest_fitting(lambda s: prober.fits(s, settings.batch_size, state), settings.max_seq_len,
+                               on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
+        entries.append({"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,
+                        "max_seq_len": best, "probes": prober.probes})
+        bar.update(1)
+    bar.close()
+    dropbp.remove()
+    base = entries[0]["max_seq_len"]
+    for entry in entries:
+        entry["ratio_vs_baseline"] = entry["max_seq_len"] / base if base else None
+        entry["hit_search_limit"] = entry["max_seq_len"] >= settings.max_seq_len
+    return {"benchmark": "memory", **environment(backend), "model": settings.model, "method": settings.method,
+            "model_shape": dropbp.shape.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+            "batch_size": settings.batch_size, "sampler": "pool", "pool_size": settings.pool_size,
+            "settings": settings.to_dict(),
+            "budget_bytes": budget, "budget_source": "--budget-gb" if budget else "device memory",
+            "state_bytes": state, "granularity": GRANULARITY, "max_seq_len_searched": settings.max_seq_len,
+            "results": entries, "paper_reference": PAPER_MEMORY}
+
+
+def memory_markdown(result: dict[str, Any]) -> str:
+    """Table of the longest sequence per drop rate."""
+    budget = result["budget_bytes"]
+    rows = [(e["label"], e["max_seq_len"], None if e["ratio_vs_baseline"] is None else f"{e['ratio_vs_baseline']:.2f}x",
+             "yes" if e["hit_search_limit"] else "no") for e in result["results"]]
+    head = (f"# Memory: {result['model']} ({result['method']}, {result['dtype']}) on {result['device_name']} "
+            f"({result['device']})\n\nbudget: " + (f"{mib(budget):.0f} MiB of weights+optimizer state "
+                                                    f"({mib(result['state_bytes']):.0f} MiB) plus saved activations"
+                                                    if budget else "the device's memory (real training steps)")
+            + f"; batch {result['batch_size']}; pool sampler (K={result['pool_size']}), worst entry must fit; "
+              f"resolution {result['granularity']} tokens.\n")
+    paper = result["paper_reference"]
+    return (head + "\n" + markdown_table(["config", "max seq len", "vs baseline", "hit search limit"], rows)
+            + f"\n\nPaper, for reference (not measured here): {paper['max_seq_len_ratio']}x at p={paper['drop_rate']} "
+              f"({paper['setting']}).")
+
+
+def memory_figure(result: dict[str, Any]) -> Any:
+    """Bars of the longest sequence per drop rate, with the paper's 6.2x marked."""
+    plt = pyplot()
+
+    entries = result["results"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels = [e["label"].replace("dropbp ", "") for e in entries]
+    ax.bar(labels, [e["max_seq_len"] for e in entries], color=["#888888"] + ["#3b75af"] * (len(entries) - 1))
+    base = entries[0]["max_seq_len"]
+    paper = result["paper_reference"]
+    if base:
+        ax.axhline(base * paper["max_seq_len_ratio"], ls="--", color="#d62728",
+                   label=f"paper: {paper['max_seq_len_ratio']}x baseline at p={paper['drop_rate']}")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("longest sequence that fits (tokens)")
+    ax.set_title(f"{result['model']} {result['method']} on {result['device']}")
+    fig.tight_layout()
+    return fig
+
+
+def main(settings: MemorySettings, *, progress: bool = True) -> dict[str, Any]:
+    """``dropbp bench memory``: validate, search, write ``memory.{json,md,png}``, print the table."""
+    return run_benchmark("memory", settings, run_memory, memory_markdown, memory_figure, progress=progress)

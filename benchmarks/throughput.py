@@ -1,0 +1,266 @@
+"""Throughput benchmark: the unwrapped baseline, DropBP at each drop rate, and everything dropped, timed side by side.
+
+Configurations are interleaved step by step in one process (rounds of A B C ..., rotated each round), so drift on a
+shared machine hits each alike; step times are medians over the measured rounds, after warm-up rounds that absorb
+compiles. The linear limit for a realised FLOPs-weighted drop fraction q is ``T(1) + (1 - q) * (T(0) - T(1))``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from dropbp.backends import Backend
+from dropbp.core.allocation import drop_fraction, uniform_rates
+from dropbp.core.engine import DropBP
+from dropbp.core.memory import saved_activation_bytes
+from dropbp.core.progress import progress_bar
+from dropbp.core.samplers import SAMPLERS, make_sampler
+from dropbp.recipes.cli.options import (drop_rates_field, method_field, model_field, pool_size_field,
+                                       precision_field, resolve_model, resolve_precision, resolve_sampler,
+                                       sampler_field)
+from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
+from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_positive,
+                                            setting)
+from dropbp.recipes.training import training_step
+
+from .common import BenchSettings, run_benchmark
+
+@dataclass
+class ThroughputSettings(BenchSettings):
+    """Everything a throughput run depends on; :meth:`validate` checks it before any work starts."""
+
+    model: str = model_field("auto")
+    method: str = method_field()
+    drop_rates: tuple[float, ...] = drop_rates_field()
+    seq_len: int = setting(512, "tokens per sequence")
+    batch_size: int = setting(2, "sequences per step")
+    warmup: int = setting(2, "warm-up rounds, not timed (at least the pool size when graphs compile per mask)")
+    steps: int = setting(20, "measured rounds")
+    sampler: str = sampler_field()
+    pool_size: int = pool_size_field()
+    compile: bool = setting(False, "torch.compile the model and report graph compiles")
+    compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)")
+    precision: str = precision_field()
+    memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)")
+    lr: float = setting(1e-5, "AdamW learning rate of the timed steps")
+    model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,
+                                              default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        super().validate()
+        self.drop_rates = check_drop_rates(self.drop_rates)
+        check_choice("--method", self.method, METHODS)
+        check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
+        check_choice("--precision", self.precision, ("auto", *PRECISIONS))
+        check_positive(self, "seq_len", "batch_size", "steps", "pool_size", "memory_masks")
+        check_non_negative(self, "warmup")
+
+    def resolve(self, backend: type[Backend]) -> "ThroughputSettings":
+        """``auto`` model, sampler and precision as they are on ``backend``."""
+        return replace(self, model=resolve_model(self.model, backend), sampler=resolve_sampler(self.sampler, backend),
+                       precision=resolve_precision(self.precision, backend))
+
+    def dtype_for(self, backend: Any) -> torch.dtype:
+        """The model dtype for this run on ``backend`` (see :func:`model_dtype`)."""
+        return model_dtype(self.precision, backend)
+
+
+def linear_limit(value_all_dropped: float, value_baseline: float, dropped_fraction: float) -> float:
+    """What DropBP can at best give at a FLOPs-weighted drop fraction q: linear between the two measured end points."""
+    return value_all_dropped + (1.0 - dropped_fraction) * (value_baseline - value_all_dropped)
+
+
+@dataclass
+class _Config:
+    label: str
+    drop_rate: float | None           # None: the unwrapped baseline
+    masks: Callable[[int], Any]       # step -> mask spec for DropBP.begin_step
+    times: list[float] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)
+    used_masks: list[list[bool]] = field(default_factory=list)
+    warmup_s: float = 0.0
+    compiles_warmup: int = 0
+    compiles_measured: int = 0
+
+
+def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
+    configs = [_Config("baseline", None, lambda step: None)]
+    for rate in sorted({0.0, *settings.drop_rates}):
+        sampler = make_sampler(settings.sampler, uniform_rates(len(dropbp.branches), rate), dropbp.flops,
+                               settings.seed, settings.pool_size)
+        configs.append(_Config(f"dropbp p={rate:g}", rate, lambda step, s=sampler: s.mask(step).tolist()))
+    configs.append(_Config("all dropped", 1.0, lambda step: "all"))
+    return configs
+
+
+def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP, batch: torch.Tensor,
+              optimizer: torch.optim.Optimizer, backend: Any, compiled: bool) -> float:
+    baseline = config.drop_rate is None
+    if baseline and not compiled:
+        dropbp.remove()  # eager: the baseline is the model with no hooks at all
+    else:
+        # compiled: taking hooks off and on would invalidate every cached graph each round, so the baseline keeps
+        # them with nothing dropped; hooks that drop nothing trace away, leaving the unwrapped model's graph
+        dropbp.attach()
+    mask = "none" if baseline else config.masks(step)
+    backend.reset_peak_memory()
+    backend.synchronize()
+    start = time.perf_counter()
+    training_step(model, batch, optimizer, None if baseline and not compiled else dropbp, backend, step, mask=mask)
+    backend.synchronize()
+    elapsed = time.perf_counter() - start
+    if config.drop_rate is not None:
+        config.used_masks.append(list(dropbp.mask))
+    return elapsed
+
+
+def _saved_bytes(config: _Config, steps: Sequence[int], model: torch.nn.Module, dropbp: DropBP,
+                 batch: torch.Tensor) -> tuple[float, float]:
+    """Mean saved-activation bytes over the masks of ``steps`` (forward only), and their mean drop fraction."""
+    values, fractions = [], []
+    for step in steps:
+        if config.drop_rate is None:
+            dropbp.remove()
+        else:
+            dropbp.attach()
+        with dropbp.forced_mask("none" if config.drop_rate is None else config.masks(step)) as mask:
+            fractions.append(drop_fraction(dropbp.flops, mask))
+            values.append(saved_activation_bytes(model, batch))
+    return statistics.fmean(values), statistics.fmean(fractions)
+
+
+def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """Measure every configuration on ``backend`` and return the JSON-ready result (see :func:`summarise`);
+    nothing is written. :func:`main` also publishes it."""
+    settings = settings.resolve(type(backend))
+    settings.validate()
+    dtype = settings.dtype_for(backend)
+    check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes(),
+               **settings.model_overrides)
+    model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed,
+                                     **settings.model_overrides), settings.method, seed=settings.seed)
+    model.train()
+    dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len)
+    vocab = dropbp.shape.vocab or 256
+    batch = torch.randint(0, vocab, (settings.batch_size, settings.seq_len),
+                          generator=torch.Generator().manual_seed(settings.seed)).to(backend.device)
+    configs = _configs(settings, dropbp)
+    eager_model = model  # saved-activation bytes are measured on the eager model
+    if settings.compile:
+        # every configuration's masks (at most K each with pool) plus the unwrapped and all-dropped graphs
+        limit = len(configs) * settings.pool_size + 8 if settings.sampler == "pool" else 4096
+        model = backend.compile(model, backend=settings.compile_backend, recompile_limit=limit)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    warmup = settings.warmup
+    if settings.sampler == "pool" and (settings.compile or backend.compiles_per_mask):
+        warmup = max(warmup, settings.pool_size)  # steps 0..K-1 replay every pool entry: all graphs compile here
+    rounds = warmup + settings.steps
+    bar = progress_bar(total=rounds * len(configs), desc="bench throughput", enabled=progress, unit="step")
+    for round_index in range(rounds):
+        shift = round_index % len(configs)
+        for config in configs[shift:] + configs[:shift]:
+            before = backend.compile_count() if settings.compile else 0
+            elapsed = _run_step(config, round_index, model, dropbp, batch, optimizer, backend, settings.compile)
+            compiles = (backend.compile_count() - before) if settings.compile else 0
+            if round_index < warmup:
+                config.warmup_s += elapsed
+                config.compiles_warmup += compiles
+                config.used_masks.clear()
+            else:
+                config.times.append(elapsed)
+                config.compiles_measured += compiles
+                peak = backend.peak_memory_bytes()
+                if peak is not None:
+                    config.peaks.append(peak)
+            bar.update(1)
+            bar.set_postfix(config=config.label, s=f"{elapsed:.3f}")
+    bar.close()
+    memory_steps = list(range(warmup, warmup + min(settings.memory_masks, settings.steps)))
+    saved = {c.label: _saved_bytes(c, memory_steps, eager_model, dropbp, batch) for c in configs}
+    dropbp.remove()
+    result = summarise(settings, backend, dropbp, configs, saved, dtype)
+    result["warmup_rounds"] = warmup
+    return result
+
+
+def _entry(config: _Config, settings: ThroughputSettings, saved: tuple[float, float], flops: list[int],
+           compiles_reported: bool) -> dict[str, Any]:
+    step_time = statistics.median(config.times)
+    tokens = settings.batch_size * settings.seq_len
+    if config.drop_rate is None:
+        realised = 0.0
+    else:
+        per_branch = torch.tensor(config.used_masks, dtype=torch.float64).mean(0).tolist()
+        realised = drop_fraction(flops, per_branch)
+    return {
+        "label": config.label,
+        "drop_rate": config.drop_rate,
+        "realized_drop_fraction": realised,
+        "step_time_s": step_time,
+        "step_times_s": config.times,
+        "tokens_per_s": tokens / step_time,
+        "warmup_time_s": config.warmup_s,
+        "saved_activation_bytes": int(round(saved[0])),
+        "saved_activation_drop_fraction": saved[1],
+        "peak_mem_bytes": int(statistics.median(config.peaks)) if config.peaks else None,
+        "graph_compiles": config.compiles_measured if compiles_reported else None,
+        "graph_compiles_warmup": config.compiles_warmup if compiles_reported else None,
+    }
+
+
+def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, configs: list[_Config],
+              saved: dict[str, tuple[float, float]], dtype: torch.dtype) -> dict[str, Any]:
+    """Turn raw timings into the result document: medians, increases, linear limits and efficiencies."""
+    from dropbp.benchmarks.paper import PAPER_THROUGHPUT
+    from dropbp.recipes.publish import environment
+
+    compiles_reported = settings.compile or backend.compiles_per_mask
+    entries = {c.label: _entry(c, settings, saved[c.label], dropbp.flops, compiles_reported) for c in configs}
+    baseline, all_dropped = entries.pop("baseline"), entries.pop("all dropped")
+    runs = []
+    for entry in entries.values():
+        q = entry["realized_drop_fraction"]
+        ideal = linear_limit(all_dropped["step_time_s"], baseline["step_time_s"], q)
+        ideal_saved = linear_limit(all_dropped["saved_activation_bytes"], baseline["saved_activation_bytes"],
+                                   entry["saved_activation_drop_fraction"])
+        runs.append({
+            **entry,
+            "throughput_increase": baseline["step_time_s"] / entry["step_time_s"] - 1.0,
+            "ideal_step_time_s": ideal,
+            "efficiency": ideal / entry["step_time_s"],
+            "ideal_throughput_increase": baseline["step_time_s"] / ideal - 1.0,
+            "saved_activation_ideal_bytes": ideal_saved,
+            "saved_activation_vs_ideal": (entry["saved_activation_bytes"] / ideal_saved) if ideal_saved else None,
+        })
+    runs.sort(key=lambda r: r["drop_rate"])
+    return {
+        "benchmark": "throughput",
+        **environment(backend),
+        "model": settings.model,
+        "model_shape": dropbp.shape.to_dict(),
+        "num_branches": len(dropbp.branches),
+        "method": settings.method,
+        "dtype": str(dtype).replace("torch.", ""),
+        "seq_len": settings.seq_len,
+        "batch_size": settings.batch_size,
+        "sampler": settings.sampler,
+        "settings": settings.to_dict(),
+        "baseline": baseline,
+        "all_dropped": all_dropped,
+        "runs": runs,
+        "paper_reference": PAPER_THROUGHPUT,
+    }
+
+
+def main(settings: ThroughputSettings, *, progress: bool = True) -> dict[str, Any]:
+    """``dropbp bench throughput``: validate, measure, write ``throughput.{json,md,png}``, print the table."""
+    from .throughput_report import throughput_figure, throughput_markdown
+
+    return run_benchmark("throughput", settings, run_throughput, throughput_markdown, throughput_figure,
+                         progress=progress)

@@ -1,0 +1,85 @@
+"""Presenting a throughput result: the Markdown table, the target checks and the plot."""
+from __future__ import annotations
+
+from typing import Any
+
+from dropbp.recipes.tables import markdown_table
+from dropbp.recipes.publish import mib, pyplot
+
+HEADERS = ["config", "drop rate", "realised q", "step (s)", "tokens/s", "increase", "ideal step (s)", "efficiency",
+           "saved act (MiB)", "ideal saved (MiB)", "peak (MiB)", "compiles"]
+
+
+def _row(entry: dict[str, Any]) -> list[Any]:
+    increase = entry.get("throughput_increase")
+    return [entry["label"], entry["drop_rate"], entry["realized_drop_fraction"], entry["step_time_s"],
+            round(entry["tokens_per_s"]), None if increase is None else f"{increase:+.1%}",
+            entry.get("ideal_step_time_s"), entry.get("efficiency"), mib(entry["saved_activation_bytes"]),
+            mib(entry.get("saved_activation_ideal_bytes")), mib(entry["peak_mem_bytes"]), entry["graph_compiles"]]
+
+
+def throughput_table(result: dict[str, Any]) -> str:
+    """The side-by-side table: baseline, each drop rate, all dropped."""
+    rows = [_row(result["baseline"]), *(_row(r) for r in result["runs"]), _row(result["all_dropped"])]
+    return markdown_table(HEADERS, rows)
+
+
+def throughput_markdown(result: dict[str, Any]) -> str:
+    """The whole Markdown report: settings line, table, paper reference."""
+    shape = result["model_shape"]
+    paper = result["paper_reference"]
+    lines = [
+        f"# Throughput: {result['model']} ({result['method']}, {result['dtype']}) on {result['device_name']} "
+        f"({result['device']})",
+        "",
+        f"hidden {shape['hidden']}, layers {shape['layers']}, heads {shape['heads']}/{shape['kv_heads']} kv, "
+        f"MLP {shape['intermediate']}; batch {result['batch_size']} x seq {result['seq_len']}; sampler "
+        f"{result['sampler']}; {result.get('warmup_rounds', result['settings']['warmup'])} warm-up + "
+        f"{result['settings']['steps']} measured "
+        "rounds, interleaved; step = forward + backward + optimizer step; medians.",
+        "",
+        throughput_table(result),
+        "",
+        "increase = T(baseline)/T - 1; ideal step = T(all dropped) + (1 - q) * (T(baseline) - T(all dropped)); "
+        "efficiency = ideal / measured.",
+        "",
+        "Paper, for reference (not measured here): "
+        + "; ".join(f"{name}: {ref['throughput_increase']:+.0%} at p={ref['drop_rate']} ({ref['setting']})"
+                    for name, ref in paper.items()),
+    ]
+    return "\n".join(lines)
+
+
+def throughput_figure(result: dict[str, Any]) -> Any:
+    """Left: throughput increase per drop rate, measured vs the linear limit, paper points marked.
+    Right: saved-activation memory per drop rate vs its linear limit."""
+    plt = pyplot()
+
+    runs = result["runs"]
+    rates = [r["drop_rate"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.035
+    left.bar([r - width / 2 for r in rates], [100 * r["throughput_increase"] for r in runs], width,
+             label="measured", color="#3b75af")
+    left.bar([r + width / 2 for r in rates], [100 * r["ideal_throughput_increase"] for r in runs], width,
+             label="linear limit", color="#b0c4de")
+    markers = {"a100": ("*", "#d62728"), "gaudi2": ("D", "#2ca02c")}
+    for name, ref in result["paper_reference"].items():
+        marker, colour = markers.get(name, ("o", "k"))
+        left.scatter([ref["drop_rate"]], [100 * ref["throughput_increase"]], marker=marker, s=90, color=colour,
+                     zorder=3, label=f"paper {name}")
+    left.axhline(0, color="grey", lw=0.8)
+    left.set_xlabel("drop rate p")
+    left.set_ylabel("throughput increase vs baseline (%)")
+    left.set_title(f"{result['model']} {result['method']} on {result['device']}")
+    left.legend(fontsize=8)
+    base = result["baseline"]["saved_activation_bytes"]
+    right.plot([0] + rates + [1], [mib(base)] + [mib(r["saved_activation_bytes"]) for r in runs]
+               + [mib(result["all_dropped"]["saved_activation_bytes"])], "o-", label="measured")
+    right.plot(rates, [mib(r["saved_activation_ideal_bytes"]) for r in runs], "x--", label="linear limit")
+    right.set_xlabel("drop rate p")
+    right.set_ylabel("activations saved for backward (MiB)")
+    right.set_title("memory")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,57 @@
+"""The ``dropbp`` command line: one small module per subcommand; bad input exits with code 2 and one paragraph.
+
+Subcommands from higher layers (``dropbp bench`` lives in ``dropbp.benchmarks``) are found through the
+``dropbp.commands`` entry-point group of the installed distribution, so this layer never imports them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from dropbp.core.errors import DropBPError
+
+from . import allocate, env, train
+
+#: Subcommands this layer owns, in the order ``--help`` lists them.
+SUBCOMMANDS = (train, allocate, env)
+COMMAND_GROUP = "dropbp.commands"
+
+
+def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """``register`` functions of the subcommands other packages (our benchmarks layer) declare, sorted by name."""
+    found = importlib.metadata.entry_points(group=COMMAND_GROUP)
+    return [entry.load() for entry in sorted(found, key=lambda e: e.name)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="dropbp",
+        description="DropBP: faster, lighter LLM fine-tuning by dropping backward propagation of residual branches.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  dropbp bench throughput --device auto\n  dropbp train --device auto --drop-rate 0.75\n  dropbp env",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    for register in plugin_commands():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dropbp`` console script."""
+    # peft calls a transformers property that transformers 5 deprecates; it says nothing to a dropbp user
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DropBPError as err:
+        print(f"dropbp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dropbp {args.command}: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,100 @@
+"""``dropbp allocate``: per-branch sensitivities and the drop rates an allocator gives them, as a table and plot."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dropbp import backends
+from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
+from dropbp.core.errors import ConfigError
+from dropbp.core.sensitivity import SENSITIVITY_METHODS
+from dropbp.recipes.settings_fields import add_options, check_choice, check_positive, from_args, setting
+
+from .options import device_field, method_field, model_field, out_field
+
+EXAMPLES = """examples:
+  dropbp allocate --model tiny --method lora --drop-rate 0.875 --sensitivity fast --allocator paper
+  dropbp allocate --sensitivity fast --compare exact --seed 1
+  dropbp allocate --allocator optimal --cap 0.95 --out results/alloc"""
+
+
+@dataclass
+class AllocateSettings:
+    """One sensitivity measurement and the drop rates an allocator derives from it."""
+
+    device: str = device_field()
+    model: str = model_field("tiny")
+    method: str = method_field()
+    drop_rate: float = setting(0.875, "target rate in [0, 1)")
+    sensitivity: str = setting("fast", "estimator: exact (2L+1 passes) or fast (1 pass)", choices=SENSITIVITY_METHODS)
+    allocator: str = setting("paper", "paper (greedy, steps of 0.1), optimal (exact minimiser of sum C p^2), uniform",
+                             choices=ALLOCATORS)
+    cap: float = setting(0.9, "highest rate of any branch")
+    compare: str | None = setting(None, "also compute exact sensitivity; report Spearman and the cost of both",
+                                  choices=("exact",))
+    seq_len: int = setting(256, "tokens per sequence")
+    batch_size: int = setting(4, "sequences in the batch")
+    seed: int = setting(0, "seed for the weights and the batch")
+    out: Path | None = out_field()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
+        check_choice("--device", self.device, backends.DEVICE_CHOICES)
+        validate_drop_rate(self.drop_rate, "--drop-rate")
+        check_positive(self, "seq_len", "batch_size")
+        if not 0 < self.cap < 1:
+            raise ConfigError(f"--cap must be in (0, 1), got {self.cap}.")
+        if self.allocator != "uniform":
+            check_feasible(self.drop_rate, self.cap)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``allocate`` subcommand."""
+    parser = subparsers.add_parser(
+        "allocate", help="sensitivity-based drop rates per branch", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure each branch's sensitivity on a batch of text and allocate drop rates under the FLOPs "
+                    "budget; print the table and write JSON + a plot of the rates per layer.")
+    add_options(parser, AllocateSettings)
+    parser.set_defaults(run=lambda args: run(from_args(AllocateSettings, args)))
+
+
+def run(settings: AllocateSettings) -> int:
+    """Validate, measure, allocate, write, print."""
+    from dropbp.core.engine import DropBP
+    from dropbp.core.sensitivity import compute_sensitivity, spearman
+    from dropbp.recipes.allocation_report import allocation_figure, allocation_markdown
+    from dropbp.recipes.data import batch_at, stdlib_corpus
+    from dropbp.recipes.presets import apply_method, build_model, check_fits
+    from dropbp.recipes.publish import environment, publish
+
+    settings.validate()
+    backend = backends.get(settings.device)
+    out = settings.out if settings.out is not None else Path("results") / backend.name
+    check_fits(settings.model, dtype=torch.float32, method=settings.method, capacity_bytes=backend.memory_capacity_bytes())
+    model = apply_method(build_model(settings.model, device=backend.device, seed=settings.seed), settings.method, seed=settings.seed)
+    dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len)
+    batch = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len, settings.seed).to(backend.device)
+    sensitivity = compute_sensitivity(settings.sensitivity, model, dropbp, batch, seed=settings.seed, progress=True)
+    rates = allocate(settings.allocator, dropbp.flops, sensitivity.values, settings.drop_rate, cap=settings.cap)
+    total = sum(dropbp.flops)
+    branches = [{**b.to_dict(), "flops_share": b.flops / total, "sensitivity": s, "rate": r}
+                for b, s, r in zip(dropbp.branches, sensitivity.values, rates)]
+    result = {"command": "allocate", **environment(backend), "model": settings.model, "method": settings.method,
+              "model_shape": dropbp.shape.to_dict(), "drop_rate": settings.drop_rate, "allocator": settings.allocator,
+              "cap": settings.cap, "seq_len": settings.seq_len, "batch_size": settings.batch_size, "seed": settings.seed,
+              "sensitivity": sensitivity.to_dict(), "drop_fraction": drop_fraction(dropbp.flops, rates),
+              "branches": branches}
+    if settings.compare == "exact":
+        exact = sensitivity if sensitivity.method == "exact" else compute_sensitivity(
+            "exact", model, dropbp, batch, seed=settings.seed, progress=True)
+        result["exact"] = exact.to_dict()
+        result["spearman"] = spearman(exact.values, sensitivity.values)
+        for branch, value in zip(branches, exact.values):
+            branch["exact_sensitivity"] = value
+    dropbp.remove()
+    publish(out, "allocate", result, allocation_markdown(result), allocation_figure(result))
+    return 0

@@ -1,0 +1,77 @@
+"""Settings fields and values shared by several subcommands: one default, one help text and one meaning of
+``auto`` each."""
+from __future__ import annotations
+
+from typing import Any
+
+from dropbp.backends import DEVICE_CHOICES, Backend
+from dropbp.core.samplers import SAMPLERS
+from dropbp.recipes.presets import METHODS, PRECISIONS, PRESETS
+from dropbp.recipes.settings_fields import setting
+
+DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
+
+
+def device_field() -> Any:
+    """``device``: auto, cpu, cuda or hpu."""
+    return setting("auto", "device backend; auto picks hpu > cuda > cpu", choices=DEVICE_CHOICES)
+
+
+def seed_field() -> Any:
+    """``seed``: weights, data and masks."""
+    return setting(0, "seed for the weights, the data and the masks")
+
+
+def out_field() -> Any:
+    """``out``: the results folder."""
+    return setting(None, "results folder (default: results/<device>)")
+
+
+def model_field(default: str = "auto") -> Any:
+    """``model``: a preset, a local path or a hub name; ``auto`` is tiny on the CPU and llama2-7b elsewhere."""
+    auto = "; auto: tiny on the CPU, llama2-7b on a GPU or Gaudi" if default == "auto" else ""
+    return setting(default, f"model preset ({', '.join(PRESETS)}; random weights) or a local path or hub name{auto}")
+
+
+def method_field(default: str = "lora", choices: tuple[str, ...] = METHODS) -> Any:
+    """``method``: full fine-tuning, LoRA or QLoRA."""
+    return setting(default, "fine-tuning method", choices=choices)
+
+
+def drop_rates_field() -> Any:
+    """``drop_rates``: the rates compared, comma-separated on the command line."""
+    return setting(DEFAULT_DROP_RATES, "drop rates to compare, comma-separated, each in [0, 1)")
+
+
+def sampler_field() -> Any:
+    """``sampler``: bernoulli, pool, or the device's default."""
+    return setting("auto", "drop sampler; auto = the device's default: pool on hpu (every new mask is a new compiled "
+                           "graph there), bernoulli elsewhere", choices=("auto", *SAMPLERS))
+
+
+def pool_size_field() -> Any:
+    """``pool_size``: masks in the pool sampler."""
+    return setting(8, "masks in the pool sampler (K)")
+
+
+def precision_field() -> Any:
+    """``precision``: the model dtype."""
+    return setting("auto", "model dtype; auto = fp32 on the CPU, bf16 elsewhere", choices=("auto", *PRECISIONS))
+
+
+def resolve_sampler(name: str, backend: Backend | type[Backend]) -> str:
+    """'auto' -> the backend's default sampler; any other name is returned unchanged."""
+    return backend.default_sampler if name == "auto" else name
+
+
+def resolve_precision(name: str, backend: Backend | type[Backend]) -> str:
+    """'auto' -> the backend's default precision (fp32 on the CPU, bf16 on accelerators)."""
+    return backend.default_precision if name == "auto" else name
+
+
+def resolve_model(name: str, backend: Backend | type[Backend]) -> str:
+    """'auto' -> 'tiny' on the CPU (compute-bound there in about a second a step), 'llama2-7b' on an accelerator
+    (the paper's shape: a tiny model on an accelerator measures kernel-launch overhead, not DropBP)."""
+    if name != "auto":
+        return name
+    return "llama2-7b" if backend.accelerator else "tiny"

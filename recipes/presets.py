@@ -1,0 +1,102 @@
+"""Model presets built in code with random weights (no download): a tiny CPU model and the paper's real shapes."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dropbp.core.errors import ConfigError
+from dropbp.core.seeding import seeded
+
+# Llama-architecture shapes. 'tiny' is sized to be compute-bound on a 2-core CPU; the others are the real shapes
+# of the models in the paper (random weights: timing and memory depend on shape, not on the values).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, vocab_size=256),
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000),
+    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                       num_key_value_heads=40, vocab_size=32000),
+    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                       num_key_value_heads=8, vocab_size=32000),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+}
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_dtype(precision: str, backend: Any) -> torch.dtype:
+    """The dtype of a precision name; ``auto`` is the backend's default (fp32 on the CPU, bf16 on accelerators)."""
+    return PRECISIONS[backend.default_precision if precision == "auto" else precision]
+
+
+def llama_config(preset: str, **overrides: Any) -> Any:
+    """A ``LlamaConfig`` for a named preset, with optional field overrides."""
+    from transformers import LlamaConfig
+
+    if preset not in PRESETS:
+        raise ConfigError(f"model preset must be one of {', '.join(PRESETS)} (or a local path), got {preset!r}.")
+    fields = {"max_position_embeddings": 8192, "attention_dropout": 0.0, **PRESETS[preset], **overrides}
+    return LlamaConfig(**fields)
+
+
+def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                seed: int = 0, **overrides: Any) -> nn.Module:
+    """A causal LM from a preset (random init, seeded without touching the caller's global RNG) or a local path."""
+    from transformers import AutoModelForCausalLM
+
+    if preset_or_path in PRESETS:
+        config = llama_config(preset_or_path, **overrides)
+        device = torch.device(device)
+        with seeded(seed, device), device:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype).to(device)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--model must be a preset ({', '.join(PRESETS)}) or a local folder / hub name that transformers can "
+            f"load; {preset_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity_bytes: int | None,
+               **overrides: Any) -> None:
+    """Refuse, before allocating anything, a preset whose weights (plus gradients and AdamW moments when every
+    weight trains) exceed 90% of the device's memory, instead of letting the process be killed."""
+    if preset_or_path not in PRESETS or not capacity_bytes:
+        return
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llama_config(preset_or_path,
+                                                                                        **overrides)).parameters())
+    need = params * torch.tensor([], dtype=dtype).element_size() * (4 if method == "full" else 1)
+    if need > 0.9 * capacity_bytes:
+        raise ConfigError(
+            f"--model {preset_or_path} needs about {need / 2**30:.1f} GiB for its weights"
+            f"{' and optimizer state' if method == 'full' else ''} in {str(dtype).replace('torch.', '')}, more than "
+            f"this device has ({capacity_bytes / 2**30:.1f} GiB). Choose a smaller preset (e.g. tiny), --method "
+            "lora, --precision bf16, or a device with more memory."
+        )
+
+
+def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int = 0) -> nn.Module:
+    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
+    initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
+    if method == "full":
+        return model
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules="all-linear")
+        with seeded(seed, next(model.parameters()).device):
+            return get_peft_model(model, config)
+    if method == "qlora":
+        raise ConfigError(
+            "method 'qlora' needs bitsandbytes 4-bit weights on a CUDA GPU; it cannot run on this device. "
+            "Use method 'lora' or 'full'."
+        )
+    raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

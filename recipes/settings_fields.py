@@ -1,0 +1,152 @@
+"""Typed settings dataclasses whose fields carry their own help text, and the command-line options made from them.
+
+A field is declared once, with :func:`setting` (default, help, allowed values); :func:`add_options` turns every
+field into ``--field-name`` with that default and help, and :func:`from_args` builds the dataclass back from the
+parsed arguments. So a default lives in one place, and the same object is what Python callers pass directly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
+            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field with its help text and allowed values; ``cli=False`` keeps it off the command line."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "cli": cli,
+                "metavar": metavar}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_name(name: str) -> str:
+    """``drop_rates`` -> ``--drop-rates``: the flag (and the name errors use) of a settings field."""
+    return "--" + name.replace("_", "-")
+
+
+def _comma_list(item: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    parse.__name__ = f"list of {what}"
+    return parse
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.strip().lower() == "none" else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")
+    return parse_optional
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any] | None:
+    bare = _strip_optional(annotation)
+    parse = _bare_parser(bare)
+    if parse is None or bare is annotation or bare in (str, Path):
+        return parse
+    return _or_none(parse)  # an optional number: "none" on the command line means None
+
+
+def _bare_parser(annotation: Any) -> Callable[[str], Any] | None:
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return _comma_list(item, {float: "numbers", int: "integers", str: "names"}[item])
+    if annotation in (int, float, str, Path):
+        return annotation
+    return None
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()  # type: ignore[misc]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that appear on the command line."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[str, Any] | None = None) -> None:
+    """Add ``--field-name`` for every command-line field of the dataclass ``cls``. ``defaults`` overrides a field's
+    default for this parser only (e.g. a subcommand with a different method)."""
+    hints = typing.get_type_hints(cls)
+    for field in cli_fields(cls):
+        default = (defaults or {}).get(field.name, _default(field))
+        help_text = field.metadata.get("help", "")
+        flag = option_name(field.name)
+        if hints[field.name] is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        parse = _parser_for(hints[field.name])
+        if parse is None:
+            raise TypeError(f"{cls.__name__}.{field.name}: no command-line parser for {hints[field.name]!r}")
+        shown = "" if default is None else f" (default: {_shown(default)})"
+        parser.add_argument(flag, dest=field.name, type=parse, default=default,
+                            choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
+                            help=f"{help_text}{shown}")
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass ``cls`` built from parsed arguments (fields kept off the command line take their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
+
+
+# -- checks (each error names the option and what is allowed) ------------------------------------------------------
+def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """``value`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}.")
+
+
+def check_positive(settings: Any, *names: str) -> None:
+    """Each named field must be an integer >= 1."""
+    for name in names:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{option_name(name)} must be a positive integer, got {value!r}.")
+
+
+def check_non_negative(settings: Any, *names: str) -> None:
+    """Each named field must be an integer >= 0."""
+    for name in names:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{option_name(name)} must be >= 0, got {value!r}.")
+
+
+def check_drop_rates(rates: Any) -> tuple[float, ...]:
+    """At least one rate, each in [0, 1); returned as a tuple of floats."""
+    if not rates:
+        raise ConfigError("--drop-rates needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
+    return tuple(validate_drop_rate(r, "--drop-rates") for r in rates)

@@ -1,0 +1,148 @@
+"""Benchmarks on very small runs (seconds): the JSON schema, the linear-limit arithmetic and the CLI contract.
+Speed targets are not asserted here; they are checked by running the benchmarks (see benchmarks/README.md)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dropbp import backends
+from dropbp.benchmarks.convergence import ConvergenceSettings, _time_to, run_convergence
+from dropbp.benchmarks.memory_search import GRANULARITY, longest_fitting
+from dropbp.benchmarks.throughput import ThroughputSettings, linear_limit, run_throughput
+from dropbp.recipes.cli import main
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+             num_hidden_layers=2)
+
+
+def test_linear_limit_arithmetic():
+    assert linear_limit(1.0, 3.0, 0.0) == 3.0
+    assert linear_limit(1.0, 3.0, 1.0) == 1.0
+    assert linear_limit(1.0, 3.0, 0.25) == pytest.approx(2.5)
+
+
+@pytest.fixture(scope="module")
+def small_result():
+    settings = ThroughputSettings(method="lora", drop_rates=(0.5, 0.875), seq_len=32, batch_size=1, warmup=1,
+                                  steps=3, memory_masks=3, model_overrides=SMALL)
+    return run_throughput(settings, backends.get("cpu"), progress=False)
+
+
+def test_throughput_json_schema(small_result):
+    result = json.loads(json.dumps(small_result))  # JSON-serialisable
+    for key in ("device", "device_name", "versions", "model_shape", "method", "seq_len", "batch_size", "sampler",
+                "baseline", "all_dropped", "runs", "paper_reference"):
+        assert key in result, key
+    for end in ("baseline", "all_dropped"):
+        for key in ("step_time_s", "tokens_per_s", "saved_activation_bytes", "peak_mem_bytes"):
+            assert key in result[end], (end, key)
+    assert result["baseline"]["peak_mem_bytes"] is None  # the CPU does not report a device peak
+    assert [r["drop_rate"] for r in result["runs"]] == [0.0, 0.5, 0.875]
+    for run in result["runs"]:
+        for key in ("drop_rate", "realized_drop_fraction", "step_time_s", "tokens_per_s", "throughput_increase",
+                    "ideal_step_time_s", "efficiency", "saved_activation_bytes", "peak_mem_bytes", "graph_compiles"):
+            assert key in run, key
+        assert run["graph_compiles"] is None
+        assert len(run["step_times_s"]) == 3
+
+
+def test_throughput_arithmetic_is_consistent(small_result):
+    base, end = small_result["baseline"], small_result["all_dropped"]
+    assert end["realized_drop_fraction"] == 1.0
+    for run in small_result["runs"]:
+        q = run["realized_drop_fraction"]
+        ideal = end["step_time_s"] + (1 - q) * (base["step_time_s"] - end["step_time_s"])
+        assert run["ideal_step_time_s"] == pytest.approx(ideal)
+        assert run["efficiency"] == pytest.approx(ideal / run["step_time_s"])
+        assert run["throughput_increase"] == pytest.approx(base["step_time_s"] / run["step_time_s"] - 1)
+        assert run["tokens_per_s"] == pytest.approx(32 / run["step_time_s"])
+    wrapped_zero = small_result["runs"][0]
+    assert wrapped_zero["realized_drop_fraction"] == 0.0
+    assert wrapped_zero["saved_activation_bytes"] == base["saved_activation_bytes"]  # p=0 keeps everything
+    assert end["saved_activation_bytes"] < small_result["runs"][-1]["saved_activation_bytes"] < \
+        base["saved_activation_bytes"]
+
+
+def test_bench_cli_writes_three_files(tmp_path, monkeypatch, capsys):
+    import dropbp.benchmarks.throughput as throughput
+
+    original = throughput.ThroughputSettings.validate
+
+    def shrink(self):  # the CLI builds the settings; make the model small for a test run
+        self.model_overrides = dict(SMALL)
+        original(self)
+
+    monkeypatch.setattr(throughput.ThroughputSettings, "validate", shrink)
+    out = tmp_path / "res"
+    code = main(["bench", "throughput", "--device", "cpu", "--drop-rates", "0.5", "--seq-len", "16", "--batch-size",
+                 "1", "--warmup", "0", "--steps", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["throughput.json", "throughput.md", "throughput.png"]
+    assert "| baseline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--drop-rates", "0.5,1.2"], "--drop-rates must be a number in [0, 1)"),
+    (["--device", "hpu"], "Intel's Gaudi software"),
+    (["--device", "cuda"], "needs an NVIDIA GPU"),
+])
+def test_bench_bad_input_exits_2_and_writes_nothing(tmp_path, argv, needle, capsys):
+    out = tmp_path / "res"
+    assert main(["bench", "throughput", "--out", str(out), *argv]) == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_memory_search_bisection():
+    assert longest_fitting(lambda s: s <= 1000, upper=65536) == 1000 // GRANULARITY * GRANULARITY
+    assert longest_fitting(lambda s: True, upper=4096) == 4096
+    assert longest_fitting(lambda s: False, upper=4096) == 0
+    probes = []
+    longest_fitting(lambda s: s <= 5000, upper=65536, on_probe=probes.append)
+    assert len(probes) < 20
+
+
+def test_time_to_target_interpolates():
+    curve = [{"time_s": 0.0, "val_loss": 3.0}, {"time_s": 10.0, "val_loss": 2.0}, {"time_s": 20.0, "val_loss": 1.0}]
+    assert _time_to(curve, 1.5, "time_s") == pytest.approx(15.0)
+    assert _time_to(curve, 0.5, "time_s") is None
+
+
+def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPBP_CACHE", str(tmp_path))
+    settings = ConvergenceSettings(drop_rates=(0.5,), pretrain_steps=2, steps=3, eval_every=1, eval_windows=2,
+                                   batch_size=2, seq_len=16, corpus_bytes=50_000, max_step_factor=1.0,
+                                   model_overrides=dict(SMALL, vocab_size=256))
+    first = run_convergence(settings, backends.get("cpu"), progress=False)
+    assert first["pretrain"]["from_cache"] is False and len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert [r["label"] for r in first["runs"]] == ["baseline", "dropbp p=0.5", "dropbp p=0.875 pool",
+                                                   "dropbp p=0.875 sensitivity (paper)",
+                                                   "dropbp p=0.875 sensitivity (optimal)"]
+    assert first["runs"][3]["rates"] != [0.875] * 4  # re-allocated from sensitivities
+    assert first["runs"][0]["steps"] == 3 and len(first["runs"][0]["curve"]) == 4
+    assert first["runs"][0]["time_to_target_speedup"] == 1.0
+    second = run_convergence(settings, backends.get("cpu"), progress=False)
+    assert second["pretrain"]["from_cache"] is True
+    assert second["runs"][0]["curve"][0]["val_loss"] == first["runs"][0]["curve"][0]["val_loss"]
+
+
+def test_model_auto_is_tiny_on_cpu_and_paper_shape_on_accelerators(capsys):
+    from dropbp.recipes.cli.options import resolve_model
+
+    assert resolve_model("auto", backends.get("cpu")) == "tiny"
+    assert resolve_model("auto", backends.CUDABackend) == "llama2-7b"
+    assert resolve_model("llama3-8b", backends.get("cpu")) == "llama3-8b"
+    assert main(["bench", "convergence", "--model", "llama2-7b"]) == 2
+    assert "only 'tiny' is allowed" in capsys.readouterr().err
+
+
+def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
+    out = tmp_path / "mem"
+    assert main(["bench", "memory", "--device", "cpu", "--budget-gb", "0.08", "--drop-rates", "0.875",
+                 "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "memory.json").read_text())
+    baseline, dropped = result["results"]
+    assert baseline["drop_rate"] is None and dropped["drop_rate"] == 0.875
+    assert 0 < baseline["max_seq_len"] < dropped["max_seq_len"]
+    assert sorted(p.name for p in out.iterdir()) == ["memory.json", "memory.md", "memory.png"]

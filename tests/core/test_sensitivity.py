@@ -1,0 +1,118 @@
+"""Sensitivity estimators and sensitivity-based allocation."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dropbp.core import DropBP
+from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, optimal_rates
+from dropbp.recipes.data import batch_at, stdlib_corpus
+from dropbp.core.errors import AllocationError, ConfigError
+from dropbp.core.schedule import AllocationSchedule
+from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
+
+from ..conftest import VOCAB, tiny_model
+
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def text():
+    return stdlib_corpus(200_000)
+
+
+def setup(method, seed, text, width=64):
+    model = tiny_model("llama", method, seed=seed, layers=LAYERS, width=width)
+    return model, DropBP(model, 0.5, seq_len=64), batch_at(text, seed, 2, 64, seed) % VOCAB  # text bytes, folded
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_ranks_like_exact_at_a_fraction_of_the_cost(method, seed, text):
+    model, dropbp, batch = setup(method, seed, text)
+    exact = exact_sensitivity(model, dropbp, batch)
+    fast = fast_sensitivity(model, dropbp, batch)
+    assert exact.step_equivalents == 2 * LAYERS + 1
+    assert fast.step_equivalents <= 3
+    rho = spearman(exact.values, fast.values)
+    assert rho >= 0.9, (rho, exact.values, fast.values)
+
+
+@pytest.mark.parametrize("estimator", [exact_sensitivity, fast_sensitivity])
+def test_deterministic_no_global_rng_change_and_state_restored(estimator, text):
+    model, dropbp, batch = setup("full", 0, text)
+    dropbp.begin_step(5, mask=[True, False] * LAYERS)
+    counters = (dropbp.step, dropbp.mask, dropbp.steps_counted, list(dropbp.drop_counts))
+    marker = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
+    for name, param in model.named_parameters():
+        param.grad = marker[name].clone()
+    model.eval()
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    before = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    first = estimator(model, dropbp, batch).values
+    second = estimator(model, dropbp, batch).values
+    after = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    assert first == second
+    assert before[0] == after[0] and torch.equal(before[2], after[2])
+    assert all(np.array_equal(a, b) for a, b in zip(before[1], after[1]))
+    assert not model.training
+    assert all(torch.equal(p.grad, marker[n]) for n, p in model.named_parameters())
+    assert (dropbp.step, dropbp.mask, dropbp.steps_counted, list(dropbp.drop_counts)) == counters
+
+
+def test_bad_input_errors(text):
+    model, dropbp, batch = setup("full", 0, text)
+    with pytest.raises(ConfigError, match="batch too small"):
+        fast_sensitivity(model, dropbp, batch[:, :1])
+    with pytest.raises(ConfigError, match="batch too small"):
+        exact_sensitivity(model, dropbp, batch[:0])
+    for allocator in ("paper", "optimal"):
+        with pytest.raises(AllocationError, match="0.95 is infeasible with cap 0.9"):
+            allocate(allocator, [1, 2], [1.0, 1.0], 0.95, cap=0.9)
+        with pytest.raises(AllocationError, match="zero FLOPs"):
+            allocate(allocator, [0, 0], [1.0, 1.0], 0.5)
+
+
+def test_optimal_allocator_meets_budget_and_beats_the_greedy_objective():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        flops = (torch.rand(10, generator=generator) * 10 + 1).tolist()
+        sens = (torch.rand(10, generator=generator) ** 3 * 5).tolist()
+        for p in (0.5, 0.75, 0.875):
+            opt, greedy = optimal_rates(flops, sens, p), greedy_paper_rates(flops, sens, p)
+            assert p - 1e-12 <= drop_fraction(flops, opt) <= p + 1e-8
+            assert all(0 <= r <= 0.9 + 1e-12 for r in opt)
+            objective = lambda rates: sum(c * r * r for c, r in zip(sens, rates))  # noqa: E731
+            assert objective(opt) <= objective(greedy) + 1e-9
+
+
+def test_online_estimates_and_schedule_reallocate(text):
+    from dropbp.backends import get
+    from dropbp.recipes.training import train
+
+    model, dropbp, batch = setup("full", 0, text)
+    schedule = AllocationSchedule(model, dropbp, mode="online", drop_rate=0.75, total_steps=8, every=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    train(model, lambda s: batch_at(text, s, 2, 64) % VOCAB, optimizer, dropbp, get("cpu"), 8, progress=False,
+          schedule=schedule)
+    assert isinstance(schedule.online, OnlineSensitivity)
+    assert sum(schedule.online.updates) > 0 and schedule.online.current() is not None
+    assert [e["step"] for e in schedule.events] == [4]
+    assert dropbp.rates == schedule.events[0]["rates"] != [0.75] * 2 * LAYERS
+    schedule.close()
+    assert dropbp.after_backward_callbacks == []
+
+
+def test_sensitivity_schedule_at_ten_percent(text):
+    model, dropbp, batch = setup("lora", 0, text)
+    schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=0.875, total_steps=20,
+                                  allocator="optimal")
+    for step in range(3):
+        schedule.before_step(step, batch)
+    assert [e["step"] for e in schedule.events] == [2]
+    assert abs(schedule.events[0]["drop_fraction"] - 0.875) < 1e-6
