@@ -129,21 +129,28 @@ class Backend(ABC):
         Each distinct drop mask is a distinct set of guards, so ``recompile_limit`` should exceed the number of
         masks a run will see (the pool size for ``pool``); past the limit dynamo silently falls back to eager.
         """
-        name = backend or self.compile_backend
-        known = self.compile_backends()
-        if name not in known:
-            raise ConfigError(f"compile backend must be a dynamo backend registered here ({', '.join(known)}), "
-                              f"got {name!r}.")
+        name = self.check_compile_backend(backend or self.compile_backend)
         if recompile_limit is not None:
             raise_recompile_limit(recompile_limit)
         guard_module_hooks()
         return torch.compile(model, backend=name)
 
     def compile_backends(self) -> list[str]:
-        """The dynamo backends registered in this process (a device SDK may add its own, e.g. ``hpu_backend``)."""
+        """The dynamo backends registered in this process, debug ones included (a device SDK may add its own,
+        e.g. ``hpu_backend``)."""
         import torch._dynamo
 
         return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+    def check_compile_backend(self, name: str) -> str:
+        """``name`` if dynamo knows it here; otherwise a :class:`ConfigError` listing the usual choices."""
+        import torch._dynamo
+
+        if name not in self.compile_backends():
+            usual = sorted({*torch._dynamo.list_backends(), "aot_eager", "eager", self.compile_backend})
+            raise ConfigError(f"--compile-backend must be a torch.compile backend registered here (e.g. "
+                              f"{', '.join(usual)}), got {name!r}.")
+        return name
 
     def compile_count(self) -> int | None:
         """Graphs compiled so far by ``torch.compile`` in this process (dynamo's unique-graph counter)."""

@@ -41,7 +41,7 @@ class BenchSettings:
 
     def results_dir(self, backend_name: str) -> Path:
         """``out``, or ``results/<device>``; refused up front when it exists and is not a folder."""
-        out = self.out if self.out is not None else Path("results") / backend_name
+        out = Path(self.out) if self.out is not None else Path("results") / backend_name
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder; give a folder for the results.")
         return Path(out)

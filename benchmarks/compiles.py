@@ -79,6 +79,7 @@ def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, s
 def run_compiles(settings: CompilesSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
     """Both samplers, same model and settings; the JSON-ready result (nothing is written)."""
     settings.validate()
+    backend.check_compile_backend(settings.compile_backend)
     runs = [count_compiles(backend, sampler=s, drop_rate=settings.drop_rate, steps=settings.steps,
                            pool_size=settings.pool_size, compile_backend=settings.compile_backend,
                            method=settings.method, seed=settings.seed, progress=progress)

@@ -140,6 +140,8 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
     nothing is written. :func:`main` also publishes it."""
     settings = settings.resolve(type(backend))
     settings.validate()
+    if settings.compile:
+        backend.check_compile_backend(settings.compile_backend or backend.compile_backend)
     dtype = settings.dtype_for(backend)
     check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes(),
                **settings.model_overrides)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from .allocation import drop_fraction, greedy_paper_rates, uniform_rates, validate_drop_rate
 from .branches import Branch, find_branches
+from . import dynamo_settings
 from .engine import DropBP
 from .errors import (AllocationError, BackendUnavailableError, ConfigError, DropBPError, NoMatchingBranchError)
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
 
 __version__ = "0.1.0"
 
-__all__ = ["DropBP", "Branch", "find_branches", "drop_fraction", "greedy_paper_rates", "uniform_rates",
+__all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fraction", "greedy_paper_rates", "uniform_rates",
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "__version__"]

@@ -96,6 +96,9 @@ def habana_standin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(write_standin(tmp_path / "standin")))
     had_hpu, old_hpu = hasattr(torch, "hpu"), getattr(torch, "hpu", None)
     yield
+    core = sys.modules.get("habana_frameworks.torch.core")
+    if core is not None:
+        core._standin_stop()
     for name in [n for n in sys.modules if n == "habana_frameworks" or n.startswith("habana_frameworks.")]:
         del sys.modules[name]
     if had_hpu:

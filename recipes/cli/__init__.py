@@ -26,8 +26,10 @@ def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [entry.load() for entry in sorted(found, key=lambda e: e.name)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
+def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction], None]] = ()
+                 ) -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered: this layer's, the installed plugins', and
+    ``extra_commands`` (for running from a source tree that is not installed; duplicates are registered once)."""
     parser = argparse.ArgumentParser(
         prog="dropbp",
         description="DropBP: faster, lighter LLM fine-tuning by dropping backward propagation of residual branches.",
@@ -37,16 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.register(subparsers)
-    for register in plugin_commands():
+    for register in dict.fromkeys([*plugin_commands(), *extra_commands]):
         register(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         extra_commands: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> int:
     """Entry point of the ``dropbp`` console script."""
     # peft calls a transformers property that transformers 5 deprecates; it says nothing to a dropbp user
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    args = build_parser(extra_commands).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except DropBPError as err:

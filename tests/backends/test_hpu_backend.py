@@ -75,8 +75,37 @@ def test_lazy_compile_count_reads_graph_compilation_metric(habana_standin):
     backend = HPUBackend(lazy_mode=True)
     model = tiny_model("llama")
     assert backend.compile(model) is model  # lazy mode compiles graphs itself
-    assert backend.compile_count() == 7
+    assert isinstance(backend.compile_count(), int)
     assert log().METRICS_ASKED == ["graph_compilation"]
+
+
+def _graphs_per_step(backend, sampler, steps, pool_size=3):
+    model = tiny_model("llama", "lora", layers=4)
+    dropbp = DropBP(model, 0.5, sampler=sampler, pool_size=pool_size)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    backend.mark_step()
+    start = backend.compile_count()
+    counts, masks = [], set()
+    for step in range(steps):
+        training_step(model, token_batch(), optimizer, dropbp, backend, step)
+        masks.add(dropbp.mask)
+        counts.append(backend.compile_count() - start)
+    return counts, masks
+
+
+def test_lazy_graph_count_follows_from_the_masks_replayed(habana_standin):
+    """Each new mask is a new forward+backward graph (and at most one new optimizer graph); with the pool sampler
+    every mask has been seen after K steps, so the count stops growing there."""
+    backend = HPUBackend(lazy_mode=True)
+    k = 3
+    pool_counts, pool_masks = _graphs_per_step(backend, "pool", 4 * k, pool_size=k)
+    assert len(pool_masks) == k
+    assert pool_counts[k - 1] == pool_counts[-1]  # nothing compiles after the first K steps
+    assert k <= pool_counts[-1] <= 2 * k + 1  # one graph per mask, one optimizer graph per mask at most, .item()
+    bernoulli_counts, bernoulli_masks = _graphs_per_step(backend, "bernoulli", 4 * k)
+    assert len(bernoulli_masks) > k
+    assert len(bernoulli_masks) <= bernoulli_counts[-1] <= 2 * len(bernoulli_masks) + 1
+    assert bernoulli_counts[-1] > pool_counts[-1]
 
 
 def test_memory_stats_seed_and_sampler_default(habana_standin):
@@ -103,3 +132,50 @@ def test_hpu_graphs_refused_while_dropbp_is_attached(habana_standin):
 def test_without_sdk_the_error_names_the_package_and_how_to_get_it():
     with pytest.raises(BackendUnavailableError, match=r"'habana_frameworks' \(habana-frameworks\).*not on PyPI"):
         HPUBackend()
+
+
+def _loop(backend, steps, *, own_backward=False, own_optimizer=False, micro_batches=1):
+    """The documented loop, or one that calls loss.backward() / optimizer.step() itself."""
+    model = tiny_model("llama", "full")
+    dropbp = DropBP(model, 0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        dropbp.begin_step(step)
+        for _ in range(micro_batches):
+            loss = model(input_ids=token_batch(), labels=token_batch()).loss
+            if own_backward:
+                loss.backward()
+            else:
+                backend.backward(loss, dropbp)
+        if own_optimizer:
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            backend.optimizer_step(optimizer)
+
+
+def test_documented_loop_and_gradient_accumulation_cut_every_step_quietly(habana_standin, recwarn):
+    backend = HPUBackend(lazy_mode=True)
+    log().EVENTS.clear()
+    _loop(backend, 3, micro_batches=2)
+    assert log().EVENTS.count("mark_step") == 3 * (2 + 1)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_lost_mark_step_after_backward_is_reported(habana_standin):
+    backend = HPUBackend(lazy_mode=True)
+    with pytest.warns(RuntimeWarning, match=r"loss.backward\(\) was called directly"):
+        _loop(backend, 2, own_backward=True)
+
+
+def test_a_lost_mark_step_after_the_optimizer_step_is_reported(habana_standin):
+    backend = HPUBackend(lazy_mode=True)
+    with pytest.warns(RuntimeWarning, match=r"optimizer.step\(\) was called directly"):
+        _loop(backend, 2, own_optimizer=True)
+
+
+def test_eager_mode_needs_no_boundaries_and_warns_nothing(habana_standin, recwarn):
+    backend = HPUBackend(lazy_mode=False)
+    _loop(backend, 2, own_backward=True)
+    _loop(backend, 2, own_optimizer=True)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

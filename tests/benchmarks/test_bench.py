@@ -146,3 +146,43 @@ def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
     assert baseline["drop_rate"] is None and dropped["drop_rate"] == 0.875
     assert 0 < baseline["max_seq_len"] < dropped["max_seq_len"]
     assert sorted(p.name for p in out.iterdir()) == ["memory.json", "memory.md", "memory.png"]
+
+
+def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from dropbp.benchmarks import throughput
+
+    def no_argparse(*args, **kwargs):
+        raise AssertionError("argparse was used")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", no_argparse)
+    settings = throughput.ThroughputSettings(device="cpu", model="tiny", method="lora", drop_rates=(0.5,), seq_len=16,
+                                             batch_size=1, warmup=0, steps=2, memory_masks=1,
+                                             model_overrides=SMALL, out=tmp_path / "res")
+    result = throughput.main(settings, progress=False)
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["throughput.json", "throughput.md",
+                                                                     "throughput.png"]
+    written = json.loads((tmp_path / "res" / "throughput.json").read_text())
+    assert written["settings"]["out"] == str(tmp_path / "res") and written["model_shape"]["hidden"] == 64
+    assert [r["drop_rate"] for r in result["runs"]] == [0.0, 0.5] and result["sampler"] == "bernoulli"
+    assert "| baseline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,module,settings_class", [
+    (["bench", "throughput"], "dropbp.benchmarks.throughput", "ThroughputSettings"),
+    (["bench", "memory"], "dropbp.benchmarks.memory_search", "MemorySettings"),
+    (["bench", "convergence"], "dropbp.benchmarks.convergence", "ConvergenceSettings"),
+    (["bench", "compiles"], "dropbp.benchmarks.compiles", "CompilesSettings"),
+    (["train"], "dropbp.recipes.cli.train", "TrainSettings"),
+    (["allocate"], "dropbp.recipes.cli.allocate", "AllocateSettings"),
+])
+def test_command_line_defaults_are_the_settings_defaults(argv, module, settings_class):
+    """Defaults live in one place: parsing no options gives exactly the dataclass's own defaults."""
+    import importlib
+
+    from dropbp.recipes.cli import build_parser
+    from dropbp.recipes.settings_fields import from_args
+
+    cls = getattr(importlib.import_module(module), settings_class)
+    assert from_args(cls, build_parser().parse_args(argv)) == cls()

@@ -2,7 +2,10 @@
 
 It is not the SDK and runs nothing on a device: it records the calls the HPU backend makes (``mark_step``, the
 metrics API, ``ModuleCacher``), the value of ``PT_HPU_LAZY_MODE`` at import time, and registers a ``torch.hpu``
-namespace with the memory functions the real SDK adds. Module and function names are those the HPU backend uses.
+namespace with the memory functions the real SDK adds. In lazy mode it also imitates the SDK's graph cache: every
+op (with its argument shapes) between two ``mark_step`` calls is one graph, and ``graph_compilation`` counts the
+distinct graphs, so the count follows from what ran, not from a number written into the stand-in. Module and
+function names are those the HPU backend uses.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 
 FILES = {
     "habana_frameworks/__init__.py": '"""Stand-in of the Gaudi SDK for tests (records calls)."""\n',
-    "habana_frameworks/_standin_log.py": "EVENTS = []\nENV_AT_IMPORT = []\nMETRICS_ASKED = []\nCACHER = []\n",
+    "habana_frameworks/_standin_log.py": "EVENTS = []\nENV_AT_IMPORT = []\nMETRICS_ASKED = []\nCACHER = []\nGRAPHS = set()\nPENDING = []\n",
     "habana_frameworks/torch/__init__.py": "",
     "habana_frameworks/torch/core/__init__.py": '''
 import os
@@ -18,15 +21,56 @@ import types
 
 import torch
 
-from habana_frameworks._standin_log import ENV_AT_IMPORT, EVENTS
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from habana_frameworks._standin_log import ENV_AT_IMPORT, EVENTS, GRAPHS, PENDING
 
 ENV_AT_IMPORT.append(os.environ.get("PT_HPU_LAZY_MODE"))
 
 
+class _LazyGraphRecorder(TorchDispatchMode):
+    """Lazy mode in miniature: every floating-point op (the model's compute; here on the CPU, integer work such as
+    drawing masks and batches stands for host-side work) is recorded with its argument shapes until mark_step()
+    cuts the graph; reading a value to the host (.item()) cuts it too, as in the SDK. A graph never seen before
+    counts as one compilation, as in the SDK's graph cache."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        flat, _ = tree_flatten((args, kwargs or {}))
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if any(t.is_floating_point() for t in tensors):
+            PENDING.append((str(func), tuple(tuple(t.shape) for t in tensors)))
+        if func is torch.ops.aten._local_scalar_dense.default:
+            _cut()
+        return func(*args, **(kwargs or {}))
+
+
+def _cut():
+    if PENDING:
+        GRAPHS.add(tuple(PENDING))
+        PENDING.clear()
+
+
+_RECORDER = None
+if os.environ.get("PT_HPU_LAZY_MODE", "0") != "0":
+    _RECORDER = _LazyGraphRecorder()
+    _RECORDER.__enter__()
+
+
+def _standin_stop():
+    """Leave the recording mode (the test fixture calls this on teardown)."""
+    global _RECORDER
+    if _RECORDER is not None:
+        _RECORDER.__exit__(None, None, None)
+        _RECORDER = None
+
+
 def mark_step(device_str="", sync=False):
     EVENTS.append("mark_step")
+    _cut()
 
 
+_seeds = [0]
 _stats = {"Limit": 96 * 2**30, "InUse": 0, "MaxInUse": 123456, "NumAllocs": 0, "NumFrees": 0}
 torch.hpu = types.SimpleNamespace(
     is_available=lambda: True,
@@ -36,7 +80,8 @@ torch.hpu = types.SimpleNamespace(
     max_memory_allocated=lambda: _stats["MaxInUse"],
     memory_allocated=lambda: _stats["InUse"],
     memory_stats=lambda: dict(_stats),
-    manual_seed=lambda seed: EVENTS.append(("hpu.manual_seed", seed)),
+    manual_seed=lambda seed: EVENTS.append(("hpu.manual_seed", seed)) or _seeds.append(seed),
+    initial_seed=lambda: _seeds[-1],
 )
 ''',
     "habana_frameworks/torch/hpu/__init__.py": '''
@@ -52,14 +97,12 @@ class ModuleCacher:
         return model
 ''',
     "habana_frameworks/torch/hpu/metrics.py": '''
-from habana_frameworks._standin_log import METRICS_ASKED
-
-GRAPH_COMPILES = 7
+from habana_frameworks._standin_log import GRAPHS, METRICS_ASKED
 
 
 class _Metric:
     def stats(self):
-        return [("TotalNumber", GRAPH_COMPILES), ("TotalTime", 1400), ("AvgTime", 200.0)]
+        return [("TotalNumber", len(GRAPHS)), ("TotalTime", 200 * len(GRAPHS)), ("AvgTime", 200.0)]
 
 
 def metric_global(name):
