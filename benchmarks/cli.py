@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from dropbp.recipes.settings_fields import add_options, from_args
+from dropbp.recipes.settings_fields import add_command
 
 from . import compiles, convergence, memory_search, throughput
 
@@ -35,9 +35,9 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
 }
 
 
-def _runner(settings_class: type, main: Callable[..., dict[str, Any]]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        main(from_args(settings_class, args), progress=not args.quiet)
+def _runner(main: Callable[..., dict[str, Any]]) -> Callable[[Any, argparse.Namespace], int]:
+    def run(settings: Any, args: argparse.Namespace) -> int:
+        main(settings, progress=not args.quiet)
         return 0
 
     return run
@@ -50,9 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="Compare the unwrapped baseline with DropBP on this machine.")
     kinds = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, (settings_class, main, help_text) in BENCHMARKS.items():
-        parser = kinds.add_parser(name, help=help_text, epilog=EXAMPLES,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                  description=help_text[0].upper() + help_text[1:] + ".")
-        add_options(parser, settings_class)
+        parser = add_command(kinds, name, settings_class, _runner(main), help=help_text, epilog=EXAMPLES,
+                             description=help_text[0].upper() + help_text[1:] + ".")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
-        parser.set_defaults(run=_runner(settings_class, main))

@@ -22,8 +22,15 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes.cli.options import (drop_rates_field, method_field, model_field, pool_size_field,
-                                       precision_field, resolve_model, resolve_precision)
+from dropbp.recipes.cli.options import (
+    drop_rates_field,
+    method_field,
+    model_field,
+    pool_size_field,
+    precision_field,
+    resolve_model,
+    resolve_precision,
+)
 from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
 from dropbp.recipes.publish import environment, mib, pyplot
 from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting

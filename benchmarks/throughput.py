@@ -20,15 +20,23 @@ from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes.cli.options import (drop_rates_field, method_field, model_field, pool_size_field,
-                                       precision_field, resolve_model, resolve_precision, resolve_sampler,
-                                       sampler_field)
+from dropbp.recipes.cli.options import (
+    drop_rates_field,
+    method_field,
+    model_field,
+    pool_size_field,
+    precision_field,
+    resolve_model,
+    resolve_precision,
+    resolve_sampler,
+    sampler_field,
+)
 from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
-from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_positive,
-                                            setting)
+from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_non_negative, check_positive, setting
 from dropbp.recipes.training import training_step
 
 from .common import BenchSettings, run_benchmark
+
 
 @dataclass
 class ThroughputSettings(BenchSettings):

@@ -1,11 +1,11 @@
 """dropbp core: device-agnostic DropBP (branch discovery, FLOPs model, allocation, samplers, the engine)."""
 from __future__ import annotations
 
+from . import dynamo_settings
 from .allocation import drop_fraction, greedy_paper_rates, uniform_rates, validate_drop_rate
 from .branches import Branch, find_branches
-from . import dynamo_settings
 from .engine import DropBP
-from .errors import (AllocationError, BackendUnavailableError, ConfigError, DropBPError, NoMatchingBranchError)
+from .errors import AllocationError, BackendUnavailableError, ConfigError, DropBPError, NoMatchingBranchError
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
 
 __version__ = "0.1.0"

@@ -122,6 +122,17 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, settings_class: type[T],
+                run: Callable[[T, argparse.Namespace], Any], *, help: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """A subcommand whose options are the fields of ``settings_class``; it calls ``run(settings, args)``."""
+    parser = subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, settings_class)
+    parser.set_defaults(run=lambda args: run(from_args(settings_class, args), args))
+    return parser
+
+
 # -- checks (each error names the option and what is allowed) ------------------------------------------------------
 def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     """``value`` must be one of ``allowed``."""

@@ -13,8 +13,8 @@ from torch import nn
 
 from dropbp.backends import Backend
 from dropbp.core.engine import DropBP, MaskSpec
-from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
+from dropbp.core.schedule import AllocationSchedule
 
 
 def training_step(model: nn.Module, batch: torch.Tensor, optimizer: torch.optim.Optimizer | None,

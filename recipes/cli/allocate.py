@@ -11,7 +11,7 @@ from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.errors import ConfigError
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.settings_fields import add_options, check_choice, check_positive, from_args, setting
+from dropbp.recipes.settings_fields import add_command, check_choice, check_positive, setting
 
 from .options import device_field, method_field, model_field, out_field
 
@@ -53,13 +53,10 @@ class AllocateSettings:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``allocate`` subcommand."""
-    parser = subparsers.add_parser(
-        "allocate", help="sensitivity-based drop rates per branch", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Measure each branch's sensitivity on a batch of text and allocate drop rates under the FLOPs "
-                    "budget; print the table and write JSON + a plot of the rates per layer.")
-    add_options(parser, AllocateSettings)
-    parser.set_defaults(run=lambda args: run(from_args(AllocateSettings, args)))
+    add_command(subparsers, "allocate", AllocateSettings, lambda settings, args: run(settings),
+                help="sensitivity-based drop rates per branch", epilog=EXAMPLES,
+                description="Measure each branch's sensitivity on a batch of text and allocate drop rates under the "
+                            "FLOPs budget; print the table and write JSON + a plot of the rates per layer.")
 
 
 def run(settings: AllocateSettings) -> int:
@@ -74,10 +71,13 @@ def run(settings: AllocateSettings) -> int:
     settings.validate()
     backend = backends.get(settings.device)
     out = settings.out if settings.out is not None else Path("results") / backend.name
-    check_fits(settings.model, dtype=torch.float32, method=settings.method, capacity_bytes=backend.memory_capacity_bytes())
-    model = apply_method(build_model(settings.model, device=backend.device, seed=settings.seed), settings.method, seed=settings.seed)
+    check_fits(settings.model, dtype=torch.float32, method=settings.method,
+               capacity_bytes=backend.memory_capacity_bytes())
+    model = apply_method(build_model(settings.model, device=backend.device, seed=settings.seed), settings.method,
+                         seed=settings.seed)
     dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len)
-    batch = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len, settings.seed).to(backend.device)
+    batch = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len,
+                     settings.seed).to(backend.device)
     sensitivity = compute_sensitivity(settings.sensitivity, model, dropbp, batch, seed=settings.seed, progress=True)
     rates = allocate(settings.allocator, dropbp.flops, sensitivity.values, settings.drop_rate, cap=settings.cap)
     total = sum(dropbp.flops)
@@ -85,7 +85,8 @@ def run(settings: AllocateSettings) -> int:
                 for b, s, r in zip(dropbp.branches, sensitivity.values, rates)]
     result = {"command": "allocate", **environment(backend), "model": settings.model, "method": settings.method,
               "model_shape": dropbp.shape.to_dict(), "drop_rate": settings.drop_rate, "allocator": settings.allocator,
-              "cap": settings.cap, "seq_len": settings.seq_len, "batch_size": settings.batch_size, "seed": settings.seed,
+              "cap": settings.cap, "seq_len": settings.seq_len, "batch_size": settings.batch_size,
+              "seed": settings.seed,
               "sensitivity": sensitivity.to_dict(), "drop_fraction": drop_fraction(dropbp.flops, rates),
               "branches": branches}
     if settings.compare == "exact":

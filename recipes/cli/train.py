@@ -13,11 +13,12 @@ from dropbp.core.schedule import ALLOCATION_MODES, AllocationSchedule
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.data import batch_at, stdlib_corpus
 from dropbp.recipes.presets import apply_method, build_model, check_fits
-from dropbp.recipes.settings_fields import add_options, check_choice, check_positive, from_args, setting
+from dropbp.recipes.settings_fields import add_command, check_choice, check_positive, setting
 from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.training import train
 
-from .options import device_field, method_field, model_field, pool_size_field, resolve_sampler, sampler_field, seed_field
+from .options import (device_field, method_field, model_field, pool_size_field, resolve_sampler, sampler_field,
+                      seed_field)
 
 EXAMPLES = """examples:
   dropbp train
@@ -57,13 +58,10 @@ class TrainSettings:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
-    parser = subparsers.add_parser(
-        "train", help="short DropBP training run on a built-in model (no download)", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fine-tune a model with DropBP on the Python standard library's source (byte tokens) and print "
-                    "the losses and the drop rates realised.")
-    add_options(parser, TrainSettings)
-    parser.set_defaults(run=lambda args: run(from_args(TrainSettings, args)))
+    add_command(subparsers, "train", TrainSettings, lambda settings, args: run(settings),
+                help="short DropBP training run on a built-in model (no download)", epilog=EXAMPLES,
+                description="Fine-tune a model with DropBP on the Python standard library's source (byte tokens) and "
+                            "print the losses and the drop rates realised.")
 
 
 def run(settings: TrainSettings) -> int:

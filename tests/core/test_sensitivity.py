@@ -9,10 +9,10 @@ import torch
 
 from dropbp.core import DropBP
 from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, optimal_rates
-from dropbp.recipes.data import batch_at, stdlib_corpus
 from dropbp.core.errors import AllocationError, ConfigError
 from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
+from dropbp.recipes.data import batch_at, stdlib_corpus
 
 from ..conftest import VOCAB, tiny_model
 
