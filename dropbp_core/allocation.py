@@ -41,6 +41,9 @@ def uniform_rates(num_branches: int, drop_rate: float) -> list[float]:
 
 def validate_rates(rates: Sequence[float], num_branches: int, field: str = "rates") -> list[float]:
     """Check a user-given per-branch rate list: one rate in [0, 1) per branch."""
+    if isinstance(rates, (str, bytes, dict)) or not hasattr(rates, "__iter__"):
+        raise ConfigError(f"{field} must be a list of {num_branches} numbers in [0, 1), one per branch; "
+                          f"got {rates!r}.")
     rates = list(rates)
     if len(rates) != num_branches:
         raise ConfigError(f"{field} must hold one rate per branch ({num_branches}), got {len(rates)}.")

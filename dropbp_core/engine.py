@@ -11,6 +11,7 @@ Where a branch is wrapped (pre-norm decoder block, Llama naming)::
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -25,6 +26,42 @@ from .errors import ConfigError
 from .samplers import Sampler, make_sampler
 
 MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
+
+
+def _inert(*args: Any) -> None:
+    """What a DropBP hook becomes in a pickled model (``torch.save(model)``): nothing. The loaded model is unwrapped."""
+
+
+def _inert_hook() -> Any:
+    """Unpickling a DropBP hook gives :func:`_inert`."""
+    return _inert
+
+
+class _Hook:
+    """One of an engine's forward hooks (``kind``: 'root' on the model, 'pre'/'post' on branch ``index``).
+
+    An object rather than a closure, so that copies behave: ``copy.deepcopy`` of a wrapped model copies the engine
+    with it (the copy carries its own engine, found with :meth:`DropBP.of`), and pickling stores an inert hook (the
+    saved model is unwrapped; wrap it again after loading).
+    """
+
+    __slots__ = ("engine", "kind", "index")
+
+    def __init__(self, engine: "DropBP", kind: str, index: int = -1) -> None:
+        self.engine, self.kind, self.index = engine, kind, index
+
+    def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
+        if self.kind == "pre":
+            return self.engine._before_branch(self.index, module)
+        if self.kind == "post":
+            return self.engine._after_branch(self.index, output)
+        return self.engine._recover()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_Hook":
+        return _Hook(copy.deepcopy(self.engine, memo), self.kind, self.index)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _inert_hook, ()
 
 
 def _detach(value: Any) -> Any:
@@ -58,6 +95,12 @@ class DropBP:
     ``begin_step(step, mask=...)`` forces a mask (a bool per branch, a set of branch names, ``"all"`` or ``"none"``).
     :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
     Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
+
+    One engine per model: wrapping a model (or any module inside it) that an attached engine already wraps is
+    refused; :meth:`DropBP.of` finds that engine. A step counts towards :meth:`report` only when its mask can take
+    effect (hooks attached, model in training mode); other ``begin_step`` calls are counted as ``uncounted_steps``.
+    ``copy.deepcopy(model)`` gives a copy that carries its own engine (``DropBP.of(copy)``), independent of this
+    one; ``pickle``/``torch.save(model)`` save the model unwrapped (its hooks become inert no-ops).
     """
 
     def __init__(
@@ -75,6 +118,9 @@ class DropBP:
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
     ) -> None:
+        existing = DropBP.of(model)
+        if existing is not None:
+            raise ConfigError(_already_wrapped(existing))
         found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
         self.branches: list[Branch] = found.branches
         self.shape = found.shape
@@ -86,38 +132,56 @@ class DropBP:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}.")
         self.seed = seed
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigError(f"pool_size must be a positive integer (masks in the pool sampler), got {pool_size!r}.")
         self.pool_size = pool_size
         self.sampler: Sampler = make_sampler(sampler, self.rates, self.flops, seed, pool_size)
         # Everything is valid: only now touch the model.
+        self._model = model
         self._modules = found.modules
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
         self._grad_mode: list[bool | None] = [None] * len(self.branches)
         self._handles: list[RemovableHandle] = []
         #: Called as ``callback(dropbp, backward_ran)`` after each :meth:`backward` (e.g. online sensitivity).
         self.after_backward_callbacks: list[Any] = []
-        self.attach()
         self.step: int | None = None
         self.reset_counters()
+        self.attach()
 
     # -- hooks -------------------------------------------------------------------------------------------------
-    def _pre_hook(self, index: int):
-        def hook(module: nn.Module, args: Any) -> None:
-            if self._mask[index] and module.training:
-                self._grad_mode[index] = torch.is_grad_enabled()
-                torch.set_grad_enabled(False)
+    def _recover(self) -> None:
+        """Undo what an interrupted forward left behind. PyTorch runs ``always_call`` post-hooks for ``Exception``
+        but not for ``KeyboardInterrupt``: then grad mode stays off and a slot stays set. The next forward of the
+        model (its pre-hook), of any branch, or the next :meth:`begin_step` restores grad mode and clears the slots,
+        so the step after any failure is an ordinary one."""
+        stale = [mode for mode in self._grad_mode if mode is not None]
+        if stale:
+            torch.set_grad_enabled(stale[0])
+            self._grad_mode = [None] * len(self.branches)
+            self.interrupted_forwards += 1
 
-        return hook
+    def _before_branch(self, index: int, module: nn.Module) -> None:
+        self._recover()
+        if self._mask[index] and module.training:
+            self._grad_mode[index] = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)
 
-    def _post_hook(self, index: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            previous = self._grad_mode[index]
-            if previous is None:
-                return None
-            self._grad_mode[index] = None
-            torch.set_grad_enabled(previous)
-            return _detach(output)
+    def _after_branch(self, index: int, output: Any) -> Any:
+        previous = self._grad_mode[index]
+        if previous is None:
+            return None
+        self._grad_mode[index] = None
+        torch.set_grad_enabled(previous)
+        return _detach(output)
 
-        return hook
+    @staticmethod
+    def of(model: nn.Module) -> "DropBP | None":
+        """The engine whose hooks are on ``model`` or on any module inside it, or None."""
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, _Hook) and hook.kind == "pre" and hook.engine.attached:
+                    return hook.engine
+        return None
 
     # -- per-step API ------------------------------------------------------------------------------------------
     def begin_step(self, step: int | None = None, *, mask: MaskSpec | None = None) -> tuple[bool, ...]:
@@ -131,8 +195,12 @@ class DropBP:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
         chosen = self.sampler.mask(step).tolist() if mask is None else self.parse_mask(mask)
+        self._recover()
         self._mask = tuple(bool(m) for m in chosen)
         self.step = step
+        if not (self.attached and self._model.training):
+            self.uncounted_steps += 1  # the mask cannot take effect: no hooks, or eval mode (nothing is dropped)
+            return self._mask
         self.steps_counted += 1
         for i, dropped in enumerate(self._mask):
             self.drop_counts[i] += dropped
@@ -201,6 +269,8 @@ class DropBP:
         self.steps_counted = 0
         self.all_dropped_steps = 0
         self.skipped_backward_steps = 0
+        self.uncounted_steps = 0
+        self.interrupted_forwards = 0
 
     def realized_rates(self) -> list[float]:
         """Per-branch fraction of counted steps in which the branch was dropped."""
@@ -220,6 +290,7 @@ class DropBP:
             "steps": self.steps_counted,
             "all_dropped_steps": self.all_dropped_steps,
             "skipped_backward_steps": self.skipped_backward_steps,
+            "uncounted_steps": self.uncounted_steps,
             "asked_drop_fraction": drop_fraction(self.flops, self.rates),
             "realized_drop_fraction": drop_fraction(self.flops, realized),
             "branches": [
@@ -240,16 +311,24 @@ class DropBP:
         return bool(self._handles)
 
     def attach(self) -> None:
-        """Put the hooks on the branches (done by the constructor; use after :meth:`remove` to wrap again)."""
+        """Put the hooks on the branches (done by the constructor; use after :meth:`remove` to wrap again). The mask
+        starts as "nothing dropped" until the next :meth:`begin_step`."""
         if self._handles:
             return
+        existing = DropBP.of(self._model)
+        if existing is not None:
+            raise ConfigError(_already_wrapped(existing))
         guard_module_hooks()
+        self._mask = (False,) * len(self.branches)
+        self._grad_mode = [None] * len(self.branches)
+        self._handles.append(self._model.register_forward_pre_hook(_Hook(self, "root")))
         for index, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
-            self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
+            self._handles.append(module.register_forward_pre_hook(_Hook(self, "pre", index)))
+            self._handles.append(module.register_forward_hook(_Hook(self, "post", index), always_call=True))
 
     def remove(self) -> None:
         """Take every hook off the model; it then behaves exactly as before wrapping."""
+        self._recover()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -264,3 +343,9 @@ class DropBP:
     def __repr__(self) -> str:
         return (f"DropBP({len(self.branches)} branches of {self.model_type}, sampler={self.sampler.name}, "
                 f"drop_fraction={drop_fraction(self.flops, self.rates):.3f}, seed={self.seed})")
+
+
+def _already_wrapped(existing: DropBP) -> str:
+    return (f"this model is already wrapped by {existing!r} (its hooks are on {existing.branches[0].name} and "
+            f"{len(existing.branches) - 1} more branches); one engine per model. Call remove() on that engine "
+            f"first (DropBP.of(model).remove()), or keep using it (DropBP.of(model) returns it).")
