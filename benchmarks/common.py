@@ -12,7 +12,7 @@ from dropbp.backends import Backend
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli.options import device_field, out_field, seed_field
 from dropbp.recipes.publish import publish
-from dropbp.recipes.settings_fields import check_choice
+from dropbp.recipes.settings_fields import check_choice, check_output_dir, check_seed
 
 S = TypeVar("S", bound="BenchSettings")
 
@@ -28,8 +28,8 @@ class BenchSettings:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field; called before any work starts."""
         check_choice("--device", self.device, backends.DEVICE_CHOICES)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"--seed must be an integer, got {self.seed!r}.")
+        check_seed(self.seed)
+        check_output_dir("--out", self.out if self.out is not None else Path("results"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of every field (paths as strings), recorded in each result."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -30,7 +29,8 @@ from dropbp.recipes.cli.options import drop_rates_field, method_field, model_fie
 from dropbp.recipes.data import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
 from dropbp.recipes.presets import apply_method, build_model
 from dropbp.recipes.publish import environment, pyplot
-from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, option_name, setting
+from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_number, check_positive, option_name,
+                                            setting)
 from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.training import training_step
 
@@ -81,11 +81,9 @@ class ConvergenceSettings(BenchSettings):
             check_choice("--sensitivity-allocators", allocator, ("paper", "optimal"))
         check_positive(self, "pretrain_steps", "steps", "batch_size", "seq_len", "eval_every", "eval_windows",
                        "pool_size", "corpus_bytes")
-        if not (math.isfinite(self.max_step_factor) and self.max_step_factor >= 1):
-            raise ConfigError(f"--max-step-factor must be a number >= 1, got {self.max_step_factor}.")
-        for name in ("lr", "pretrain_lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"{option_name(name)} must be a positive number, got {getattr(self, name)}.")
+        check_number("--max-step-factor", self.max_step_factor, low=1)
+        check_number("--lr", self.lr, low=0, low_open=True)
+        check_number("--pretrain-lr", self.pretrain_lr, low=0, low_open=True)
 
 
 def cache_dir() -> Path:

@@ -31,7 +31,8 @@ from dropbp.recipes.cli.options import (
     resolve_model,
     resolve_precision,
 )
-from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
+from dropbp.recipes.presets import (METHODS, PRECISIONS, apply_method, build_model, check_fits, check_model,
+                                    model_dtype)
 from dropbp.recipes.publish import environment, mib, pyplot
 from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting
 from dropbp.recipes.tables import markdown_table
@@ -61,6 +62,7 @@ class MemorySettings(BenchSettings):
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
         super().validate()
+        check_model(self.model)
         self.drop_rates = check_drop_rates(self.drop_rates)
         check_choice("--method", self.method, METHODS)
         check_choice("--precision", self.precision, ("auto", *PRECISIONS))

@@ -31,8 +31,10 @@ from dropbp.recipes.cli.options import (
     resolve_sampler,
     sampler_field,
 )
-from dropbp.recipes.presets import METHODS, PRECISIONS, apply_method, build_model, check_fits, model_dtype
-from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_non_negative, check_positive, setting
+from dropbp.recipes.presets import (METHODS, PRECISIONS, apply_method, build_model, check_fits, check_model,
+                                    check_seq_len, model_dtype)
+from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
+                                            check_positive, setting)
 from dropbp.recipes.training import training_step
 
 from .common import BenchSettings, run_benchmark
@@ -62,12 +64,16 @@ class ThroughputSettings(BenchSettings):
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
         super().validate()
+        check_model(self.model)
         self.drop_rates = check_drop_rates(self.drop_rates)
         check_choice("--method", self.method, METHODS)
         check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
         check_choice("--precision", self.precision, ("auto", *PRECISIONS))
         check_positive(self, "seq_len", "batch_size", "steps", "pool_size", "memory_masks")
         check_non_negative(self, "warmup")
+        check_number("--lr", self.lr, low=0, low_open=True)
+        if self.model != "auto":
+            check_seq_len(self.model, self.seq_len, **self.model_overrides)
 
     def resolve(self, backend: type[Backend]) -> "ThroughputSettings":
         """``auto`` model, sampler and precision as they are on ``backend``."""

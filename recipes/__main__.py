@@ -1,6 +1,4 @@
 """``python -m dropbp.recipes`` runs the ``dropbp`` command line."""
-import sys
+from dropbp.recipes.console import run
 
-from dropbp.recipes.cli import main
-
-sys.exit(main())
+run()

@@ -1,6 +1,9 @@
 """Model presets built in code with random weights (no download): a tiny CPU model and the paper's real shapes."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +45,51 @@ def llama_config(preset: str, **overrides: Any) -> Any:
     return LlamaConfig(**fields)
 
 
+ENV_ALLOW_DOWNLOADS = "DROPBP_ALLOW_DOWNLOADS"
+
+
+def downloads_allowed() -> bool:
+    """Whether a model name that is not a local folder may be fetched from the Hugging Face Hub
+    (``DROPBP_ALLOW_DOWNLOADS=1``; off by default, so a typo fails at once instead of after network retries)."""
+    return os.environ.get(ENV_ALLOW_DOWNLOADS, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model(name: Any, field: str = "--model") -> None:
+    """A preset, ``auto``, a local folder, or (with downloads allowed) a Hub name; refused at once otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{field} must be a preset ({', '.join(PRESETS)}) or a folder, got {name!r}.")
+    if name in PRESETS or name == "auto" or Path(name).is_dir() or downloads_allowed():
+        return
+    raise ConfigError(
+        f"{field} must be a preset ({', '.join(PRESETS)}) or a local folder holding a Hugging Face model; {name!r} "
+        f"is neither (no such folder). A Hugging Face Hub name is downloaded only when you allow it: set "
+        f"{ENV_ALLOW_DOWNLOADS}=1."
+    )
+
+
+def max_positions(name: str, **overrides: Any) -> int | None:
+    """The longest sequence the model is configured for (``max_position_embeddings``), where it can be read
+    without loading weights: a preset, or a local folder's ``config.json``; None otherwise."""
+    if name in PRESETS:
+        return int(llama_config(name, **overrides).max_position_embeddings)
+    config = Path(name) / "config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text()).get("max_position_embeddings")
+        except (OSError, ValueError):
+            return None
+        return int(value) if isinstance(value, int) else None
+    return None
+
+
+def check_seq_len(name: str, seq_len: int, field: str = "--seq-len", **overrides: Any) -> None:
+    """``seq_len`` must not exceed the model's ``max_position_embeddings`` (where it is known)."""
+    limit = max_positions(name, **overrides)
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"{field} must be at most {limit} for --model {name} (its max_position_embeddings), "
+                          f"got {seq_len}.")
+
+
 def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                 seed: int = 0, **overrides: Any) -> nn.Module:
     """A causal LM from a preset (random init, seeded without touching the caller's global RNG) or a local path."""
@@ -53,8 +101,10 @@ def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, devi
         with seeded(seed, device), device:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return model
+    check_model(preset_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype).to(device)
+        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype,
+                                                    local_files_only=not downloads_allowed()).to(device)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"--model must be a preset ({', '.join(PRESETS)}) or a local folder / hub name that transformers can "

@@ -1,19 +1,20 @@
-"""Writing benchmark results: JSON with the environment, a Markdown table and a PNG, each written atomically."""
+"""Publishing results: JSON with the environment, a Markdown table and a PNG, moved into place as one set."""
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 
 def environment(backend: Any) -> dict[str, Any]:
     """Device and library facts that every result file carries."""
+    import torch
+
     from dropbp.recipes.cli.env import library_versions
 
     return {"device": backend.name, "device_name": backend.device_name(), "versions": library_versions(),
@@ -21,52 +22,76 @@ def environment(backend: Any) -> dict[str, Any]:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """JSON, indented, written to a temporary file then renamed into place."""
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Text written to a temporary file then renamed into place."""
-    _atomic(path, lambda tmp: tmp.write_text(text if text.endswith("\n") else text + "\n"))
-
-
-def write_figure(path: Path, figure: Any) -> None:
-    """A matplotlib figure saved as PNG, then closed."""
-    import matplotlib.pyplot as plt
-
-    _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(figure)
-
-
 def mib(value: float | None) -> float | None:
     """Bytes to MiB (None stays None)."""
     return None if value is None else value / 2**20
 
 
-def publish(out: Path, name: str, result: dict[str, Any], markdown: str, figure: Any) -> None:
-    """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` under ``out``, then print the table and the paths."""
-    paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
-    write_json(paths[0], result)
-    write_text(paths[1], markdown)
-    write_figure(paths[2], figure)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_readable(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # what a plain open() would give
+
+
+def staging_prefix(name: str) -> str:
+    """Hidden folders ``.NAME.publishing-*`` hold a set while it is written (their files end in ``.partial``)."""
+    return f".{name}.publishing-"
+
+
+def publish(out: Path, name: str, result: dict[str, Any], markdown: str, figure: Any) -> list[Path]:
+    """Publish ``NAME.json``, ``NAME.md`` and ``NAME.png`` under ``out`` as one set, then print the table.
+
+    The three files are written into a hidden staging folder under temporary names that no ``NAME.*``, ``*.json``
+    or ``*.png`` glob matches, and fsynced. Only then is the set moved into place: the previous ``NAME.json`` is
+    removed first and the new one moved in last, so ``NAME.json`` is the set's manifest: where it exists, its
+    ``.md`` and ``.png`` beside it belong to it. A process killed at any point leaves the previous complete set, the
+    new complete set, or no ``NAME.json`` (nothing published). Stale staging folders are cleared on the next run.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(staging_prefix(name) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    finals = [out / f"{name}.md", out / f"{name}.png", out / f"{name}.json"]  # the manifest (json) last
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=out))
+    try:
+        staged = [staging / f"{path.name}.partial" for path in finals]
+        staged[0].write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+        figure.savefig(staged[1], format="png", dpi=120, bbox_inches="tight")
+        staged[2].write_text(json.dumps(result, indent=2) + "\n")
+        for path in staged:
+            _make_readable(path)
+            _fsync(path)
+        (out / f"{name}.json").unlink(missing_ok=True)
+        _fsync(out)
+        for source, target in zip(staged, finals):
+            os.replace(source, target)
+        _fsync(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        plt.close(figure)
     print(markdown)
-    print("\nwrote " + ", ".join(str(p) for p in paths))
+    print("\nwrote " + ", ".join(str(p) for p in [finals[2], finals[0], finals[1]]))
+    return finals
+
+
+def read_published(out: Path, name: str) -> dict[str, Any] | None:
+    """The result of the set ``NAME`` under ``out`` if one is published (its manifest ``NAME.json`` and both
+    companions exist), else None."""
+    out = Path(out)
+    manifest = out / f"{name}.json"
+    if not (manifest.is_file() and (out / f"{name}.md").is_file() and (out / f"{name}.png").is_file()):
+        return None
+    return json.loads(manifest.read_text())
 
 
 def pyplot() -> Any:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import shutil
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -161,3 +165,50 @@ def check_drop_rates(rates: Any) -> tuple[float, ...]:
     if not rates:
         raise ConfigError("--drop-rates needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
     return tuple(validate_drop_rate(r, "--drop-rates") for r in rates)
+
+
+SEED_LIMIT = 2**32
+
+
+def check_seed(value: Any, name: str = "--seed") -> None:
+    """A seed is an integer in [0, 2**32): every generator it reaches (torch, the data windows) accepts it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {value!r}.")
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number within the bounds (open or closed at each end); NaN and infinity are refused."""
+    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+                + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]"))
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}.")
+    return float(value)
+
+
+def check_output_dir(name: str, path: Any) -> None:
+    """``path`` can hold results: an existing writable folder, or one that can be created. Checked by creating (and
+    removing) a probe folder in the nearest existing parent, so nothing is left behind."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {path} exists and is not a folder; give a folder for the results.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(str(parent))
+        shutil.rmtree(tempfile.mkdtemp(prefix=".dropbp-probe-", dir=parent))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"{name} {path} cannot be written: {parent} does not accept new folders ({reason}). "
+                          "Choose a folder you can write to.") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{name} {path} cannot be written ({parent} is not writable); choose another folder.")

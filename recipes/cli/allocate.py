@@ -9,9 +9,10 @@ import torch
 
 from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
-from dropbp.core.errors import ConfigError
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.settings_fields import add_command, check_choice, check_positive, setting
+from dropbp.recipes.presets import METHODS, check_model, check_seq_len
+from dropbp.recipes.settings_fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
+                                            check_seed, setting)
 
 from .options import device_field, method_field, model_field, out_field
 
@@ -43,10 +44,17 @@ class AllocateSettings:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
         check_choice("--device", self.device, backends.DEVICE_CHOICES)
+        check_model(self.model)
+        check_choice("--method", self.method, METHODS)
         validate_drop_rate(self.drop_rate, "--drop-rate")
+        check_choice("--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
+        check_choice("--allocator", self.allocator, ALLOCATORS)
+        check_choice("--compare", self.compare, (None, "exact"))
         check_positive(self, "seq_len", "batch_size")
-        if not 0 < self.cap < 1:
-            raise ConfigError(f"--cap must be in (0, 1), got {self.cap}.")
+        check_seed(self.seed)
+        check_output_dir("--out", self.out if self.out is not None else Path("results"))
+        check_seq_len(self.model, self.seq_len)
+        check_number("--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
         if self.allocator != "uniform":
             check_feasible(self.drop_rate, self.cap)
 

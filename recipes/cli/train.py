@@ -12,8 +12,10 @@ from dropbp.core.engine import DropBP
 from dropbp.core.schedule import ALLOCATION_MODES, AllocationSchedule
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.data import batch_at, stdlib_corpus
-from dropbp.recipes.presets import apply_method, build_model, check_fits
-from dropbp.recipes.settings_fields import add_command, check_choice, check_positive, setting
+from dropbp.core.samplers import SAMPLERS
+from dropbp.recipes.presets import METHODS, apply_method, build_model, check_fits, check_model, check_seq_len
+from dropbp.recipes.settings_fields import (add_command, check_choice, check_number, check_positive, check_seed,
+                                            setting)
 from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.training import train
 
@@ -52,8 +54,18 @@ class TrainSettings:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
         check_choice("--device", self.device, backends.DEVICE_CHOICES)
+        check_model(self.model)
+        check_choice("--method", self.method, METHODS)
+        check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
         validate_drop_rate(self.drop_rate, "--drop-rate")
         check_positive(self, "steps", "batch_size", "seq_len", "pool_size", "reallocate_every")
+        check_number("--lr", self.lr, low=0, low_open=True)
+        check_seed(self.seed)
+        check_choice("--allocation", self.allocation, ALLOCATION_MODES)
+        check_choice("--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
+        check_choice("--allocator", self.allocator, ("paper", "optimal"))
+        check_number("--allocate-at", self.allocate_at, low=0, high=1, high_open=True)
+        check_seq_len(self.model, self.seq_len)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

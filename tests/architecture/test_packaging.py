@@ -30,4 +30,4 @@ def test_wheel_holds_only_the_dropbp_namespace(tmp_path):
     assert "dropbp/recipes/cli/__init__.py" in names and "dropbp/__init__.py" not in names  # a namespace package
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "dropbp = dropbp.recipes.cli:main" in text and "bench = dropbp.benchmarks.cli:register" in text
+    assert "dropbp = dropbp.recipes.console:run" in text and "bench = dropbp.benchmarks.cli:register" in text
