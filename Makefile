@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbp-installed
 
-.PHONY: setup demo test test-fast lint-imports clean
+.PHONY: setup demo test test-fast lint-imports docs clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-fast: $(STAMP) lint-imports
 
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports --no-cache
+
+# The option reference, made from the settings dataclasses (a test checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m dropbp.recipes.cli.options_doc > docs/OPTIONS.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,7 +31,7 @@ from dropbp.recipes.cli.options import (
     resolve_model,
     resolve_precision,
 )
-from dropbp.recipes.presets import (METHODS, PRECISIONS, apply_method, build_model, check_fits, check_model,
+from dropbp.recipes.presets import (PRECISIONS, apply_method, build_model, check_fits, check_method, check_model,
                                     model_dtype)
 from dropbp.recipes.publish import environment, mib, pyplot
 from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting
@@ -64,7 +64,7 @@ class MemorySettings(BenchSettings):
         super().validate()
         check_model(self.model)
         self.drop_rates = check_drop_rates(self.drop_rates)
-        check_choice("--method", self.method, METHODS)
+        check_method(self.method)
         check_choice("--precision", self.precision, ("auto", *PRECISIONS))
         check_positive(self, "batch_size", "max_seq_len", "pool_size")
         if self.budget_gb is not None and not (math.isfinite(self.budget_gb) and self.budget_gb > 0):

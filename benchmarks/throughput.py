@@ -31,7 +31,7 @@ from dropbp.recipes.cli.options import (
     resolve_sampler,
     sampler_field,
 )
-from dropbp.recipes.presets import (METHODS, PRECISIONS, apply_method, build_model, check_fits, check_model,
+from dropbp.recipes.presets import (PRECISIONS, apply_method, build_model, check_fits, check_method, check_model,
                                     check_seq_len, model_dtype)
 from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
                                             check_positive, setting)
@@ -66,7 +66,7 @@ class ThroughputSettings(BenchSettings):
         super().validate()
         check_model(self.model)
         self.drop_rates = check_drop_rates(self.drop_rates)
-        check_choice("--method", self.method, METHODS)
+        check_method(self.method)
         check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
         check_choice("--precision", self.precision, ("auto", *PRECISIONS))
         check_positive(self, "seq_len", "batch_size", "steps", "pool_size", "memory_masks")

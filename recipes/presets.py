@@ -133,6 +133,18 @@ def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity
         )
 
 
+QLORA_UNAVAILABLE = ("method 'qlora' needs bitsandbytes 4-bit weights on a CUDA GPU; it cannot run on this device. "
+                     "Use method 'lora' or 'full'.")
+
+
+def check_method(method: Any, field: str = "--method") -> None:
+    """One of :data:`METHODS` that this build can run (QLoRA is not implemented yet); refused before any work."""
+    if method not in METHODS:
+        raise ConfigError(f"{field} must be one of {', '.join(METHODS)}, got {method!r}.")
+    if method == "qlora":
+        raise ConfigError(QLORA_UNAVAILABLE)
+
+
 def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int = 0) -> nn.Module:
     """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
     initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
@@ -145,8 +157,5 @@ def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int
         with seeded(seed, next(model.parameters()).device):
             return get_peft_model(model, config)
     if method == "qlora":
-        raise ConfigError(
-            "method 'qlora' needs bitsandbytes 4-bit weights on a CUDA GPU; it cannot run on this device. "
-            "Use method 'lora' or 'full'."
-        )
+        raise ConfigError(QLORA_UNAVAILABLE)
     raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

@@ -83,13 +83,15 @@ def _bare_parser(annotation: Any) -> Callable[[str], Any] | None:
     return None
 
 
-def _default(field: dataclasses.Field) -> Any:
+def default_of(field: dataclasses.Field) -> Any:
+    """The default of a dataclass field (calling its factory if it has one)."""
     if field.default is not dataclasses.MISSING:
         return field.default
     return field.default_factory()  # type: ignore[misc]
 
 
-def _shown(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A default as the command line spells it (tuples comma-separated)."""
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -105,7 +107,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
     default for this parser only (e.g. a subcommand with a different method)."""
     hints = typing.get_type_hints(cls)
     for field in cli_fields(cls):
-        default = (defaults or {}).get(field.name, _default(field))
+        default = (defaults or {}).get(field.name, default_of(field))
         help_text = field.metadata.get("help", "")
         flag = option_name(field.name)
         if hints[field.name] is bool:
@@ -115,7 +117,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
         parse = _parser_for(hints[field.name])
         if parse is None:
             raise TypeError(f"{cls.__name__}.{field.name}: no command-line parser for {hints[field.name]!r}")
-        shown = "" if default is None else f" (default: {_shown(default)})"
+        shown = "" if default is None else f" (default: {format_value(default)})"
         parser.add_argument(flag, dest=field.name, type=parse, default=default,
                             choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
                             help=f"{help_text}{shown}")
@@ -133,7 +135,7 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, settings_clas
     parser = subparsers.add_parser(name, help=help, description=description, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, settings_class)
-    parser.set_defaults(run=lambda args: run(from_args(settings_class, args), args))
+    parser.set_defaults(run=lambda args: run(from_args(settings_class, args), args), settings_class=settings_class)
     return parser
 
 

@@ -10,7 +10,7 @@ import torch
 from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.presets import METHODS, check_model, check_seq_len
+from dropbp.recipes.presets import check_method, check_model, check_seq_len
 from dropbp.recipes.settings_fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
                                             check_seed, setting)
 
@@ -45,7 +45,7 @@ class AllocateSettings:
         """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
         check_choice("--device", self.device, backends.DEVICE_CHOICES)
         check_model(self.model)
-        check_choice("--method", self.method, METHODS)
+        check_method(self.method)
         validate_drop_rate(self.drop_rate, "--drop-rate")
         check_choice("--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
         check_choice("--allocator", self.allocator, ALLOCATORS)

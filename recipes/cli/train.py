@@ -13,7 +13,7 @@ from dropbp.core.schedule import ALLOCATION_MODES, AllocationSchedule
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.data import batch_at, stdlib_corpus
 from dropbp.core.samplers import SAMPLERS
-from dropbp.recipes.presets import METHODS, apply_method, build_model, check_fits, check_model, check_seq_len
+from dropbp.recipes.presets import check_method, apply_method, build_model, check_fits, check_model, check_seq_len
 from dropbp.recipes.settings_fields import (add_command, check_choice, check_number, check_positive, check_seed,
                                             setting)
 from dropbp.recipes.tables import markdown_table
@@ -55,7 +55,7 @@ class TrainSettings:
         """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
         check_choice("--device", self.device, backends.DEVICE_CHOICES)
         check_model(self.model)
-        check_choice("--method", self.method, METHODS)
+        check_method(self.method)
         check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
         validate_drop_rate(self.drop_rate, "--drop-rate")
         check_positive(self, "steps", "batch_size", "seq_len", "pool_size", "reallocate_every")

@@ -1,0 +1,100 @@
+"""The reference of every option of every command, with its default and allowed values, made from the settings
+dataclasses themselves (``docs/OPTIONS.md``; a test keeps the file in step with the code).
+
+Regenerate with ``python -m dropbp.recipes.cli.options_doc > docs/OPTIONS.md`` (``make docs``)."""
+from __future__ import annotations
+
+import argparse
+
+from dropbp.backends import DEVICE_CHOICES
+from dropbp.recipes.presets import ENV_ALLOW_DOWNLOADS, PRESETS
+from dropbp.recipes.settings_fields import cli_fields, default_of, format_value, option_name
+
+POSITIVE = "integer >= 1"
+RATE = "number in [0, 1)"
+#: What each option accepts, by field name (a name means the same thing in every command that has it).
+ALLOWED: dict[str, str] = {
+    "device": f"one of {', '.join(DEVICE_CHOICES)}; the device must be present",
+    "seed": "integer in [0, 2**32)",
+    "out": "a folder that exists and is writable, or can be created",
+    "model": f"a preset ({', '.join(PRESETS)}), `auto` where offered, or a local folder with a Hugging Face model; "
+             f"a Hub name only with {ENV_ALLOW_DOWNLOADS}=1",
+    "method": "one of the listed methods",
+    "drop_rate": RATE,
+    "drop_rates": f"comma-separated, at least one, each a {RATE}",
+    "seq_len": f"{POSITIVE}, at most the model's max_position_embeddings (8192 for the presets)",
+    "batch_size": POSITIVE,
+    "warmup": "integer >= 0",
+    "steps": POSITIVE,
+    "sampler": "one of the listed samplers",
+    "pool_size": POSITIVE,
+    "compile": "flag",
+    "compile_backend": "a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)",
+    "precision": "one of the listed precisions",
+    "memory_masks": POSITIVE,
+    "lr": "finite number > 0",
+    "pretrain_lr": "finite number > 0",
+    "budget_gb": "finite number > 0 (CPU only; on a device the budget is its memory)",
+    "max_seq_len": POSITIVE,
+    "compare_pool_at": f"{RATE}, or none",
+    "sensitivity_at": f"{RATE}, or none",
+    "sensitivity_allocators": "comma-separated, each paper or optimal",
+    "pretrain_steps": POSITIVE,
+    "max_step_factor": "finite number >= 1",
+    "eval_every": POSITIVE,
+    "eval_windows": POSITIVE,
+    "corpus_bytes": POSITIVE,
+    "allocation": "one of the listed modes",
+    "sensitivity": "one of the listed estimators",
+    "allocator": "one of the listed allocators",
+    "allocate_at": "finite number in [0, 1)",
+    "reallocate_every": POSITIVE,
+    "cap": "finite number in (0, 1), and at least --drop-rate for the paper and optimal allocators",
+    "compare": "exact, or leave out",
+}
+
+
+def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, type]]:
+    """``(command line, settings class)`` of every settings-driven subcommand under ``parser``."""
+    found: list[tuple[str, type]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                settings_class = sub.get_default("settings_class")
+                if settings_class is not None:
+                    found.append((" ".join(("dropbp", *prefix, name)), settings_class))
+                found.extend(commands(sub, (*prefix, name)))
+    return found
+
+
+def render(parser: argparse.ArgumentParser) -> str:
+    """The Markdown reference: one table per command."""
+    lines = ["# Command-line options", "",
+             "Every option of every `dropbp` command, its default and the values it accepts. A value outside them "
+             "stops the command before any work, with exit code 2 and one paragraph naming the option. The same "
+             "checks apply to the settings objects when a benchmark or command is called from Python.",
+             "", "Generated from the settings dataclasses by `make docs`; do not edit by hand.", ""]
+    for command, settings_class in commands(parser):
+        lines += [f"## `{command}`", "", "| option | default | allowed | meaning |", "|---|---|---|---|"]
+        for field in cli_fields(settings_class):
+            choices = field.metadata.get("choices")
+            allowed = ALLOWED[field.name]
+            if choices and "listed" in allowed:
+                allowed = "one of " + ", ".join(str(c) for c in choices)
+            default = default_of(field)
+            lines.append(f"| `{option_name(field.name)}` | {'-' if default is None else f'`{format_value(default)}`'} | "
+                         f"{allowed} | {field.metadata.get('help', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def missing(parser: argparse.ArgumentParser) -> list[str]:
+    """Options with no entry in :data:`ALLOWED`."""
+    return [f"{command} {option_name(f.name)}" for command, cls in commands(parser) for f in cli_fields(cls)
+            if f.name not in ALLOWED]
+
+
+if __name__ == "__main__":
+    from dropbp.recipes.cli import build_parser
+
+    print(render(build_parser()), end="")
