@@ -151,11 +151,9 @@ def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int
     if method == "full":
         return model
     if method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from dropbp.recipes.model_setup import add_lora, lora_config
 
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules="all-linear")
-        with seeded(seed, next(model.parameters()).device):
-            return get_peft_model(model, config)
+        return add_lora(model, lora_config(lora_rank, 2 * lora_rank, 0.0, ("all-linear",), None), seed)
     if method == "qlora":
         raise ConfigError(QLORA_UNAVAILABLE)
     raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

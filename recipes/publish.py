@@ -27,7 +27,8 @@ def mib(value: float | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a folder after renames in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -70,12 +71,12 @@ def publish(out: Path, name: str, result: dict[str, Any], markdown: str, figure:
         staged[2].write_text(json.dumps(result, indent=2) + "\n")
         for path in staged:
             _make_readable(path)
-            _fsync(path)
+            fsync_path(path)
         (out / f"{name}.json").unlink(missing_ok=True)
-        _fsync(out)
+        fsync_path(out)
         for source, target in zip(staged, finals):
             os.replace(source, target)
-        _fsync(out)
+        fsync_path(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         plt.close(figure)

@@ -49,7 +49,13 @@ def main(argv: Sequence[str] | None = None,
     """Entry point of the ``dropbp`` console script."""
     # peft calls a transformers property that transformers 5 deprecates; it says nothing to a dropbp user
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    args = build_parser(extra_commands).parse_args(argv)
+    parser = build_parser(extra_commands)
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):  # key=value overrides may come after options: train RECIPE --device cpu a.b=1
+        args.overrides += [text for text in extra if "=" in text and not text.startswith("-")]
+        extra = [text for text in extra if text not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args) or 0)
     except DropBPError as err:

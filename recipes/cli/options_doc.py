@@ -5,6 +5,8 @@ Regenerate with ``python -m dropbp.recipes.cli.options_doc > docs/OPTIONS.md`` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 
 from dropbp.backends import DEVICE_CHOICES
 from dropbp.recipes.presets import ENV_ALLOW_DOWNLOADS, PRESETS
@@ -85,7 +87,35 @@ def render(parser: argparse.ArgumentParser) -> str:
             lines.append(f"| `{option_name(field.name)}` | {'-' if default is None else f'`{format_value(default)}`'} | "
                          f"{allowed} | {field.metadata.get('help', '')} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + render_recipe()
+
+
+def render_recipe() -> str:
+    """The Markdown reference of every recipe field (``dropbp train RECIPE key=value ...``)."""
+    from dropbp.recipes.config_loader import type_name
+    from dropbp.recipes.schema import Recipe
+
+    lines = ["## Recipe fields (`dropbp train RECIPE [key=value ...]`)", "",
+             "A recipe is a YAML file of these sections; every key can be overridden on the command line with its "
+             "dotted path, e.g. `optim.lr=1e-4`. All problems of a recipe are reported together, before any work.",
+             "", "| key | default | allowed | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if not field.metadata.get("cli", True):
+                continue
+            if dataclasses.is_dataclass(hints[field.name]):
+                walk(hints[field.name], f"{prefix}{field.name}.")
+                continue
+            choices = field.metadata.get("choices")
+            allowed = "one of " + ", ".join(map(str, choices)) if choices else type_name(hints[field.name])
+            default = default_of(field)
+            shown = "-" if default is None else f"`{format_value(default) if default != '' else chr(34) * 2}`"
+            lines.append(f"| `{prefix}{field.name}` | {shown} | {allowed} | {field.metadata.get('help', '')} |")
+
+    walk(Recipe, "")
+    return "\n".join(lines) + "\n"
 
 
 def missing(parser: argparse.ArgumentParser) -> list[str]:

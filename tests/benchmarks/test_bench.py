@@ -174,7 +174,6 @@ def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp
     (["bench", "memory"], "dropbp.benchmarks.memory_search", "MemorySettings"),
     (["bench", "convergence"], "dropbp.benchmarks.convergence", "ConvergenceSettings"),
     (["bench", "compiles"], "dropbp.benchmarks.compiles", "CompilesSettings"),
-    (["train"], "dropbp.recipes.cli.train", "TrainSettings"),
     (["allocate"], "dropbp.recipes.cli.allocate", "AllocateSettings"),
 ])
 def test_command_line_defaults_are_the_settings_defaults(argv, module, settings_class):

@@ -11,10 +11,11 @@ from dropbp.recipes.cli import main
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--drop-rate", "1.5"], "--drop-rate must be a number in [0, 1)"),
-    (["train", "--device", "hpu"], "habana_frameworks"),
-    (["train", "--device", "cuda"], "needs an NVIDIA GPU"),
-    (["train", "--device", "cpu", "--model", "/no/such/model"], "--model must be a preset (tiny, llama2-7b"),
+    (["train", "tiny-tasks", "dropbp.drop_rate=1.5"], "dropbp.drop_rate must be a number in [0, 1)"),
+    (["train", "tiny-tasks", "--device", "hpu"], "habana_frameworks"),
+    (["train", "tiny-tasks", "--device", "cuda"], "needs an NVIDIA GPU"),
+    (["train", "tiny-tasks", "--device", "cpu", "model.name=/no/such/model", "model.config={}"],
+     "model.name must be a preset (tiny, llama2-7b"),
     (["bench", "throughput", "--device", "cpu", "--model", "llama2-70b", "--method", "full"],
      "--model llama2-70b needs about"),
 ])
@@ -26,14 +27,14 @@ def test_cli_errors_exit_2_with_one_paragraph(argv, needle, capsys):
 
 def test_cli_unknown_sampler_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--sampler", "random"])
+        main(["bench", "throughput", "--sampler", "random"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'random'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_console_script_hpu_without_sdk_has_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "dropbp.recipes", "train", "--device", "hpu"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "dropbp.recipes", "train", "tiny-tasks", "--device", "hpu"], capture_output=True,
                             text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "Intel's Gaudi software" in result.stderr
@@ -48,35 +49,44 @@ HUGE_SEED = str(2**64 + 1)
 # (command, bad options, what the one-paragraph error must say); each must exit 2 before any work or any file
 MATRIX = [
     *[(command, ["--seed", HUGE_SEED], "--seed must be an integer in [0, 2**32)") for command in
-      (["train"], ["allocate"], ["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"],
-       ["bench", "compiles"])],
-    *[(command, ["--seed", "-1"], "--seed must be an integer in [0, 2**32)") for command in
-      (["train"], ["bench", "throughput"])],
+      (["allocate"], ["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
+    (["bench", "throughput"], ["--seed", "-1"], "--seed must be an integer in [0, 2**32)"),
     *[(command, ["--out", "/proc/dropbp-results"], "cannot be written") for command in
       (["allocate"], ["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
     *[(command, ["--model", "llama9-1b"], "is neither (no such folder)") for command in
-      (["train"], ["allocate"], ["bench", "throughput"], ["bench", "memory"])],
+      (["allocate"], ["bench", "throughput"], ["bench", "memory"])],
     (["bench", "convergence"], ["--model", "llama9-1b"], "only 'tiny' is allowed"),
     *[(command, ["--drop-rate", "nan"], "--drop-rate must be a number in [0, 1)") for command in
-      (["train"], ["allocate"], ["bench", "compiles"])],
+      (["allocate"], ["bench", "compiles"])],
     *[(command, ["--drop-rates", "0.5,nan"], "--drop-rates must be a number in [0, 1)") for command in
       (["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"])],
     *[(command, ["--lr", value], "--lr must be a finite number in (0, inf)") for command in
-      (["train"], ["bench", "throughput"], ["bench", "convergence"]) for value in ("nan", "-1", "inf")],
+      (["bench", "throughput"], ["bench", "convergence"]) for value in ("nan", "-1", "inf")],
     *[(["bench", "memory"], ["--budget-gb", value], "--budget-gb must be a positive number of GiB")
       for value in ("nan", "inf", "0", "-1")],
     (["bench", "compiles"], ["--compile-backend", "nosuchbackend"], "--compile-backend must be a torch.compile"),
     (["bench", "throughput"], ["--compile", "--compile-backend", "nosuchbackend"],
      "--compile-backend must be a torch.compile"),
     *[(command, ["--seq-len", "1000000"], "--seq-len must be at most 8192") for command in
-      (["train"], ["allocate"], ["bench", "throughput"])],
-    (["train"], ["--allocate-at", "1.5"], "--allocate-at must be a finite number in [0, 1)"),
+      (["allocate"], ["bench", "throughput"])],
     *[(command, ["--pool-size", "0"], "--pool-size must be a positive integer") for command in
-      (["train"], ["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
-    (["train"], ["--sampler", "bernoulli", "--pool-size", "0"], "--pool-size must be a positive integer"),
+      (["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
     (["allocate"], ["--cap", "nan"], "--cap must be a finite number in (0, 1)"),
     *[(command, ["--steps", "0"], "--steps must be a positive integer") for command in
-      (["train"], ["bench", "throughput"], ["bench", "convergence"], ["bench", "compiles"])],
+      (["bench", "throughput"], ["bench", "convergence"], ["bench", "compiles"])],
+    # dropbp train takes a recipe and key=value overrides
+    (["train", "tiny-tasks"], [f"train.seed={HUGE_SEED}"], "train.seed must be an integer in [0, 2**32)"),
+    (["train", "tiny-tasks"], ["train.seed=-1"], "train.seed must be an integer in [0, 2**32)"),
+    (["train", "tiny-tasks"], ["model.name=llama9-1b", "model.config={}"], "is neither (no such folder)"),
+    (["train", "tiny-tasks"], ["dropbp.drop_rate=nan"], "dropbp.drop_rate must be a number in [0, 1)"),
+    *[(["train", "tiny-tasks"], [f"optim.lr={value}"], "optim.lr must be a finite number in (0, inf)")
+      for value in ("nan", "-1", "inf")],
+    (["train", "tiny-tasks"], ["data.seq_len=1000000"], "data.seq_len must be at most 8192"),
+    (["train", "tiny-tasks"], ["dropbp.allocate_at=1.5"], "dropbp.allocate_at must be a finite number in [0, 1)"),
+    (["train", "tiny-tasks"], ["dropbp.sampler=bernoulli", "dropbp.pool_size=0"],
+     "dropbp.pool_size must be an integer >= 1"),
+    (["train", "tiny-tasks"], ["train.steps=0"], "train.steps must be an integer >= 1"),
+    (["train", "tiny-tasks"], ["--output-dir", "/proc/dropbp-run"], "cannot be written"),
 ]
 
 
@@ -85,7 +95,7 @@ MATRIX = [
 def test_every_command_refuses_each_bad_value_before_any_work(tmp_path, monkeypatch, capsys, command, options,
                                                              needle):
     monkeypatch.chdir(tmp_path)  # the default results folder would be ./results
-    out = ["--out", str(tmp_path / "res")] if command != ["train"] and "--out" not in options else []
+    out = [] if command[0] == "train" or "--out" in options else ["--out", str(tmp_path / "res")]
     assert main([*command, *options, *out]) == 2
     err = capsys.readouterr().err
     assert needle in err, err
@@ -114,11 +124,12 @@ def test_ctrl_c_during_import_and_during_work_exits_130_without_traceback(tmp_pa
     import signal
     import time
 
-    script = [sys.executable, "-m", "dropbp.recipes", "train", "--steps", "100000", "--seq-len", "64"]
+    script = [sys.executable, "-m", "dropbp.recipes", "train", "tiny-tasks", "--device", "cpu", "train.steps=100000",
+              "train.eval_every=0", "train.exact_match=0", "--output-dir", str(tmp_path / "run")]
     for wait_for_training in (False, True):
         child = subprocess.Popen(script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         if wait_for_training:
-            assert child.stdout.readline().startswith("DropBP(")  # the run has started
+            assert child.stdout.readline().startswith("training tiny-tasks")  # the run has started
         else:
             time.sleep(0.2)
         child.send_signal(signal.SIGINT)

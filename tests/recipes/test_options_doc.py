@@ -11,7 +11,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "OPTIONS.md"
 
 def test_every_option_says_what_it_accepts():
     parser = build_parser()
-    assert {c for c, _ in commands(parser)} == {"dropbp train", "dropbp allocate", "dropbp bench throughput",
+    assert {c for c, _ in commands(parser)} == {"dropbp allocate", "dropbp bench throughput",
                                                  "dropbp bench memory", "dropbp bench convergence",
                                                  "dropbp bench compiles"}
     assert missing(parser) == []

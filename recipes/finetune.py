@@ -1,0 +1,367 @@
+"""The fine-tuning run of a recipe: ``setup`` -> ``train`` -> ``cleanup``, one readable class.
+
+This is a *driver*: it owns the backward and the device's step boundaries (through the backend), the optimizer and
+schedule, evaluation, logging and checkpoints; DropBP only draws each step's mask. Outputs in the run folder:
+``recipe.yaml`` (the resolved recipe), ``metrics.csv``, TensorBoard logs (when tensorboard is installed),
+``loss.png``, and ``checkpoints/``. ``--resume`` continues from the newest checkpoint and reproduces the
+uninterrupted run: masks are keyed on (seed, step), the data order on (seed, window), and the weights, optimizer,
+schedule and generators are restored.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dropbp import backends
+from dropbp.core.engine import DropBP
+from dropbp.core.errors import ConfigError
+from dropbp.core.progress import progress_bar
+from dropbp.core.schedule import AllocationSchedule
+from dropbp.recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dropbp.recipes.cli.options import resolve_sampler
+from dropbp.recipes.config_loader import dump_yaml, read_yaml
+from dropbp.recipes.instruct_data import IGNORE, RecipeData, load_data, render
+from dropbp.recipes.model_setup import build_recipe_model, model_vocab_size
+from dropbp.recipes.presets import PRESETS, downloads_allowed
+from dropbp.recipes.publish import pyplot
+from dropbp.recipes.schema import Recipe
+from dropbp.recipes.tokenizers import Tokenizer, load_tokenizer
+
+METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
+#: Keys that may differ between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
+
+
+def resolve_precision(precision: str, backend: backends.Backend) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weight dtype, autocast dtype or None) of a recipe precision on ``backend``."""
+    if precision == "auto":
+        precision = "mixed-bf16" if backend.accelerator else "fp32"
+    weights = torch.bfloat16 if precision == "bf16" else torch.float32
+    autocast = {"mixed-bf16": torch.bfloat16, "mixed-fp16": torch.float16}.get(precision)
+    return weights, autocast
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def _flat(recipe: Recipe) -> dict[str, Any]:
+    def walk(value: Any, prefix: str) -> dict[str, Any]:
+        if dataclasses.is_dataclass(value):
+            out: dict[str, Any] = {}
+            for f in dataclasses.fields(value):
+                if f.metadata.get("cli", True):
+                    out.update(walk(getattr(value, f.name), f"{prefix}{f.name}."))
+            return out
+        return {prefix[:-1]: value}
+
+    return walk(recipe, "")
+
+
+class FineTune:
+    """One run of a recipe in ``output_dir``."""
+
+    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = False, progress: bool = True) -> None:
+        self.recipe, self.out, self.resume, self.progress = recipe, Path(output_dir), resume, progress
+        self.backend_class = backends.resolve(recipe.device)
+        if resume:
+            saved = self.out / "recipe.yaml"
+            if not saved.is_file() or latest_checkpoint(self.out / "checkpoints") is None:
+                raise ConfigError(f"--resume: {self.out} holds no run to resume (no recipe.yaml or no checkpoint); "
+                                  "start it without --resume.")
+            from dropbp.recipes.schema import load_recipe
+
+            before = _flat(load_recipe(read_yaml(saved), base_dir=recipe.base_dir))
+            now = _flat(recipe)
+            changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
+            if changed:
+                raise ConfigError(f"--resume: the recipe differs from the one {self.out} was started with, in "
+                                  f"{', '.join(changed)}; resume with the same recipe, or use another --output-dir.")
+        elif (self.out / "metrics.csv").exists() or (self.out / "checkpoints").exists():
+            raise ConfigError(f"--output-dir {self.out} already holds a run; pass --resume to continue it, or choose "
+                              "another folder.")
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build everything; nothing is written before this succeeds."""
+        recipe = self.recipe
+        self.backend = self.backend_class()
+        self.weights_dtype, self.autocast = resolve_precision(recipe.train.precision, self.backend)
+        spec = recipe.model
+        self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.name, is_preset=spec.name in PRESETS,
+                                                   local_only=not downloads_allowed(),
+                                                   trust_remote_code=spec.trust_remote_code)
+        vocab = model_vocab_size(spec)
+        if vocab is not None and self.tokenizer.vocab_size > vocab:
+            raise ConfigError(f"model.tokenizer has {self.tokenizer.vocab_size} ids but the model's vocabulary has "
+                              f"{vocab}: they do not belong together. Use the model's own tokenizer (auto).")
+        self.data: RecipeData = load_data(recipe.data, recipe.base_dir, self.tokenizer, recipe.train.seed)
+        per_step = recipe.train.micro_batch_size * recipe.train.grad_accum
+        self.total_steps = recipe.train.steps or max(1, math.ceil(recipe.train.epochs * len(self.data.train_ids)
+                                                                   / per_step))
+        self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
+        self.dropbp: DropBP | None = None
+        self.schedule: AllocationSchedule | None = None
+        if recipe.dropbp.drop_rate > 0:
+            self.dropbp = DropBP(self.model, recipe.dropbp.drop_rate,
+                                 sampler=resolve_sampler(recipe.dropbp.sampler, self.backend),
+                                 pool_size=recipe.dropbp.pool_size, seed=recipe.masks_seed(),
+                                 seq_len=recipe.data.seq_len)
+            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=recipe.dropbp.allocation,
+                                               drop_rate=recipe.dropbp.drop_rate, total_steps=self.total_steps,
+                                               allocate_at=recipe.dropbp.allocate_at,
+                                               sensitivity=recipe.dropbp.sensitivity,
+                                               allocator=recipe.dropbp.allocator,
+                                               every=recipe.dropbp.reallocate_every, seed=recipe.masks_seed())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if recipe.optim.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.optim.lr,
+                                                                    weight_decay=recipe.optim.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, recipe.optim.warmup_steps, self.total_steps, recipe.optim.schedule))
+        self.scaler = torch.amp.GradScaler(self.backend.device.type) if self.autocast == torch.float16 else None
+        self.start_step = 0
+        self.rows: list[dict[str, Any]] = []
+        if self.resume:
+            self._restore()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.yaml").write_text(f"# resolved recipe of this run; resume with dropbp train "
+                                              f"{self.out / 'recipe.yaml'} --output-dir {self.out} --resume\n"
+                                              + dump_yaml({k: v for k, v in dataclasses.asdict(recipe).items()
+                                                           if k != "base_dir"}))
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        except ImportError:
+            pass
+
+    def _restore(self) -> None:
+        folder = latest_checkpoint(self.out / "checkpoints")
+        assert folder is not None
+        state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler)
+        self.start_step = int(state["step"])
+        if self.dropbp is not None:
+            self.dropbp.set_rates(state["dropbp"]["rates"])
+            self.dropbp.drop_counts = list(state["dropbp"]["drop_counts"])
+            self.dropbp.steps_counted = int(state["dropbp"]["steps_counted"])
+            self.dropbp.all_dropped_steps = int(state["dropbp"]["all_dropped_steps"])
+        with open(self.out / "metrics.csv", newline="") as handle:
+            self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= self.start_step]
+        print(f"resumed from {folder} (step {self.start_step} of {self.total_steps})")
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Token-weighted mean loss over the validation windows (eval mode: nothing dropped)."""
+        self.model.eval()
+        size = self.recipe.train.micro_batch_size
+        batches = range(0, len(self.data.val_ids), size)
+        if self.recipe.train.eval_batches is not None:
+            batches = batches[:self.recipe.train.eval_batches]
+        total, count = 0.0, 0
+        for start in batches:
+            ids = self.data.val_ids[start:start + size].to(self.backend.device)
+            labels = self.data.val_labels[start:start + size].to(self.backend.device)
+            tokens = int((labels[:, 1:] != IGNORE).sum())
+            if tokens == 0:
+                continue
+            with self.backend.autocast(self.autocast):
+                loss = self.model(input_ids=ids, labels=labels).loss
+            total += float(loss) * tokens
+            count += tokens
+        self.model.train()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def exact_match(self) -> float | None:
+        """Share of held-out prompts whose greedy answer equals the reference answer exactly."""
+        n = self.recipe.train.exact_match
+        if n == 0 or self.recipe.data.format != "alpaca":
+            return None
+        self.model.eval()
+        hits = 0
+        records = self.data.val_records[:n]
+        for record in records:
+            prompt, answer = render(record, self.recipe.data, self.tokenizer, "data.validation")
+            ids = self.tokenizer.encode(prompt)
+            produced: list[int] = []
+            for _ in range(self.recipe.train.max_new_tokens):
+                window = torch.tensor([(ids + produced)[-self.recipe.data.seq_len:]], device=self.backend.device)
+                with self.backend.autocast(self.autocast):
+                    logits = self.model(input_ids=window).logits
+                token = int(logits[0, -1].argmax())
+                if token == self.tokenizer.eos_token_id:
+                    break
+                produced.append(token)
+            hits += self.tokenizer.decode(produced).strip() == answer.strip()
+        self.model.train()
+        return hits / len(records)
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def _micro_step(self, step: int, micro: int) -> tuple[float, int]:
+        train = self.recipe.train
+        ids, labels = self.data.batch(step, micro, train.grad_accum, train.micro_batch_size)
+        ids, labels = ids.to(self.backend.device), labels.to(self.backend.device)
+        if micro == 0 and self.schedule is not None:
+            self.schedule.before_step(step, ids)
+        if micro == 0 and self.dropbp is not None:
+            self.dropbp.begin_step(step)
+        with self.backend.autocast(self.autocast):
+            loss = self.model(input_ids=ids, labels=labels).loss
+        scaled = loss / train.grad_accum
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        self.backend.backward(scaled, self.dropbp)
+        return float(loss.detach()), ids.numel()
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.recipe.optim.max_grad_norm is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.backend.after_optimizer_step()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.backend.optimizer_step(self.optimizer)
+        self.scheduler.step()
+
+    def _checkpoint(self, step: int) -> Path:
+        state: dict[str, Any] = {"total_steps": self.total_steps}
+        if self.dropbp is not None:
+            state["dropbp"] = {"rates": self.dropbp.rates, "drop_counts": self.dropbp.drop_counts,
+                               "steps_counted": self.dropbp.steps_counted,
+                               "all_dropped_steps": self.dropbp.all_dropped_steps}
+        return save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.scheduler, state,
+                               self.recipe.train.keep_checkpoints)
+
+    def _write_metrics(self) -> None:
+        path = self.out / "metrics.csv"
+        tmp = path.with_name(".metrics.csv.partial")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(path)
+
+    def _evaluate(self, step: int, row: dict[str, Any]) -> None:
+        val = self.validation_loss()
+        row["val_loss"] = repr(val)
+        row["val_ppl"] = repr(math.exp(min(val, 50.0)))
+        match = self.exact_match()
+        row["exact_match"] = "" if match is None else repr(match)
+        if self.writer is not None:
+            self.writer.add_scalar("val/loss", val, step)
+            if match is not None:
+                self.writer.add_scalar("val/exact_match", match, step)
+
+    def train(self) -> dict[str, Any]:
+        """Train from ``start_step`` to the end (or to ``stop_after_steps``); returns a summary."""
+        train = self.recipe.train
+        stop = self.total_steps if train.stop_after_steps is None else min(self.total_steps, train.stop_after_steps)
+        if self.start_step == 0 and not self.rows:
+            row = {key: "" for key in METRICS}
+            row.update(step=0)
+            self._evaluate(0, row)
+            self.rows.append(row)
+        self.model.train()
+        engine = repr(self.dropbp) if self.dropbp is not None else "DropBP off"
+        print(f"training {self.recipe.name}: {self.recipe.model.name} ({self.recipe.model.method}), {engine}, on "
+              f"{self.backend.device_name()} ({self.backend.name}); steps {self.start_step} -> {stop} of "
+              f"{self.total_steps}", flush=True)
+        bar = progress_bar(range(self.start_step, stop), desc=f"train {self.recipe.name}", enabled=self.progress,
+                           initial=self.start_step, total=self.total_steps)
+        for step in bar:
+            start = time.perf_counter()
+            losses, tokens = [], 0
+            for micro in range(train.grad_accum):
+                loss, count = self._micro_step(step, micro)
+                losses.append(loss)
+                tokens += count
+            lr = self.optimizer.param_groups[0]["lr"]
+            self._optimizer_step()
+            self.backend.synchronize()
+            speed = tokens / (time.perf_counter() - start)
+            done = step + 1
+            loss = sum(losses) / len(losses)
+            drop = self.dropbp.realized_drop_fraction() if self.dropbp is not None else 0.0
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss, done)
+                self.writer.add_scalar("train/lr", lr, done)
+            evaluate = done == self.total_steps or (train.eval_every and done % train.eval_every == 0)
+            if done % train.log_every == 0 or evaluate:
+                row = {key: "" for key in METRICS}
+                row.update(step=done, loss=repr(loss), lr=repr(lr), tokens_per_s=f"{speed:.1f}",
+                           realized_drop_fraction=repr(drop))
+                if evaluate:
+                    self._evaluate(done, row)
+                self.rows.append(row)
+                self._write_metrics()
+            if done == stop or (train.save_every and done % train.save_every == 0):
+                self._checkpoint(done)
+        bar.close()
+        self._write_metrics()
+        return {"steps": stop, "total_steps": self.total_steps, "rows": self.rows,
+                "finished": stop == self.total_steps}
+
+    def cleanup(self) -> None:
+        """Close the logs, draw ``loss.png``, detach the engine."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.schedule is not None:
+            self.schedule.close()
+        if self.dropbp is not None:
+            self.dropbp.remove()
+        self.plot()
+
+    def plot(self) -> Path:
+        """``loss.png``: training and validation loss against step (and exact match, when measured)."""
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        train = [(int(r["step"]), float(r["loss"])) for r in self.rows if r.get("loss") not in ("", None)]
+        val = [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r.get("val_loss") not in ("", None)]
+        if train:
+            ax.plot(*zip(*train), label="train loss", lw=1)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{self.recipe.name}: {self.recipe.model.method}, drop rate {self.recipe.dropbp.drop_rate}")
+        matches = [(int(r["step"]), float(r["exact_match"])) for r in self.rows
+                   if r.get("exact_match") not in ("", None)]
+        if matches:
+            right = ax.twinx()
+            right.plot(*zip(*matches), "s--", color="#2ca02c", label="exact match")
+            right.set_ylabel("exact match")
+            right.set_ylim(0, 1)
+            right.legend(loc="upper center", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path = self.out / "loss.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

@@ -1,0 +1,176 @@
+"""Recipe data: records loaded with ``datasets``, rendered as prompts and answers, tokenized, and cut into fixed-length
+windows (packed, or one example per window padded to the length). Batches are a pure function of (seed, step), so
+a resumed run sees the same data as an uninterrupted one."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropbp.core.errors import ConfigError
+from dropbp.recipes.presets import downloads_allowed
+from dropbp.recipes.schema import DataSection, resolve_data_path
+from dropbp.recipes.tokenizers import Tokenizer
+
+IGNORE = -100  # label of a token left out of the loss
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n"
+                     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def load_records(source: str, base: Path, field: str) -> list[dict[str, Any]]:
+    """Records from a JSON/JSONL file (through ``datasets``, kept in memory) or, with downloads allowed, a Hugging
+    Face dataset name."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = resolve_data_path(source, base)
+    with tempfile.TemporaryDirectory(prefix="dropbp-datasets-") as cache:
+        try:
+            if path.is_file():
+                loaded = datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True,
+                                               cache_dir=cache)
+            elif downloads_allowed():
+                loaded = datasets.load_dataset(source, split="train", keep_in_memory=True, cache_dir=cache)
+            else:
+                raise ConfigError(f"{field}: no such file {path}.")
+        except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
+            raise ConfigError(f"{field}: could not read {source}: {str(err).splitlines()[0]}") from None
+        return [dict(row) for row in loaded]
+
+
+def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, field: str) -> tuple[str, str]:
+    """(prompt, answer) text of one record in the recipe's format."""
+    if spec.format == "alpaca":
+        if "instruction" not in record or "output" not in record:
+            raise ConfigError(f"{field}: alpaca records need 'instruction' and 'output' (and optionally 'input'); "
+                              f"got keys {sorted(record)}.")
+        extra = str(record.get("input") or "")
+        if spec.template == "plain":
+            prompt = f"{record['instruction']}\n{extra}\n" if extra else f"{record['instruction']}\n"
+        else:
+            template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
+            prompt = template.format(instruction=record["instruction"], input=extra)
+        return prompt, str(record["output"])
+    if spec.format == "chat":
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ConfigError(f"{field}: chat records need a non-empty 'messages' list of {{role, content}}.")
+        last = len(messages) - 1 if messages[-1].get("role") == "assistant" else len(messages)
+        head = tokenizer.chat(messages[:last]) if last < len(messages) else None
+        full = tokenizer.chat(messages)
+        if full is None:  # no chat template: a plain "role: content" rendering
+            lines = [f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages]
+            return "".join(lines[:last]) + ("assistant: " if last < len(messages) else ""), \
+                (str(messages[-1].get("content", "")) if last < len(messages) else "")
+        if head is not None and full.startswith(head):
+            return head, full[len(head):]
+        return "", full
+    if "text" not in record:
+        raise ConfigError(f"{field}: text records need a 'text' field; got keys {sorted(record)}.")
+    return "", str(record["text"])
+
+
+@dataclass
+class Tokenized:
+    """One example: its token ids and labels (``IGNORE`` where the loss leaves a token out)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def tokenize(records: list[dict[str, Any]], spec: DataSection, tokenizer: Tokenizer, field: str) -> list[Tokenized]:
+    """Prompt + answer + end-of-sequence per record; the prompt is masked in the labels when ``mask_prompt``."""
+    examples = []
+    for record in records:
+        prompt, answer = render(record, spec, tokenizer, field)
+        prompt_ids = tokenizer.encode(prompt) if prompt else []
+        answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
+        ids = prompt_ids + answer_ids
+        labels = ([IGNORE] * len(prompt_ids) if spec.mask_prompt else list(prompt_ids)) + answer_ids
+        examples.append(Tokenized(ids, labels))
+    return examples
+
+
+def to_windows(examples: list[Tokenized], seq_len: int, packing: bool, pad_id: int) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """``(input_ids, labels)`` of shape ``(windows, seq_len)``: packed back to back, or one example per window
+    (truncated, then padded with ``pad_id`` and ``IGNORE`` labels)."""
+    if packing:
+        ids = [i for e in examples for i in e.ids]
+        labels = [label for e in examples for label in e.labels]
+        count = len(ids) // seq_len
+        if count == 0:
+            raise ConfigError(f"data: {len(ids)} tokens in all make no window of data.seq_len {seq_len}; lower it.")
+        return (torch.tensor(ids[:count * seq_len]).view(count, seq_len),
+                torch.tensor(labels[:count * seq_len]).view(count, seq_len))
+    rows, label_rows = [], []
+    for example in examples:
+        ids, labels = example.ids[:seq_len], example.labels[:seq_len]
+        pad = seq_len - len(ids)
+        rows.append(ids + [pad_id] * pad)
+        label_rows.append(labels + [IGNORE] * pad)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(label_rows, dtype=torch.long)
+
+
+class WindowOrder:
+    """Window ``k`` of the training stream (k = 0, 1, ...): epochs of seeded permutations, a pure function of k."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.seed = count, seed
+        self._permutation = lru_cache(maxsize=2)(self._make)
+
+    def _make(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.count, generator=generator)
+
+    def indices(self, start: int, size: int) -> list[int]:
+        """Window indices ``start .. start + size - 1`` of the stream."""
+        return [int(self._permutation(k // self.count)[k % self.count]) for k in range(start, start + size)]
+
+
+@dataclass
+class RecipeData:
+    """Training and validation windows, and the held-out records the exact-match evaluation uses."""
+
+    train_ids: torch.Tensor
+    train_labels: torch.Tensor
+    val_ids: torch.Tensor
+    val_labels: torch.Tensor
+    val_records: list[dict[str, Any]]
+    train_examples: int
+    order: WindowOrder
+
+    def batch(self, step: int, micro: int, grad_accum: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch ``micro`` of optimizer step ``step``."""
+        start = (step * grad_accum + micro) * size
+        index = torch.tensor(self.order.indices(start, size))
+        return self.train_ids[index], self.train_labels[index]
+
+
+def load_data(spec: DataSection, base: Path, tokenizer: Tokenizer, seed: int) -> RecipeData:
+    """Everything a run needs from its data section."""
+    records = load_records(spec.train, base, "data.train")
+    if spec.validation is not None:
+        val_records = load_records(spec.validation, base, "data.validation")
+    else:
+        generator = torch.Generator().manual_seed(spec.split_seed)
+        shuffled = [records[i] for i in torch.randperm(len(records), generator=generator).tolist()]
+        held = max(1, int(round(len(records) * spec.validation_fraction)))
+        if held >= len(records):
+            raise ConfigError(f"data.train has {len(records)} records: too few to hold out a validation share.")
+        val_records, records = shuffled[:held], shuffled[held:]
+    if spec.max_examples is not None:
+        records = records[:spec.max_examples]
+    train_ids, train_labels = to_windows(tokenize(records, spec, tokenizer, "data.train"), spec.seq_len,
+                                         spec.packing, tokenizer.pad_token_id)
+    val_ids, val_labels = to_windows(tokenize(val_records, spec, tokenizer, "data.validation"), spec.seq_len,
+                                     spec.packing, tokenizer.pad_token_id)
+    return RecipeData(train_ids, train_labels, val_ids, val_labels, val_records, len(records),
+                      WindowOrder(len(train_ids), seed))

@@ -1,0 +1,95 @@
+"""Building the model a recipe trains: preset or Hugging Face weights, full fine-tuning, LoRA, or QLoRA (4-bit NF4
+base weights through ``transformers``' ``BitsAndBytesConfig`` and ``bitsandbytes``), all adapters through PEFT."""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from dropbp.backends import Backend
+from dropbp.core.errors import ConfigError
+from dropbp.core.seeding import seeded
+from dropbp.recipes.presets import PRESETS, build_model, downloads_allowed
+from dropbp.recipes.schema import ModelSection
+
+QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is not installed: pip install "
+                 "'dropbp[qlora]' (or pip install bitsandbytes), or use method lora.")
+
+
+def lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str, ...] | list[str],
+                task_type: str | None = "CAUSAL_LM") -> Any:
+    """A PEFT ``LoraConfig`` (``all-linear``: every linear layer but the head)."""
+    from peft import LoraConfig
+
+    target: Any = "all-linear" if list(targets) == ["all-linear"] else list(targets)
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type=task_type)
+
+
+def add_lora(model: nn.Module, config: Any, seed: int) -> nn.Module:
+    """``get_peft_model`` with adapters initialised from ``seed`` (PEFT draws from the global generator, which is
+    forked and restored here)."""
+    from peft import get_peft_model
+
+    with seeded(seed, next(model.parameters()).device):
+        return get_peft_model(model, config)
+
+
+def _load_kwargs(spec: ModelSection) -> dict[str, Any]:
+    return {"local_files_only": not downloads_allowed(), "trust_remote_code": spec.trust_remote_code}
+
+
+def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
+    """The base model with NF4 4-bit linear weights, ready for adapters (norms and embeddings in fp32)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(QLORA_MISSING)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = torch.float32 if not backend.accelerator else torch.bfloat16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                                      bnb_4bit_use_double_quant=True)
+    with tempfile.TemporaryDirectory(prefix="dropbp-qlora-") as folder:
+        source = spec.name
+        if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
+            build_model(spec.name, seed=seed, **spec.config).save_pretrained(folder)
+            source = folder
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
+                                                     device_map={"": str(backend.device)}, **_load_kwargs(spec))
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module:
+    """The model of a recipe's model section, on ``backend``'s device, with adapters where the method has them."""
+    if spec.method == "qlora":
+        model = load_4bit(spec, backend, seed)
+    elif spec.name in PRESETS:
+        model = build_model(spec.name, dtype=dtype, device=backend.device, seed=seed, **spec.config)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        if spec.trust_remote_code:
+            print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype, **_load_kwargs(spec))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.name {spec.name!r} could not be loaded: {str(err).splitlines()[0]}") from None
+        model = model.to(backend.device)
+    if spec.method in ("lora", "qlora"):
+        model = add_lora(model, lora_config(spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.lora_targets),
+                         seed)
+    return model
+
+
+def model_vocab_size(spec: ModelSection) -> int | None:
+    """The vocabulary size the model will have, where it is known without loading weights."""
+    if spec.name in PRESETS:
+        return int(spec.config.get("vocab_size", PRESETS[spec.name]["vocab_size"]))
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(spec.name, **_load_kwargs(spec)).vocab_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None

@@ -1,0 +1,25 @@
+"""The recipes this project ships (``recipes/configs/**/*.yaml``), found by name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dropbp.core.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped() -> dict[str, Path]:
+    """Recipe name (the file name without ``.yaml``) -> path, for every shipped recipe."""
+    return {path.stem: path for path in sorted(CONFIGS.rglob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file: an existing path, or the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = shipped()
+    if name_or_path in known:
+        return known[name_or_path]
+    raise ConfigError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe; shipped: "
+                      f"{', '.join(known)} (dropbp recipes ls).")

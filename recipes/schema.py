@@ -1,0 +1,281 @@
+"""The recipe: the one typed definition of a fine-tuning run (model, data, optimisation, training, DropBP).
+
+A recipe is a YAML file read into :class:`Recipe` by :func:`load_recipe`; every field below is documented by its
+help text (``dropbp recipes show NAME`` prints a recipe, ``docs/RECIPES.md`` lists every field). Problems of any
+kind (unknown keys, wrong types, out-of-range values, missing files, combinations that cannot run) are collected and
+reported together before anything is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dropbp import backends
+from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.samplers import SAMPLERS
+from dropbp.core.schedule import ALLOCATION_MODES
+from dropbp.core.sensitivity import SENSITIVITY_METHODS
+from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml
+from dropbp.recipes.presets import METHODS, PRESETS, check_model, downloads_allowed, max_positions
+from dropbp.recipes.settings_fields import check_choice, check_number, check_seed, setting
+
+DATA_FORMATS = ("alpaca", "chat", "text")
+TEMPLATES = ("alpaca", "plain")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
+BYTE_TOKENIZER = "byte"
+
+
+def _int(p: Problems, name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        p.add(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+@dataclass
+class ModelSection:
+    """Which model, and how it is trained."""
+
+    name: str = setting("tiny", f"a preset ({', '.join(PRESETS)}; random weights), a local folder with a Hugging "
+                                "Face model, or a Hub name (downloaded only with DROPBP_ALLOW_DOWNLOADS=1)")
+    method: str = setting("lora", "full fine-tuning, LoRA, or QLoRA (4-bit NF4 base weights, bitsandbytes)",
+                          choices=METHODS)
+    config: dict[str, Any] = setting(help="preset fields to change, e.g. {hidden_size: 128, num_hidden_layers: 4}",
+                                     default_factory=dict)
+    tokenizer: str = setting("auto", "auto: the model's own tokenizer (byte-level for presets); byte; or a "
+                                     "tokenizer folder or Hub name")
+    trust_remote_code: bool = setting(False, "run code shipped with a Hub model (off unless you set it; printed when "
+                                             "on)")
+    lora_rank: int = setting(8, "LoRA rank r")
+    lora_alpha: float = setting(16.0, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA path")
+    lora_targets: tuple[str, ...] = setting(("all-linear",), "modules that get adapters (PEFT target_modules; "
+                                                             "all-linear = every linear layer but the head)")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(check_model, self.name, "model.name")
+        p.check(check_choice, "model.method", self.method, METHODS)
+        if self.config and self.name not in PRESETS:
+            p.add(f"model.config changes preset fields and applies only to presets ({', '.join(PRESETS)}); "
+                  f"model.name is {self.name!r}.")
+        _int(p, "model.lora_rank", self.lora_rank, 1)
+        p.check(check_number, "model.lora_alpha", self.lora_alpha, low=0, low_open=True)
+        p.check(check_number, "model.lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        if not self.lora_targets:
+            p.add("model.lora_targets needs at least one module name (or all-linear).")
+
+
+@dataclass
+class DataSection:
+    """Where the examples come from and how they become token windows."""
+
+    format: str = setting("alpaca", "alpaca: instruction/input/output records; chat: records with a 'messages' list "
+                                    "of {role, content}; text: records with a 'text' field", choices=DATA_FORMATS)
+    train: str = setting("", "training data: a JSON/JSONL file (relative paths are from the recipe's folder), or a "
+                             "Hugging Face dataset name (downloaded only with DROPBP_ALLOW_DOWNLOADS=1)")
+    validation: str | None = setting(None, "validation data in the same format; none: hold out "
+                                           "validation_fraction of the training data")
+    validation_fraction: float = setting(0.05, "share of the training data held out when there is no validation file")
+    split_seed: int = setting(42, "seed of the held-out split (the paper's is 42)")
+    template: str = setting("alpaca", "prompt template of alpaca data: alpaca (the Stanford Alpaca prompt) or plain "
+                                      "(instruction, a newline, the input)", choices=TEMPLATES)
+    mask_prompt: bool = setting(False, "leave the prompt out of the loss (the paper's Alpaca runs did not)")
+    seq_len: int = setting(512, "tokens per sequence")
+    packing: bool = setting(False, "pack examples back to back into seq_len windows; false: one example per "
+                                   "sequence, padded to seq_len (static shapes, as Gaudi wants)")
+    max_examples: int | None = setting(None, "use at most this many training examples (none: all)")
+
+    def check(self, p: Problems, base: Path) -> None:
+        """Record every problem of this section; relative paths are resolved against ``base``."""
+        p.check(check_choice, "data.format", self.format, DATA_FORMATS)
+        p.check(check_choice, "data.template", self.template, TEMPLATES)
+        for name in ("train", "validation"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not value:
+                p.add(f"data.{name} must name a JSON/JSONL file or a Hugging Face dataset, got an empty value.")
+            elif not resolve_data_path(value, base).is_file() and not downloads_allowed():
+                p.add(f"data.{name}: no such file {resolve_data_path(value, base)}; give a JSON/JSONL file, or set "
+                      "DROPBP_ALLOW_DOWNLOADS=1 to load a Hugging Face dataset by name.")
+        p.check(check_number, "data.validation_fraction", self.validation_fraction, low=0, high=1, low_open=True,
+                high_open=True)
+        p.check(check_seed, self.split_seed, "data.split_seed")
+        _int(p, "data.seq_len", self.seq_len, 2)
+        if self.max_examples is not None:
+            _int(p, "data.max_examples", self.max_examples, 1)
+
+
+@dataclass
+class OptimSection:
+    """The optimiser and its learning-rate schedule."""
+
+    optimizer: str = setting("adamw", "adamw or sgd", choices=OPTIMIZERS)
+    lr: float = setting(1e-4, "peak learning rate")
+    weight_decay: float = setting(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
+    schedule: str = setting("cosine", "learning-rate schedule after warm-up: constant, linear decay to 0, or cosine "
+                                      "decay to 0", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "optimizer steps of linear warm-up from 0")
+    max_grad_norm: float | None = setting(1.0, "clip the gradient norm to this (none: no clipping)")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(check_choice, "optim.optimizer", self.optimizer, OPTIMIZERS)
+        p.check(check_choice, "optim.schedule", self.schedule, SCHEDULES)
+        p.check(check_number, "optim.lr", self.lr, low=0, low_open=True)
+        p.check(check_number, "optim.weight_decay", self.weight_decay, low=0)
+        _int(p, "optim.warmup_steps", self.warmup_steps, 0)
+        if self.max_grad_norm is not None:
+            p.check(check_number, "optim.max_grad_norm", self.max_grad_norm, low=0, low_open=True)
+
+
+@dataclass
+class TrainSection:
+    """How long, in what batches, and what is evaluated, logged and saved."""
+
+    steps: int | None = setting(100, "optimizer steps (none: derived from epochs)")
+    epochs: float | None = setting(None, "passes over the training data; sets steps when steps is none")
+    micro_batch_size: int = setting(4, "sequences per forward pass")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (global batch = micro_batch_size * grad_accum "
+                                 "* data-parallel ranks)")
+    precision: str = setting("auto", "fp32; bf16 (bf16 weights); mixed-bf16 / mixed-fp16 (autocast); auto: fp32 on "
+                                     "the CPU, mixed-bf16 on accelerators", choices=PRECISIONS)
+    seed: int = setting(0, "seed of the weights, adapters, data order and (unless dropbp.seed) the masks")
+    eval_every: int = setting(50, "optimizer steps between validation evaluations (0: only at the end)")
+    eval_batches: int | None = setting(None, "validation batches per evaluation (none: all)")
+    exact_match: int = setting(0, "held-out prompts whose greedy answer is compared with the reference (alpaca "
+                                  "data; 0: off)")
+    max_new_tokens: int = setting(16, "longest greedy answer in the exact-match evaluation")
+    save_every: int = setting(0, "optimizer steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = setting(2, "newest checkpoints kept; older ones are deleted")
+    log_every: int = setting(1, "optimizer steps between rows of metrics.csv")
+    stop_after_steps: int | None = setting(None, "stop after this many optimizer steps as if preempted (a checkpoint "
+                                                 "is written; --resume continues); the schedule still spans steps")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        if self.steps is None and self.epochs is None:
+            p.add("train.steps or train.epochs must be set.")
+        if self.steps is not None:
+            _int(p, "train.steps", self.steps, 1)
+        if self.epochs is not None:
+            p.check(check_number, "train.epochs", self.epochs, low=0, low_open=True)
+        for name in ("micro_batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_new_tokens"):
+            _int(p, f"train.{name}", getattr(self, name), 1)
+        for name in ("eval_every", "save_every", "exact_match"):
+            _int(p, f"train.{name}", getattr(self, name), 0)
+        if self.eval_batches is not None:
+            _int(p, "train.eval_batches", self.eval_batches, 1)
+        if self.stop_after_steps is not None:
+            _int(p, "train.stop_after_steps", self.stop_after_steps, 1)
+        p.check(check_choice, "train.precision", self.precision, PRECISIONS)
+        p.check(check_seed, self.seed, "train.seed")
+
+
+@dataclass
+class DropBPSection:
+    """Dropping backward propagation: the target rate, how masks are drawn and how rates are allocated."""
+
+    drop_rate: float = setting(0.5, "target average drop rate in [0, 1) (a FLOPs budget; 0 turns DropBP off)")
+    sampler: str = setting("auto", "bernoulli (independent draws, as the paper), pool (K fixed masks: exact rates, "
+                                   "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
+                           choices=("auto", *SAMPLERS))
+    pool_size: int = setting(8, "masks in the pool sampler (K)")
+    allocation: str = setting("uniform", "uniform rates; sensitivity (measured once at allocate_at of training, as "
+                                         "the paper); online (refreshed every reallocate_every steps)",
+                              choices=ALLOCATION_MODES)
+    allocate_at: float = setting(0.1, "fraction of training at which sensitivities are measured")
+    sensitivity: str = setting("fast", "estimator: fast (1 pass) or exact (2L+1 passes)", choices=SENSITIVITY_METHODS)
+    allocator: str = setting("paper", "paper (greedy, steps of 0.1) or optimal", choices=("paper", "optimal"))
+    reallocate_every: int = setting(50, "steps between re-allocations with allocation online")
+    seed: int | None = setting(None, "seed of the masks (none: train.seed)")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(validate_drop_rate, self.drop_rate, "dropbp.drop_rate")
+        p.check(check_choice, "dropbp.sampler", self.sampler, ("auto", *SAMPLERS))
+        _int(p, "dropbp.pool_size", self.pool_size, 1)
+        p.check(check_choice, "dropbp.allocation", self.allocation, ALLOCATION_MODES)
+        p.check(check_number, "dropbp.allocate_at", self.allocate_at, low=0, high=1, high_open=True)
+        p.check(check_choice, "dropbp.sensitivity", self.sensitivity, SENSITIVITY_METHODS)
+        p.check(check_choice, "dropbp.allocator", self.allocator, ("paper", "optimal"))
+        _int(p, "dropbp.reallocate_every", self.reallocate_every, 1)
+        if self.seed is not None:
+            p.check(check_seed, self.seed, "dropbp.seed")
+
+
+@dataclass
+class Recipe:
+    """A fine-tuning run. ``dropbp train RECIPE [key=value ...] [--device] [--output-dir] [--resume]``."""
+
+    name: str = setting("run", "short name of the run (the default output folder is runs/<name>)")
+    description: str = setting("", "what the run is for")
+    device: str = setting("auto", "auto, cpu, cuda or hpu (overridden by --device)", choices=backends.DEVICE_CHOICES)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    dropbp: DropBPSection = field(default_factory=DropBPSection)
+    #: The folder relative data paths are resolved against (the recipe file's folder); not part of the file.
+    base_dir: Path = field(default=Path("."), metadata={"cli": False})
+
+    def check(self, p: Problems) -> None:
+        """Record every problem, the sections' and those of combinations."""
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            p.add(f"name must be a plain, non-empty file name (it names the output folder), got {self.name!r}.")
+        p.check(check_choice, "device", self.device, backends.DEVICE_CHOICES)
+        self.model.check(p)
+        self.data.check(p, self.base_dir)
+        self.optim.check(p)
+        self.train.check(p)
+        self.dropbp.check(p)
+        if self.model.method == "qlora" and self.device == "hpu":
+            p.add("model.method qlora needs bitsandbytes 4-bit kernels, which Intel Gaudi does not have; use method "
+                  "lora there (dropbp port --allow-fallback lora does this for a whole recipe).")
+        if self.model.tokenizer == BYTE_TOKENIZER or (self.model.tokenizer == "auto" and self.model.name in PRESETS):
+            vocab = self.model.config.get("vocab_size", PRESETS.get(self.model.name, {}).get("vocab_size"))
+            if isinstance(vocab, int) and vocab < 256:
+                p.add(f"model.tokenizer {self.model.tokenizer!r} is byte-level (256 ids), but the model's vocabulary "
+                      f"has {vocab}; use a model with vocab_size >= 256 or another tokenizer.")
+        if self.model.name in PRESETS and isinstance(self.data.seq_len, int):
+            limit = max_positions(self.model.name, **{k: v for k, v in self.model.config.items()
+                                                      if k == "max_position_embeddings"})
+            if limit is not None and self.data.seq_len > limit:
+                p.add(f"data.seq_len must be at most {limit} for model {self.model.name} (its "
+                      f"max_position_embeddings), got {self.data.seq_len}.")
+
+    def masks_seed(self) -> int:
+        """The seed of the drop masks."""
+        return self.train.seed if self.dropbp.seed is None else self.dropbp.seed
+
+
+def resolve_data_path(value: str, base: Path) -> Path:
+    """A data path as written in a recipe: absolute, or relative to the recipe's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def load_recipe(source: Path | str | dict[str, Any], overrides: tuple[str, ...] | list[str] = (),
+                device: str | None = None, base_dir: Path | None = None) -> Recipe:
+    """Read, override and check a recipe; one :class:`ConfigError` lists every problem. ``source`` is a YAML path
+    or an already-parsed mapping; ``device`` (from ``--device``) wins over the recipe's."""
+    if isinstance(source, dict):
+        data, name, base = source, "recipe", base_dir or Path(".")
+    else:
+        path = Path(source)
+        data, name, base = read_yaml(path), str(path), base_dir or path.resolve().parent
+    problems = Problems(name)
+    try:
+        data = apply_overrides(data, overrides)
+    except Exception as err:  # noqa: BLE001 - an override error is one more problem, reported with the rest
+        problems.add(str(err))
+    recipe = build(Recipe, data, problems)
+    recipe = dataclasses.replace(recipe, base_dir=base)
+    if device is not None:
+        recipe.device = device
+    recipe.check(problems)
+    problems.raise_if_any()
+    return recipe
