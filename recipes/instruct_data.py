@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.presets import downloads_allowed
+from dropbp.recipes.presets import check_hub_access, hub_id
 from dropbp.recipes.schema import DataSection, resolve_data_path
 from dropbp.recipes.tokenizers import Tokenizer
 
@@ -26,18 +26,19 @@ ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a respo
 
 def load_records(source: str, base: Path, field: str) -> list[dict[str, Any]]:
     """Records from a JSON/JSONL file (through ``datasets``, kept in memory) or, with downloads allowed, a Hugging
-    Face dataset name."""
+    Face dataset ``hf:org/name``."""
     import datasets
 
     datasets.disable_progress_bars()
     path = resolve_data_path(source, base)
     with tempfile.TemporaryDirectory(prefix="dropbp-datasets-") as cache:
         try:
-            if path.is_file():
+            if hub_id(source) is not None:
+                check_hub_access(source, field)
+                loaded = datasets.load_dataset(hub_id(source), split="train", keep_in_memory=True, cache_dir=cache)
+            elif path.is_file():
                 loaded = datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True,
                                                cache_dir=cache)
-            elif downloads_allowed():
-                loaded = datasets.load_dataset(source, split="train", keep_in_memory=True, cache_dir=cache)
             else:
                 raise ConfigError(f"{field}: no such file {path}.")
         except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
@@ -47,6 +48,8 @@ def load_records(source: str, base: Path, field: str) -> list[dict[str, Any]]:
 
 def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, field: str) -> tuple[str, str]:
     """(prompt, answer) text of one record in the recipe's format."""
+    if spec.columns:
+        record = {**record, **{name: record[source] for name, source in spec.columns.items() if source in record}}
     if spec.format == "alpaca":
         if "instruction" not in record or "output" not in record:
             raise ConfigError(f"{field}: alpaca records need 'instruction' and 'output' (and optionally 'input'); "

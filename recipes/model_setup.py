@@ -3,6 +3,7 @@ base weights through ``transformers``' ``BitsAndBytesConfig`` and ``bitsandbytes
 from __future__ import annotations
 
 import importlib.util
+import logging
 import tempfile
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from dropbp.backends import Backend
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes.presets import PRESETS, build_model, downloads_allowed
+from dropbp.recipes.presets import PRESETS, build_model, downloads_allowed, source_of
 from dropbp.recipes.schema import ModelSection
 
 QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is not installed: pip install "
@@ -45,20 +46,42 @@ def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
     """The base model with NF4 4-bit linear weights, ready for adapters (norms and embeddings in fp32)."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(QLORA_MISSING)
+    # bitsandbytes warns on import that an optional CPU kernel package is missing; its fallback is what runs here
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    if not backend.accelerator and spec.name in PRESETS:
+        check_cpu_4bit_shapes(spec)
     compute = torch.float32 if not backend.accelerator else torch.bfloat16
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                                       bnb_4bit_use_double_quant=True)
     with tempfile.TemporaryDirectory(prefix="dropbp-qlora-") as folder:
-        source = spec.name
+        source = source_of(spec.name)
         if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
             build_model(spec.name, seed=seed, **spec.config).save_pretrained(folder)
             source = folder
         model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
                                                      device_map={"": str(backend.device)}, **_load_kwargs(spec))
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU NF4 kernels: output features in blocks of 32, input features of 64
+
+
+def check_cpu_4bit_shapes(spec: ModelSection) -> None:
+    """bitsandbytes' CPU kernels need every quantized layer's input and output sizes to be multiples of 64."""
+    from dropbp.recipes.presets import llama_config
+
+    config = llama_config(spec.name, **spec.config)
+    head_dim = config.hidden_size // config.num_attention_heads
+    sizes = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+             "num_key_value_heads * head_dim": config.num_key_value_heads * head_dim}
+    bad = {name: size for name, size in sizes.items() if size % CPU_4BIT_BLOCK}
+    if bad:
+        listed = ", ".join(f"{name} = {size}" for name, size in bad.items())
+        raise ConfigError(f"model.method qlora on the CPU needs every linear layer's sizes to be multiples of "
+                          f"{CPU_4BIT_BLOCK} (bitsandbytes' CPU kernels); here {listed}. Change model.config.")
 
 
 def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module:
@@ -73,7 +96,7 @@ def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype,
         if spec.trust_remote_code:
             print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.")
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype, **_load_kwargs(spec))
+            model = AutoModelForCausalLM.from_pretrained(source_of(spec.name), dtype=dtype, **_load_kwargs(spec))
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.name {spec.name!r} could not be loaded: {str(err).splitlines()[0]}") from None
         model = model.to(backend.device)
@@ -90,6 +113,6 @@ def model_vocab_size(spec: ModelSection) -> int | None:
     from transformers import AutoConfig
 
     try:
-        return int(AutoConfig.from_pretrained(spec.name, **_load_kwargs(spec)).vocab_size)
+        return int(AutoConfig.from_pretrained(source_of(spec.name), **_load_kwargs(spec)).vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
         return None

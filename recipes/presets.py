@@ -54,16 +54,43 @@ def downloads_allowed() -> bool:
     return os.environ.get(ENV_ALLOW_DOWNLOADS, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def check_model(name: Any, field: str = "--model") -> None:
-    """A preset, ``auto``, a local folder, or (with downloads allowed) a Hub name; refused at once otherwise."""
+HUB_PREFIX = "hf:"
+
+
+def hub_id(name: str) -> str | None:
+    """``hf:org/name`` -> ``org/name`` (a Hugging Face Hub reference); None for anything else."""
+    return name[len(HUB_PREFIX):] if isinstance(name, str) and name.startswith(HUB_PREFIX) else None
+
+
+def source_of(name: str) -> str:
+    """What ``from_pretrained`` is given for a model, tokenizer or dataset name: the Hub id or the local path."""
+    return hub_id(name) or name
+
+
+def check_hub_access(name: str, field: str) -> None:
+    """A Hub reference may be used only with downloads allowed."""
+    if hub_id(name) is not None and not downloads_allowed():
+        raise ConfigError(f"{field} {name} is on the Hugging Face Hub, and downloads are off; set "
+                          f"{ENV_ALLOW_DOWNLOADS}=1 to fetch it (or give a local copy).")
+
+
+def check_model(name: Any, field: str = "--model", *, for_run: bool = True) -> None:
+    """A preset, ``auto``, a local folder, or a Hub reference ``hf:org/name`` (used only with downloads allowed;
+    ``for_run=False`` checks the spelling alone). Refused at once otherwise."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{field} must be a preset ({', '.join(PRESETS)}) or a folder, got {name!r}.")
-    if name in PRESETS or name == "auto" or Path(name).is_dir() or downloads_allowed():
+    if hub_id(name) is not None:
+        if not hub_id(name):
+            raise ConfigError(f"{field} {name!r} names no Hub repository; write hf:org/name.")
+        if for_run:
+            check_hub_access(name, field)
+        return
+    if name in PRESETS or name == "auto" or Path(name).is_dir():
         return
     raise ConfigError(
         f"{field} must be a preset ({', '.join(PRESETS)}) or a local folder holding a Hugging Face model; {name!r} "
-        f"is neither (no such folder). A Hugging Face Hub name is downloaded only when you allow it: set "
-        f"{ENV_ALLOW_DOWNLOADS}=1."
+        f"is neither (no such folder). For a model on the Hugging Face Hub write hf:{name} and set "
+        f"{ENV_ALLOW_DOWNLOADS}=1 to allow the download."
     )
 
 
@@ -103,7 +130,7 @@ def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, devi
         return model
     check_model(preset_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(source_of(preset_or_path), dtype=dtype,
                                                     local_files_only=not downloads_allowed()).to(device)
     except (OSError, ValueError) as err:
         raise ConfigError(

@@ -9,8 +9,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def shipped() -> dict[str, Path]:
-    """Recipe name (the file name without ``.yaml``) -> path, for every shipped recipe."""
-    return {path.stem: path for path in sorted(CONFIGS.rglob("*.yaml"))}
+    """Recipe name (its path under ``recipes/configs`` without ``.yaml``, e.g. ``paper/llama2-7b-lora-alpaca``) ->
+    path, for every shipped recipe."""
+    return {path.relative_to(CONFIGS).with_suffix("").as_posix(): path for path in sorted(CONFIGS.rglob("*.yaml"))}
 
 
 def find_recipe(name_or_path: str) -> Path:

@@ -14,11 +14,12 @@ from typing import Any
 
 from dropbp import backends
 from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.schedule import ALLOCATION_MODES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml
-from dropbp.recipes.presets import METHODS, PRESETS, check_model, downloads_allowed, max_positions
+from dropbp.recipes.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
 from dropbp.recipes.settings_fields import check_choice, check_number, check_seed, setting
 
 DATA_FORMATS = ("alpaca", "chat", "text")
@@ -39,7 +40,7 @@ class ModelSection:
     """Which model, and how it is trained."""
 
     name: str = setting("tiny", f"a preset ({', '.join(PRESETS)}; random weights), a local folder with a Hugging "
-                                "Face model, or a Hub name (downloaded only with DROPBP_ALLOW_DOWNLOADS=1)")
+                                "Face model, or hf:org/name on the Hub (fetched only with DROPBP_ALLOW_DOWNLOADS=1)")
     method: str = setting("lora", "full fine-tuning, LoRA, or QLoRA (4-bit NF4 base weights, bitsandbytes)",
                           choices=METHODS)
     config: dict[str, Any] = setting(help="preset fields to change, e.g. {hidden_size: 128, num_hidden_layers: 4}",
@@ -54,9 +55,11 @@ class ModelSection:
     lora_targets: tuple[str, ...] = setting(("all-linear",), "modules that get adapters (PEFT target_modules; "
                                                              "all-linear = every linear layer but the head)")
 
-    def check(self, p: Problems) -> None:
-        """Record every problem of this section."""
-        p.check(check_model, self.name, "model.name")
+    def check(self, p: Problems, for_run: bool = True) -> None:
+        """Record every problem of this section (``for_run``: also whether Hub references may be fetched)."""
+        p.check(check_model, self.name, "model.name", for_run=for_run)
+        if for_run and self.tokenizer not in ("auto", BYTE_TOKENIZER):
+            p.check(check_hub_access, self.tokenizer, "model.tokenizer")
         p.check(check_choice, "model.method", self.method, METHODS)
         if self.config and self.name not in PRESETS:
             p.add(f"model.config changes preset fields and applies only to presets ({', '.join(PRESETS)}); "
@@ -74,12 +77,14 @@ class DataSection:
 
     format: str = setting("alpaca", "alpaca: instruction/input/output records; chat: records with a 'messages' list "
                                     "of {role, content}; text: records with a 'text' field", choices=DATA_FORMATS)
-    train: str = setting("", "training data: a JSON/JSONL file (relative paths are from the recipe's folder), or a "
-                             "Hugging Face dataset name (downloaded only with DROPBP_ALLOW_DOWNLOADS=1)")
+    train: str = setting("", "training data: a JSON/JSONL file (relative paths are from the recipe's folder), or "
+                             "hf:org/name, a Hugging Face dataset (fetched only with DROPBP_ALLOW_DOWNLOADS=1)")
     validation: str | None = setting(None, "validation data in the same format; none: hold out "
                                            "validation_fraction of the training data")
     validation_fraction: float = setting(0.05, "share of the training data held out when there is no validation file")
     split_seed: int = setting(42, "seed of the held-out split (the paper's is 42)")
+    columns: dict[str, Any] = setting(help="rename record fields to the format's names, e.g. {input: context, "
+                                           "output: response} for Dolly", default_factory=dict)
     template: str = setting("alpaca", "prompt template of alpaca data: alpaca (the Stanford Alpaca prompt) or plain "
                                       "(instruction, a newline, the input)", choices=TEMPLATES)
     mask_prompt: bool = setting(False, "leave the prompt out of the loss (the paper's Alpaca runs did not)")
@@ -88,7 +93,7 @@ class DataSection:
                                    "sequence, padded to seq_len (static shapes, as Gaudi wants)")
     max_examples: int | None = setting(None, "use at most this many training examples (none: all)")
 
-    def check(self, p: Problems, base: Path) -> None:
+    def check(self, p: Problems, base: Path, for_run: bool = True) -> None:
         """Record every problem of this section; relative paths are resolved against ``base``."""
         p.check(check_choice, "data.format", self.format, DATA_FORMATS)
         p.check(check_choice, "data.template", self.template, TEMPLATES)
@@ -98,9 +103,12 @@ class DataSection:
                 continue
             if not value:
                 p.add(f"data.{name} must name a JSON/JSONL file or a Hugging Face dataset, got an empty value.")
-            elif not resolve_data_path(value, base).is_file() and not downloads_allowed():
-                p.add(f"data.{name}: no such file {resolve_data_path(value, base)}; give a JSON/JSONL file, or set "
-                      "DROPBP_ALLOW_DOWNLOADS=1 to load a Hugging Face dataset by name.")
+            elif hub_id(value) is not None:
+                if for_run:
+                    p.check(check_hub_access, value, f"data.{name}")
+            elif not resolve_data_path(value, base).is_file():
+                p.add(f"data.{name}: no such file {resolve_data_path(value, base)}; give a JSON/JSONL file, or "
+                      f"hf:org/name for a Hugging Face dataset (fetched with DROPBP_ALLOW_DOWNLOADS=1).")
         p.check(check_number, "data.validation_fraction", self.validation_fraction, low=0, high=1, low_open=True,
                 high_open=True)
         p.check(check_seed, self.split_seed, "data.split_seed")
@@ -222,13 +230,13 @@ class Recipe:
     #: The folder relative data paths are resolved against (the recipe file's folder); not part of the file.
     base_dir: Path = field(default=Path("."), metadata={"cli": False})
 
-    def check(self, p: Problems) -> None:
-        """Record every problem, the sections' and those of combinations."""
+    def check(self, p: Problems, for_run: bool = True) -> None:
+        """Record every problem, the sections' and those of combinations (``for_run``: also the environment's)."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             p.add(f"name must be a plain, non-empty file name (it names the output folder), got {self.name!r}.")
         p.check(check_choice, "device", self.device, backends.DEVICE_CHOICES)
-        self.model.check(p)
-        self.data.check(p, self.base_dir)
+        self.model.check(p, for_run)
+        self.data.check(p, self.base_dir, for_run)
         self.optim.check(p)
         self.train.check(p)
         self.dropbp.check(p)
@@ -259,9 +267,10 @@ def resolve_data_path(value: str, base: Path) -> Path:
 
 
 def load_recipe(source: Path | str | dict[str, Any], overrides: tuple[str, ...] | list[str] = (),
-                device: str | None = None, base_dir: Path | None = None) -> Recipe:
+                device: str | None = None, base_dir: Path | None = None, for_run: bool = True) -> Recipe:
     """Read, override and check a recipe; one :class:`ConfigError` lists every problem. ``source`` is a YAML path
-    or an already-parsed mapping; ``device`` (from ``--device``) wins over the recipe's."""
+    or an already-parsed mapping; ``device`` (from ``--device``) wins over the recipe's. ``for_run=False`` checks
+    the recipe alone (``dropbp recipes validate``), not whether this machine may fetch its Hub models and data."""
     if isinstance(source, dict):
         data, name, base = source, "recipe", base_dir or Path(".")
     else:
@@ -270,12 +279,12 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: tuple[str, ...] 
     problems = Problems(name)
     try:
         data = apply_overrides(data, overrides)
-    except Exception as err:  # noqa: BLE001 - an override error is one more problem, reported with the rest
+    except ConfigError as err:  # an override error is one more problem, reported with the rest
         problems.add(str(err))
     recipe = build(Recipe, data, problems)
     recipe = dataclasses.replace(recipe, base_dir=base)
     if device is not None:
         recipe.device = device
-    recipe.check(problems)
+    recipe.check(problems, for_run)
     problems.raise_if_any()
     return recipe

@@ -80,7 +80,9 @@ def load_tokenizer(spec: str, model_name: str, *, is_preset: bool, local_only: b
         return ByteTokenizer()
     from transformers import AutoTokenizer
 
-    source = model_name if spec == "auto" else spec
+    from dropbp.recipes.presets import source_of
+
+    source = source_of(model_name if spec == "auto" else spec)
     try:
         inner = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
                                               trust_remote_code=trust_remote_code)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 from dropbp.core.errors import DropBPError
 
-from . import allocate, env, train
+from . import allocate, env, recipes_cmd, train
 
 #: Subcommands this layer owns, in the order ``--help`` lists them.
-SUBCOMMANDS = (train, allocate, env)
+SUBCOMMANDS = (train, recipes_cmd, allocate, env)
 COMMAND_GROUP = "dropbp.commands"
 
 

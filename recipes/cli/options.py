@@ -30,7 +30,8 @@ def out_field() -> Any:
 def model_field(default: str = "auto") -> Any:
     """``model``: a preset, a local path or a hub name; ``auto`` is tiny on the CPU and llama2-7b elsewhere."""
     auto = "; auto: tiny on the CPU, llama2-7b on a GPU or Gaudi" if default == "auto" else ""
-    return setting(default, f"model preset ({', '.join(PRESETS)}; random weights) or a local folder{auto}")
+    return setting(default, f"model preset ({', '.join(PRESETS)}; random weights), a local folder, or hf:org/name"
+                            f"{auto}")
 
 
 def method_field(default: str = "lora", choices: tuple[str, ...] = METHODS) -> Any:

@@ -19,8 +19,8 @@ ALLOWED: dict[str, str] = {
     "device": f"one of {', '.join(DEVICE_CHOICES)}; the device must be present",
     "seed": "integer in [0, 2**32)",
     "out": "a folder that exists and is writable, or can be created",
-    "model": f"a preset ({', '.join(PRESETS)}), `auto` where offered, or a local folder with a Hugging Face model; "
-             f"a Hub name only with {ENV_ALLOW_DOWNLOADS}=1",
+    "model": f"a preset ({', '.join(PRESETS)}), `auto` where offered, a local folder with a Hugging Face model, "
+             f"or hf:org/name (fetched only with {ENV_ALLOW_DOWNLOADS}=1)",
     "method": "one of the listed methods",
     "drop_rate": RATE,
     "drop_rates": f"comma-separated, at least one, each a {RATE}",

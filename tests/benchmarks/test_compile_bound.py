@@ -41,6 +41,7 @@ def test_throughput_bench_compiles_every_pool_entry_during_warmup():
     assert sum(e["graph_compiles_warmup"] for e in entries) == 4
 
 
+@pytest.mark.slow
 def test_hooks_attached_after_a_compiled_call_take_effect():
     import torch
 
