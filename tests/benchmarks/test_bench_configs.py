@@ -1,0 +1,49 @@
+"""``dropbp bench CONFIG.yaml``: benchmark settings as YAML sections of the recipe schema. Every shipped config
+validates; bad ones exit 2 with every problem listed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dropbp.benchmarks.cli import BENCHMARKS
+from dropbp.benchmarks.config_file import load_bench_config
+from dropbp.recipes.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
+    files = sorted((ROOT / "benchmarks").rglob("*.yaml"))
+    assert len(files) >= 8
+    for path in files:
+        name, settings = load_bench_config(path)
+        assert isinstance(settings, BENCHMARKS[name][0])
+        assert f"dropbp bench {path.relative_to(ROOT)}" in path.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("benchmark: throughput\nthroughput: {steps: two, colour: red}\n",
+     ["throughput.steps must be an integer, got 'two'", "unknown key throughput.colour", "has 2 problems"]),
+    ("benchmark: speed\n", ["benchmark must be one of throughput, memory, convergence, compiles"]),
+    ("benchmark: memory\nmemory: {budget_gb: 0}\n", ["--budget-gb must be a positive number of GiB"]),
+    ("benchmark: memory\nextra: 1\n", ["unknown key extra"]),
+    ("benchmark: !!python/object/apply:os.system ['true']\n", ["refused YAML tag"]),
+])
+def test_bad_configs_exit_2_listing_every_problem(tmp_path, capsys, text, needles):
+    path = tmp_path / "bench.yaml"
+    path.write_text(text)
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert all(n in err for n in needles), err
+    assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_config_runs_with_overrides(tmp_path):
+    out = tmp_path / "res"
+    assert main(["bench", str(ROOT / "benchmarks/configs/compiles-cpu.yaml"), "compiles.steps=2",
+                 f"compiles.out={out}", "--quiet"]) == 0
+    result = json.loads((out / "compiles.json").read_text())
+    assert result["runs"][0]["steps"] == 2 and result["settings"]["out"] == str(out)
