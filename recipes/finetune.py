@@ -86,8 +86,8 @@ class FineTune:
                                   "start it without --resume.")
             from dropbp.recipes.schema import load_recipe
 
-            before = _flat(load_recipe(read_yaml(saved), base_dir=recipe.base_dir))
-            now = _flat(recipe)
+            before = _flat(load_recipe(read_yaml(saved), base_dir=self.out))
+            now = _flat(recipe.with_absolute_paths())
             changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
             if changed:
                 raise ConfigError(f"--resume: the recipe differs from the one {self.out} was started with, in "
@@ -144,8 +144,7 @@ class FineTune:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "recipe.yaml").write_text(f"# resolved recipe of this run; resume with dropbp train "
                                               f"{self.out / 'recipe.yaml'} --output-dir {self.out} --resume\n"
-                                              + dump_yaml({k: v for k, v in dataclasses.asdict(recipe).items()
-                                                           if k != "base_dir"}))
+                                              + dump_yaml(self._saved_recipe()))
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -153,6 +152,12 @@ class FineTune:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         except ImportError:
             pass
+
+    def _saved_recipe(self) -> dict[str, Any]:
+        """The recipe as ``recipe.yaml`` keeps it: data paths absolute, no stop point (resuming runs to the end)."""
+        recipe = self.recipe.with_absolute_paths()
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, stop_after_steps=None))
+        return {k: v for k, v in dataclasses.asdict(recipe).items() if k != "base_dir"}
 
     def _restore(self) -> None:
         folder = latest_checkpoint(self.out / "checkpoints")

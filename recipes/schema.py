@@ -255,6 +255,14 @@ class Recipe:
                 p.add(f"data.seq_len must be at most {limit} for model {self.model.name} (its "
                       f"max_position_embeddings), got {self.data.seq_len}.")
 
+    def with_absolute_paths(self) -> "Recipe":
+        """A copy whose data files are absolute paths (so that it reads the same from any folder)."""
+        data = self.data
+        files = {name: str(resolve_data_path(getattr(data, name), self.base_dir).resolve())
+                 for name in ("train", "validation")
+                 if getattr(data, name) and hub_id(getattr(data, name)) is None}
+        return dataclasses.replace(self, data=dataclasses.replace(data, **files))
+
     def masks_seed(self) -> int:
         """The seed of the drop masks."""
         return self.train.seed if self.dropbp.seed is None else self.dropbp.seed
