@@ -55,6 +55,8 @@ class _Hook:
             return self.engine._before_branch(self.index, module)
         if self.kind == "post":
             return self.engine._after_branch(self.index, output)
+        if self.kind == "root_post":
+            return self.engine._after_model(module, output)
         return self.engine._recover()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "_Hook":
@@ -95,6 +97,15 @@ class DropBP:
     ``begin_step(step, mask=...)`` forces a mask (a bool per branch, a set of branch names, ``"all"`` or ``"none"``).
     :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
     Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
+
+    **Steps with no trainable path.** Per mask, the engine decides whether anything can still get a gradient
+    (:meth:`has_trainable_path`): some trainable weight outside the dropped branches (an embedding, a head, a kept
+    branch's weights or adapters). When nothing can (every branch dropped under LoRA; every adapter-holding branch
+    dropped; LoRA on q/v with every attention branch dropped), the model's output would not require a gradient and
+    ``loss.backward()`` would raise. So a forward hook on the model adds ``0 * anchor`` to its floating outputs
+    (``loss``, ``logits``) in that case: ``anchor`` is a scalar leaf owned by the engine, not a model parameter,
+    so ``loss.backward()``, ``accelerator.backward(loss)`` and ``Trainer`` all run, and no model parameter gets a
+    gradient. Such steps are counted in ``no_trainable_path_steps``; :meth:`backward` skips their (empty) backward.
 
     One engine per model: wrapping a model (or any module inside it) that an attached engine already wraps is
     refused; :meth:`DropBP.of` finds that engine. A step counts towards :meth:`report` only when its mask can take
@@ -141,6 +152,8 @@ class DropBP:
         self._modules = found.modules
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
         self._grad_mode: list[bool | None] = [None] * len(self.branches)
+        #: A scalar leaf, not a model parameter: outputs of a step with no trainable path are tied to it (see above).
+        self._anchor = torch.zeros((), requires_grad=True)
         self._handles: list[RemovableHandle] = []
         #: Called as ``callback(dropbp, backward_ran)`` after each :meth:`backward` (e.g. online sensitivity).
         self.after_backward_callbacks: list[Any] = []
@@ -174,6 +187,38 @@ class DropBP:
         torch.set_grad_enabled(previous)
         return _detach(output)
 
+    def _after_model(self, module: nn.Module, output: Any) -> Any:
+        if not (module.training and torch.is_grad_enabled() and any(self._mask)):
+            return None
+
+        def tie(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
+                return value + self._anchor.to(device=value.device, dtype=value.dtype) * 0
+            return value
+
+        if isinstance(output, torch.Tensor):
+            return tie(output)
+        if isinstance(output, dict):  # transformers' ModelOutput is a dict as well
+            for key in ("loss", "logits"):
+                if key in output:
+                    output[key] = tie(output[key])
+            return output
+        if isinstance(output, tuple):
+            return tuple(tie(v) for v in output)
+        return None
+
+    def has_trainable_path(self, mask: MaskSpec | None = None) -> bool:
+        """Whether, under ``mask`` (default: this step's), any trainable parameter can get a gradient: one outside
+        every branch, or one in a kept branch."""
+        dropped = tuple(self.parse_mask(mask)) if mask is not None else self._mask
+        inside: set[int] = set()
+        for is_dropped, module in zip(dropped, self._modules):
+            params = list(module.parameters())
+            inside.update(id(p) for p in params)
+            if not is_dropped and any(p.requires_grad for p in params):
+                return True
+        return any(p.requires_grad and id(p) not in inside for p in self._model.parameters())
+
     @staticmethod
     def of(model: nn.Module) -> "DropBP | None":
         """The engine whose hooks are on ``model`` or on any module inside it, or None."""
@@ -202,6 +247,9 @@ class DropBP:
             self.uncounted_steps += 1  # the mask cannot take effect: no hooks, or eval mode (nothing is dropped)
             return self._mask
         self.steps_counted += 1
+        self._anchor.grad = None
+        if not self.has_trainable_path():
+            self.no_trainable_path_steps += 1
         for i, dropped in enumerate(self._mask):
             self.drop_counts[i] += dropped
         if all(self._mask):
@@ -214,7 +262,7 @@ class DropBP:
         When every trainable path was dropped (e.g. LoRA with all branches dropped) the loss needs no gradient:
         the backward is skipped and counted in ``skipped_backward_steps``. Returns whether a backward ran.
         """
-        ran = bool(loss.requires_grad)
+        ran = bool(loss.requires_grad) and self.has_trainable_path()
         if ran:
             loss.backward(**kwargs)
         else:
@@ -270,6 +318,7 @@ class DropBP:
         self.all_dropped_steps = 0
         self.skipped_backward_steps = 0
         self.uncounted_steps = 0
+        self.no_trainable_path_steps = 0
         self.interrupted_forwards = 0
 
     def realized_rates(self) -> list[float]:
@@ -291,6 +340,7 @@ class DropBP:
             "all_dropped_steps": self.all_dropped_steps,
             "skipped_backward_steps": self.skipped_backward_steps,
             "uncounted_steps": self.uncounted_steps,
+            "no_trainable_path_steps": self.no_trainable_path_steps,
             "asked_drop_fraction": drop_fraction(self.flops, self.rates),
             "realized_drop_fraction": drop_fraction(self.flops, realized),
             "branches": [
@@ -322,6 +372,7 @@ class DropBP:
         self._mask = (False,) * len(self.branches)
         self._grad_mode = [None] * len(self.branches)
         self._handles.append(self._model.register_forward_pre_hook(_Hook(self, "root")))
+        self._handles.append(self._model.register_forward_hook(_Hook(self, "root_post")))
         for index, module in enumerate(self._modules):
             self._handles.append(module.register_forward_pre_hook(_Hook(self, "pre", index)))
             self._handles.append(module.register_forward_hook(_Hook(self, "post", index), always_call=True))
