@@ -28,6 +28,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
 BYTE_TOKENIZER = "byte"
+CLUSTERS = Path(__file__).resolve().parent / "clusters"
 
 
 def _int(p: Problems, name: str, value: Any, low: int) -> None:
@@ -222,6 +223,11 @@ class Recipe:
     name: str = setting("run", "short name of the run (the default output folder is runs/<name>)")
     description: str = setting("", "what the run is for")
     device: str = setting("auto", "auto, cpu, cuda or hpu (overridden by --device)", choices=backends.DEVICE_CHOICES)
+    cluster: str | None = setting(None, "the cluster profile (recipes/clusters) the micro-batch and accumulation are "
+                                        "sized for (dropbp port sets it); none: one device")
+    nodes: int = setting(1, "nodes of that cluster: the global batch is micro_batch_size * grad_accum * ranks per "
+                            "node * nodes")
+    devices_per_node: int | None = setting(None, "ranks per node (none: every device of the cluster profile)")
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -235,6 +241,12 @@ class Recipe:
         if not self.name or "/" in self.name or self.name.startswith("."):
             p.add(f"name must be a plain, non-empty file name (it names the output folder), got {self.name!r}.")
         p.check(check_choice, "device", self.device, backends.DEVICE_CHOICES)
+        known = sorted(path.stem for path in CLUSTERS.glob("*.yaml"))
+        if self.cluster is not None and self.cluster not in known:
+            p.add(f"cluster must be one of {', '.join(known)} or none, got {self.cluster!r}.")
+        _int(p, "nodes", self.nodes, 1)
+        if self.devices_per_node is not None:
+            _int(p, "devices_per_node", self.devices_per_node, 1)
         self.model.check(p, for_run)
         self.data.check(p, self.base_dir, for_run)
         self.optim.check(p)

@@ -1,0 +1,78 @@
+"""Porting recipes between clusters: the workload is kept, the hardware parts re-derived, or a clear refusal."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dropbp.core.errors import ConfigError
+from dropbp.recipes.cli import main
+from dropbp.recipes.clusters_profiles import cluster_names, load_cluster
+from dropbp.recipes.config_loader import to_plain
+from dropbp.recipes.port import global_batch, port_recipe, workload
+from dropbp.recipes.registry import shipped
+from dropbp.recipes.schema import load_recipe
+
+
+def test_the_five_cluster_profiles_load():
+    assert cluster_names() == ["a100-80g", "cpu", "gaudi2", "h100-80g", "h200"]
+    gaudi = load_cluster("gaudi2")
+    assert gaudi.device == "hpu" and gaudi.distributed_backend == "hccl" and gaudi.hpu_mode == "lazy"
+    assert not gaudi.qlora and "mixed-fp16" not in gaudi.precisions
+
+
+def test_round_trip_a100_gaudi2_a100_gives_back_the_same_recipe():
+    original = load_recipe(shipped()["paper/llama3-8b-lora-oasst1"], for_run=False)
+    a100, gaudi2 = load_cluster("a100-80g"), load_cluster("gaudi2")
+    on_a100, _ = port_recipe(original, None, a100)
+    on_gaudi2, changes = port_recipe(on_a100, a100, gaudi2)
+    back, _ = port_recipe(on_gaudi2, gaudi2, a100)
+    assert workload(on_gaudi2, gaudi2) == workload(on_a100, a100) == workload(original, None)
+    assert back == on_a100
+    assert on_gaudi2.device == "hpu" and {c.key for c in changes} >= {"device", "cluster"}
+    assert all(c.reason for c in changes)
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+@pytest.mark.parametrize("cluster", cluster_names())
+def test_every_recipe_ports_to_every_cluster_or_is_refused_with_a_reason(name, cluster):
+    recipe = load_recipe(shipped()[name], for_run=False)
+    source = load_cluster(recipe.cluster) if recipe.cluster else None
+    target = load_cluster(cluster)
+    try:
+        ported, changes = port_recipe(recipe, source, target)
+    except ConfigError as err:
+        reason = str(err)
+        assert any(text in reason for text in ("does not fit one", "does not have", "cannot share evenly")), reason
+        if recipe.model.method == "qlora" and not target.qlora:
+            assert "--allow-fallback lora" in reason
+        return
+    assert workload(ported, target) == workload(recipe, source)
+    assert global_batch(ported, target) == global_batch(recipe, source)
+    assert ported.device == target.device and ported.cluster == cluster
+    assert ported.train.precision in ("auto", *target.precisions)
+    if target.compiles_per_mask:
+        assert ported.dropbp.sampler in ("pool", "auto")
+    data = {k: v for k, v in to_plain(dataclasses.asdict(ported)).items() if k != "base_dir"}
+    assert load_recipe(data, base_dir=recipe.base_dir, for_run=False) == ported  # the ported recipe is valid
+
+
+def test_qlora_to_gaudi2_needs_the_explicit_fallback():
+    recipe = load_recipe(shipped()["tiny-tasks-qlora"], for_run=False)
+    with pytest.raises(ConfigError, match="--allow-fallback lora"):
+        port_recipe(recipe, None, load_cluster("gaudi2"))
+    ported, changes = port_recipe(recipe, None, load_cluster("gaudi2"), allow_fallback="lora")
+    assert ported.model.method == "lora"
+    assert any(c.key == "model.method" and "fallback" in c.reason for c in changes)
+
+
+def test_port_command_writes_a_valid_recipe_and_refuses_cleanly(tmp_path, capsys):
+    out = tmp_path / "gaudi2.yaml"
+    assert main(["port", "tiny-tasks", "--to", "gaudi2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| device" in printed and "gaudi2 has hpu devices" in printed
+    ported = load_recipe(out, for_run=False)
+    assert ported.cluster == "gaudi2" and ported.device == "hpu"
+    assert out.read_text().startswith(f"# dropbp train {out}")
+    assert main(["port", "tiny-tasks-qlora", "--to", "gaudi2", "-o", str(tmp_path / "q.yaml")]) == 2
+    assert "does not have" in capsys.readouterr().err and not (tmp_path / "q.yaml").exists()
