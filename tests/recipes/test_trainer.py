@@ -3,6 +3,7 @@ many steps leave no trainable path (both attention branches dropped); they run, 
 predict."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dropbp.core import DropBP
@@ -45,3 +46,24 @@ def test_trainer_runs_with_steps_that_have_no_trainable_path(tmp_path):
     assert report["no_trainable_path_steps"] == predicted
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses  # 4.20 -> 4.01 here (seeded, CPU)
+
+
+@pytest.mark.slow
+def test_trainer_under_torchrun_two_cpu_ranks_agree(tmp_path):
+    """Trainer drives DDP itself (accelerate, gloo on the CPU); the ranks draw the same masks with no
+    communication, take the same no-gradient steps without error, and end with the same adapter weights."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("ddp_trainer_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               str(worker), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and len(ranks[0]["masks"]) == 10
+    assert ranks[0]["masks"] == ranks[1]["masks"]
+    assert ranks[0]["report"] == ranks[1]["report"] > 0  # steps with no trainable path ran on both ranks
+    assert ranks[0]["weights"] == ranks[1]["weights"]
