@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli import main
+from dropbp.recipes.clusters_profiles import load_cluster
 from dropbp.recipes.config_loader import parse_yaml
 from dropbp.recipes.registry import shipped
 from dropbp.recipes.schema import Recipe, load_recipe
@@ -18,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "recipes" / "task_data"
 
 
-def test_every_shipped_recipe_validates_and_says_how_to_run_it():
+def test_every_shipped_yaml_validates_and_says_how_to_run_it():
     files = sorted((ROOT / "recipes").rglob("*.yaml"))
+    clusters = [path for path in files if path.parent.name == "clusters"]
+    for path in clusters:  # cluster profiles: the hardware side of a recipe
+        assert load_cluster(path.stem).name == path.stem
+        assert f"--to {path.stem}" in path.read_text().splitlines()[0]
+    files = [path for path in files if path not in clusters]
     assert len(files) >= 13 and set(shipped().values()) == set(files)
     for path in files:
         recipe = load_recipe(path, for_run=False)
