@@ -46,6 +46,8 @@ class Backend(ABC):
     accelerator: ClassVar[bool] = True
     #: The precision ``auto`` means on this device.
     default_precision: ClassVar[str] = "bf16"
+    #: The ``torch.distributed`` backend ranks on this device talk through.
+    distributed_backend: ClassVar[str] = "gloo"
 
     @classmethod
     @abstractmethod
@@ -164,6 +166,9 @@ class Backend(ABC):
         self.synchronize()
         yield
         self.synchronize()
+
+    def bind_local_rank(self, local_rank: int) -> None:
+        """Make this process use its own device among several on a node (before the backend is created)."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about the device."""

@@ -10,6 +10,7 @@ class CUDABackend(Backend):
     """One NVIDIA GPU (the current CUDA device of this process)."""
 
     name = "cuda"
+    distributed_backend = "nccl"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -21,6 +22,10 @@ class CUDABackend(Backend):
             f"{build}). Install a CUDA build of torch (https://pytorch.org/get-started/locally/) on a machine with "
             "a GPU and a driver, or choose --device cpu or --device auto."
         )
+
+    def bind_local_rank(self, local_rank: int) -> None:
+        """One GPU per process: ``torch.cuda.set_device(local_rank)``."""
+        torch.cuda.set_device(local_rank)
 
     @property
     def device(self) -> torch.device:

@@ -64,6 +64,7 @@ class HPUBackend(Backend):
     compiles_per_mask = True
     default_sampler = "pool"
     compile_backend = "hpu_backend"
+    distributed_backend = "hccl"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -27,6 +27,7 @@ from dropbp.core.schedule import AllocationSchedule
 from dropbp.recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dropbp.recipes.cli.options import resolve_sampler
 from dropbp.recipes.config_loader import dump_yaml, read_yaml
+from dropbp.recipes.distributed import World, join, world_from_environment
 from dropbp.recipes.instruct_data import IGNORE, RecipeData, load_data, render
 from dropbp.recipes.model_setup import build_recipe_model, model_vocab_size
 from dropbp.recipes.presets import PRESETS, downloads_allowed
@@ -79,6 +80,11 @@ class FineTune:
     def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = False, progress: bool = True) -> None:
         self.recipe, self.out, self.resume, self.progress = recipe, Path(output_dir), resume, progress
         self.backend_class = backends.resolve(recipe.device)
+        self.world: World = world_from_environment()
+        if self.world.size > 1 and recipe.dropbp.drop_rate > 0 and recipe.dropbp.allocation == "online":
+            raise ConfigError("dropbp.allocation online is not supported with several ranks yet (each rank would "
+                              "estimate from its own gradients and the masks could differ); use uniform or "
+                              "sensitivity.")
         if resume:
             saved = self.out / "recipe.yaml"
             if not saved.is_file() or latest_checkpoint(self.out / "checkpoints") is None:
@@ -92,7 +98,7 @@ class FineTune:
             if changed:
                 raise ConfigError(f"--resume: the recipe differs from the one {self.out} was started with, in "
                                   f"{', '.join(changed)}; resume with the same recipe, or use another --output-dir.")
-        elif (self.out / "metrics.csv").exists() or (self.out / "checkpoints").exists():
+        elif self.world.is_main and ((self.out / "metrics.csv").exists() or (self.out / "checkpoints").exists()):
             raise ConfigError(f"--output-dir {self.out} already holds a run; pass --resume to continue it, or choose "
                               "another folder.")
 
@@ -101,6 +107,8 @@ class FineTune:
         """Build everything; nothing is written before this succeeds."""
         recipe = self.recipe
         self.backend = self.backend_class()
+        self.backend.bind_local_rank(self.world.local_rank)
+        join(self.world, self.backend_class)
         self.weights_dtype, self.autocast = resolve_precision(recipe.train.precision, self.backend)
         spec = recipe.model
         self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.name, is_preset=spec.name in PRESETS,
@@ -115,6 +123,7 @@ class FineTune:
         self.total_steps = recipe.train.steps or max(1, math.ceil(recipe.train.epochs * len(self.data.train_ids)
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
+        self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
         self.dropbp: DropBP | None = None
         self.schedule: AllocationSchedule | None = None
         if recipe.dropbp.drop_rate > 0:
@@ -128,6 +137,10 @@ class FineTune:
                                                sensitivity=recipe.dropbp.sensitivity,
                                                allocator=recipe.dropbp.allocator,
                                                every=recipe.dropbp.reallocate_every, seed=recipe.masks_seed())
+        if self.world.size > 1:  # after DropBP: its hooks sit on the inner model; dropped branches are unused
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(self.model, find_unused_parameters=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if recipe.optim.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.optim.lr,
@@ -141,11 +154,13 @@ class FineTune:
         self.rows: list[dict[str, Any]] = []
         if self.resume:
             self._restore()
+        self.writer = None
         self.out.mkdir(parents=True, exist_ok=True)
+        if not self.world.is_main:
+            return
         (self.out / "recipe.yaml").write_text(f"# resolved recipe of this run; resume with dropbp train "
                                               f"{self.out / 'recipe.yaml'} --output-dir {self.out} --resume\n"
                                               + dump_yaml(self._saved_recipe()))
-        self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -224,14 +239,19 @@ class FineTune:
     # -- training ------------------------------------------------------------------------------------------------
     def _micro_step(self, step: int, micro: int) -> tuple[float, int]:
         train = self.recipe.train
-        ids, labels = self.data.batch(step, micro, train.grad_accum, train.micro_batch_size)
+        size, world = train.micro_batch_size, self.world
+        ids, labels = self.data.batch(step, micro, train.grad_accum, size, world.rank, world.size)
         ids, labels = ids.to(self.backend.device), labels.to(self.backend.device)
-        if micro == 0 and self.schedule is not None:
-            self.schedule.before_step(step, ids)
+        if micro == 0 and self.schedule is not None:  # every rank measures on the same (rank 0's) windows
+            first = ids if world.rank == 0 else self.data.batch(step, 0, train.grad_accum, size, 0, world.size)[0]
+            self.schedule.before_step(step, first.to(self.backend.device))
         if micro == 0 and self.dropbp is not None:
             self.dropbp.begin_step(step)
+            if train.log_masks:
+                with open(self.out / f"masks-rank{world.rank}.csv", "a") as handle:
+                    handle.write(f"{step},{''.join('1' if m else '0' for m in self.dropbp.mask)}\n")
         with self.backend.autocast(self.autocast):
-            loss = self.model(input_ids=ids, labels=labels).loss
+            loss = self.forward_model(input_ids=ids, labels=labels).loss
         scaled = loss / train.grad_accum
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
@@ -254,16 +274,22 @@ class FineTune:
             self.backend.optimizer_step(self.optimizer)
         self.scheduler.step()
 
-    def _checkpoint(self, step: int) -> Path:
+    def _checkpoint(self, step: int) -> Path | None:
         state: dict[str, Any] = {"total_steps": self.total_steps}
         if self.dropbp is not None:
             state["dropbp"] = {"rates": self.dropbp.rates, "drop_counts": self.dropbp.drop_counts,
                                "steps_counted": self.dropbp.steps_counted,
                                "all_dropped_steps": self.dropbp.all_dropped_steps}
-        return save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.scheduler, state,
-                               self.recipe.train.keep_checkpoints)
+        folder = None
+        if self.world.is_main:
+            folder = save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.scheduler,
+                                     state, self.recipe.train.keep_checkpoints)
+        self.world.barrier()
+        return folder
 
     def _write_metrics(self) -> None:
+        if not self.world.is_main:
+            return
         path = self.out / "metrics.csv"
         tmp = path.with_name(".metrics.csv.partial")
         with open(tmp, "w", newline="") as handle:
@@ -294,10 +320,13 @@ class FineTune:
             self.rows.append(row)
         self.model.train()
         engine = repr(self.dropbp) if self.dropbp is not None else "DropBP off"
-        print(f"training {self.recipe.name}: {self.recipe.model.name} ({self.recipe.model.method}), {engine}, on "
-              f"{self.backend.device_name()} ({self.backend.name}); steps {self.start_step} -> {stop} of "
-              f"{self.total_steps}", flush=True)
-        bar = progress_bar(range(self.start_step, stop), desc=f"train {self.recipe.name}", enabled=self.progress,
+        ranks = f" x {self.world.size} ranks" if self.world.size > 1 else ""
+        if self.world.is_main:
+            print(f"training {self.recipe.name}: {self.recipe.model.name} ({self.recipe.model.method}), {engine}, "
+                  f"on {self.backend.device_name()} ({self.backend.name}){ranks}; steps {self.start_step} -> {stop} "
+                  f"of {self.total_steps}", flush=True)
+        bar = progress_bar(range(self.start_step, stop), desc=f"train {self.recipe.name}",
+                           enabled=self.progress and self.world.is_main,
                            initial=self.start_step, total=self.total_steps)
         for step in bar:
             start = time.perf_counter()
@@ -309,9 +338,9 @@ class FineTune:
             lr = self.optimizer.param_groups[0]["lr"]
             self._optimizer_step()
             self.backend.synchronize()
-            speed = tokens / (time.perf_counter() - start)
+            speed = tokens * self.world.size / (time.perf_counter() - start)
             done = step + 1
-            loss = sum(losses) / len(losses)
+            loss = self.world.mean(sum(losses) / len(losses), self.backend.device)
             drop = self.dropbp.realized_drop_fraction() if self.dropbp is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:
@@ -341,7 +370,9 @@ class FineTune:
             self.schedule.close()
         if self.dropbp is not None:
             self.dropbp.remove()
-        self.plot()
+        if self.world.is_main:
+            self.plot()
+        self.world.close()
 
     def plot(self) -> Path:
         """``loss.png``: training and validation loss against step (and exact match, when measured)."""

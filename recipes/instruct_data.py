@@ -150,9 +150,11 @@ class RecipeData:
     train_examples: int
     order: WindowOrder
 
-    def batch(self, step: int, micro: int, grad_accum: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The micro-batch ``micro`` of optimizer step ``step``."""
-        start = (step * grad_accum + micro) * size
+    def batch(self, step: int, micro: int, grad_accum: int, size: int, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank ``rank``'s share (``size`` windows) of micro-batch ``micro`` of optimizer step ``step``; the ranks
+        together take the same ``size * world`` windows one process with micro-batch ``size * world`` would."""
+        start = (step * grad_accum + micro) * size * world + rank * size
         index = torch.tensor(self.order.indices(start, size))
         return self.train_ids[index], self.train_labels[index]
 

@@ -161,6 +161,8 @@ class TrainSection:
     save_every: int = setting(0, "optimizer steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = setting(2, "newest checkpoints kept; older ones are deleted")
     log_every: int = setting(1, "optimizer steps between rows of metrics.csv")
+    log_masks: bool = setting(False, "append each step's mask to masks-rank<R>.csv (to check that every rank drops "
+                                     "the same branches)")
     stop_after_steps: int | None = setting(None, "stop after this many optimizer steps as if preempted (a checkpoint "
                                                  "is written; --resume continues); the schedule still spans steps")
 

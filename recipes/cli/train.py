@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_.train()
     finally:
         run_.cleanup()
+    if not run_.world.is_main:
+        return 0
     last = next((r for r in reversed(summary["rows"]) if r.get("val_loss")), None)
     first = summary["rows"][0] if summary["rows"] else None
     if first and last:

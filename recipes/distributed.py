@@ -1,0 +1,58 @@
+"""Data-parallel ranks for ``dropbp train`` under ``torchrun`` or ``accelerate launch``: the process group, which
+rank writes, and averages across ranks. One process (no ``WORLD_SIZE`` > 1) is a world of one."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dropbp.backends import Backend
+
+
+@dataclass
+class World:
+    """This process's place among the ranks."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run's files."""
+        return self.rank == 0
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The average of ``value`` over every rank."""
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.size
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this run started it."""
+        if self.started_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def world_from_environment() -> World:
+    """The ranks ``torchrun`` / ``accelerate launch`` describe in the environment (one rank otherwise)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def join(world: World, backend_class: type[Backend]) -> World:
+    """Join the process group through the device's distributed backend (gloo, nccl, hccl)."""
+    if world.size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend_class.distributed_backend)
+        world.started_here = True
+    return world
