@@ -178,3 +178,16 @@ def test_a_lora_checkpoint_loads_with_plain_peft(tmp_path):
     state = {k: v for k, v in loaded.state_dict().items() if "lora_" in k}
     assert saved and len(state) == len(saved)
     assert any(not torch.all(v == 0) for k, v in saved.items() if "lora_B" in k)  # trained, not the zero init
+
+
+def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
+    out = tmp_path / "run"
+    run("tiny-tasks", out, "train.steps=3", "train.grad_accum=2", "train.eval_every=0", "train.log_masks=true")
+    lines = (out / "masks-rank0.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["0", "1", "2"]  # one mask per optimizer step, not per micro
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL], device="cpu")
+    from dropbp.recipes.presets import build_model
+
+    engine = DropBP(build_model("tiny", **recipe.model.config), recipe.dropbp.drop_rate, seed=recipe.masks_seed())
+    expected = ["".join("1" if m else "0" for m in engine.sampler.mask(step).tolist()) for step in range(3)]
+    assert [line.split(",")[1] for line in lines] == expected
