@@ -6,7 +6,7 @@ from typing import Any
 
 from dropbp.backends import DEVICE_CHOICES, Backend
 from dropbp.core.samplers import SAMPLERS
-from dropbp.recipes.presets import METHODS, PRECISIONS, PRESETS
+from dropbp.recipes.presets import PRECISIONS, PRESETS
 from dropbp.recipes.settings_fields import setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
@@ -34,9 +34,9 @@ def model_field(default: str = "auto") -> Any:
                             f"{auto}")
 
 
-def method_field(default: str = "lora", choices: tuple[str, ...] = METHODS) -> Any:
-    """``method``: full fine-tuning, LoRA or QLoRA."""
-    return setting(default, "fine-tuning method", choices=choices)
+def method_field(default: str = "lora", choices: tuple[str, ...] = ("full", "lora")) -> Any:
+    """``method``: full fine-tuning or LoRA (QLoRA trains through ``dropbp train`` recipes)."""
+    return setting(default, "fine-tuning method (QLoRA: through dropbp train recipes)", choices=choices)
 
 
 def drop_rates_field() -> Any:
