@@ -9,9 +9,8 @@ from typing import Any, TypeVar
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli.options import device_field, out_field, seed_field
-from dropbp.recipes.publish import publish
+from dropbp.recipes.publish import publish, results_folder
 from dropbp.recipes.settings_fields import check_choice, check_output_dir, check_seed
 
 S = TypeVar("S", bound="BenchSettings")
@@ -40,11 +39,8 @@ class BenchSettings:
         return dataclasses.replace(self)
 
     def results_dir(self, backend_name: str) -> Path:
-        """``out``, or ``results/<device>``; refused up front when it exists and is not a folder."""
-        out = Path(self.out) if self.out is not None else Path("results") / backend_name
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} exists and is not a folder; give a folder for the results.")
-        return Path(out)
+        """``out``, or ``results/<device>``; refused when it cannot hold results."""
+        return results_folder(self.out, backend_name)
 
 
 def run_benchmark(name: str, settings: S, measure: Callable[..., dict[str, Any]],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.settings_fields import default_of
+from dropbp.recipes.settings_fields import default_of, strip_optional
 
 T = TypeVar("T")
 
@@ -106,16 +105,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return merged
 
 
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
 def type_name(annotation: Any) -> str:
-    bare, optional = _strip_optional(annotation)
+    bare, optional = strip_optional(annotation)
     if typing.get_origin(bare) is tuple:
         name = f"a list of {typing.get_args(bare)[0].__name__}"
     elif typing.get_origin(bare) is dict:
@@ -128,7 +119,7 @@ def type_name(annotation: Any) -> str:
 
 def _convert(value: Any, annotation: Any, where: str, problems: Problems) -> Any:
     """``value`` as ``annotation`` (numbers written as strings, e.g. YAML's ``1e-4``, are accepted)."""
-    bare, optional = _strip_optional(annotation)
+    bare, optional = strip_optional(annotation)
     if value is None:
         if optional:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ from dropbp.recipes.distributed import World, join, world_from_environment
 from dropbp.recipes.instruct_data import IGNORE, RecipeData, load_data, render
 from dropbp.recipes.model_setup import build_recipe_model, model_vocab_size
 from dropbp.recipes.presets import PRESETS, downloads_allowed
-from dropbp.recipes.publish import pyplot
-from dropbp.recipes.schema import Recipe
+from dropbp.recipes.publish import pyplot, write_text_atomic
+from dropbp.recipes.schema import Recipe, load_recipe
 from dropbp.recipes.tokenizers import Tokenizer, load_tokenizer
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
@@ -90,8 +91,6 @@ class FineTune:
             if not saved.is_file() or latest_checkpoint(self.out / "checkpoints") is None:
                 raise ConfigError(f"--resume: {self.out} holds no run to resume (no recipe.yaml or no checkpoint); "
                                   "start it without --resume.")
-            from dropbp.recipes.schema import load_recipe
-
             before = _flat(load_recipe(read_yaml(saved), base_dir=self.out))
             now = _flat(recipe.with_absolute_paths())
             changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
@@ -158,9 +157,9 @@ class FineTune:
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.world.is_main:
             return
-        (self.out / "recipe.yaml").write_text(f"# resolved recipe of this run; resume with dropbp train "
-                                              f"{self.out / 'recipe.yaml'} --output-dir {self.out} --resume\n"
-                                              + dump_yaml(self._saved_recipe()))
+        header = (f"# resolved recipe of this run; resume with dropbp train {self.out / 'recipe.yaml'} "
+                  f"--output-dir {self.out} --resume\n")
+        write_text_atomic(self.out / "recipe.yaml", header + dump_yaml(self._saved_recipe()))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -172,7 +171,7 @@ class FineTune:
         """The recipe as ``recipe.yaml`` keeps it: data paths absolute, no stop point (resuming runs to the end)."""
         recipe = self.recipe.with_absolute_paths()
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, stop_after_steps=None))
-        return {k: v for k, v in dataclasses.asdict(recipe).items() if k != "base_dir"}
+        return recipe.to_data()
 
     def _restore(self) -> None:
         folder = latest_checkpoint(self.out / "checkpoints")
@@ -290,13 +289,11 @@ class FineTune:
     def _write_metrics(self) -> None:
         if not self.world.is_main:
             return
-        path = self.out / "metrics.csv"
-        tmp = path.with_name(".metrics.csv.partial")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRICS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.out / "metrics.csv", text.getvalue())
 
     def _evaluate(self, step: int, row: dict[str, Any]) -> None:
         val = self.validation_loss()

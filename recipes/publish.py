@@ -42,6 +42,30 @@ def _make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)  # what a plain open() would give
 
 
+def results_folder(out: Path | str | None, device: str) -> Path:
+    """Where a command's results go: ``out``, or ``results/<device>``; refused when it cannot hold them."""
+    from dropbp.recipes.settings_fields import check_output_dir
+
+    folder = Path(out) if out is not None else Path("results") / device
+    check_output_dir("--out", folder)
+    return folder
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden temporary file beside ``path`` (``.NAME.*.partial``), then rename it into place:
+    a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        _make_readable(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def staging_prefix(name: str) -> str:
     """Hidden folders ``.NAME.publishing-*`` hold a set while it is written (their files end in ``.partial``)."""
     return f".{name}.publishing-"

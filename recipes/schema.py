@@ -18,7 +18,7 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.schedule import ALLOCATION_MODES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml
+from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
 from dropbp.recipes.settings_fields import check_choice, check_number, check_seed, setting
 
@@ -268,6 +268,10 @@ class Recipe:
             if limit is not None and self.data.seq_len > limit:
                 p.add(f"data.seq_len must be at most {limit} for model {self.model.name} (its "
                       f"max_position_embeddings), got {self.data.seq_len}.")
+
+    def to_data(self) -> dict[str, Any]:
+        """The recipe as plain data, as a YAML file holds it (without ``base_dir``, which is where the file is)."""
+        return {k: v for k, v in to_plain(self).items() if k != "base_dir"}
 
     def with_absolute_paths(self) -> "Recipe":
         """A copy whose data files are absolute paths (so that it reads the same from any folder)."""

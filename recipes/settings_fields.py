@@ -50,12 +50,13 @@ def _comma_list(item: Callable[[str], Any], what: str) -> Callable[[str], tuple[
     return parse
 
 
-def _strip_optional(annotation: Any) -> Any:
+def strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other annotation -> ``(annotation, False)``."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
-    return annotation
+            return args[0], True
+    return annotation, False
 
 
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -67,9 +68,9 @@ def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _parser_for(annotation: Any) -> Callable[[str], Any] | None:
-    bare = _strip_optional(annotation)
+    bare, optional = strip_optional(annotation)
     parse = _bare_parser(bare)
-    if parse is None or bare is annotation or bare in (str, Path):
+    if parse is None or not optional or bare in (str, Path):
         return parse
     return _or_none(parse)  # an optional number: "none" on the command line means None
 

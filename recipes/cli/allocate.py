@@ -74,11 +74,11 @@ def run(settings: AllocateSettings) -> int:
     from dropbp.recipes.allocation_report import allocation_figure, allocation_markdown
     from dropbp.recipes.data import batch_at, stdlib_corpus
     from dropbp.recipes.presets import apply_method, build_model, check_fits
-    from dropbp.recipes.publish import environment, publish
+    from dropbp.recipes.publish import environment, publish, results_folder
 
     settings.validate()
     backend = backends.get(settings.device)
-    out = settings.out if settings.out is not None else Path("results") / backend.name
+    out = results_folder(settings.out, backend.name)
     check_fits(settings.model, dtype=torch.float32, method=settings.method,
                capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(settings.model, device=backend.device, seed=settings.seed), settings.method,

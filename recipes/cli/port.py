@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 from dropbp.core.errors import ConfigError
@@ -40,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dropbp.recipes.clusters_profiles import load_cluster
     from dropbp.recipes.config_loader import dump_yaml
     from dropbp.recipes.port import port_recipe
+    from dropbp.recipes.publish import write_text_atomic
     from dropbp.recipes.registry import find_recipe
     from dropbp.recipes.schema import load_recipe
     from dropbp.recipes.tables import markdown_table
@@ -58,14 +56,10 @@ def run(args: argparse.Namespace) -> int:
     listed = "\n".join(f"#   {c.key}: {c.before} -> {c.after} ({c.reason})" for c in changes)
     text = (f"# dropbp train {args.output or '<this file>'}\n# Ported from {path} to {args.to} x {args.nodes} node(s) "
             f"by dropbp port; changes:\n{listed}\n" + dump_yaml(
-                {k: v for k, v in dataclasses.asdict(ported).items() if k != "base_dir"}))
+                ported.to_data()))
     if args.output is None:
         print("\n" + text, end="")
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{args.output.name}.", suffix=".partial", dir=args.output.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, args.output)
+    write_text_atomic(args.output, text)
     print(f"\nwrote {args.output}")
     return 0

@@ -1,14 +1,12 @@
 """Porting recipes between clusters: the workload is kept, the hardware parts re-derived, or a clear refusal."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli import main
 from dropbp.recipes.clusters_profiles import cluster_names, load_cluster
-from dropbp.recipes.config_loader import to_plain
 from dropbp.recipes.port import global_batch, port_recipe, workload
 from dropbp.recipes.registry import shipped
 from dropbp.recipes.schema import load_recipe
@@ -53,7 +51,7 @@ def test_every_recipe_ports_to_every_cluster_or_is_refused_with_a_reason(name, c
     assert ported.train.precision in ("auto", *target.precisions)
     if target.compiles_per_mask:
         assert ported.dropbp.sampler in ("pool", "auto")
-    data = {k: v for k, v in to_plain(dataclasses.asdict(ported)).items() if k != "base_dir"}
+    data = ported.to_data()
     assert load_recipe(data, base_dir=recipe.base_dir, for_run=False) == ported  # the ported recipe is valid
 
 
