@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from dropbp.core.dynamo_settings import guard_module_hooks, raise_recompile_limit
-from dropbp.core.engine import DropBP
+from dropbp.core.policy import StepPolicy
 from dropbp.core.errors import ConfigError
 
 
@@ -80,7 +80,7 @@ class Backend(ABC):
     def after_optimizer_step(self) -> None:
         """Step boundary after ``optimizer.step()``."""
 
-    def backward(self, loss: torch.Tensor, dropbp: DropBP | None = None, **kwargs: Any) -> bool:
+    def backward(self, loss: torch.Tensor, dropbp: StepPolicy | None = None, **kwargs: Any) -> bool:
         """The driver's backward: ``dropbp.backward(loss)`` (skipped and counted when the step left nothing to
         train) or, without DropBP, ``loss.backward()``; then the device's step boundary. Returns whether a backward
         ran."""

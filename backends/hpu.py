@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dropbp.core.engine import DropBP
+from dropbp.core.policy import StepPolicy
 from dropbp.core.errors import BackendUnavailableError, ConfigError
 
 from .base import Backend
@@ -112,7 +112,7 @@ class HPUBackend(Backend):
         self._optimizer_since_backward = True
         self.mark_step()
 
-    def backward(self, loss: torch.Tensor, dropbp: DropBP | None = None, **kwargs: Any) -> bool:
+    def backward(self, loss: torch.Tensor, dropbp: StepPolicy | None = None, **kwargs: Any) -> bool:
         """As :meth:`Backend.backward`; in lazy mode it also says so (a warning) when the previous DropBP step's
         optimizer step ran without :meth:`optimizer_step` (a lost ``mark_step``). Micro-batches of one step
         (gradient accumulation) share the DropBP step number and are not mistaken for it."""

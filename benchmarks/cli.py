@@ -1,4 +1,4 @@
-"""``dropbp bench throughput|memory|convergence|compiles``: baseline vs DropBP side by side, with JSON, table and plot.
+"""``dropbp bench throughput|memory|convergence|regime|compiles|compare``: baseline vs DropBP side by side, with JSON, table and plot.
 
 Registered with the ``dropbp`` command line through the ``dropbp.commands`` entry point. Each sub-benchmark's
 options are made from the fields of its settings dataclass, and the command only parses them into that object and
@@ -12,7 +12,7 @@ from typing import Any
 
 from dropbp.recipes.settings_fields import add_command
 
-from . import compiles, convergence, memory_search, throughput
+from . import compare, compiles, convergence, memory_search, regime, throughput
 from .config_file import is_config_file, load_bench_config
 
 EXAMPLES = """examples:
@@ -21,7 +21,9 @@ EXAMPLES = """examples:
   dropbp bench throughput --device cuda --model llama2-7b --method lora --seq-len 512 --batch-size 1
   dropbp bench memory --device cpu --budget-gb 2
   dropbp bench convergence --out results/cpu
+  dropbp bench regime --out benchmarks/results/cpu
   dropbp bench compiles --device cpu --steps 200
+  dropbp bench compare results/a100 results/gaudi2 --out results/compare
   dropbp bench benchmarks/configs/throughput-cpu-lora.yaml throughput.steps=5"""
 
 #: name -> (settings class, main function, one-line help)
@@ -32,8 +34,12 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                "longest sequence that fits a memory budget, per drop rate"),
     "convergence": (convergence.ConvergenceSettings, convergence.main,
                     "validation loss vs FLOPs and wall time on real text"),
+    "regime": (regime.RegimeSettings, regime.main,
+               "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
     "compiles": (compiles.CompilesSettings, compiles.main,
                  "graphs torch.compile builds over training: pool vs bernoulli"),
+    "compare": (compare.CompareSettings, compare.main,
+                "throughput results of several devices side by side (folders from bench throughput)"),
 }
 
 

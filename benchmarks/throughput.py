@@ -35,7 +35,6 @@ from dropbp.recipes.presets import (PRECISIONS, apply_method, build_model, check
                                     check_seq_len, model_dtype)
 from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
                                             check_positive, setting)
-from dropbp.recipes.training import training_step
 
 from .common import BenchSettings, run_benchmark
 
@@ -96,6 +95,7 @@ class _Config:
     drop_rate: float | None           # None: the unwrapped baseline
     masks: Callable[[int], Any]       # step -> mask spec for DropBP.begin_step
     times: list[float] = field(default_factory=list)
+    phases: list[tuple[float, float, float]] = field(default_factory=list)  # (forward, backward, optimizer) s
     peaks: list[int] = field(default_factory=list)
     used_masks: list[list[bool]] = field(default_factory=list)
     warmup_s: float = 0.0
@@ -114,7 +114,9 @@ def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
 
 
 def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP, batch: torch.Tensor,
-              optimizer: torch.optim.Optimizer, backend: Any, compiled: bool) -> float:
+              optimizer: torch.optim.Optimizer, backend: Any, compiled: bool) -> tuple[float, float, float]:
+    """One timed training step; returns its (forward, backward, optimizer) seconds, the device synchronised
+    between phases so each phase's queued work is counted in it."""
     baseline = config.drop_rate is None
     if baseline and not compiled:
         dropbp.remove()  # eager: the baseline is the model with no hooks at all
@@ -122,16 +124,25 @@ def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP
         # compiled: taking hooks off and on would invalidate every cached graph each round, so the baseline keeps
         # them with nothing dropped; hooks that drop nothing trace away, leaving the unwrapped model's graph
         dropbp.attach()
-    mask = "none" if baseline else config.masks(step)
+    engine = None if baseline and not compiled else dropbp
     backend.reset_peak_memory()
     backend.synchronize()
     start = time.perf_counter()
-    training_step(model, batch, optimizer, None if baseline and not compiled else dropbp, backend, step, mask=mask)
+    if engine is not None:
+        engine.begin_step(step, mask="none" if baseline else config.masks(step))
+    with backend.autocast(None):
+        loss = model(input_ids=batch, labels=batch).loss
     backend.synchronize()
-    elapsed = time.perf_counter() - start
+    forward_done = time.perf_counter()
+    backend.backward(loss, engine)
+    backend.synchronize()
+    backward_done = time.perf_counter()
+    backend.optimizer_step(optimizer)
+    backend.synchronize()
+    end = time.perf_counter()
     if config.drop_rate is not None:
         config.used_masks.append(list(dropbp.mask))
-    return elapsed
+    return forward_done - start, backward_done - forward_done, end - backward_done
 
 
 def _saved_bytes(config: _Config, steps: Sequence[int], model: torch.nn.Module, dropbp: DropBP,
@@ -182,7 +193,8 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
         shift = round_index % len(configs)
         for config in configs[shift:] + configs[:shift]:
             before = backend.compile_count() if settings.compile else 0
-            elapsed = _run_step(config, round_index, model, dropbp, batch, optimizer, backend, settings.compile)
+            phases = _run_step(config, round_index, model, dropbp, batch, optimizer, backend, settings.compile)
+            elapsed = sum(phases)
             compiles = (backend.compile_count() - before) if settings.compile else 0
             if round_index < warmup:
                 config.warmup_s += elapsed
@@ -190,6 +202,7 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
                 config.used_masks.clear()
             else:
                 config.times.append(elapsed)
+                config.phases.append(phases)
                 config.compiles_measured += compiles
                 peak = backend.peak_memory_bytes()
                 if peak is not None:
@@ -220,6 +233,9 @@ def _entry(config: _Config, settings: ThroughputSettings, saved: tuple[float, fl
         "realized_drop_fraction": realised,
         "step_time_s": step_time,
         "step_times_s": config.times,
+        "forward_s": statistics.median(p[0] for p in config.phases),
+        "backward_s": statistics.median(p[1] for p in config.phases),
+        "optimizer_s": statistics.median(p[2] for p in config.phases),
         "tokens_per_s": tokens / step_time,
         "warmup_time_s": config.warmup_s,
         "saved_activation_bytes": int(round(saved[0])),

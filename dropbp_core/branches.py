@@ -162,3 +162,14 @@ def find_branches(
     shape = ModelShape.from_config(config, gated_mlp)
     branches = [Branch(name, kind, layer, branch_flops_per_token(kind, shape, seq_len)) for layer, _, kind, name, _ in found]
     return DiscoveredBranches(branches, [f[4] for f in found], shape, model_type)
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The decoder blocks (the modules that hold one layer's attention and MLP branches), as ``(name, module)`` in
+    depth order."""
+    found = find_branches(model)
+    names: dict[int, str] = {}
+    for branch in found.branches:
+        marker = f".{branch.layer}."
+        names.setdefault(branch.layer, branch.name[:branch.name.rindex(marker) + len(marker) - 1])
+    return [(names[layer], model.get_submodule(names[layer])) for layer in sorted(names)]

@@ -23,8 +23,10 @@ from torch import nn
 from dropbp import backends
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
+from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.schedule import AllocationSchedule
+from dropbp.core.techniques import Applied, apply_technique
 from dropbp.recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dropbp.recipes.cli.options import resolve_sampler
 from dropbp.recipes.config_loader import dump_yaml, read_yaml
@@ -124,18 +126,27 @@ class FineTune:
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
         self.dropbp: DropBP | None = None
+        self.policy: StepPolicy | None = None  # what draws each step's mask: DropBP, LayerDrop or PLD
         self.schedule: AllocationSchedule | None = None
-        if recipe.dropbp.drop_rate > 0:
-            self.dropbp = DropBP(self.model, recipe.dropbp.drop_rate,
-                                 sampler=resolve_sampler(recipe.dropbp.sampler, self.backend),
-                                 pool_size=recipe.dropbp.pool_size, seed=recipe.masks_seed(),
-                                 seq_len=recipe.data.seq_len)
-            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=recipe.dropbp.allocation,
-                                               drop_rate=recipe.dropbp.drop_rate, total_steps=self.total_steps,
-                                               allocate_at=recipe.dropbp.allocate_at,
-                                               sensitivity=recipe.dropbp.sensitivity,
-                                               allocator=recipe.dropbp.allocator,
-                                               every=recipe.dropbp.reallocate_every, seed=recipe.masks_seed())
+        options = recipe.dropbp
+        if options.technique != "dropbp" or options.drop_rate > 0:
+            dropbp_options = ({"sampler": resolve_sampler(options.sampler, self.backend),
+                               "pool_size": options.pool_size, "seq_len": recipe.data.seq_len}
+                              if options.technique == "dropbp" else {})
+            self.technique: Applied | None = apply_technique(
+                self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
+                pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
+                train_top_layers=options.train_top_layers, **dropbp_options)
+            self.policy = self.technique.policy
+        else:
+            self.technique = None
+        if isinstance(self.policy, DropBP):
+            self.dropbp = self.policy
+            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=options.allocation,
+                                               drop_rate=options.drop_rate, total_steps=self.total_steps,
+                                               allocate_at=options.allocate_at, sensitivity=options.sensitivity,
+                                               allocator=options.allocator, every=options.reallocate_every,
+                                               seed=recipe.masks_seed())
         if self.world.size > 1:  # after DropBP: its hooks sit on the inner model; dropped branches are unused
             from torch.nn.parallel import DistributedDataParallel
 
@@ -244,17 +255,17 @@ class FineTune:
         if micro == 0 and self.schedule is not None:  # every rank measures on the same (rank 0's) windows
             first = ids if world.rank == 0 else self.data.batch(step, 0, train.grad_accum, size, 0, world.size)[0]
             self.schedule.before_step(step, first.to(self.backend.device))
-        if micro == 0 and self.dropbp is not None:
-            self.dropbp.begin_step(step)
+        if micro == 0 and self.policy is not None:
+            self.policy.begin_step(step)
             if train.log_masks:
                 with open(self.out / f"masks-rank{world.rank}.csv", "a") as handle:
-                    handle.write(f"{step},{''.join('1' if m else '0' for m in self.dropbp.mask)}\n")
+                    handle.write(f"{step},{''.join('1' if m else '0' for m in self.policy.mask)}\n")
         with self.backend.autocast(self.autocast):
             loss = self.forward_model(input_ids=ids, labels=labels).loss
         scaled = loss / train.grad_accum
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
-        self.backend.backward(scaled, self.dropbp)
+        self.backend.backward(scaled, self.policy)
         return float(loss.detach()), ids.numel()
 
     def _optimizer_step(self) -> None:
@@ -316,7 +327,7 @@ class FineTune:
             self._evaluate(0, row)
             self.rows.append(row)
         self.model.train()
-        engine = repr(self.dropbp) if self.dropbp is not None else "DropBP off"
+        engine = self.technique.describe() if self.technique is not None else "DropBP off"
         ranks = f" x {self.world.size} ranks" if self.world.size > 1 else ""
         if self.world.is_main:
             print(f"training {self.recipe.name}: {self.recipe.model.name} ({self.recipe.model.method}), {engine}, "
@@ -338,7 +349,7 @@ class FineTune:
             speed = tokens * self.world.size / (time.perf_counter() - start)
             done = step + 1
             loss = self.world.mean(sum(losses) / len(losses), self.backend.device)
-            drop = self.dropbp.realized_drop_fraction() if self.dropbp is not None else 0.0
+            drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", loss, done)
@@ -365,8 +376,8 @@ class FineTune:
             self.writer.close()
         if self.schedule is not None:
             self.schedule.close()
-        if self.dropbp is not None:
-            self.dropbp.remove()
+        if self.technique is not None:
+            self.technique.remove()
         if self.world.is_main:
             self.plot()
         self.world.close()

@@ -17,6 +17,7 @@ from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.schedule import ALLOCATION_MODES
+from dropbp.core.techniques import TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
@@ -203,6 +204,14 @@ class DropBPSection:
     allocator: str = setting("paper", "paper (greedy, steps of 0.1) or optimal", choices=("paper", "optimal"))
     reallocate_every: int = setting(50, "steps between re-allocations with allocation online")
     seed: int | None = setting(None, "seed of the masks (none: train.seed)")
+    technique: str = setting("dropbp", "dropbp (drop the backward of branches); or an alternative to compare with: "
+                                       "layerdrop (skip whole blocks, forward and backward, with probability "
+                                       "drop_rate), pld (progressive layer dropping: pld_theta_bar, pld_gamma), "
+                                       "freeze (train only the top train_top_layers blocks)", choices=TECHNIQUES)
+    pld_theta_bar: float = setting(0.5, "pld: the keep probability the schedule falls to (deepest block)")
+    pld_gamma: float = setting(0.001, "pld: how fast the keep probability falls (per step)")
+    train_top_layers: int | None = setting(None, "freeze: blocks trained from the top (none: as many as give the "
+                                                 "backward FLOPs of DropBP at drop_rate)")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
@@ -216,6 +225,14 @@ class DropBPSection:
         _int(p, "dropbp.reallocate_every", self.reallocate_every, 1)
         if self.seed is not None:
             p.check(check_seed, self.seed, "dropbp.seed")
+        p.check(check_choice, "dropbp.technique", self.technique, TECHNIQUES)
+        p.check(check_number, "dropbp.pld_theta_bar", self.pld_theta_bar, low=0, high=1)
+        p.check(check_number, "dropbp.pld_gamma", self.pld_gamma, low=0)
+        if self.train_top_layers is not None:
+            _int(p, "dropbp.train_top_layers", self.train_top_layers, 1)
+        if self.technique != "dropbp" and self.allocation != "uniform":
+            p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique dropbp (sensitivities are DropBP's), "
+                  f"got technique {self.technique}; use allocation uniform.")
 
 
 @dataclass

@@ -25,10 +25,12 @@ T = TypeVar("T")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
-            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field with its help text and allowed values; ``cli=False`` keeps it off the command line."""
+            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None,
+            positional: bool = False) -> Any:
+    """A dataclass field with its help text and allowed values; ``cli=False`` keeps it off the command line;
+    ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "cli": cli,
-                "metavar": metavar}
+                "metavar": metavar, "positional": positional}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -111,6 +113,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
         default = (defaults or {}).get(field.name, default_of(field))
         help_text = field.metadata.get("help", "")
         flag = option_name(field.name)
+        if field.metadata.get("positional"):
+            item = typing.get_args(hints[field.name])[0]
+            parser.add_argument(field.name, nargs="+", type=item, metavar=field.metadata.get("metavar"),
+                                help=help_text)
+            continue
         if hints[field.name] is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
@@ -126,7 +133,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
     """The dataclass ``cls`` built from parsed arguments (fields kept off the command line take their defaults)."""
-    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
+    return cls(**{f.name: tuple(getattr(args, f.name)) if f.metadata.get("positional") else getattr(args, f.name)
+                  for f in cli_fields(cls)})
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, settings_class: type[T],

@@ -103,6 +103,18 @@ def test_memory_search_bisection():
     assert len(probes) < 20
 
 
+def test_throughput_splits_forward_backward_and_optimizer(small_result):
+    from dropbp.benchmarks.throughput_report import phase_table
+
+    for entry in [small_result["baseline"], *small_result["runs"], small_result["all_dropped"]]:
+        assert entry["forward_s"] > 0 and entry["backward_s"] > 0 and entry["optimizer_s"] > 0
+        # each phase is a median of its own; their sum is close to (not exactly) the median total
+        assert entry["forward_s"] + entry["backward_s"] <= 1.5 * max(entry["step_times_s"])
+    table = phase_table(small_result)
+    assert table.splitlines()[0].startswith("| config") and "backward (ms)" in table
+    assert len(table.splitlines()) == 2 + 2 + len(small_result["runs"])
+
+
 def test_time_to_target_interpolates():
     curve = [{"time_s": 0.0, "val_loss": 3.0}, {"time_s": 10.0, "val_loss": 2.0}, {"time_s": 20.0, "val_loss": 1.0}]
     assert _time_to(curve, 1.5, "time_s") == pytest.approx(15.0)
@@ -174,6 +186,7 @@ def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp
     (["bench", "memory"], "dropbp.benchmarks.memory_search", "MemorySettings"),
     (["bench", "convergence"], "dropbp.benchmarks.convergence", "ConvergenceSettings"),
     (["bench", "compiles"], "dropbp.benchmarks.compiles", "CompilesSettings"),
+    (["bench", "regime"], "dropbp.benchmarks.regime", "RegimeSettings"),
     (["allocate"], "dropbp.recipes.cli.allocate", "AllocateSettings"),
 ])
 def test_command_line_defaults_are_the_settings_defaults(argv, module, settings_class):
@@ -185,3 +198,25 @@ def test_command_line_defaults_are_the_settings_defaults(argv, module, settings_
 
     cls = getattr(importlib.import_module(module), settings_class)
     assert from_args(cls, build_parser().parse_args(argv)) == cls()
+
+
+def test_bench_compare_renders_two_cpu_result_folders_side_by_side(tmp_path, capsys):
+    from pathlib import Path
+
+    folders = [Path("benchmarks/results/cpu/full"), Path("benchmarks/results/cpu/pool")]
+    assert main(["bench", "compare", *map(str, folders), "--out", str(tmp_path), "--quiet"]) == 0
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    assert [d["source"] for d in doc["devices"]] == [str(f) for f in folders]
+    for folder, device in zip(folders, doc["devices"]):
+        original = json.loads((folder / "throughput.json").read_text())
+        assert device["increase"]["0.875"] == pytest.approx(
+            next(r["throughput_increase"] for r in original["runs"] if r["drop_rate"] == 0.875))
+    table = (tmp_path / "compare.md").read_text()
+    assert "| 0.875 " in table and "+79%" in table and "+117%" in table
+    assert "full: " in table and "pool: " in table
+    assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_bench_compare_bad_folder_exits_2_and_writes_nothing(tmp_path, capsys):
+    assert main(["bench", "compare", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "no throughput.json" in capsys.readouterr().err and not (tmp_path / "out").exists()

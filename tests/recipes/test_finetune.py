@@ -191,3 +191,48 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
     engine = DropBP(build_model("tiny", **recipe.model.config), recipe.dropbp.drop_rate, seed=recipe.masks_seed())
     expected = ["".join("1" if m else "0" for m in engine.sampler.mask(step).tolist()) for step in range(3)]
     assert [line.split(",")[1] for line in lines] == expected
+
+
+@pytest.mark.parametrize("technique,extra", [("layerdrop", ["dropbp.drop_rate=0.5"]),
+                                             ("pld", ["dropbp.pld_theta_bar=0.5", "dropbp.pld_gamma=0.5"])])
+def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, technique, extra):
+    from dropbp.core.layerdrop import LayerDrop
+    from dropbp.recipes.presets import build_model
+
+    out = tmp_path / "run"
+    summary = run("tiny-tasks", out, "train.steps=6", "train.eval_every=0", "train.log_masks=true",
+                  f"dropbp.technique={technique}", *extra)
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, f"dropbp.technique={technique}", *extra], device="cpu")
+    model = build_model("tiny", **recipe.model.config)
+    engine = (LayerDrop(model, 0.5, seed=recipe.masks_seed()) if technique == "layerdrop" else
+              LayerDrop.progressive(model, theta_bar=0.5, gamma=0.5, seed=recipe.masks_seed()))
+    lines = (out / "masks-rank0.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in lines] == ["".join("1" if m else "0" for m in engine.mask_at(s))
+                                                      for s in range(6)]
+    assert any("1" in line.split(",")[1] for line in lines)
+    assert summary["finished"]
+
+
+def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, "train.steps=3", "train.eval_every=0", "train.save_every=0",
+                                                   "dropbp.technique=freeze", "dropbp.train_top_layers=1"],
+                         device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    job.setup()
+    try:
+        initial = {k: v.clone() for k, v in job.model.state_dict().items()}
+        job.train()
+        trained = job.model.state_dict()
+    finally:
+        job.cleanup()
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"):
+        assert torch.equal(trained[name], initial[name]), name
+    assert not torch.equal(trained["model.layers.1.mlp.up_proj.weight"], initial["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_recipe_refuses_sensitivity_allocation_with_another_technique():
+    from dropbp.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dropbp.allocation sensitivity needs dropbp.technique dropbp"):
+        load_recipe(shipped()["tiny-tasks"], ["dropbp.technique=layerdrop", "dropbp.allocation=sensitivity"],
+                    device="cpu")

@@ -1,0 +1,33 @@
+"""What a training driver needs from a per-step method that changes the backward pass (DropBP, LayerDrop, PLD)."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class StepPolicy(Protocol):
+    """Drawn per step from ``(seed, step)``; owns whether the step's backward runs."""
+
+    step: int | None
+
+    @property
+    def mask(self) -> tuple[bool, ...]:
+        """The current step's mask (True = dropped)."""
+        ...
+
+    def begin_step(self, step: int | None = None) -> tuple[bool, ...]:
+        """Choose what the next forward pass drops; returns the mask (True = dropped)."""
+        ...
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
+        """Run the backward unless the step left nothing to train; returns whether it ran."""
+        ...
+
+    def realized_drop_fraction(self) -> float:
+        """The share of the work dropped so far (FLOPs-weighted for DropBP, blocks for LayerDrop)."""
+        ...
+
+    def remove(self) -> None:
+        """Restore the model."""
+        ...

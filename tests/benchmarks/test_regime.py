@@ -1,0 +1,75 @@
+"""The time-to-accuracy benchmark on a very small run: its plan, its result schema, and resuming from cached runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dropbp import backends
+from dropbp.benchmarks.regime import FlopsModel, RegimeSettings, plan, regime_figure, regime_markdown, run_regime
+from dropbp.core.errors import ConfigError
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=256)
+
+
+def small(**changes) -> RegimeSettings:
+    fields = dict(epochs=0.02, pretrain_steps=2, lrs=(1e-3, 3e-3), seeds=(0, 1), drop_rates=(0.5,), eval_every=3,
+                  batch_size=8, warmup_steps=2, model_overrides=SMALL)
+    return RegimeSettings(device="cpu", **{**fields, **changes})
+
+
+def test_plan_sets_the_alternatives_to_dropbps_flops():
+    contenders = plan(RegimeSettings(), num_layers=16, total_steps=368)
+    labels = [c.label for c in contenders]
+    assert labels[0] == "baseline" and "LayerDrop p=0.375" in labels and "freeze: top 4 of 16" in labels
+    assert len([c for c in contenders if c.family == "dropbp"]) == 3
+    pld = next(c for c in contenders if c.family == "pld")
+    from dropbp.core.layerdrop import pld_mean_drop
+
+    extra = dict(pld.extra)
+    assert pld_mean_drop(extra["theta_bar"], extra["gamma"], 16, 368) == pytest.approx(0.375)
+
+
+def test_flops_model_counts_skipped_dropped_and_frozen_work():
+    from dropbp.recipes.presets import apply_method, build_model
+
+    model = apply_method(build_model("tiny", **SMALL), "lora")
+    flops = FlopsModel(model, seq_len=40)
+    full = flops.step(1)
+    everything_dropped = flops.step(1, no_backward=(True,) * 8)
+    all_skipped = flops.step(1, skipped_blocks=(True,) * 4)
+    assert all_skipped < everything_dropped < full
+    assert flops.step(1, trained_from=4) == everything_dropped  # nothing trained in the blocks: forward only
+    assert full - everything_dropped == pytest.approx(sum(flops.flops))  # LoRA backward ~ one forward
+
+
+def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
+    cpu = backends.get("cpu")
+    first = run_regime(small(), cpu, progress=False)
+    result = json.loads(json.dumps(first))
+    labels = [row["label"] for row in result["summary"]]
+    assert labels[0] == "baseline" and len(labels) == 1 + 1 + 1 + 3
+    assert set(result["chosen_lr"]) == set(labels) and all(lr in (1e-3, 3e-3) for lr in result["chosen_lr"].values())
+    assert len(result["runs"]) == len(labels) * 2
+    for run in result["runs"]:
+        assert run["curve"][0]["step"] == 0 and run["curve"][-1]["step"] == run["steps"]
+        assert 0 <= run["final_exact_match"] <= 1
+    baseline = result["summary"][0]
+    assert baseline["time_saved"]["mean"] == 0 and baseline["reached_target"] == 2
+    cached = list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))
+    assert len(cached) == len(labels) * 3  # 2 sweep rates on seed 0, then seed 1 at the chosen rate
+    cached[0].unlink()  # as if interrupted before that run finished: only that run trains again
+    again = run_regime(small(), cpu, progress=False)
+    assert again["pretrain"]["from_cache"] is True
+    assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
+    assert "| contender" in regime_markdown(again)
+    regime_figure(again)
+
+
+@pytest.mark.parametrize("change,needle", [(dict(contenders=("dropbp",)), "include baseline"),
+                                           (dict(lrs=()), "--lrs"), (dict(epochs=0), "--epochs")])
+def test_regime_settings_errors(change, needle):
+    with pytest.raises(ConfigError, match=needle):
+        small(**change).validate()
