@@ -20,6 +20,7 @@ from dropbp.core.allocation import uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.memory import saved_activation_bytes
+from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
 from dropbp.recipes.cli.options import (
@@ -117,8 +118,9 @@ class _Prober:
     """Answers "does a step at this length fit?" for one drop rate (None: the unwrapped baseline)."""
 
     def __init__(self, model, dropbp: DropBP, backend, rate: float | None, budget: int | None, pool_size: int,
-                 seed: int, vocab: int) -> None:
+                 seed: int, vocab: int, predictor: MemoryModel) -> None:
         self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
+        self.predictor = predictor
         self.vocab, self.seed = vocab, seed
         self.masks: list[list[bool]] = [[False] * len(dropbp.branches)]
         if rate is not None and rate > 0:
@@ -171,8 +173,15 @@ class _Prober:
         if self.worst is None:
             self.worst = max(saved, key=saved.get)
         used = state + max(saved.values())
-        self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used})
+        predicted = self.predictor.saved_bytes(self.masks[self.worst], batch_size, seq_len)
+        self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used,
+                            "saved_bytes": saved[self.worst], "predicted_saved_bytes": predicted})
         return used <= self.budget
+
+    def predicted_longest(self, budget: int, state: int, batch_size: int, upper: int) -> int:
+        """The memory model's longest fitting length (same granularity), for the mask the search used."""
+        mask = self.masks[self.worst if self.worst is not None else 0]
+        return longest_fitting(lambda s: state + self.predictor.saved_bytes(mask, batch_size, s) <= budget, upper)
 
 
 def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
@@ -192,6 +201,8 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed),
                          settings.method, seed=settings.seed).train()
     dropbp = DropBP(model, 0.0, seed=settings.seed)
+    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if settings.method != "full" else 0,
+                                       act_bytes=torch.finfo(dtype).bits // 8, weight_bytes=torch.finfo(dtype).bits // 8)
     state = state_bytes(model)
     if budget is not None and state >= budget:
         raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
@@ -200,11 +211,17 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     bar = progress_bar(total=len(rates) + 1, desc="bench memory", enabled=progress)
     for rate in [None, *rates]:
         prober = _Prober(model, dropbp, backend, rate, budget, settings.pool_size, settings.seed,
-                         dropbp.shape.vocab or 256)
+                         dropbp.shape.vocab or 256, predictor)
         best = longest_fitting(lambda s: prober.fits(s, settings.batch_size, state), settings.max_seq_len,
                                on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
-        entries.append({"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,
-                        "max_seq_len": best, "probes": prober.probes})
+        entry = {"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,
+                 "max_seq_len": best, "probes": prober.probes}
+        if budget is not None:
+            entry["predicted_max_seq_len"] = prober.predicted_longest(budget, state, settings.batch_size,
+                                                                      settings.max_seq_len)
+            errors = [abs(p["predicted_saved_bytes"] / p["saved_bytes"] - 1) for p in prober.probes if p["saved_bytes"]]
+            entry["prediction_max_error"] = max(errors) if errors else None
+        entries.append(entry)
         bar.update(1)
     bar.close()
     dropbp.remove()
@@ -217,14 +234,19 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
             "batch_size": settings.batch_size, "sampler": "pool", "pool_size": settings.pool_size,
             "settings": settings.to_dict(),
             "budget_bytes": budget, "budget_source": "--budget-gb" if budget else "device memory",
-            "state_bytes": state, "granularity": GRANULARITY, "max_seq_len_searched": settings.max_seq_len,
+            "state_bytes": state, "predicted_state_bytes": predictor.state_bytes(), "granularity": GRANULARITY, "max_seq_len_searched": settings.max_seq_len,
             "results": entries, "paper_reference": PAPER_MEMORY}
 
 
 def memory_markdown(result: dict[str, Any]) -> str:
     """Table of the longest sequence per drop rate."""
     budget = result["budget_bytes"]
+    base_predicted = result["results"][0].get("predicted_max_seq_len")
     rows = [(e["label"], e["max_seq_len"], None if e["ratio_vs_baseline"] is None else f"{e['ratio_vs_baseline']:.2f}x",
+             e.get("predicted_max_seq_len", "—"),
+             f"{e['predicted_max_seq_len'] / base_predicted:.2f}x" if base_predicted and "predicted_max_seq_len" in e
+             else "—",
+             "—" if e.get("prediction_max_error") is None else f"{e['prediction_max_error']:.1%}",
              "yes" if e["hit_search_limit"] else "no") for e in result["results"]]
     head = (f"# Memory: {result['model']} ({result['method']}, {result['dtype']}) on {result['device_name']} "
             f"({result['device']})\n\nbudget: " + (f"{mib(budget):.0f} MiB of weights+optimizer state "
@@ -233,7 +255,11 @@ def memory_markdown(result: dict[str, Any]) -> str:
             + f"; batch {result['batch_size']}; pool sampler (K={result['pool_size']}), worst entry must fit; "
               f"resolution {result['granularity']} tokens.\n")
     paper = result["paper_reference"]
-    return (head + "\n" + markdown_table(["config", "max seq len", "vs baseline", "hit search limit"], rows)
+    return (head + "\n" + markdown_table(["config", "max seq len", "vs baseline", "predicted max seq len",
+                                           "predicted vs baseline", "saved-bytes prediction error (max over probes)",
+                                           "hit search limit"], rows)
+            + "\n\nPredictions are the analytic memory model's (dropbp.core.memory_model), made from the shape alone; "
+              "the error compares its saved-activation bytes with the measured ones at every probe."
             + f"\n\nPaper, for reference (not measured here): {paper['max_seq_len_ratio']}x at p={paper['drop_rate']} "
               f"({paper['setting']}).")
 

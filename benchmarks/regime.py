@@ -40,7 +40,8 @@ from dropbp.recipes.instruct_data import IGNORE, load_records, to_windows, token
 from dropbp.recipes.presets import apply_method, build_model
 from dropbp.recipes.publish import environment, pyplot, write_text_atomic
 from dropbp.recipes.schema import DataSection
-from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_number, check_positive, setting
+from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
+                                            check_positive, check_seed, setting)
 from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.tokenizers import ByteTokenizer
 
@@ -95,8 +96,11 @@ class RegimeSettings(BenchSettings):
         if "baseline" not in self.contenders:
             raise ConfigError("--contenders must include baseline (every comparison is against it).")
         check_positive(self, "lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
         check_number("--epochs", self.epochs, low=0, low_open=True)
-        check_number("--threads", self.threads, low=0)
+        check_number("--pld-gamma-scale", self.pld_gamma_scale, low=0)
+        check_non_negative(self, "warmup_steps", "threads")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ parts (re-derived): device, cluster and nodes, the micro-batch that fits a devic
 below, which counts DropBP's activation savings), the gradient accumulation that keeps the global batch, the
 precision the device runs, and the sampler where every drop mask is a compiled graph.
 
-The memory model, per device, in bytes: weights (4-bit NF4 for QLoRA: 0.5 per parameter + scales), gradients and
-AdamW moments of what trains (every weight for full fine-tuning; the adapters for LoRA), and per token the
-activations saved for backward: per layer the attention branch (about 4h values) and the MLP branch (h + 3m values)
-times the share a step keeps, plus the norms (2h) and the head's fp32 logits. The share kept is ``1 - drop_rate``
+The memory model is the core's :class:`~dropbp.core.memory_model.MemoryModel` (the one ``dropbp bench memory``
+prints beside its measurements): weights (4-bit NF4 for QLoRA: 0.5 per parameter + scales), gradients and AdamW
+moments of what trains (every weight for full fine-tuning; the adapters for LoRA), and per token the activations
+saved for backward: each kept branch's share, each branch's pre-norm, and the head. The share kept is ``1 - drop_rate``
 with the ``pool`` sampler (every mask drops its share); with ``bernoulli`` a step may keep every branch, so no
 saving is counted. 15% is kept free. It is an estimate for sizing, not a measurement (``dropbp bench memory``).
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dropbp.core.errors import ConfigError
+from dropbp.core.memory_model import MemoryModel
 from dropbp.recipes.clusters_profiles import ClusterProfile
 from dropbp.recipes.presets import PRESETS, hub_id, llama_config
 from dropbp.recipes.schema import Recipe
@@ -71,28 +72,18 @@ def model_shape(recipe: Recipe) -> dict[str, int] | None:
 def memory_bytes(recipe: Recipe, shape: dict[str, int], micro_batch: int, accelerator: bool,
                  compiles_per_mask: bool = False) -> float:
     """Estimated peak memory of one rank (see the module docstring)."""
-    h, m, layers, vocab = shape["hidden"], shape["intermediate"], shape["layers"], shape["vocab"]
-    kv = h * shape["kv_heads"] // shape["heads"]
-    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * m)
-    params = linear + 2 * vocab * h
     precision = recipe.train.precision
     if precision == "auto":
         precision = "mixed-bf16" if accelerator else "fp32"
     width = 2 if precision == "bf16" else 4
     method = recipe.model.method
-    weights = (linear * 0.5 * 1.06 + 2 * vocab * h * width) if method == "qlora" else params * width
-    if method == "full":
-        trainable = params
-    else:
-        rank = recipe.model.lora_rank
-        trainable = layers * rank * (4 * h + 2 * kv + 2 * h + 3 * (h + m))
-    state = trainable * (width + 8)  # gradient + two fp32 AdamW moments
     act_width = 2 if precision in ("bf16", "mixed-bf16", "mixed-fp16") else 4
+    model = MemoryModel.from_shape(shape, lora_rank=0 if method == "full" else recipe.model.lora_rank,
+                                   act_bytes=act_width, weight_bytes=0.5 * 1.06 if method == "qlora" else width)
     sampler = recipe.dropbp.sampler
     pool = sampler == "pool" or (sampler == "auto" and compiles_per_mask)  # auto is pool where masks compile
     kept = 1.0 - recipe.dropbp.drop_rate if pool else 1.0
-    per_token = layers * (kept * (4 * h + h + 3 * m) + 2 * h) * act_width + 2 * vocab * 4
-    return weights + state + micro_batch * recipe.data.seq_len * per_token
+    return model.state_bytes(grad_bytes=width) + micro_batch * recipe.data.seq_len * model.saved_bytes_per_token_at(kept)
 
 
 def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterProfile, *, nodes: int = 1,

@@ -17,6 +17,10 @@ from dropbp.core.seeding import seeded
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, vocab_size=256),
+    # Paper-shaped but CPU-sized: Llama2-70B's depth (80 layers) and ratios (MLP 3.5x, grouped kv heads 1:8,
+    # vocabulary 4x the width), at width 64, for memory studies where depth decides the saving.
+    "deep": dict(hidden_size=64, intermediate_size=224, num_hidden_layers=80, num_attention_heads=8,
+                 num_key_value_heads=1, vocab_size=256),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000),
     "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,

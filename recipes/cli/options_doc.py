@@ -53,6 +53,17 @@ ALLOWED: dict[str, str] = {
     "reallocate_every": POSITIVE,
     "cap": "finite number in (0, 1), and at least --drop-rate for the paper and optimal allocators",
     "compare": "exact, or leave out",
+    "lora_rank": POSITIVE,
+    "contender_rate": RATE,
+    "lrs": "comma-separated, at least one, each a finite number > 0",
+    "seeds": "comma-separated, at least one, each an integer in [0, 2**32)",
+    "contenders": "comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze; baseline "
+                  "included",
+    "epochs": "finite number > 0",
+    "warmup_steps": "integer >= 0",
+    "pld_gamma_scale": "finite number >= 0",
+    "threads": "integer >= 0",
+    "dirs": "one or more folders, each holding a throughput.json from dropbp bench throughput",
 }
 
 
@@ -84,6 +95,10 @@ def render(parser: argparse.ArgumentParser) -> str:
             if choices and "listed" in allowed:
                 allowed = "one of " + ", ".join(str(c) for c in choices)
             default = default_of(field)
+            if field.metadata.get("positional"):
+                lines.append(f"| `{(field.metadata.get('metavar') or field.name).upper()}...` (positional) | - | "
+                             f"{allowed} | {field.metadata.get('help', '')} |")
+                continue
             lines.append(f"| `{option_name(field.name)}` | {'-' if default is None else f'`{format_value(default)}`'} | "
                          f"{allowed} | {field.metadata.get('help', '')} |")
         lines.append("")

@@ -26,7 +26,7 @@ def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
 @pytest.mark.parametrize("text,needles", [
     ("benchmark: throughput\nthroughput: {steps: two, colour: red}\n",
      ["throughput.steps must be an integer, got 'two'", "unknown key throughput.colour", "has 2 problems"]),
-    ("benchmark: speed\n", ["benchmark must be one of throughput, memory, convergence, compiles"]),
+    ("benchmark: speed\n", ["benchmark must be one of throughput, memory, convergence, regime, compiles, compare"]),
     ("benchmark: memory\nmemory: {budget_gb: 0}\n", ["--budget-gb must be a positive number of GiB"]),
     ("benchmark: memory\nextra: 1\n", ["unknown key extra"]),
     ("benchmark: !!python/object/apply:os.system ['true']\n", ["refused YAML tag"]),

@@ -15,7 +15,7 @@ from dropbp.recipes.cli import main
     (["train", "tiny-tasks", "--device", "hpu"], "habana_frameworks"),
     (["train", "tiny-tasks", "--device", "cuda"], "needs an NVIDIA GPU"),
     (["train", "tiny-tasks", "--device", "cpu", "model.name=/no/such/model", "model.config={}"],
-     "model.name must be a preset (tiny, llama2-7b"),
+     "model.name must be a preset (tiny, deep, llama2-7b"),
     (["bench", "throughput", "--device", "cpu", "--model", "llama2-70b", "--method", "full"],
      "--model llama2-70b needs about"),
 ])

@@ -13,7 +13,8 @@ def test_every_option_says_what_it_accepts():
     parser = build_parser()
     assert {c for c, _ in commands(parser)} == {"dropbp allocate", "dropbp bench throughput",
                                                  "dropbp bench memory", "dropbp bench convergence",
-                                                 "dropbp bench compiles"}
+                                                 "dropbp bench compiles", "dropbp bench regime",
+                                                 "dropbp bench compare"}
     assert missing(parser) == []
 
 
