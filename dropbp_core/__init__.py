@@ -6,10 +6,16 @@ from .allocation import drop_fraction, greedy_paper_rates, uniform_rates, valida
 from .branches import Branch, find_branches
 from .engine import DropBP
 from .errors import AllocationError, BackendUnavailableError, ConfigError, DropBPError, NoMatchingBranchError
+from .freezing import blocks_for_backward_budget, freeze_bottom_layers
+from .layerdrop import LayerDrop, pld_keep_probability
+from .memory_model import MemoryModel
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
+from .techniques import TECHNIQUES, apply_technique
 
 __version__ = "0.1.0"
 
 __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fraction", "greedy_paper_rates", "uniform_rates",
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
-           "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "__version__"]
+           "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
+           "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "TECHNIQUES",
+           "apply_technique", "MemoryModel", "__version__"]

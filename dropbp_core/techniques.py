@@ -33,8 +33,8 @@ class Applied:
     def describe(self) -> str:
         """One line for logs."""
         if self.frozen is not None:
-            return f"layer freezing (training {len(self.frozen.trained_blocks)} top blocks of " \
-                   f"{len(self.frozen.trained_blocks) + len(self.frozen.frozen_blocks)})"
+            trained, frozen = len(self.frozen.trained_blocks), len(self.frozen.frozen_blocks)
+            return f"layer freezing (training the top {trained} of {trained + frozen} blocks)"
         return repr(self.policy)
 
 

@@ -44,6 +44,7 @@ def test_flops_model_counts_skipped_dropped_and_frozen_work():
     assert full - everything_dropped == pytest.approx(sum(flops.flops))  # LoRA backward ~ one forward
 
 
+@pytest.mark.slow
 def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
     cpu = backends.get("cpu")

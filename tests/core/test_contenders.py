@@ -137,3 +137,23 @@ def test_freezing_budget_and_errors():
         freeze_bottom_layers(tiny_model(layers=2), 3)
     with pytest.raises(ConfigError, match="drop_rate"):
         LayerDrop(tiny_model(layers=2), 1.5)
+
+
+def test_apply_technique_is_one_entry_point_and_remove_restores_the_model():
+    from dropbp.core import DropBP, apply_technique
+
+    batch = token_batch()
+    for technique, kind in (("dropbp", DropBP), ("layerdrop", LayerDrop), ("pld", LayerDrop)):
+        model = tiny_model(layers=4)
+        before = model(input_ids=batch).logits
+        applied = apply_technique(model, technique, 0.5, seed=1)
+        assert isinstance(applied.policy, kind) and applied.policy.begin_step(3) == applied.policy.mask
+        applied.remove()
+        torch.testing.assert_close(model(input_ids=batch).logits, before)
+    model = tiny_model(layers=4)
+    applied = apply_technique(model, "freeze", 0.75)
+    assert len(applied.frozen.trained_blocks) == 1 and "the top 1 of 4 blocks" in applied.describe()
+    applied.remove()
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="technique must be one of dropbp, layerdrop, pld, freeze"):
+        apply_technique(model, "stochastic-depth", 0.5)
