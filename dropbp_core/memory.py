@@ -51,7 +51,10 @@ class SavedActivationMeter:
             return tensor.numel() * tensor.element_size()
 
     def _pack(self, tensor: torch.Tensor) -> _Saved:
-        box = _Saved(tensor)
+        # The box holds a detached alias (same storage, no grad_fn): holding the tensor itself would close a cycle
+        # through C++ (a saved output -> its grad_fn -> the box -> the output) that no collector can free, keeping
+        # alive what autograd would have freed at once, e.g. the graph of a pre-norm feeding a dropped branch.
+        box = _Saved(tensor.detach())
         self._boxes.append(weakref.ref(box))
         return box
 

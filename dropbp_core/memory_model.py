@@ -4,15 +4,15 @@ activations autograd saves for backward, per kept branch, so that memory can be 
 Saved activations per token, in elements (``h`` hidden, ``m`` MLP width, ``kv`` key/value width, ``r`` LoRA rank,
 ``V`` vocabulary), as autograd keeps them for a Llama decoder layer (counted with saved-tensor hooks on the CPU):
 
-- **pre-norm of a branch** (dropped or kept): its input and ``rsqrt``, ``h + 1`` (fp32), whenever that input needs a
-  gradient (always in full fine-tuning; under LoRA only after the first kept branch, since nothing earlier trains);
-- **kept attention**, beyond its pre-norm: full ``4h + 2kv + heads + 4`` (norm output, q, k, v, attention output,
-  log-sum-exp); LoRA ``3h + 2kv + heads + 4r``;
-- **kept MLP**, beyond its pre-norm: full ``2h + 4m``; LoRA ``h + 4m + 3r``;
-- **head**: full ``V + 3h + 5`` (fp32 logits, final norm, ids and labels); LoRA ``V + h + 3`` when anything is kept
-  and nothing otherwise; plus the rotary tables once per sequence.
+- **a dropped branch**: nothing. It runs without autograd, and the graph of the pre-norm feeding it is freed as soon
+  as the branch has consumed the norm's output;
+- **a kept attention branch**: full ``(h + 1) + 4h + 2kv + heads`` (the pre-norm's fp32 input and ``rsqrt``; norm
+  output, q, k, v, attention output; log-sum-exp); LoRA ``3h + 2kv + heads + 4r``, plus the pre-norm's ``h + 1``
+  when its input needs a gradient (after the first kept branch; nothing earlier trains);
+- **a kept MLP branch**: full ``(h + 1) + 2h + 4m``; LoRA ``h + 4m + 3r``, plus the pre-norm as above;
+- **the head**: full ``V + 3h + 5`` (fp32 logits, final norm, ids and labels); LoRA ``V + h + 3`` when anything is
+  kept and nothing otherwise; plus the rotary tables once per sequence.
 
-A dropped branch keeps only its pre-norm's share; that residue is why the saving at a drop rate is below the rate.
 Activations are in the compute dtype (``act_bytes``), logits and norm statistics in fp32, ids in int64.
 """
 from __future__ import annotations
@@ -78,12 +78,12 @@ class MemoryModel:
 
     # -- saved activations ------------------------------------------------------------------------------------------
     def _kept_attention(self) -> float:
+        """A kept attention branch, without its pre-norm."""
         h, kv, r, w = self.hidden, self.kv_width, self.lora_rank, self.act_bytes
-        if self.lora:
-            return (3 * h + 2 * kv + 4 * r) * w + self.heads * 4
-        return (4 * h + 2 * kv) * w + (self.heads + 4) * 4
+        return (3 * h + 2 * kv + 4 * r if self.lora else 4 * h + 2 * kv) * w + self.heads * 4
 
     def _kept_mlp(self) -> float:
+        """A kept MLP branch, without its pre-norm."""
         h, m, r = self.hidden, self.intermediate, self.lora_rank
         return (h + 4 * m + 3 * r if self.lora else 2 * h + 4 * m) * self.act_bytes
 
@@ -105,11 +105,11 @@ class MemoryModel:
             raise ValueError(f"mask needs {2 * self.layers} entries (attention and MLP per layer), got {len(mask)}.")
         total, grad_flows = 0.0, not self.lora
         for index, dropped in enumerate(mask):
-            if grad_flows:
-                total += self._pre_norm()
-            if not dropped:
-                total += self._kept_attention() if index % 2 == 0 else self._kept_mlp()
-                grad_flows = True
+            if dropped:
+                continue
+            total += (self._kept_attention() if index % 2 == 0 else self._kept_mlp()) + \
+                (self._pre_norm() if grad_flows else 0.0)
+            grad_flows = True
         return total + self._head(not all(mask))
 
     def saved_bytes(self, mask: Sequence[bool], batch: int, seq_len: int) -> float:
@@ -123,9 +123,9 @@ class MemoryModel:
         mask; with independent draws a step may keep everything, so size for ``kept = 1``)."""
         if self.lora and kept <= 0:
             return 0.0
-        norms = 2 * self.layers - (1 if self.lora else 0)
-        return (norms * self._pre_norm() + kept * self.layers * (self._kept_attention() + self._kept_mlp())
-                + self._head(True))
+        branches = kept * self.layers * (self._kept_attention() + self._kept_mlp())
+        norms = max(0.0, kept * 2 * self.layers - (1 if self.lora else 0)) * self._pre_norm()
+        return branches + norms + self._head(kept > 0)
 
     def training_bytes(self, batch: int, seq_len: int, kept: float = 1.0) -> float:
         """Predicted memory of a training step: state plus saved activations at share ``kept``."""
