@@ -17,6 +17,7 @@ from dropbp.recipes.settings_fields import check_output_dir, setting
 from dropbp.recipes.tables import markdown_table
 
 from .paper import PAPER_THROUGHPUT
+from .throughput_report import mark_paper_points, paper_line
 
 
 @dataclass
@@ -89,9 +90,7 @@ def compare_markdown(doc: dict[str, Any]) -> str:
                         "baseline tokens/s"], setting_rows), "",
         "Throughput increase over each device's own unwrapped baseline:", "",
         markdown_table(headers, rows), "",
-        "Paper, for reference (not measured here): "
-        + "; ".join(f"{name}: {ref['throughput_increase']:+.0%} at p={ref['drop_rate']} ({ref['setting']})"
-                    for name, ref in paper.items()),
+        paper_line(paper),
     ])
 
 
@@ -105,11 +104,7 @@ def compare_figure(doc: dict[str, Any]) -> Any:
         rates = [float(r) for r in device["increase"]]
         offsets = [r + (i - (count - 1) / 2) * width for r in rates]
         ax.bar(offsets, [100 * v for v in device["increase"].values()], width, label=device["name"])
-    markers = {"a100": ("*", "#d62728"), "gaudi2": ("D", "#2ca02c")}
-    for name, ref in doc["paper_reference"].items():
-        marker, colour = markers.get(name, ("o", "k"))
-        ax.scatter([ref["drop_rate"]], [100 * ref["throughput_increase"]], marker=marker, s=90, color=colour,
-                   zorder=3, label=f"paper {name}")
+    mark_paper_points(ax, doc["paper_reference"])
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("drop rate p")
     ax.set_ylabel("throughput increase vs own baseline (%)")

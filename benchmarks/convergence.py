@@ -198,7 +198,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
             "realized_drop_fraction": dropbp.realized_drop_fraction() if rate is not None else 0.0}
 
 
-def _time_to(curve: list[dict[str, Any]], target: float, axis: str) -> float | None:
+def time_to(curve: list[dict[str, Any]], target: float, axis: str) -> float | None:
     """First point on ``axis`` where the validation loss reaches ``target`` (linear between evaluations)."""
     for before, after in zip(curve, curve[1:]):
         if after["val_loss"] <= target:
@@ -233,8 +233,8 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
                          progress))
     target = runs[0]["final_val_loss"]
     for run in runs:
-        run["time_to_target_s"] = _time_to(run["curve"], target, "time_s")
-        run["flops_to_target"] = _time_to(run["curve"], target, "flops")
+        run["time_to_target_s"] = time_to(run["curve"], target, "time_s")
+        run["flops_to_target"] = time_to(run["curve"], target, "flops")
         base_time = runs[0]["time_to_target_s"]
         run["time_to_target_speedup"] = (base_time / run["time_to_target_s"]
                                          if run["time_to_target_s"] and base_time else None)

@@ -46,7 +46,7 @@ from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.tokenizers import ByteTokenizer
 
 from .common import BenchSettings, run_benchmark
-from .convergence import cache_dir
+from .convergence import cache_dir, time_to
 from .paper import PAPER_CONVERGENCE
 
 TASK_DATA = Path(__file__).resolve().parents[1] / "recipes" / "task_data"
@@ -340,17 +340,6 @@ def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args:
     run = train_run(contender, lr, seed, *args)
     write_text_atomic(path, json.dumps(run))
     return run
-
-
-def time_to(curve: list[dict[str, Any]], target: float, axis: str) -> float | None:
-    """First value on ``axis`` where the validation loss reaches ``target`` (linear between evaluations)."""
-    for before, after in zip(curve, curve[1:]):
-        if after["val_loss"] <= target:
-            if before["val_loss"] <= target:
-                return before[axis]
-            frac = (before["val_loss"] - target) / (before["val_loss"] - after["val_loss"])
-            return before[axis] + frac * (after[axis] - before[axis])
-    return None
 
 
 def _spread(values: list[float]) -> dict[str, float]:

@@ -24,6 +24,22 @@ def throughput_table(result: dict[str, Any]) -> str:
     return markdown_table(HEADERS, rows)
 
 
+def paper_line(paper: dict[str, Any]) -> str:
+    """The paper's throughput increases, one sentence, for beside a table."""
+    return "Paper, for reference (not measured here): " + "; ".join(
+        f"{name}: {ref['throughput_increase']:+.0%} at p={ref['drop_rate']} ({ref['setting']})"
+        for name, ref in paper.items())
+
+
+def mark_paper_points(ax: Any, paper: dict[str, Any]) -> None:
+    """The paper's throughput increases as marked points on a (drop rate, increase %) plot."""
+    markers = {"a100": ("*", "#d62728"), "gaudi2": ("D", "#2ca02c")}
+    for name, ref in paper.items():
+        marker, colour = markers.get(name, ("o", "k"))
+        ax.scatter([ref["drop_rate"]], [100 * ref["throughput_increase"]], marker=marker, s=90, color=colour,
+                   zorder=3, label=f"paper {name}")
+
+
 def _reduction(value: float, baseline: float) -> str:
     return f"{1 - value / baseline:+.0%}" if baseline else "—"
 
@@ -68,9 +84,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         "",
         phase_table(result),
         "",
-        "Paper, for reference (not measured here): "
-        + "; ".join(f"{name}: {ref['throughput_increase']:+.0%} at p={ref['drop_rate']} ({ref['setting']})"
-                    for name, ref in paper.items()),
+        paper_line(paper),
     ]
     return "\n".join(lines)
 
@@ -88,11 +102,7 @@ def throughput_figure(result: dict[str, Any]) -> Any:
              label="measured", color="#3b75af")
     left.bar([r + width / 2 for r in rates], [100 * r["ideal_throughput_increase"] for r in runs], width,
              label="linear limit", color="#b0c4de")
-    markers = {"a100": ("*", "#d62728"), "gaudi2": ("D", "#2ca02c")}
-    for name, ref in result["paper_reference"].items():
-        marker, colour = markers.get(name, ("o", "k"))
-        left.scatter([ref["drop_rate"]], [100 * ref["throughput_increase"]], marker=marker, s=90, color=colour,
-                     zorder=3, label=f"paper {name}")
+    mark_paper_points(left, result["paper_reference"])
     left.axhline(0, color="grey", lw=0.8)
     left.set_xlabel("drop rate p")
     left.set_ylabel("throughput increase vs baseline (%)")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dropbp import backends
-from dropbp.benchmarks.convergence import ConvergenceSettings, _time_to, run_convergence
+from dropbp.benchmarks.convergence import ConvergenceSettings, time_to, run_convergence
 from dropbp.benchmarks.memory_search import GRANULARITY, longest_fitting
 from dropbp.benchmarks.throughput import ThroughputSettings, linear_limit, run_throughput
 from dropbp.recipes.cli import main
@@ -117,8 +117,8 @@ def test_throughput_splits_forward_backward_and_optimizer(small_result):
 
 def test_time_to_target_interpolates():
     curve = [{"time_s": 0.0, "val_loss": 3.0}, {"time_s": 10.0, "val_loss": 2.0}, {"time_s": 20.0, "val_loss": 1.0}]
-    assert _time_to(curve, 1.5, "time_s") == pytest.approx(15.0)
-    assert _time_to(curve, 0.5, "time_s") is None
+    assert time_to(curve, 1.5, "time_s") == pytest.approx(15.0)
+    assert time_to(curve, 0.5, "time_s") is None
 
 
 def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):

@@ -102,6 +102,16 @@ def test_pld_starts_full_and_drops_deeper_blocks_more():
     assert fractions[0] < fractions[1]  # the keep probability falls over time
 
 
+def test_pld_masks_are_a_function_of_seed_and_step():
+    def engine(seed):
+        return LayerDrop.progressive(tiny_model(layers=4), theta_bar=0.3, gamma=0.05, seed=seed)
+
+    first, second = engine(7), engine(7)
+    masks = [first.begin_step(s) for s in range(60)]
+    assert [second.mask_at(s) for s in range(59, -1, -1)] == masks[::-1]  # any order, same masks
+    assert masks != [engine(8).mask_at(s) for s in range(60)]
+
+
 def test_pld_theta_matches_a_target_average_drop():
     theta = pld_theta_for_drop(0.3, gamma=0.02, num_layers=16, total_steps=300)
     assert pld_mean_drop(theta, 0.02, 16, 300) == pytest.approx(0.3)
