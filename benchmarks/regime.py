@@ -78,6 +78,8 @@ class RegimeSettings(BenchSettings):
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)")
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training")
     threads: int = setting(1, "CPU threads for every run (0: PyTorch's default)")
+    equal_time: bool = setting(True, "then train each contender faster than the baseline for the baseline's wall "
+                                     "time (more epochs at its own speed, same learning rate) and compare there too")
     model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,
                                               default_factory=lambda: dict(REGIME_MODEL))
 
@@ -265,11 +267,13 @@ def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int) 
 
 
 def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettings, state: dict[str, torch.Tensor],
-              data: TaskData, backend: Backend, progress: bool) -> dict[str, Any]:
-    """One fine-tuning run of one contender; returns its curve and summary."""
+              data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> dict[str, Any]:
+    """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
+    summary."""
     model = _build(settings, state, seed)
     flops_model = FlopsModel(model, settings.seq_len)
-    total = max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
+    epochs = settings.epochs if epochs is None else epochs
+    total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
     extra = dict(contender.extra)
     policy: Any = None
     schedule = None
@@ -327,17 +331,18 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     elif isinstance(policy, LayerDrop):
         policy.remove()
     return {"label": contender.label, "family": contender.family, "rate": contender.rate, "lr": lr, "seed": seed,
-            "steps": total, "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
+            "epochs": epochs, "steps": total, "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
             "final_exact_match": curve[-1]["exact_match"], "curve": curve,
             "realized_drop_fraction": (policy.realized_drop_fraction() if policy is not None else 0.0)}
 
 
-def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any) -> dict[str, Any]:
-    name = hashlib.sha256(f"{contender}|{lr!r}|{seed}".encode()).hexdigest()[:16]
-    path = folder / f"run-{name}.json"
+def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,
+                epochs: float | None = None) -> dict[str, Any]:
+    key = f"{contender}|{lr!r}|{seed}" + ("" if epochs is None else f"|epochs={epochs!r}")
+    path = folder / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    run = train_run(contender, lr, seed, *args)
+    run = train_run(contender, lr, seed, *args, epochs=epochs)
     write_text_atomic(path, json.dumps(run))
     return run
 
@@ -347,24 +352,42 @@ def _spread(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def summarise(runs: list[dict[str, Any]], contenders: list[Contender]) -> list[dict[str, Any]]:
+def _speedups(mine: list[dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> list[float]:
+    """Per run that reaches its seed's baseline final validation loss: the baseline's time to that loss over the
+    run's (``time_to_target_s`` is recorded on each run, None where not reached)."""
+    speedups = []
+    for run in mine:
+        base = baseline[run["seed"]]
+        target = base["final_val_loss"]
+        took = time_to(run["curve"], target, "time_s")
+        base_took = time_to(base["curve"], target, "time_s")
+        run["time_to_target_s"] = took
+        if took is not None and base_took:
+            speedups.append(base_took / took)
+    return speedups
+
+
+def summarise(runs: list[dict[str, Any]], contenders: list[Contender],
+              equal_time: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Per contender, over seeds: final loss and accuracy, time, time saved and speed-up to the baseline's final
-    loss (each seed against the baseline of the same seed)."""
+    loss (each seed against the baseline of the same seed); with ``equal_time`` runs (the contender trained for the
+    baseline's wall time), their final loss, accuracy and speed-up too."""
     baseline = {r["seed"]: r for r in runs if r["family"] == "baseline"}
     rows = []
     for contender in contenders:
         mine = [r for r in runs if r["label"] == contender.label]
-        speedups, reached = [], 0
-        for run in mine:
-            base = baseline[run["seed"]]
-            target = base["final_val_loss"]
-            took = time_to(run["curve"], target, "time_s")
-            base_took = time_to(base["curve"], target, "time_s")
-            run["time_to_target_s"] = took
-            if took is not None and base_took:
-                reached += 1
-                speedups.append(base_took / took)
+        speedups = _speedups(mine, baseline)
+        reached = len(speedups)
+        longer = [r for r in equal_time if r["label"] == contender.label]
+        longer_speedups = _speedups(longer, baseline)
         rows.append({
+            "equal_time": None if not longer else {
+                "epochs": statistics.fmean(r["epochs"] for r in longer),
+                "final_val_loss": _spread([r["final_val_loss"] for r in longer]),
+                "final_exact_match": _spread([r["final_exact_match"] for r in longer]),
+                "train_time_s": _spread([r["train_time_s"] for r in longer]),
+                "reached_target": len(longer_speedups), "seeds": len(longer),
+                "speedup_to_target": _spread(longer_speedups) if longer_speedups else None},
             "label": contender.label, "family": contender.family, "lr": mine[0]["lr"], "seeds": len(mine),
             "final_val_loss": _spread([r["final_val_loss"] for r in mine]),
             "final_exact_match": _spread([r["final_exact_match"] for r in mine]),
@@ -403,14 +426,24 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     for contender in contenders:
         for seed in settings.seeds:
             runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
-    rows = summarise(runs, contenders)
+    equal_time: list[dict[str, Any]] = []
+    if settings.equal_time:
+        base_time = statistics.fmean(r["train_time_s"] for r in runs if r["family"] == "baseline")
+        for contender in contenders[1:]:
+            own = statistics.fmean(r["train_time_s"] for r in runs if r["label"] == contender.label)
+            epochs = round(settings.epochs * base_time / own, 2)
+            if epochs <= settings.epochs * 1.05:
+                continue  # no faster than the baseline: nothing to add
+            equal_time += [_cached_run(folder, contender, chosen[contender.label], seed, *args, epochs=epochs)
+                           for seed in settings.seeds]
+    rows = summarise(runs, contenders, equal_time)
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
             "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
             "train_examples": len(data.train_ids), "validation_examples": len(data.val_ids), "steps_per_run": total,
             "sweep": {label: [{"lr": r["lr"], "final_val_loss": r["final_val_loss"],
                                "final_exact_match": r["final_exact_match"]} for r in runs]
                       for label, runs in sweep.items()},
-            "chosen_lr": chosen, "summary": rows, "runs": runs, "cache": str(folder),
+            "chosen_lr": chosen, "summary": rows, "runs": runs, "equal_time_runs": equal_time, "cache": str(folder),
             "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}
 
 
@@ -428,6 +461,16 @@ def regime_markdown(result: dict[str, Any]) -> str:
              f"{r['reached_target']}/{r['seeds']}",
              "—" if r["family"] == "baseline" else _pm(r["speedup_to_target"], ".2f"))
             for r in result["summary"]]
+    equal_rows = [(r["label"], f"{r['equal_time']['epochs']:.2f}", _pm(r["equal_time"]["final_val_loss"], ".4f"),
+                   _pm(r["equal_time"]["final_exact_match"], ".1f", 100),
+                   f"{r['equal_time']['reached_target']}/{r['equal_time']['seeds']}",
+                   _pm(r["equal_time"]["speedup_to_target"], ".2f"))
+                  for r in result["summary"] if r.get("equal_time")]
+    equal_table = [] if not equal_rows else [
+        "**Equal wall time.** Each contender that is faster than the baseline, trained again for the baseline's "
+        "wall time (more epochs at its own speed, its chosen learning rate, cosine over the longer run):", "",
+        markdown_table(["contender", "epochs", "final val loss", "exact match %", "reached target",
+                        "speed-up to target"], equal_rows), ""]
     sweep_rows = [(label, *[f"{s['final_val_loss']:.4f}" for s in runs], f"{result['chosen_lr'][label]:g}")
                   for label, runs in result["sweep"].items()]
     s, m, p = result["settings"], result["model"], result["pretrain"]
@@ -447,8 +490,10 @@ def regime_markdown(result: dict[str, Any]) -> str:
         "learning rate from the sweep. *Time saved* and *accuracy gap* compare equal epochs with the baseline of "
         "the same seed; *speed-up* is the baseline's time to its own final validation loss over the contender's "
         "time to the same loss (only seeds that reach it).", "",
+        "**Equal epochs.**", "",
         markdown_table(["contender", "lr", "final val loss", "exact match %", "acc. gap (pts)", "time saved %",
                         "FLOPs saved %", "reached target", "speed-up to target"], rows), "",
+        *equal_table,
         "Learning-rate sweep (seed 0, final validation loss):", "",
         markdown_table(["contender", *lrs, "chosen"], sweep_rows), "",
         f"Paper, for reference (not measured here): {result['paper_reference']['time_to_target_speedup']}x faster "
@@ -457,28 +502,43 @@ def regime_markdown(result: dict[str, Any]) -> str:
     ])
 
 
+def _mean_curve(runs: list[dict[str, Any]], axis: str, metric: str) -> tuple[list[float], list[float]]:
+    points = len(min((r["curve"] for r in runs), key=len))
+    scale = 1e12 if axis == "flops" else 1.0
+    xs = [statistics.fmean(r["curve"][i][axis] for r in runs) / scale for i in range(points)]
+    return xs, [statistics.fmean(r["curve"][i][metric] for r in runs) for i in range(points)]
+
+
 def regime_figure(result: dict[str, Any]) -> Any:
-    """Validation loss (top) and exact match (bottom) against wall time, seed-mean curves per contender."""
+    """Validation loss (top) and exact match (bottom), seed-mean curves per contender: equal epochs against wall
+    time and against FLOPs, and equal wall time against wall time."""
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex="col")
+    longer = result.get("equal_time_runs") or []
+    columns = [("runs", "time_s", "equal epochs"), ("runs", "flops", "equal epochs")]
+    if longer:
+        columns.append(("equal_time_runs", "time_s", "equal wall time"))
+    fig, axes = plt.subplots(2, len(columns), figsize=(6 * len(columns), 8), squeeze=False)
     styles = {"baseline": ("k", "-"), "dropbp": (None, "-"), "sensitivity": (None, "--"), "layerdrop": ("tab:red", ":"),
               "pld": ("tab:purple", ":"), "freeze": ("tab:brown", "-.")}
-    for row in result["summary"]:
-        mine = [r for r in result["runs"] if r["label"] == row["label"]]
-        points = len(min((r["curve"] for r in mine), key=len))
-        color, style = styles[row["family"]]
-        for col, axis in enumerate(("time_s", "flops")):
-            xs = [statistics.fmean(r["curve"][i][axis] for r in mine) / (1e12 if axis == "flops" else 1)
-                  for i in range(points)]
+    colours: dict[str, Any] = {}
+    for col, (source, axis, title) in enumerate(columns):
+        for row in result["summary"]:
+            mine = [r for r in result[source] if r["label"] == row["label"]]
+            if source != "runs" and row["family"] == "baseline":
+                mine = [r for r in result["runs"] if r["family"] == "baseline"]
+            if not mine:
+                continue
+            colour, style = styles[row["family"]]
             for ax, metric in ((axes[0][col], "val_loss"), (axes[1][col], "exact_match")):
-                ys = [statistics.fmean(r["curve"][i][metric] for r in mine) for i in range(points)]
-                ax.plot(xs, ys, linestyle=style, color=color, label=row["label"] if ax is axes[0][0] else None)
+                line, = ax.plot(*_mean_curve(mine, axis, metric), linestyle=style,
+                                color=colours.get(row["label"], colour),
+                                label=row["label"] if (ax is axes[0][0]) else None)
+                colours.setdefault(row["label"], line.get_color())
+        axes[0][col].set_title(title)
+        axes[0][col].set_yscale("log")
+        axes[1][col].set_xlabel("training TFLOPs (FLOPs model)" if axis == "flops" else "training wall time (s)")
     axes[0][0].set_ylabel("validation loss")
     axes[1][0].set_ylabel("exact match")
-    axes[1][0].set_xlabel("training wall time (s)")
-    axes[1][1].set_xlabel("training TFLOPs (FLOPs model)")
-    for ax in axes[0]:
-        ax.set_yscale("log")
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.suptitle("Fine-tuning a deep pre-trained model: mean of seeds, each contender at its best learning rate")
     fig.tight_layout()

@@ -63,6 +63,7 @@ ALLOWED: dict[str, str] = {
     "warmup_steps": "integer >= 0",
     "pld_gamma_scale": "finite number >= 0",
     "threads": "integer >= 0",
+    "equal_time": "flag",
     "dirs": "one or more folders, each holding a throughput.json from dropbp bench throughput",
 }
 

@@ -60,13 +60,19 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     baseline = result["summary"][0]
     assert baseline["time_saved"]["mean"] == 0 and baseline["reached_target"] == 2
     cached = list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))
-    assert len(cached) == len(labels) * 3  # 2 sweep rates on seed 0, then seed 1 at the chosen rate
+    # 2 sweep rates on seed 0, then seed 1 at the chosen rate; then 2 seeds at equal time for the faster contenders
+    assert len(cached) == len(labels) * 3 + len(result["equal_time_runs"])
     cached[0].unlink()  # as if interrupted before that run finished: only that run trains again
     again = run_regime(small(), cpu, progress=False)
     assert again["pretrain"]["from_cache"] is True
     assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
     assert "| contender" in regime_markdown(again)
     regime_figure(again)
+    for row in again["summary"][1:]:  # faster contenders were trained again for the baseline's wall time
+        if row["equal_time"] is not None:
+            assert row["equal_time"]["epochs"] > 0.02 and row["equal_time"]["seeds"] == 2
+    longer = again["equal_time_runs"]
+    assert all(r["epochs"] > 0.02 and r["steps"] > again["steps_per_run"] for r in longer)
 
 
 @pytest.mark.parametrize("change,needle", [(dict(contenders=("dropbp",)), "include baseline"),
