@@ -518,9 +518,10 @@ def regime_figure(result: dict[str, Any]) -> Any:
     if longer:
         columns.append(("equal_time_runs", "time_s", "equal wall time"))
     fig, axes = plt.subplots(2, len(columns), figsize=(6 * len(columns), 8), squeeze=False)
-    styles = {"baseline": ("k", "-"), "dropbp": (None, "-"), "sensitivity": (None, "--"), "layerdrop": ("tab:red", ":"),
-              "pld": ("tab:purple", ":"), "freeze": ("tab:brown", "-.")}
-    colours: dict[str, Any] = {}
+    styles = {"baseline": "-", "dropbp": "-", "sensitivity": "--", "layerdrop": ":", "pld": ":", "freeze": "-."}
+    palette = plt.get_cmap("tab10").colors
+    colours = {row["label"]: "k" if row["family"] == "baseline" else palette[i % len(palette)]
+               for i, row in enumerate(result["summary"])}
     for col, (source, axis, title) in enumerate(columns):
         for row in result["summary"]:
             mine = [r for r in result[source] if r["label"] == row["label"]]
@@ -528,12 +529,9 @@ def regime_figure(result: dict[str, Any]) -> Any:
                 mine = [r for r in result["runs"] if r["family"] == "baseline"]
             if not mine:
                 continue
-            colour, style = styles[row["family"]]
             for ax, metric in ((axes[0][col], "val_loss"), (axes[1][col], "exact_match")):
-                line, = ax.plot(*_mean_curve(mine, axis, metric), linestyle=style,
-                                color=colours.get(row["label"], colour),
-                                label=row["label"] if (ax is axes[0][0]) else None)
-                colours.setdefault(row["label"], line.get_color())
+                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles[row["family"]], color=colours[row["label"]],
+                        label=row["label"] if (ax is axes[0][0]) else None)
         axes[0][col].set_title(title)
         axes[0][col].set_yscale("log")
         axes[1][col].set_xlabel("training TFLOPs (FLOPs model)" if axis == "flops" else "training wall time (s)")
