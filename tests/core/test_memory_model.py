@@ -54,3 +54,16 @@ def test_kept_share_interpolates_between_nothing_and_everything():
     assert predictor.saved_bytes_per_token_at(0.0) == pytest.approx(none)
     assert none < predictor.saved_bytes_per_token_at(0.5) < full
     assert MemoryModel(64, 176, 8, 4, 2, 256, lora_rank=8).saved_bytes_per_token([True] * 16) == 0.0
+
+
+def test_meter_counts_nothing_for_dropped_branches_at_any_depth():
+    """Regression: the meter once kept the graphs of dropped branches' pre-norms alive (a reference cycle through
+    its own boxes), so an all-dropped full fine-tuning step 'saved' more with every layer. It must not grow."""
+    saved = []
+    for layers in (2, 6):
+        model = _model("full", dict(SHAPES[0], num_hidden_layers=layers))
+        dropbp = DropBP(model, 0.0)
+        batch = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+        with dropbp.forced_mask("all"):
+            saved.append(saved_activation_bytes(model, batch))
+    assert saved[0] == saved[1] > 0  # only the head and the embedding's ids remain
