@@ -37,6 +37,7 @@ from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.seeding import seeded
 from dropbp.recipes.data import batch_at, stdlib_corpus
 from dropbp.recipes.instruct_data import IGNORE, load_records, to_windows, tokenize
+from dropbp.recipes.model_setup import quantize_4bit
 from dropbp.recipes.presets import apply_method, build_model
 from dropbp.recipes.publish import environment, pyplot, write_text_atomic
 from dropbp.recipes.schema import DataSection
@@ -59,8 +60,9 @@ REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16,
 class RegimeSettings(BenchSettings):
     """What the regime benchmark depends on; :meth:`validate` checks it before any work starts."""
 
-    method: str = setting("lora", "lora (PEFT adapters on every linear layer; the only method this benchmark runs "
-                                  "so far)", choices=("lora",))
+    method: str = setting("lora", "lora (PEFT adapters on every linear layer) or qlora (the same on NF4 4-bit base "
+                                  "weights through bitsandbytes; on the CPU every linear size must be a multiple "
+                                  "of 64)", choices=("lora", "qlora"))
     lora_rank: int = setting(8, "LoRA rank")
     drop_rates: tuple[float, ...] = setting((0.5, 0.75, 0.875), "DropBP rates (uniform and sensitivity-allocated)")
     contender_rate: float = setting(0.75, "LayerDrop, PLD and freezing are set to the training FLOPs of DropBP at "
@@ -86,7 +88,17 @@ class RegimeSettings(BenchSettings):
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
         super().validate()
-        check_choice("--method", self.method, ("lora",))
+        check_choice("--method", self.method, ("lora", "qlora"))
+        if self.method == "qlora":
+            shape = {**REGIME_MODEL, **self.model_overrides}
+            head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+            sizes = {"hidden_size": shape["hidden_size"], "intermediate_size": shape["intermediate_size"],
+                     "num_key_value_heads * head_dim": shape["num_key_value_heads"] * head_dim}
+            bad = {name: size for name, size in sizes.items() if size % 64}
+            if bad and self.device != "cuda":
+                raise ConfigError("--method qlora: bitsandbytes' CPU 4-bit kernels need every linear size to be a "
+                                  "multiple of 64; here " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                                  + " (model_overrides; the QLoRA config uses intermediate 192 and 4 kv heads).")
         self.drop_rates = check_drop_rates(self.drop_rates)
         check_number("--contender-rate", self.contender_rate, low=0, high=1, high_open=True)
         for lr in self.lrs:
@@ -260,9 +272,11 @@ def _pretrained_state(settings: RegimeSettings, progress: bool) -> tuple[dict[st
     return state, {**info, "from_cache": False}
 
 
-def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int) -> torch.nn.Module:
+def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int, backend: Backend) -> torch.nn.Module:
     model = build_model("tiny", seed=1234, **settings.model_overrides)
     model.load_state_dict(state, strict=False)
+    if settings.method == "qlora":
+        model = quantize_4bit(model, backend)
     return apply_method(model, "lora", lora_rank=settings.lora_rank, seed=seed).train()
 
 
@@ -270,7 +284,7 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
               data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> dict[str, Any]:
     """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
     summary."""
-    model = _build(settings, state, seed)
+    model = _build(settings, state, seed, backend)
     flops_model = FlopsModel(model, settings.seq_len)
     epochs = settings.epochs if epochs is None else epochs
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))

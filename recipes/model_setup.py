@@ -42,28 +42,42 @@ def _load_kwargs(spec: ModelSection) -> dict[str, Any]:
     return {"local_files_only": not downloads_allowed(), "trust_remote_code": spec.trust_remote_code}
 
 
-def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
-    """The base model with NF4 4-bit linear weights, ready for adapters (norms and embeddings in fp32)."""
+def _bitsandbytes() -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(QLORA_MISSING)
     # bitsandbytes warns on import that an optional CPU kernel package is missing; its fallback is what runs here
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def _from_pretrained_4bit(source: str, backend: Backend, **kwargs: Any) -> nn.Module:
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    if not backend.accelerator and spec.name in PRESETS:
-        check_cpu_4bit_shapes(spec)
     compute = torch.float32 if not backend.accelerator else torch.bfloat16
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                                       bnb_4bit_use_double_quant=True)
-    with tempfile.TemporaryDirectory(prefix="dropbp-qlora-") as folder:
-        source = source_of(spec.name)
-        if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
-            build_model(spec.name, seed=seed, **spec.config).save_pretrained(folder)
-            source = folder
-        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
-                                                     device_map={"": str(backend.device)}, **_load_kwargs(spec))
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization,
+                                                 device_map={"": str(backend.device)}, **kwargs)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def quantize_4bit(model: nn.Module, backend: Backend) -> nn.Module:
+    """``model`` (weights in memory, e.g. pre-trained here) with NF4 4-bit linear weights, ready for adapters: saved
+    to a temporary folder and loaded back quantized, as any checkpoint would be."""
+    _bitsandbytes()
+    with tempfile.TemporaryDirectory(prefix="dropbp-qlora-") as folder:
+        model.save_pretrained(folder)
+        return _from_pretrained_4bit(folder, backend, local_files_only=True)
+
+
+def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
+    """The base model with NF4 4-bit linear weights, ready for adapters (norms and embeddings in fp32)."""
+    _bitsandbytes()
+    if not backend.accelerator and spec.name in PRESETS:
+        check_cpu_4bit_shapes(spec)
+    if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
+        return quantize_4bit(build_model(spec.name, seed=seed, **spec.config), backend)
+    return _from_pretrained_4bit(source_of(spec.name), backend, **_load_kwargs(spec))
 
 
 CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU NF4 kernels: output features in blocks of 32, input features of 64
