@@ -36,13 +36,14 @@ def blocks_for_backward_budget(num_layers: int, drop_rate: float) -> int:
     return max(1, min(num_layers, round(num_layers * (1.0 - drop_rate))))
 
 
-def freeze_bottom_layers(model: nn.Module, train_top: int) -> FrozenLayers:
+def freeze_bottom_layers(model: nn.Module, train_top: int, *, name: str = "train_top") -> FrozenLayers:
     """Freeze every parameter below the top ``train_top`` decoder blocks: the bottom blocks and the embeddings (the
     final norm and the head keep whatever ``requires_grad`` they had). Under LoRA this freezes the bottom blocks'
-    adapters. Frozen parameters get no gradient (their ``.grad`` stays ``None``)."""
+    adapters. Frozen parameters get no gradient (their ``.grad`` stays ``None``). ``name`` is how errors call
+    ``train_top``."""
     blocks = [name for name, _ in find_blocks(model)]
     if isinstance(train_top, bool) or not isinstance(train_top, int) or not 1 <= train_top <= len(blocks):
-        raise ConfigError(f"train_top must be an integer in 1..{len(blocks)} (the model's decoder blocks), "
+        raise ConfigError(f"{name} must be an integer in 1..{len(blocks)} (the model's decoder blocks), "
                           f"got {train_top!r}.")
     bottom = blocks[:len(blocks) - train_top]
     frozen: list[nn.Parameter] = []

@@ -40,7 +40,7 @@ class Applied:
 
 def apply_technique(model: nn.Module, technique: str, drop_rate: float, *, seed: int = 0,
                     pld_theta_bar: float = 0.5, pld_gamma: float = 0.001, train_top_layers: int | None = None,
-                    **dropbp_options: Any) -> Applied:
+                    option_prefix: str = "", **dropbp_options: Any) -> Applied:
     """Apply ``technique`` to ``model``:
 
     - ``dropbp``: :class:`DropBP` at ``drop_rate`` (``dropbp_options``: sampler, pool_size, seq_len, ...);
@@ -48,6 +48,8 @@ def apply_technique(model: nn.Module, technique: str, drop_rate: float, *, seed:
     - ``pld``: :meth:`LayerDrop.progressive` with ``pld_theta_bar`` and ``pld_gamma``;
     - ``freeze``: :func:`freeze_bottom_layers`, training ``train_top_layers`` top blocks (default: as many as give
       the backward FLOPs of DropBP at ``drop_rate``).
+
+    Errors name the options with ``option_prefix`` in front (``"dropbp."`` for a recipe's section).
     """
     if technique == "dropbp":
         return Applied(technique, policy=DropBP(model, drop_rate, seed=seed, **dropbp_options))
@@ -61,5 +63,6 @@ def apply_technique(model: nn.Module, technique: str, drop_rate: float, *, seed:
             from .branches import find_blocks
 
             train_top_layers = blocks_for_backward_budget(len(find_blocks(model)), drop_rate)
-        return Applied(technique, frozen=freeze_bottom_layers(model, train_top_layers))
-    raise ConfigError(f"technique must be one of {', '.join(TECHNIQUES)}, got {technique!r}.")
+        return Applied(technique, frozen=freeze_bottom_layers(model, train_top_layers,
+                                                              name=f"{option_prefix}train_top_layers"))
+    raise ConfigError(f"{option_prefix}technique must be one of {', '.join(TECHNIQUES)}, got {technique!r}.")

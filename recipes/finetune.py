@@ -136,7 +136,7 @@ class FineTune:
             self.technique: Applied | None = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
                 pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
-                train_top_layers=options.train_top_layers, **dropbp_options)
+                train_top_layers=options.train_top_layers, option_prefix="dropbp.", **dropbp_options)
             self.policy = self.technique.policy
         else:
             self.technique = None

@@ -230,6 +230,17 @@ def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
     assert not torch.equal(trained["model.layers.1.mlp.up_proj.weight"], initial["model.layers.1.mlp.up_proj.weight"])
 
 
+def test_recipe_with_more_top_layers_than_the_model_has_names_the_field_and_writes_nothing(tmp_path):
+    from dropbp.core.errors import ConfigError
+
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, "dropbp.technique=freeze", "dropbp.train_top_layers=9"],
+                         device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"dropbp.train_top_layers must be an integer in 1..2"):
+        job.setup()
+    assert not (tmp_path / "run").exists()
+
+
 def test_recipe_refuses_sensitivity_allocation_with_another_technique():
     from dropbp.core.errors import ConfigError
 
