@@ -1,5 +1,6 @@
-"""Time to accuracy in the paper's regime: a deep pre-trained decoder fine-tuned with LoRA on an instruction task,
-DropBP beside LayerDrop, Progressive Layer Dropping and layer freezing, each at its best learning rate, over seeds.
+"""Time to accuracy in the paper's regime: a deep pre-trained decoder fine-tuned with LoRA (or QLoRA) on an
+instruction task, DropBP beside LayerDrop, Progressive Layer Dropping and layer freezing, each at its best learning
+rate, over seeds.
 
 1. **Pre-training** (cached): a deep, narrow Llama learns Python text and two of the four string tasks (copy and
    capitals), until its loss is flat.
