@@ -23,7 +23,7 @@ from .allocation import drop_fraction, uniform_rates, validate_rates
 from .branches import Branch, Patterns, find_branches
 from .dynamo_settings import guard_module_hooks
 from .errors import ConfigError
-from .samplers import Sampler, make_sampler
+from .samplers import Sampler, check_seed, make_sampler, next_step
 
 MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
 
@@ -140,9 +140,7 @@ class DropBP:
         self.drop_rate = drop_rate
         self.rates = (validate_rates(rates, len(self.branches)) if rates is not None
                       else uniform_rates(len(self.branches), drop_rate))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigError(f"pool_size must be a positive integer (masks in the pool sampler), got {pool_size!r}.")
         self.pool_size = pool_size
@@ -235,10 +233,7 @@ class DropBP:
         ``step`` defaults to the previous step + 1 (0 at first). The mask comes from the sampler, a pure function
         of ``(seed, step)``, unless ``mask`` forces one.
         """
-        if step is None:
-            step = 0 if self.step is None else self.step + 1
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
+        step = next_step(step, self.step)
         chosen = self.sampler.mask(step).tolist() if mask is None else self.parse_mask(mask)
         self._recover()
         self._mask = tuple(bool(m) for m in chosen)

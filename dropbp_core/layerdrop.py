@@ -11,7 +11,7 @@ Which blocks drop is a pure function of ``(seed, step)``, like DropBP's masks: e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from .branches import find_blocks
 from .errors import ConfigError
-from .samplers import step_seed
+from .samplers import check_seed, next_step, step_generator
 
 #: ``keep_probability(step, layer_position, num_layers)`` for layer positions 1..num_layers (1 = nearest the input).
 KeepSchedule = Callable[[int, int, int], float]
@@ -82,10 +82,9 @@ class LayerDrop:
                  schedule: KeepSchedule | None = None) -> None:
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate <= 1:
             raise ConfigError(f"LayerDrop drop_rate must be a number in [0, 1], got {drop_rate!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}.")
+        self.seed = check_seed(seed)
         self.blocks = find_blocks(model)
-        self.drop_rate, self.seed, self.rescale = float(drop_rate), seed, rescale
+        self.drop_rate, self.rescale = float(drop_rate), rescale
         self.schedule: KeepSchedule = schedule or (lambda step, position, layers: 1.0 - self.drop_rate)
         self.step: int | None = None
         self._mask: tuple[bool, ...] = (False,) * len(self.blocks)
@@ -94,6 +93,7 @@ class LayerDrop:
         self.dropped_blocks = 0
         self.steps_counted = 0
         self.skipped_backward_steps = 0
+        self.name = f"LayerDrop(drop_rate={self.drop_rate})"
         self._attached = False
         self.attach()
 
@@ -106,7 +106,7 @@ class LayerDrop:
         engine = cls(model, 0.0, seed=seed, rescale=rescale,
                      schedule=lambda step, position, layers: pld_keep_probability(step, position, layers,
                                                                                   theta_bar=theta_bar, gamma=gamma))
-        engine.theta_bar, engine.gamma = theta_bar, gamma
+        engine.name = f"PLD(theta_bar={theta_bar}, gamma={gamma})"
         return engine
 
     # -- masks ---------------------------------------------------------------------------------------------------
@@ -117,18 +117,19 @@ class LayerDrop:
 
     def mask_at(self, step: int) -> tuple[bool, ...]:
         """The blocks dropped at ``step`` (True = dropped): a pure function of ``(seed, step)``."""
-        generator = torch.Generator().manual_seed(step_seed(self.seed, step, "layerdrop"))
+        return self._draw(step, self.keep_probabilities(step))
+
+    def _draw(self, step: int, keep: list[float]) -> tuple[bool, ...]:
+        generator = step_generator(self.seed, step, "layerdrop")
         draws = torch.rand(len(self.blocks), generator=generator, dtype=torch.float64).tolist()
-        return tuple(d >= keep for d, keep in zip(draws, self.keep_probabilities(step)))
+        return tuple(d >= k for d, k in zip(draws, keep))
 
     def begin_step(self, step: int | None = None) -> tuple[bool, ...]:
         """Draw the next forward pass's dropped blocks (``step`` defaults to the previous one + 1)."""
-        step = (0 if self.step is None else self.step + 1) if step is None else step
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
-        self.step = step
-        self._keep = tuple(self.keep_probabilities(step))
-        self._mask = self.mask_at(step)
+        self.step = next_step(step, self.step)
+        keep = self.keep_probabilities(self.step)
+        self._keep = tuple(keep)
+        self._mask = self._draw(self.step, keep)
         if self._model.training and self._attached:
             self.steps_counted += 1
             self.dropped_blocks += sum(self._mask)
@@ -196,7 +197,7 @@ class LayerDrop:
         return self._attached
 
     def __repr__(self) -> str:
-        return f"LayerDrop({len(self.blocks)} blocks, drop_rate={self.drop_rate}, seed={self.seed})"
+        return f"{self.name[:-1]}, {len(self.blocks)} blocks, seed={self.seed})"
 
 
 def equal_flops_layerdrop_rate(dropbp_rate: float, backward_ratio: float) -> float:
@@ -207,7 +208,3 @@ def equal_flops_layerdrop_rate(dropbp_rate: float, backward_ratio: float) -> flo
     """
     return dropbp_rate * backward_ratio / (1.0 + backward_ratio)
 
-
-def blocks_of(model: nn.Module) -> Sequence[str]:
-    """Names of the decoder blocks LayerDrop would wrap, in depth order."""
-    return [name for name, _ in find_blocks(model)]

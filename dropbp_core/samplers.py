@@ -23,8 +23,25 @@ def step_seed(seed: int, step: int, salt: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _generator(seed: int, step: int, salt: str) -> torch.Generator:
+def step_generator(seed: int, step: int, salt: str) -> torch.Generator:
+    """A private CPU generator for ``(salt, seed, step)``: every per-step random draw of the project uses one."""
     return torch.Generator(device="cpu").manual_seed(step_seed(seed, step, salt))
+
+
+def check_seed(seed: object) -> int:
+    """A mask seed must be an integer (``bool`` is refused); returns it."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}.")
+    return seed
+
+
+def next_step(step: object, previous: int | None) -> int:
+    """``step`` checked (a non-negative integer), or, for None, the step after ``previous`` (0 at first)."""
+    if step is None:
+        return 0 if previous is None else previous + 1
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
+    return step
 
 
 class Sampler(Protocol):
@@ -53,7 +70,7 @@ class BernoulliSampler:
         self._rates = torch.tensor(self.rates, dtype=torch.float64)
 
     def mask(self, step: int) -> torch.Tensor:
-        draws = torch.rand(len(self.rates), generator=_generator(self.seed, step, "bernoulli"), dtype=torch.float64)
+        draws = torch.rand(len(self.rates), generator=step_generator(self.seed, step, "bernoulli"), dtype=torch.float64)
         return draws < self._rates
 
     def expected_rates(self) -> list[float]:
@@ -68,7 +85,7 @@ def build_pool(rates: Sequence[float], flops: Sequence[float], size: int, seed: 
     """
     pool = torch.zeros(size, len(rates), dtype=torch.bool)
     dropped = [0.0] * size
-    tie_break = torch.randperm(size, generator=_generator(seed, 0, "pool-build")).tolist()
+    tie_break = torch.randperm(size, generator=step_generator(seed, 0, "pool-build")).tolist()
     for i in sorted(range(len(rates)), key=lambda i: (-float(flops[i]), i)):
         count = int(round(float(rates[i]) * size))
         entries = sorted(range(size), key=lambda e: (dropped[e], tie_break[e]))[:count]
@@ -96,7 +113,7 @@ class PoolSampler:
         self._order = lru_cache(maxsize=4)(self._permutation)
 
     def _permutation(self, epoch: int) -> list[int]:
-        return torch.randperm(self.size, generator=_generator(self.seed, epoch, "pool-order")).tolist()
+        return torch.randperm(self.size, generator=step_generator(self.seed, epoch, "pool-order")).tolist()
 
     def index(self, step: int) -> int:
         """The pool entry replayed at ``step``."""
