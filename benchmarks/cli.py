@@ -1,4 +1,5 @@
-"""``dropbp bench throughput|memory|convergence|regime|compiles|compare``: baseline vs DropBP side by side, with JSON, table and plot.
+"""``dropbp bench throughput|memory|convergence|regime|compiles|compare``: baseline vs DropBP side by side, with
+JSON, table and plot.
 
 Registered with the ``dropbp`` command line through the ``dropbp.commands`` entry point. Each sub-benchmark's
 options are made from the fields of its settings dataclass, and the command only parses them into that object and

@@ -21,6 +21,7 @@ import torch
 
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.branches import find_branches
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.progress import progress_bar
@@ -94,7 +95,7 @@ def cache_dir() -> Path:
 def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend, progress: bool
                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The pre-trained base model, from the cache when the same settings were pre-trained before."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key_data = {"overrides": settings.model_overrides, "steps": settings.pretrain_steps, "seed": settings.seed,
                 "lr": settings.pretrain_lr, "batch": settings.batch_size, "seq": settings.seq_len,
@@ -116,14 +117,23 @@ def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, ba
         loss = training_step(model, batch.to(backend.device), optimizer, None, backend, step)
         bar.set_postfix(loss=f"{loss:.3f}")
     info.update(from_cache=False, pretrain_time_s=time.perf_counter() - start, pretrain_final_loss=loss)
+    save_state(model, path)
+    return model, info
+
+
+def save_state(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Write ``model``'s weights to ``path`` (safetensors, via a temporary file, so a killed run leaves no part of a
+    cache file) and return them as CPU tensors (a tied head is stored once, as the embedding)."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # shared with the embedding; safetensors stores each tensor once
+    tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
-    return model, info
+    return state
 
 
 @torch.no_grad()
@@ -138,14 +148,31 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, backend, batc
     return sum(losses) / len(losses)
 
 
-def step_flops(dropbp: DropBP, mask: tuple[bool, ...], tokens: int, method: str) -> float:
-    """Training FLOPs of one step from the FLOPs model: every branch runs forward; a kept branch also runs backward
-    (2x forward for full fine-tuning: input and weight gradients; 1x for LoRA: input gradients, adapters negligible).
+class FlopsModel:
+    """Training FLOPs per step from the branches' forward FLOPs. A branch runs forward unless its whole block is
+    skipped (LayerDrop, PLD); it also runs backward (``backward`` forwards' worth: about 2 for full fine-tuning,
+    input and weight gradients; about 1 for LoRA, input gradients only) unless it is dropped (DropBP) or frozen.
     The LM head always runs forward and backward."""
-    backward = 2.0 if method == "full" else 1.0
-    head = 2.0 * dropbp.shape.hidden * dropbp.shape.vocab
-    branches = sum(f * (1.0 + backward * (0.0 if m else 1.0)) for f, m in zip(dropbp.flops, mask))
-    return tokens * (branches + head * (1.0 + backward))
+
+    def __init__(self, model: torch.nn.Module, seq_len: int, backward: float = 1.0) -> None:
+        found = find_branches(model, seq_len=seq_len)
+        self.flops = found.flops
+        layers = sorted({b.layer for b in found.branches})
+        self.position = [layers.index(b.layer) for b in found.branches]  # each branch's block, 0 = nearest input
+        self.backward = backward
+        self.head = 2.0 * found.shape.hidden * found.shape.vocab
+
+    def step(self, tokens: int, *, no_backward: tuple[bool, ...] = (), skipped_blocks: tuple[bool, ...] = (),
+             trained_from: int = 0) -> float:
+        """FLOPs of one step of ``tokens`` tokens: ``no_backward`` per branch (DropBP's mask), ``skipped_blocks`` per
+        block (LayerDrop's), blocks below ``trained_from`` frozen."""
+        total = self.head * (1.0 + self.backward)
+        for i, (flops, position) in enumerate(zip(self.flops, self.position)):
+            if skipped_blocks and skipped_blocks[position]:
+                continue
+            dropped = bool(no_backward and no_backward[i]) or position < trained_from
+            total += flops * (1.0 if dropped else 1.0 + self.backward)
+        return total * tokens
 
 
 def _run(label: str, rate: float | None, sampler: str, allocation: str, base_state: dict[str, torch.Tensor],
@@ -163,6 +190,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
         schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
                                       allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
+    flops_model = FlopsModel(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
     curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
@@ -178,8 +206,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         training_step(model, batch, optimizer, None if rate is None else dropbp, backend, step)
         backend.synchronize()
         elapsed += time.perf_counter() - start
-        mask = dropbp.mask if rate is not None else (False,) * len(dropbp.branches)
-        flops += step_flops(dropbp, mask, batch.numel(), settings.method)
+        flops += flops_model.step(batch.numel(), no_backward=dropbp.mask if rate is not None else ())
         step += 1
         bar.update(1)
         if step % settings.eval_every == 0:

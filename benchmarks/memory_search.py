@@ -32,8 +32,8 @@ from dropbp.recipes.cli.options import (
     resolve_model,
     resolve_precision,
 )
-from dropbp.recipes.presets import (PRECISIONS, apply_method, build_model, check_fits, check_method, check_model,
-                                    model_dtype)
+from dropbp.recipes.presets import (DEFAULT_LORA_RANK, PRECISIONS, apply_method, build_model, check_fits,
+                                    check_method, check_model, model_dtype)
 from dropbp.recipes.publish import environment, mib, pyplot
 from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting
 from dropbp.recipes.tables import markdown_table
@@ -201,8 +201,9 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed),
                          settings.method, seed=settings.seed).train()
     dropbp = DropBP(model, 0.0, seed=settings.seed)
-    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if settings.method != "full" else 0,
-                                       act_bytes=torch.finfo(dtype).bits // 8, weight_bytes=torch.finfo(dtype).bits // 8)
+    width = torch.finfo(dtype).bits // 8
+    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=DEFAULT_LORA_RANK if settings.method != "full" else 0,
+                                       act_bytes=width, weight_bytes=width)
     state = state_bytes(model)
     if budget is not None and state >= budget:
         raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
@@ -234,7 +235,8 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
             "batch_size": settings.batch_size, "sampler": "pool", "pool_size": settings.pool_size,
             "settings": settings.to_dict(),
             "budget_bytes": budget, "budget_source": "--budget-gb" if budget else "device memory",
-            "state_bytes": state, "predicted_state_bytes": predictor.state_bytes(), "granularity": GRANULARITY, "max_seq_len_searched": settings.max_seq_len,
+            "state_bytes": state, "predicted_state_bytes": predictor.state_bytes(), "granularity": GRANULARITY,
+            "max_seq_len_searched": settings.max_seq_len,
             "results": entries, "paper_reference": PAPER_MEMORY}
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,15 +26,15 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.core.branches import find_branches
-from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
-from dropbp.core.freezing import blocks_for_backward_budget, freeze_bottom_layers
-from dropbp.core.layerdrop import LayerDrop, equal_flops_layerdrop_rate, pld_theta_for_drop
+from dropbp.core.freezing import blocks_for_backward_budget
+from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
 from dropbp.core.progress import progress_bar
 from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.seeding import seeded
+from dropbp.core.techniques import apply_technique
 from dropbp.recipes.data import batch_at, stdlib_corpus
+from dropbp.recipes.finetune import lr_factor
 from dropbp.recipes.instruct_data import IGNORE, load_records, to_windows, tokenize
 from dropbp.recipes.model_setup import quantize_4bit
 from dropbp.recipes.presets import apply_method, build_model
@@ -48,7 +46,7 @@ from dropbp.recipes.tables import markdown_table
 from dropbp.recipes.tokenizers import ByteTokenizer
 
 from .common import BenchSettings, run_benchmark
-from .convergence import cache_dir, time_to
+from .convergence import FlopsModel, cache_dir, save_state, time_to
 from .paper import PAPER_CONVERGENCE
 
 TASK_DATA = Path(__file__).resolve().parents[1] / "recipes" / "task_data"
@@ -128,6 +126,10 @@ class Contender:
     extra: tuple[tuple[str, float], ...] = ()
 
 
+#: Contender.extra's names (part of each cached run's key) -> apply_technique's options.
+TECHNIQUE_OPTIONS = {"theta_bar": "pld_theta_bar", "gamma": "pld_gamma", "train_top": "train_top_layers"}
+
+
 def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:
     """The contenders, with LayerDrop, PLD and freezing set to DropBP's FLOPs at ``contender_rate``."""
     backward = 1.0  # LoRA/QLoRA: a kept block's backward is about one forward (input gradients only)
@@ -200,39 +202,8 @@ def evaluate(model: torch.nn.Module, data: TaskData) -> tuple[float, float]:
     return loss, float(correct.all(dim=1).float().mean())
 
 
-def cosine(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-class FlopsModel:
-    """Training FLOPs per step from the branches' forward FLOPs: a branch runs forward unless its block is skipped
-    (LayerDrop, PLD) and backward (about one forward under LoRA) unless it is dropped (DropBP) or frozen."""
-
-    def __init__(self, model: torch.nn.Module, seq_len: int) -> None:
-        found = find_branches(model, seq_len=seq_len)
-        self.flops = found.flops
-        self.layer_of = [b.layer for b in found.branches]
-        self.layers = sorted(set(self.layer_of))
-        self.head = 2.0 * found.shape.hidden * found.shape.vocab
-
-    def step(self, tokens: int, *, no_backward: tuple[bool, ...] = (), skipped_blocks: tuple[bool, ...] = (),
-             trained_from: int = 0) -> float:
-        """FLOPs of one step of ``tokens`` tokens."""
-        total = 2.0 * self.head
-        for i, (flops, layer) in enumerate(zip(self.flops, self.layer_of)):
-            position = self.layers.index(layer)
-            if skipped_blocks and skipped_blocks[position]:
-                continue
-            dropped = bool(no_backward and no_backward[i]) or position < trained_from
-            total += flops * (1.0 if dropped else 2.0)
-        return total * tokens
-
-
 def _pretrained_state(settings: RegimeSettings, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key_data = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
                 "seq": settings.seq_len, "batch": settings.batch_size, "torch": torch.__version__, "v": 1}
@@ -251,7 +222,7 @@ def _pretrained_state(settings: RegimeSettings, progress: bool) -> tuple[dict[st
         source = tasks if step % 2 else text
         batch = batch_at(source, step, settings.batch_size, settings.seq_len * 2, seed=7)
         for group in optimizer.param_groups:
-            group["lr"] = settings.pretrain_lr * cosine(step, 50, settings.pretrain_steps)
+            group["lr"] = settings.pretrain_lr * lr_factor(step, 50, settings.pretrain_steps, "cosine")
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
@@ -263,12 +234,7 @@ def _pretrained_state(settings: RegimeSettings, progress: bool) -> tuple[dict[st
             "loss_last_tenth": statistics.fmean(losses[-tenth:]),
             "loss_previous_tenth": statistics.fmean(losses[-2 * tenth:-tenth]),
             "data": "Python standard-library source and the copy/capitals tasks (training words), alternating"}
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path.with_suffix(".tmp")))
-    os.replace(path.with_suffix(".tmp"), path)
+    state = save_state(model, path)
     write_text_atomic(info_path, json.dumps(info))
     return state, {**info, "from_cache": False}
 
@@ -286,25 +252,22 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
     summary."""
     model = _build(settings, state, seed, backend)
-    flops_model = FlopsModel(model, settings.seq_len)
+    flops_model = FlopsModel(model, settings.seq_len, backward=1.0)  # LoRA/QLoRA: input gradients only
     epochs = settings.epochs if epochs is None else epochs
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
-    extra = dict(contender.extra)
-    policy: Any = None
+    applied = None
+    if contender.family != "baseline":
+        technique = "dropbp" if contender.family == "sensitivity" else contender.family
+        options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
+        if technique == "dropbp":
+            options["seq_len"] = settings.seq_len
+        applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
+    policy = None if applied is None else applied.policy
+    trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
     schedule = None
-    trained_from = 0
-    if contender.family in ("dropbp", "sensitivity"):
-        policy = DropBP(model, contender.rate, seed=seed, seq_len=settings.seq_len)
-        if contender.family == "sensitivity":
-            schedule = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate,
-                                          total_steps=total, allocate_at=0.1, seed=seed)
-    elif contender.family == "layerdrop":
-        policy = LayerDrop(model, contender.rate, seed=seed)
-    elif contender.family == "pld":
-        policy = LayerDrop.progressive(model, theta_bar=extra["theta_bar"], gamma=extra["gamma"], seed=seed)
-    elif contender.family == "freeze":
-        frozen = freeze_bottom_layers(model, int(extra["train_top"]))
-        trained_from = len(frozen.frozen_blocks)
+    if contender.family == "sensitivity":
+        schedule = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate, total_steps=total,
+                                      allocate_at=0.1, seed=seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
     loss0, acc0 = evaluate(model, data)
@@ -318,7 +281,7 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
         backend.synchronize()
         start = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = lr * cosine(step, settings.warmup_steps, total)
+            group["lr"] = lr * lr_factor(step, settings.warmup_steps, total, "cosine")
         if schedule is not None:
             schedule.before_step(step, {"input_ids": ids, "labels": labels})
         if policy is not None:
@@ -341,14 +304,14 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
                           "flops": flops, "val_loss": val_loss, "exact_match": accuracy})
             bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
     bar.close()
-    if isinstance(policy, DropBP):
-        policy.remove()
-    elif isinstance(policy, LayerDrop):
-        policy.remove()
+    realized = policy.realized_drop_fraction() if policy is not None else 0.0
+    if applied is not None:
+        applied.remove()
     return {"label": contender.label, "family": contender.family, "rate": contender.rate, "lr": lr, "seed": seed,
-            "epochs": epochs, "steps": total, "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
+            "epochs": epochs, "steps": total, "train_time_s": elapsed, "train_flops": flops,
+            "final_val_loss": curve[-1]["val_loss"],
             "final_exact_match": curve[-1]["exact_match"], "curve": curve,
-            "realized_drop_fraction": (policy.realized_drop_fraction() if policy is not None else 0.0)}
+            "realized_drop_fraction": realized}
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,

@@ -52,7 +52,8 @@ def phase_table(result: dict[str, Any]) -> str:
         return "(no forward/backward split in this result: it predates the split)"
     rows = []
     for entry in [base, *result["runs"], result["all_dropped"]]:
-        rows.append([entry["label"], f"{entry['forward_s'] * 1e3:.1f}", _reduction(entry["forward_s"], base["forward_s"]),
+        rows.append([entry["label"],
+                     f"{entry['forward_s'] * 1e3:.1f}", _reduction(entry["forward_s"], base["forward_s"]),
                      f"{entry['backward_s'] * 1e3:.1f}", _reduction(entry["backward_s"], base["backward_s"]),
                      f"{entry['optimizer_s'] * 1e3:.1f}",
                      f"{entry['step_time_mean_s'] * 1e3:.1f}",

@@ -176,7 +176,10 @@ def check_method(method: Any, field: str = "--method") -> None:
         raise ConfigError(QLORA_UNAVAILABLE)
 
 
-def apply_method(model: nn.Module, method: str, *, lora_rank: int = 8, seed: int = 0) -> nn.Module:
+DEFAULT_LORA_RANK = 8
+
+
+def apply_method(model: nn.Module, method: str, *, lora_rank: int = DEFAULT_LORA_RANK, seed: int = 0) -> nn.Module:
     """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
     initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
     if method == "full":

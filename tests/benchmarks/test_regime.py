@@ -6,7 +6,8 @@ import json
 import pytest
 
 from dropbp import backends
-from dropbp.benchmarks.regime import FlopsModel, RegimeSettings, plan, regime_figure, regime_markdown, run_regime
+from dropbp.benchmarks.convergence import FlopsModel
+from dropbp.benchmarks.regime import RegimeSettings, plan, regime_figure, regime_markdown, run_regime
 from dropbp.core.errors import ConfigError
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
