@@ -125,23 +125,18 @@ class FineTune:
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
-        self.dropbp: DropBP | None = None
-        self.policy: StepPolicy | None = None  # what draws each step's mask: DropBP, LayerDrop or PLD
         self.schedule: AllocationSchedule | None = None
+        self.technique: Applied | None = None
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
             dropbp_options = ({"sampler": resolve_sampler(options.sampler, self.backend),
                                "pool_size": options.pool_size, "seq_len": recipe.data.seq_len}
                               if options.technique == "dropbp" else {})
-            self.technique: Applied | None = apply_technique(
+            self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
                 pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
                 train_top_layers=options.train_top_layers, option_prefix="dropbp.", **dropbp_options)
-            self.policy = self.technique.policy
-        else:
-            self.technique = None
-        if isinstance(self.policy, DropBP):
-            self.dropbp = self.policy
+        if self.dropbp is not None:
             self.schedule = AllocationSchedule(self.model, self.dropbp, mode=options.allocation,
                                                drop_rate=options.drop_rate, total_steps=self.total_steps,
                                                allocate_at=options.allocate_at, sensitivity=options.sensitivity,
@@ -177,6 +172,16 @@ class FineTune:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         except ImportError:
             pass
+
+    @property
+    def policy(self) -> StepPolicy | None:
+        """What draws each step's mask (DropBP, LayerDrop or PLD); None without one (baseline, freezing)."""
+        return None if self.technique is None else self.technique.policy
+
+    @property
+    def dropbp(self) -> DropBP | None:
+        """The DropBP engine, when the technique is DropBP (its rates are allocated and checkpointed)."""
+        return self.policy if isinstance(self.policy, DropBP) else None
 
     def _saved_recipe(self) -> dict[str, Any]:
         """The recipe as ``recipe.yaml`` keeps it: data paths absolute, no stop point (resuming runs to the end)."""

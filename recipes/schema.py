@@ -1,7 +1,7 @@
 """The recipe: the one typed definition of a fine-tuning run (model, data, optimisation, training, DropBP).
 
 A recipe is a YAML file read into :class:`Recipe` by :func:`load_recipe`; every field below is documented by its
-help text (``dropbp recipes show NAME`` prints a recipe, ``docs/RECIPES.md`` lists every field). Problems of any
+help text (``dropbp recipes show NAME`` prints a recipe, ``docs/OPTIONS.md`` lists every field). Problems of any
 kind (unknown keys, wrong types, out-of-range values, missing files, combinations that cannot run) are collected and
 reported together before anything is built.
 """

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune the model a recipe names on its data with DropBP; write metrics.csv, loss.png, "
                     "TensorBoard logs and checkpoints to the output folder. Every field of the recipe can be "
-                    "overridden with key=value (dotted paths); docs/RECIPES.md lists them.")
+                    "overridden with key=value (dotted paths); docs/OPTIONS.md lists them.")
     parser.add_argument("recipe", help="a recipe file, or the name of a shipped recipe (dropbp recipes ls)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe field, e.g. optim.lr=1e-4")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="device backend (default: the recipe's)")
