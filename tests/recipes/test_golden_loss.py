@@ -1,0 +1,33 @@
+"""The tiny-tasks recipe's first 20 training losses on the CPU, against committed values.
+
+A silent change in the optimizer, the learning-rate schedule, the data order, the masks or the step itself moves
+these numbers; a restructuring that keeps behaviour does not. Regenerate them only for a change that is meant to
+alter training, and say so in the commit.
+"""
+from __future__ import annotations
+
+import torch
+
+from dropbp.recipes.finetune import FineTune
+from dropbp.recipes.registry import shipped
+from dropbp.recipes.schema import load_recipe
+
+#: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1`` (DropBP 0.5, Bernoulli masks, seed 0).
+GOLDEN = [5.520637035369873, 5.486528396606445, 5.243840217590332, 4.970015525817871, 4.738493919372559,
+          4.518105983734131, 4.3438920974731445, 4.215924263000488, 3.9547033309936523, 3.845505952835083,
+          3.5636558532714844, 3.3144307136535645, 3.039586305618286, 2.876966714859009, 2.6809537410736084,
+          2.56508207321167, 2.4569571018218994, 2.2828497886657715, 2.1212966442108154, 2.1301162242889404]
+
+
+def test_tiny_tasks_losses_equal_the_committed_curve(tmp_path):
+    overrides = ["train.steps=20", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+                 "train.exact_match=0"]
+    job = FineTune(load_recipe(shipped()["tiny-tasks"], overrides, device="cpu"), tmp_path / "run", progress=False)
+    job.setup()
+    try:
+        rows = job.train()["rows"]
+    finally:
+        job.cleanup()
+    losses = [float(row["loss"]) for row in rows if row["loss"]]
+    torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
+                               torch.tensor(GOLDEN, dtype=torch.float64), rtol=1e-5, atol=0)
