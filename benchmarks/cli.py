@@ -11,9 +11,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from dropbp.recipes.settings_fields import add_command
+from dropbp.recipes.config.fields import add_command
 
-from . import compare, compiles, convergence, memory_search, regime, throughput
+from .registry import BENCHMARKS
 from .config_file import is_config_file, load_bench_config
 
 EXAMPLES = """examples:
@@ -26,23 +26,6 @@ EXAMPLES = """examples:
   dropbp bench compiles --device cpu --steps 200
   dropbp bench compare results/a100 results/gaudi2 --out results/compare
   dropbp bench benchmarks/configs/throughput-cpu-lora.yaml throughput.steps=5"""
-
-#: name -> (settings class, main function, one-line help)
-BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
-    "throughput": (throughput.ThroughputSettings, throughput.main,
-                   "step time, tokens/s, efficiency vs the linear limit"),
-    "memory": (memory_search.MemorySettings, memory_search.main,
-               "longest sequence that fits a memory budget, per drop rate"),
-    "convergence": (convergence.ConvergenceSettings, convergence.main,
-                    "validation loss vs FLOPs and wall time on real text"),
-    "regime": (regime.RegimeSettings, regime.main,
-               "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
-    "compiles": (compiles.CompilesSettings, compiles.main,
-                 "graphs torch.compile builds over training: pool vs bernoulli"),
-    "compare": (compare.CompareSettings, compare.main,
-                "throughput results of several devices side by side (folders from bench throughput)"),
-}
-
 
 def _runner(main: Callable[..., dict[str, Any]]) -> Callable[[Any, argparse.Namespace], int]:
     def run(settings: Any, args: argparse.Namespace) -> int:

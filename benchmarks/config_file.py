@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml
+from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
+
+from .registry import BENCHMARKS
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -27,8 +29,6 @@ def is_config_file(text: str) -> bool:
 
 def load_bench_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, Any]:
     """``(benchmark name, settings object)`` from a config file; one :class:`ConfigError` lists every problem."""
-    from .cli import BENCHMARKS
-
     problems = Problems(str(path))
     data = read_yaml(path)
     try:

@@ -23,7 +23,7 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes.cli.options import (
+from dropbp.recipes.config.options import (
     drop_rates_field,
     method_field,
     model_field,
@@ -32,12 +32,12 @@ from dropbp.recipes.cli.options import (
     resolve_model,
     resolve_precision,
 )
-from dropbp.recipes.presets import (DEFAULT_LORA_RANK, PRECISIONS, apply_method, build_model, check_fits,
-                                    check_method, check_model, model_dtype)
-from dropbp.recipes.publish import environment, mib, pyplot
-from dropbp.recipes.settings_fields import check_choice, check_drop_rates, check_positive, setting
-from dropbp.recipes.tables import markdown_table
-from dropbp.recipes.training import training_step
+from dropbp.recipes.config.presets import PRECISIONS, check_method, check_model, model_dtype
+from dropbp.recipes.model.build import DEFAULT_LORA_RANK, apply_method, build_model, check_fits
+from dropbp.recipes.report.publish import environment, mib, pyplot
+from dropbp.recipes.config.fields import check_choice, check_drop_rates, check_positive, setting
+from dropbp.recipes.report.tables import markdown_table
+from dropbp.recipes.training.step import training_step
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_MEMORY

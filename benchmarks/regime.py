@@ -33,17 +33,17 @@ from dropbp.core.progress import progress_bar
 from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.seeding import seeded
 from dropbp.core.techniques import apply_technique
-from dropbp.recipes.data import batch_at, stdlib_corpus
+from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
 from dropbp.recipes.finetune import lr_factor
-from dropbp.recipes.instruct_data import IGNORE, load_records, to_windows, tokenize
-from dropbp.recipes.model_setup import quantize_4bit
-from dropbp.recipes.presets import apply_method, build_model
-from dropbp.recipes.publish import environment, pyplot, write_text_atomic
-from dropbp.recipes.schema import DataSection
-from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
+from dropbp.recipes.data.instruct import IGNORE, load_records, to_windows, tokenize
+from dropbp.recipes.model.build import quantize_4bit
+from dropbp.recipes.model.build import apply_method, build_model
+from dropbp.recipes.report.publish import environment, pyplot, write_text_atomic
+from dropbp.recipes.config.schema import DataSection
+from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
                                             check_positive, check_seed, setting)
-from dropbp.recipes.tables import markdown_table
-from dropbp.recipes.tokenizers import ByteTokenizer
+from dropbp.recipes.report.tables import markdown_table
+from dropbp.recipes.model.tokenizers import ByteTokenizer
 
 from .common import BenchSettings, run_benchmark
 from .convergence import FlopsModel, cache_dir, save_state, time_to

@@ -20,7 +20,7 @@ from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes.cli.options import (
+from dropbp.recipes.config.options import (
     drop_rates_field,
     method_field,
     model_field,
@@ -31,9 +31,9 @@ from dropbp.recipes.cli.options import (
     resolve_sampler,
     sampler_field,
 )
-from dropbp.recipes.presets import (PRECISIONS, apply_method, build_model, check_fits, check_method, check_model,
-                                    check_seq_len, model_dtype)
-from dropbp.recipes.settings_fields import (check_choice, check_drop_rates, check_non_negative, check_number,
+from dropbp.recipes.config.presets import PRECISIONS, check_method, check_model, check_seq_len, model_dtype
+from dropbp.recipes.model.build import apply_method, build_model, check_fits
+from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
                                             check_positive, setting)
 
 from .common import BenchSettings, run_benchmark
@@ -253,7 +253,7 @@ def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, config
               saved: dict[str, tuple[float, float]], dtype: torch.dtype) -> dict[str, Any]:
     """Turn raw timings into the result document: medians, increases, linear limits and efficiencies."""
     from dropbp.benchmarks.paper import PAPER_THROUGHPUT
-    from dropbp.recipes.publish import environment
+    from dropbp.recipes.report.publish import environment
 
     compiles_reported = settings.compile or backend.compiles_per_mask
     entries = {c.label: _entry(c, settings, saved[c.label], dropbp.flops, compiles_reported) for c in configs}

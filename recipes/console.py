@@ -1,7 +1,7 @@
 """The ``dropbp`` console script. Ctrl-C anywhere, even while torch is still being imported, ends the run with
 "interrupted" and exit code 130; if native code keeps the interpreter busy, the process leaves anyway one second
 after the Ctrl-C. Results are never half-written either way: they are published as a set
-(:func:`dropbp.recipes.publish.publish`). Nothing heavy is imported before the handlers are in place."""
+(:func:`dropbp.recipes.report.publish.publish`). Nothing heavy is imported before the handlers are in place."""
 from __future__ import annotations
 
 import os

@@ -27,16 +27,16 @@ from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.techniques import Applied, apply_technique
-from dropbp.recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dropbp.recipes.cli.options import resolve_sampler
-from dropbp.recipes.config_loader import dump_yaml, read_yaml
-from dropbp.recipes.distributed import World, join, world_from_environment
-from dropbp.recipes.instruct_data import IGNORE, RecipeData, load_data, render
-from dropbp.recipes.model_setup import build_recipe_model, model_vocab_size
-from dropbp.recipes.presets import PRESETS, downloads_allowed
-from dropbp.recipes.publish import pyplot, write_text_atomic
-from dropbp.recipes.schema import Recipe, load_recipe
-from dropbp.recipes.tokenizers import Tokenizer, load_tokenizer
+from dropbp.recipes.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dropbp.recipes.config.options import resolve_sampler
+from dropbp.recipes.config.loader import dump_yaml, read_yaml
+from dropbp.recipes.training.distributed import World, join, world_from_environment
+from dropbp.recipes.data.instruct import IGNORE, RecipeData, load_data, render
+from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
+from dropbp.recipes.config.presets import PRESETS, downloads_allowed
+from dropbp.recipes.report.publish import pyplot, write_text_atomic
+from dropbp.recipes.config.schema import Recipe, load_recipe
+from dropbp.recipes.model.tokenizers import Tokenizer, load_tokenizer
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
 #: Keys that may differ between a run and its resumption (they do not change what is computed).

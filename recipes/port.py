@@ -21,9 +21,9 @@ from typing import Any
 
 from dropbp.core.errors import ConfigError
 from dropbp.core.memory_model import MemoryModel
-from dropbp.recipes.clusters_profiles import ClusterProfile
-from dropbp.recipes.presets import PRESETS, hub_id, llama_config
-from dropbp.recipes.schema import Recipe
+from dropbp.recipes.config.clusters import ClusterProfile
+from dropbp.recipes.config.presets import PRESETS, hub_id, llama_config
+from dropbp.recipes.config.schema import Recipe
 
 #: Hub models whose shape a preset gives (sizing needs the shape, not the weights).
 HUB_SHAPES = {"llama-2-7b": "llama2-7b", "llama-2-13b": "llama2-13b", "llama-2-70b": "llama2-70b",

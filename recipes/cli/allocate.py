@@ -10,11 +10,11 @@ import torch
 from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.presets import check_method, check_model, check_seq_len
-from dropbp.recipes.settings_fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
+from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
+from dropbp.recipes.config.fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
                                             check_seed, setting)
 
-from .options import device_field, method_field, model_field, out_field
+from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
 
 EXAMPLES = """examples:
   dropbp allocate --model tiny --method lora --drop-rate 0.875 --sensitivity fast --allocator paper
@@ -71,10 +71,10 @@ def run(settings: AllocateSettings) -> int:
     """Validate, measure, allocate, write, print."""
     from dropbp.core.engine import DropBP
     from dropbp.core.sensitivity import compute_sensitivity, spearman
-    from dropbp.recipes.allocation_report import allocation_figure, allocation_markdown
-    from dropbp.recipes.data import batch_at, stdlib_corpus
-    from dropbp.recipes.presets import apply_method, build_model, check_fits
-    from dropbp.recipes.publish import environment, publish, results_folder
+    from dropbp.recipes.report.allocation import allocation_figure, allocation_markdown
+    from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
+    from dropbp.recipes.model.build import apply_method, build_model, check_fits
+    from dropbp.recipes.report.publish import environment, publish, results_folder
 
     settings.validate()
     backend = backends.get(settings.device)

@@ -2,24 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import platform
 
-from dropbp.recipes.tables import markdown_table
-
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optimum-habana", "habana-torch-plugin")
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries dropbp works with (None where not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
+from dropbp.recipes.report.publish import library_versions
+from dropbp.recipes.report.tables import markdown_table
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``env`` subcommand."""

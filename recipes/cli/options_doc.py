@@ -9,8 +9,8 @@ import dataclasses
 import typing
 
 from dropbp.backends import DEVICE_CHOICES
-from dropbp.recipes.presets import ENV_ALLOW_DOWNLOADS, PRESETS
-from dropbp.recipes.settings_fields import cli_fields, default_of, format_value, option_name
+from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
+from dropbp.recipes.config.fields import cli_fields, default_of, format_value, option_name
 
 POSITIVE = "integer >= 1"
 RATE = "number in [0, 1)"
@@ -108,8 +108,8 @@ def render(parser: argparse.ArgumentParser) -> str:
 
 def render_recipe() -> str:
     """The Markdown reference of every recipe field (``dropbp train RECIPE key=value ...``)."""
-    from dropbp.recipes.config_loader import type_name
-    from dropbp.recipes.schema import Recipe
+    from dropbp.recipes.config.loader import type_name
+    from dropbp.recipes.config.schema import Recipe
 
     lines = ["## Recipe fields (`dropbp train RECIPE [key=value ...]`)", "",
              "A recipe is a YAML file of these sections; every key can be overridden on the command line with its "

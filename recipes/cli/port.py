@@ -14,7 +14,7 @@ EXAMPLES = """examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``port`` subcommand."""
-    from dropbp.recipes.clusters_profiles import cluster_names
+    from dropbp.recipes.config.clusters import cluster_names
 
     parser = subparsers.add_parser(
         "port", help="move a recipe to another cluster (a100-80g, h100-80g, h200, gaudi2, cpu)", epilog=EXAMPLES,
@@ -34,13 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, port, print the changes, write the recipe."""
-    from dropbp.recipes.clusters_profiles import load_cluster
-    from dropbp.recipes.config_loader import dump_yaml
+    from dropbp.recipes.config.clusters import load_cluster
+    from dropbp.recipes.config.loader import dump_yaml
     from dropbp.recipes.port import port_recipe
-    from dropbp.recipes.publish import write_text_atomic
-    from dropbp.recipes.registry import find_recipe
-    from dropbp.recipes.schema import load_recipe
-    from dropbp.recipes.tables import markdown_table
+    from dropbp.recipes.report.publish import write_text_atomic
+    from dropbp.recipes.config.registry import find_recipe
+    from dropbp.recipes.config.schema import load_recipe
+    from dropbp.recipes.report.tables import markdown_table
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, for_run=False)

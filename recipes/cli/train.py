@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dropbp.backends import DEVICE_CHOICES
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.settings_fields import check_output_dir
+from dropbp.recipes.config.fields import check_output_dir
 
 EXAMPLES = """examples:
   dropbp train tiny-tasks --device cpu
@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load and check the recipe, then set up, train and clean up."""
     from dropbp.recipes.finetune import FineTune
-    from dropbp.recipes.registry import find_recipe
-    from dropbp.recipes.schema import load_recipe
+    from dropbp.recipes.config.registry import find_recipe
+    from dropbp.recipes.config.schema import load_recipe
 
     bad = [text for text in args.overrides if "=" not in text]
     if bad:

@@ -46,7 +46,7 @@ def test_the_tree_keeps_its_layers():
 
 @pytest.mark.parametrize("layer,upward", [
     ("core", "dropbp.backends"),          # the engine asking for a device
-    ("core", "dropbp.recipes.presets"),   # the algorithm reaching into the application
+    ("core", "dropbp.recipes.config.presets"),   # the algorithm reaching into the application
     ("backends", "dropbp.recipes"),
     ("recipes", "dropbp.benchmarks.throughput"),
 ])

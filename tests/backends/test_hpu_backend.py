@@ -11,7 +11,7 @@ import torch
 from dropbp.backends.hpu import LAZY_ENV, HPUBackend
 from dropbp.core import DropBP
 from dropbp.core.errors import BackendUnavailableError, ConfigError
-from dropbp.recipes.training import training_step
+from dropbp.recipes.training.step import training_step
 
 from ..conftest import tiny_model, token_batch
 

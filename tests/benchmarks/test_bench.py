@@ -140,7 +140,7 @@ def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):
 
 
 def test_model_auto_is_tiny_on_cpu_and_paper_shape_on_accelerators(capsys):
-    from dropbp.recipes.cli.options import resolve_model
+    from dropbp.recipes.config.options import resolve_model
 
     assert resolve_model("auto", backends.get("cpu")) == "tiny"
     assert resolve_model("auto", backends.CUDABackend) == "llama2-7b"
@@ -194,7 +194,7 @@ def test_command_line_defaults_are_the_settings_defaults(argv, module, settings_
     import importlib
 
     from dropbp.recipes.cli import build_parser
-    from dropbp.recipes.settings_fields import from_args
+    from dropbp.recipes.config.fields import from_args
 
     cls = getattr(importlib.import_module(module), settings_class)
     assert from_args(cls, build_parser().parse_args(argv)) == cls()

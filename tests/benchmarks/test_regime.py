@@ -33,7 +33,7 @@ def test_plan_sets_the_alternatives_to_dropbps_flops():
 
 
 def test_flops_model_counts_skipped_dropped_and_frozen_work():
-    from dropbp.recipes.presets import apply_method, build_model
+    from dropbp.recipes.model.build import apply_method, build_model
 
     model = apply_method(build_model("tiny", **SMALL), "lora")
     flops = FlopsModel(model, seq_len=40)

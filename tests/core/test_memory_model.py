@@ -16,7 +16,7 @@ SHAPES = [dict(hidden_size=64, intermediate_size=176, num_hidden_layers=6, num_a
 
 
 def _model(method: str, shape: dict):
-    from dropbp.recipes.presets import apply_method, build_model
+    from dropbp.recipes.model.build import apply_method, build_model
 
     return apply_method(build_model("tiny", seed=0, **shape), method, lora_rank=8).train()
 

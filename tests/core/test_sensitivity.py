@@ -12,7 +12,7 @@ from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, 
 from dropbp.core.errors import AllocationError, ConfigError
 from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
-from dropbp.recipes.data import batch_at, stdlib_corpus
+from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
 
 from ..conftest import VOCAB, tiny_model
 
@@ -93,7 +93,7 @@ def test_optimal_allocator_meets_budget_and_beats_the_greedy_objective():
 
 def test_online_estimates_and_schedule_reallocate(text):
     from dropbp.backends import get
-    from dropbp.recipes.training import train
+    from dropbp.recipes.training.step import train
 
     model, dropbp, batch = setup("full", 0, text)
     schedule = AllocationSchedule(model, dropbp, mode="online", drop_rate=0.75, total_steps=8, every=4)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainerCall
 
 from dropbp.core import DropBP
 from dropbp.core.seeding import seeded
-from dropbp.recipes.integrations import DropBPCallback
+from dropbp.recipes.training.hf_trainer import DropBPCallback
 
 out = sys.argv[1]
 rank = int(os.environ.get("RANK", 0))

@@ -13,10 +13,10 @@ import torch
 
 from dropbp.core import DropBP
 from dropbp.core.memory import saved_activation_bytes
-from dropbp.recipes.checkpoint import latest_checkpoint, load_checkpoint
+from dropbp.recipes.training.checkpoint import latest_checkpoint, load_checkpoint
 from dropbp.recipes.finetune import FineTune
-from dropbp.recipes.registry import shipped
-from dropbp.recipes.schema import load_recipe
+from dropbp.recipes.config.registry import shipped
+from dropbp.recipes.config.schema import load_recipe
 
 SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0"]
@@ -114,8 +114,8 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import torch
-from dropbp.recipes.checkpoint import save_checkpoint
-from dropbp.recipes.presets import build_model
+from dropbp.recipes.training.checkpoint import save_checkpoint
+from dropbp.recipes.model.build import build_model
 
 root, kill_at = Path(sys.argv[1]), int(sys.argv[2])
 model = build_model("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -142,7 +142,7 @@ print("completed")
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [0, 3, 6])
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, kill_at):
-    from dropbp.recipes.presets import build_model
+    from dropbp.recipes.model.build import build_model
 
     root = tmp_path / "checkpoints"
     child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(kill_at)], capture_output=True, text=True,
@@ -164,7 +164,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
 def test_a_lora_checkpoint_loads_with_plain_peft(tmp_path):
     from peft import PeftModel
 
-    from dropbp.recipes.presets import build_model
+    from dropbp.recipes.model.build import build_model
 
     out = tmp_path / "run"
     run("tiny-tasks-lora", out, "train.steps=3", "train.eval_every=0")
@@ -186,7 +186,7 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
     lines = (out / "masks-rank0.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["0", "1", "2"]  # one mask per optimizer step, not per micro
     recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL], device="cpu")
-    from dropbp.recipes.presets import build_model
+    from dropbp.recipes.model.build import build_model
 
     engine = DropBP(build_model("tiny", **recipe.model.config), recipe.dropbp.drop_rate, seed=recipe.masks_seed())
     expected = ["".join("1" if m else "0" for m in engine.sampler.mask(step).tolist()) for step in range(3)]
@@ -197,7 +197,7 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
                                              ("pld", ["dropbp.pld_theta_bar=0.5", "dropbp.pld_gamma=0.5"])])
 def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, technique, extra):
     from dropbp.core.layerdrop import LayerDrop
-    from dropbp.recipes.presets import build_model
+    from dropbp.recipes.model.build import build_model
 
     out = tmp_path / "run"
     summary = run("tiny-tasks", out, "train.steps=6", "train.eval_every=0", "train.log_masks=true",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from dropbp.recipes.finetune import FineTune
-from dropbp.recipes.registry import shipped
-from dropbp.recipes.schema import load_recipe
+from dropbp.recipes.config.registry import shipped
+from dropbp.recipes.config.schema import load_recipe
 
 #: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1`` (DropBP 0.5, Bernoulli masks, seed 0).
 GOLDEN = [5.520637035369873, 5.486528396606445, 5.243840217590332, 4.970015525817871, 4.738493919372559,

@@ -6,10 +6,10 @@ import pytest
 
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli import main
-from dropbp.recipes.clusters_profiles import cluster_names, load_cluster
+from dropbp.recipes.config.clusters import cluster_names, load_cluster
 from dropbp.recipes.port import global_batch, port_recipe, workload
-from dropbp.recipes.registry import shipped
-from dropbp.recipes.schema import load_recipe
+from dropbp.recipes.config.registry import shipped
+from dropbp.recipes.config.schema import load_recipe
 
 
 def test_the_five_cluster_profiles_load():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.presets import apply_method, build_model, check_fits
+from dropbp.recipes.model.build import apply_method, build_model, check_fits
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
 

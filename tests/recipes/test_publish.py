@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dropbp.recipes.publish import publish, pyplot, read_published
+from dropbp.recipes.report.publish import publish, pyplot, read_published
 
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from dropbp.recipes import publish as pub
+from dropbp.recipes.report import publish as pub
 
 out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
 events = {"n": 0}

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli import main
-from dropbp.recipes.clusters_profiles import load_cluster
-from dropbp.recipes.config_loader import parse_yaml
-from dropbp.recipes.registry import shipped
-from dropbp.recipes.schema import Recipe, load_recipe
+from dropbp.recipes.config.clusters import load_cluster
+from dropbp.recipes.config.loader import parse_yaml
+from dropbp.recipes.config.registry import shipped
+from dropbp.recipes.config.schema import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "recipes" / "task_data"

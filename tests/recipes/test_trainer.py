@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dropbp.core import DropBP
-from dropbp.recipes.integrations import DropBPCallback
+from dropbp.recipes.training.hf_trainer import DropBPCallback
 
 
 

@@ -6,7 +6,7 @@ import torch
 
 from dropbp.backends import get
 from dropbp.core import DropBP
-from dropbp.recipes.training import training_step
+from dropbp.recipes.training.step import training_step
 
 from ..conftest import tiny_model, token_batch
 

@@ -13,8 +13,9 @@ from torch import nn
 from dropbp.backends import Backend
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes.presets import PRESETS, build_model, downloads_allowed, source_of
-from dropbp.recipes.schema import ModelSection
+from dropbp.recipes.config.presets import (PRESETS, check_model, downloads_allowed, llama_config,
+                                           source_of)
+from dropbp.recipes.config.schema import ModelSection
 
 QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is not installed: pip install "
                  "'dropbp[qlora]' (or pip install bitsandbytes), or use method lora.")
@@ -85,8 +86,6 @@ CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU NF4 kernels: output features in blocks 
 
 def check_cpu_4bit_shapes(spec: ModelSection) -> None:
     """bitsandbytes' CPU kernels need every quantized layer's input and output sizes to be multiples of 64."""
-    from dropbp.recipes.presets import llama_config
-
     config = llama_config(spec.name, **spec.config)
     head_dim = config.hidden_size // config.num_attention_heads
     sizes = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -130,3 +129,62 @@ def model_vocab_size(spec: ModelSection) -> int | None:
         return int(AutoConfig.from_pretrained(source_of(spec.name), **_load_kwargs(spec)).vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
+
+
+def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                seed: int = 0, **overrides: Any) -> nn.Module:
+    """A causal LM from a preset (random init, seeded without touching the caller's global RNG) or a local path."""
+    from transformers import AutoModelForCausalLM
+
+    if preset_or_path in PRESETS:
+        config = llama_config(preset_or_path, **overrides)
+        device = torch.device(device)
+        with seeded(seed, device), device:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model
+    check_model(preset_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source_of(preset_or_path), dtype=dtype,
+                                                    local_files_only=not downloads_allowed()).to(device)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--model must be a preset ({', '.join(PRESETS)}) or a local folder / hub name that transformers can "
+            f"load; {preset_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity_bytes: int | None,
+               **overrides: Any) -> None:
+    """Refuse, before allocating anything, a preset whose weights (plus gradients and AdamW moments when every
+    weight trains) exceed 90% of the device's memory, instead of letting the process be killed."""
+    if preset_or_path not in PRESETS or not capacity_bytes:
+        return
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llama_config(preset_or_path,
+                                                                                        **overrides)).parameters())
+    need = params * torch.tensor([], dtype=dtype).element_size() * (4 if method == "full" else 1)
+    if need > 0.9 * capacity_bytes:
+        raise ConfigError(
+            f"--model {preset_or_path} needs about {need / 2**30:.1f} GiB for its weights"
+            f"{' and optimizer state' if method == 'full' else ''} in {str(dtype).replace('torch.', '')}, more than "
+            f"this device has ({capacity_bytes / 2**30:.1f} GiB). Choose a smaller preset (e.g. tiny), --method "
+            "lora, --precision bf16, or a device with more memory."
+        )
+
+
+DEFAULT_LORA_RANK = 8
+
+
+def apply_method(model: nn.Module, method: str, *, lora_rank: int = DEFAULT_LORA_RANK, seed: int = 0) -> nn.Module:
+    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
+    initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
+    if method == "full":
+        return model
+    if method == "lora":
+        return add_lora(model, lora_config(lora_rank, 2 * lora_rank, 0.0, ("all-linear",), None), seed)
+    if method == "qlora":
+        raise ConfigError("method qlora: quantize the base model first (load_4bit or quantize_4bit), then apply "
+                          "'lora' to it; dropbp train recipes do both.")
+    raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

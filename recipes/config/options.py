@@ -6,8 +6,8 @@ from typing import Any
 
 from dropbp.backends import DEVICE_CHOICES, Backend
 from dropbp.core.samplers import SAMPLERS
-from dropbp.recipes.presets import PRECISIONS, PRESETS
-from dropbp.recipes.settings_fields import setting
+from dropbp.recipes.config.presets import PRECISIONS, PRESETS
+from dropbp.recipes.config.fields import setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
 

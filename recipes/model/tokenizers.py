@@ -80,7 +80,7 @@ def load_tokenizer(spec: str, model_name: str, *, is_preset: bool, local_only: b
         return ByteTokenizer()
     from transformers import AutoTokenizer
 
-    from dropbp.recipes.presets import source_of
+    from dropbp.recipes.config.presets import source_of
 
     source = source_of(model_name if spec == "auto" else spec)
     try:

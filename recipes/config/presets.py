@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from dropbp.core.errors import ConfigError
-from dropbp.core.seeding import seeded
 
 # Llama-architecture shapes. 'tiny' is sized to be compute-bound on a 2-core CPU; the others are the real shapes
 # of the models in the paper (random weights: timing and memory depend on shape, not on the values).
@@ -121,73 +119,7 @@ def check_seq_len(name: str, seq_len: int, field: str = "--seq-len", **overrides
                           f"got {seq_len}.")
 
 
-def build_model(preset_or_path: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                seed: int = 0, **overrides: Any) -> nn.Module:
-    """A causal LM from a preset (random init, seeded without touching the caller's global RNG) or a local path."""
-    from transformers import AutoModelForCausalLM
-
-    if preset_or_path in PRESETS:
-        config = llama_config(preset_or_path, **overrides)
-        device = torch.device(device)
-        with seeded(seed, device), device:
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return model
-    check_model(preset_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(source_of(preset_or_path), dtype=dtype,
-                                                    local_files_only=not downloads_allowed()).to(device)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"--model must be a preset ({', '.join(PRESETS)}) or a local folder / hub name that transformers can "
-            f"load; {preset_or_path!r} could not be loaded: {str(err).splitlines()[0]}"
-        ) from None
-
-
-def check_fits(preset_or_path: str, *, dtype: torch.dtype, method: str, capacity_bytes: int | None,
-               **overrides: Any) -> None:
-    """Refuse, before allocating anything, a preset whose weights (plus gradients and AdamW moments when every
-    weight trains) exceed 90% of the device's memory, instead of letting the process be killed."""
-    if preset_or_path not in PRESETS or not capacity_bytes:
-        return
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llama_config(preset_or_path,
-                                                                                        **overrides)).parameters())
-    need = params * torch.tensor([], dtype=dtype).element_size() * (4 if method == "full" else 1)
-    if need > 0.9 * capacity_bytes:
-        raise ConfigError(
-            f"--model {preset_or_path} needs about {need / 2**30:.1f} GiB for its weights"
-            f"{' and optimizer state' if method == 'full' else ''} in {str(dtype).replace('torch.', '')}, more than "
-            f"this device has ({capacity_bytes / 2**30:.1f} GiB). Choose a smaller preset (e.g. tiny), --method "
-            "lora, --precision bf16, or a device with more memory."
-        )
-
-
-QLORA_UNAVAILABLE = ("method 'qlora' needs bitsandbytes 4-bit weights on a CUDA GPU; it cannot run on this device. "
-                     "Use method 'lora' or 'full'.")
-
-
 def check_method(method: Any, field: str = "--method") -> None:
-    """One of :data:`METHODS` that this build can run (QLoRA is not implemented yet); refused before any work."""
+    """One of :data:`METHODS`; refused before any work."""
     if method not in METHODS:
         raise ConfigError(f"{field} must be one of {', '.join(METHODS)}, got {method!r}.")
-    if method == "qlora":
-        raise ConfigError(QLORA_UNAVAILABLE)
-
-
-DEFAULT_LORA_RANK = 8
-
-
-def apply_method(model: nn.Module, method: str, *, lora_rank: int = DEFAULT_LORA_RANK, seed: int = 0) -> nn.Module:
-    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
-    initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
-    if method == "full":
-        return model
-    if method == "lora":
-        from dropbp.recipes.model_setup import add_lora, lora_config
-
-        return add_lora(model, lora_config(lora_rank, 2 * lora_rank, 0.0, ("all-linear",), None), seed)
-    if method == "qlora":
-        raise ConfigError(QLORA_UNAVAILABLE)
-    raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def list_recipes() -> int:
     """Print name, method, model and description of every shipped recipe."""
-    from dropbp.recipes.registry import shipped
-    from dropbp.recipes.schema import load_recipe
-    from dropbp.recipes.tables import markdown_table
+    from dropbp.recipes.config.registry import shipped
+    from dropbp.recipes.config.schema import load_recipe
+    from dropbp.recipes.report.tables import markdown_table
 
     rows = []
     for name, path in shipped().items():
@@ -47,7 +47,7 @@ def list_recipes() -> int:
 
 def show_recipe(name: str) -> int:
     """Print the recipe's file, comments included."""
-    from dropbp.recipes.registry import find_recipe
+    from dropbp.recipes.config.registry import find_recipe
 
     print(find_recipe(name).read_text(), end="")
     return 0
@@ -55,8 +55,8 @@ def show_recipe(name: str) -> int:
 
 def validate_recipes(files: list[str]) -> int:
     """Check each file; print OK or its problems; exit 2 if any file has a problem."""
-    from dropbp.recipes.registry import find_recipe
-    from dropbp.recipes.schema import load_recipe
+    from dropbp.recipes.config.registry import find_recipe
+    from dropbp.recipes.config.schema import load_recipe
 
     failed = 0
     for name in files:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.settings_fields import default_of, strip_optional
+from dropbp.recipes.config.fields import default_of, strip_optional
 
 T = TypeVar("T")
 

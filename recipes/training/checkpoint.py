@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dropbp.recipes.publish import fsync_path
+from dropbp.recipes.report.publish import fsync_path
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE = "state.json"

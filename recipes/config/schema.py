@@ -19,9 +19,9 @@ from dropbp.core.samplers import SAMPLERS
 from dropbp.core.schedule import ALLOCATION_MODES
 from dropbp.core.techniques import TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config_loader import Problems, apply_overrides, build, read_yaml, to_plain
-from dropbp.recipes.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
-from dropbp.recipes.settings_fields import check_choice, check_number, check_seed, setting
+from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
+from dropbp.recipes.config.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
+from dropbp.recipes.config.fields import check_choice, check_number, check_seed, setting
 
 DATA_FORMATS = ("alpaca", "chat", "text")
 TEMPLATES = ("alpaca", "plain")
@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
 BYTE_TOKENIZER = "byte"
-CLUSTERS = Path(__file__).resolve().parent / "clusters"
+CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 
 
 def _int(p: Problems, name: str, value: Any, low: int) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropbp.recipes.publish import pyplot
-from dropbp.recipes.tables import markdown_table
+from dropbp.recipes.report.publish import pyplot
+from dropbp.recipes.report.tables import markdown_table
 
 
 def allocation_markdown(result: dict[str, Any]) -> str:

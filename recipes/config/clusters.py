@@ -6,9 +6,9 @@ from pathlib import Path
 
 from dropbp.backends import PRIORITY
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.config_loader import Problems, build, read_yaml
-from dropbp.recipes.schema import CLUSTERS, PRECISIONS
-from dropbp.recipes.settings_fields import check_choice, check_number, setting
+from dropbp.recipes.config.loader import Problems, build, read_yaml
+from dropbp.recipes.config.schema import CLUSTERS, PRECISIONS
+from dropbp.recipes.config.fields import check_choice, check_number, setting
 
 BACKENDS = ("nccl", "hccl", "gloo")
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.presets import check_hub_access, hub_id
-from dropbp.recipes.schema import DataSection, resolve_data_path
-from dropbp.recipes.tokenizers import Tokenizer
+from dropbp.recipes.config.presets import check_hub_access, hub_id
+from dropbp.recipes.config.schema import DataSection, resolve_data_path
+from dropbp.recipes.model.tokenizers import Tokenizer
 
 IGNORE = -100  # label of a token left out of the loss
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "

@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optimum-habana", "habana-torch-plugin")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries dropbp works with (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def environment(backend: Any) -> dict[str, Any]:
     """Device and library facts that every result file carries."""
     import torch
-
-    from dropbp.recipes.cli.env import library_versions
 
     return {"device": backend.name, "device_name": backend.device_name(), "versions": library_versions(),
             "torch_threads": torch.get_num_threads(),
@@ -44,7 +56,7 @@ def _make_readable(path: Path) -> None:
 
 def results_folder(out: Path | str | None, device: str) -> Path:
     """Where a command's results go: ``out``, or ``results/<device>``; refused when it cannot hold them."""
-    from dropbp.recipes.settings_fields import check_output_dir
+    from dropbp.recipes.config.fields import check_output_dir
 
     folder = Path(out) if out is not None else Path("results") / device
     check_output_dir("--out", folder)

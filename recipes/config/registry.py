@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dropbp.core.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def shipped() -> dict[str, Path]:

@@ -1,7 +1,7 @@
 """The small instruction dataset this project ships for the CPU recipes: string tasks with exact answers (reverse,
 copy, uppercase, sort the letters of a short word), so the loss falls on something an exact match can check.
 
-``python -m dropbp.recipes.tasks OUT_DIR`` writes ``train.jsonl`` and ``validation.jsonl`` (alpaca format); the
+``python -m dropbp.recipes.data.tasks OUT_DIR`` writes ``train.jsonl`` and ``validation.jsonl`` (alpaca format); the
 files under ``recipes/task_data/`` were made by it with the defaults. Validation words never occur in training.
 """
 from __future__ import annotations

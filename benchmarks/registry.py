@@ -1,0 +1,24 @@
+"""The benchmarks by name: each one's settings class, ``main`` function and one-line help. The command line and the
+config-file loader both read this table."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import compare, compiles, convergence, memory_search, regime, throughput
+
+#: name -> (settings class, main function, one-line help)
+BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
+    "throughput": (throughput.ThroughputSettings, throughput.main,
+                   "step time, tokens/s, efficiency vs the linear limit"),
+    "memory": (memory_search.MemorySettings, memory_search.main,
+               "longest sequence that fits a memory budget, per drop rate"),
+    "convergence": (convergence.ConvergenceSettings, convergence.main,
+                    "validation loss vs FLOPs and wall time on real text"),
+    "regime": (regime.RegimeSettings, regime.main,
+               "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
+    "compiles": (compiles.CompilesSettings, compiles.main,
+                 "graphs torch.compile builds over training: pool vs bernoulli"),
+    "compare": (compare.CompareSettings, compare.main,
+                "throughput results of several devices side by side (folders from bench throughput)"),
+}

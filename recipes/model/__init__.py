@@ -1,0 +1,2 @@
+"""Models: presets built in code, the one model builder (presets, local folders, the Hub, 4-bit; then LoRA) and
+tokenizers."""

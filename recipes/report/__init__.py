@@ -1,0 +1,1 @@
+"""Output: atomic result sets, Markdown tables and plots."""
