@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dropbp.core.errors import BackendUnavailableError, ConfigError
 
-from .base import Backend, StepBoundary
+from .base import PRECISIONS, Backend
 from .cpu import CPUBackend
 from .cuda import CUDABackend
 from .hpu import HPUBackend
@@ -36,5 +36,5 @@ def availability() -> dict[str, str | None]:
     return {name: cls.unavailable_reason() for name, cls in PRIORITY.items()}
 
 
-__all__ = ["Backend", "StepBoundary", "CPUBackend", "CUDABackend", "HPUBackend", "PRIORITY", "DEVICE_CHOICES", "get", "resolve",
+__all__ = ["Backend", "PRECISIONS", "CPUBackend", "CUDABackend", "HPUBackend", "PRIORITY", "DEVICE_CHOICES", "get", "resolve",
            "availability"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,20 +19,19 @@ from dropbp.core.policy import StepPolicy
 from dropbp.core.errors import ConfigError
 
 
-@runtime_checkable
-class StepBoundary(Protocol):
-    """The seam between a training-loop driver and a device: what must run after each backward and after each
-    optimizer step (a graph cut on lazy-mode Gaudi; nothing on eager devices)."""
-
-    def after_backward(self) -> None:
-        """Step boundary after the backward pass."""
-
-    def after_optimizer_step(self) -> None:
-        """Step boundary after ``optimizer.step()``."""
+#: Every precision name: (weight dtype, autocast dtype or None). ``auto`` means :attr:`Backend.default_precision`.
+PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
+    "fp32": (torch.float32, None),
+    "bf16": (torch.bfloat16, None),
+    "fp16": (torch.float16, None),
+    "mixed-bf16": (torch.float32, torch.bfloat16),
+    "mixed-fp16": (torch.float32, torch.float16),
+}
 
 
 class Backend(ABC):
-    """A device adapter. Device quirks live only in subclasses; core code calls these methods and nothing else."""
+    """A device adapter. Device quirks live only in subclasses; drivers (recipes, benchmarks, your own loop) call
+    these methods and nothing device-specific."""
 
     name: ClassVar[str]
     #: True where every distinct drop mask becomes a separately compiled graph (lazy-mode Gaudi).
@@ -44,8 +42,8 @@ class Backend(ABC):
     compile_backend: ClassVar[str] = "inductor"
     #: False for the host CPU; True for devices with their own memory (peak-memory counter, out-of-memory errors).
     accelerator: ClassVar[bool] = True
-    #: The precision ``auto`` means on this device.
-    default_precision: ClassVar[str] = "bf16"
+    #: The precision ``auto`` means on this device (a key of :data:`PRECISIONS`): fp32 weights with bf16 autocast.
+    default_precision: ClassVar[str] = "mixed-bf16"
     #: The ``torch.distributed`` backend ranks on this device talk through.
     distributed_backend: ClassVar[str] = "gloo"
 
@@ -53,6 +51,20 @@ class Backend(ABC):
     @abstractmethod
     def unavailable_reason(cls) -> str | None:
         """None when the device can be used here; otherwise one paragraph saying what is missing and how to get it."""
+
+    @classmethod
+    def resolve_precision(cls, name: str) -> str:
+        """``auto`` -> this device's :attr:`default_precision`; any other name unchanged. The one place ``auto``
+        precision is decided, for recipes, ports and benchmarks alike."""
+        return cls.default_precision if name == "auto" else name
+
+    @classmethod
+    def precision_dtypes(cls, name: str) -> tuple[torch.dtype, torch.dtype | None]:
+        """(weight dtype, autocast dtype or None) of precision ``name`` on this device."""
+        resolved = cls.resolve_precision(name)
+        if resolved not in PRECISIONS:
+            raise ConfigError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {name!r}.")
+        return PRECISIONS[resolved]
 
     @classmethod
     def is_available(cls) -> bool:
@@ -124,6 +136,15 @@ class Backend(ABC):
         """Seed the default generator of this device (for model init and dropout, not for drop decisions)."""
         torch.manual_seed(seed)
 
+    def rng_state(self) -> dict[str, Any]:
+        """The state of every random generator a training step may draw from (dropout, sampling): the CPU's, and
+        the device's own where it has one. A checkpoint saves it; :meth:`set_rng_state` puts it back."""
+        return {"cpu": torch.get_rng_state()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` saved (on the same kind of device)."""
+        torch.set_rng_state(state["cpu"])
+
     def compile(self, model: torch.nn.Module, *, backend: str | None = None,
                 recompile_limit: int | None = None) -> torch.nn.Module:
         """``torch.compile`` the model (inductor unless ``backend`` names another dynamo backend).
@@ -160,15 +181,9 @@ class Backend(ABC):
 
         return int(counters["stats"]["unique_graphs"])
 
-    @contextlib.contextmanager
-    def timed_region(self) -> Iterator[None]:
-        """Synchronise before and after the block, so that a timer around it measures finished device work."""
-        self.synchronize()
-        yield
-        self.synchronize()
-
     def bind_local_rank(self, local_rank: int) -> None:
-        """Make this process use its own device among several on a node (before the backend is created)."""
+        """Make this process use its own device among several on a node (called once, right after the backend is
+        created, before any tensor is placed)."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about the device."""

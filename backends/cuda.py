@@ -1,6 +1,8 @@
 """CUDA backend (NVIDIA GPUs): autocast, peak-memory stats, synchronisation and seeding through torch.cuda."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .base import Backend
@@ -48,6 +50,13 @@ class CUDABackend(Backend):
 
     def empty_cache(self) -> None:
         torch.cuda.empty_cache()
+
+    def rng_state(self) -> dict[str, Any]:
+        return {**super().rng_state(), "cuda": torch.cuda.get_rng_state_all()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        super().set_rng_state(state)
+        torch.cuda.set_rng_state_all(state["cuda"])
 
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)

@@ -33,6 +33,7 @@ LAZY_ENV = "PT_HPU_LAZY_MODE"
 CORE_MODULE = "habana_frameworks.torch.core"
 METRICS_MODULE = "habana_frameworks.torch.hpu.metrics"
 INTERNAL_MODULE = "habana_frameworks.torch.utils.internal"
+RANDOM_MODULE = "habana_frameworks.torch.hpu.random"  # get_rng_state / set_rng_state of the Gaudi generator
 DYNAMO_MODULE = "habana_frameworks.torch.dynamo"  # registers the "hpu_backend" dynamo backend
 GRAPH_COMPILATION_METRIC = "graph_compilation"
 HPU_GRAPHS_REFUSED = (
@@ -139,6 +140,13 @@ class HPUBackend(Backend):
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         torch.hpu.manual_seed(seed)
+
+    def rng_state(self) -> dict[str, Any]:
+        return {**super().rng_state(), "hpu": importlib.import_module(RANDOM_MODULE).get_rng_state()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        super().set_rng_state(state)
+        importlib.import_module(RANDOM_MODULE).set_rng_state(state["hpu"])
 
     def compile(self, model: torch.nn.Module, *, backend: str | None = None,
                 recompile_limit: int | None = None) -> torch.nn.Module:

@@ -19,7 +19,7 @@ from dropbp.recipes.model.build import apply_method, build_model
 from dropbp.recipes.report.publish import environment, pyplot
 from dropbp.recipes.config.fields import check_choice, check_positive, setting
 from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import training_step
+from dropbp.recipes.training.step import StepRunner
 
 from .common import BenchSettings, run_benchmark
 
@@ -63,9 +63,10 @@ def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, s
     batch = torch.randint(0, dropbp.shape.vocab, (1, seq_len), generator=torch.Generator().manual_seed(seed))
     start_count = backend.compile_count() or 0
     cumulative, masks = [], set()
+    runner = StepRunner(compiled, backend, optimizer, dropbp)
     start = time.perf_counter()
     for step in progress_bar(range(steps), desc=f"compiles ({sampler})", enabled=progress):
-        training_step(compiled, batch.to(backend.device), optimizer, dropbp, backend, step)
+        runner.step(step, [batch.to(backend.device)])
         masks.add(dropbp.mask)
         cumulative.append((backend.compile_count() or 0) - start_count)
     elapsed = time.perf_counter() - start

@@ -25,7 +25,7 @@ from dropbp.core.branches import find_branches
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.progress import progress_bar
-from dropbp.core.schedule import AllocationSchedule
+from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.recipes.config.options import drop_rates_field, method_field, model_field, pool_size_field
 from dropbp.recipes.data.corpus import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
 from dropbp.recipes.model.build import apply_method, build_model
@@ -33,7 +33,7 @@ from dropbp.recipes.report.publish import environment, pyplot
 from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_number, check_positive, option_name,
                                             setting)
 from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import training_step
+from dropbp.recipes.training.step import StepRunner
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_CONVERGENCE
@@ -111,10 +111,11 @@ def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, ba
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
     start = time.perf_counter()
     model.train()
+    runner = StepRunner(model, backend, optimizer)
     bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
     for step in bar:
         batch = batch_at(pretrain_tokens, step, settings.batch_size, settings.seq_len, settings.seed + 1)
-        loss = training_step(model, batch.to(backend.device), optimizer, None, backend, step)
+        loss = runner.step(step, [batch.to(backend.device)]).loss
         bar.set_postfix(loss=f"{loss:.3f}")
     info.update(from_cache=False, pretrain_time_s=time.perf_counter() - start, pretrain_final_loss=loss)
     save_state(model, path)
@@ -192,6 +193,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
                                       allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
     flops_model = FlopsModel(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    runner = StepRunner(model, backend, optimizer, None if rate is None else dropbp)
     max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
     curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
     flops = elapsed = 0.0
@@ -203,7 +205,7 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         start = time.perf_counter()
         if schedule is not None:
             schedule.before_step(step, batch)
-        training_step(model, batch, optimizer, None if rate is None else dropbp, backend, step)
+        runner.step(step, [batch])
         backend.synchronize()
         elapsed += time.perf_counter() - start
         flops += flops_model.step(batch.numel(), no_backward=dropbp.mask if rate is not None else ())

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dropbp.backends import Backend
+from dropbp.backends import PRECISIONS, Backend
 from dropbp.core.allocation import uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
@@ -30,14 +30,13 @@ from dropbp.recipes.config.options import (
     pool_size_field,
     precision_field,
     resolve_model,
-    resolve_precision,
 )
-from dropbp.recipes.config.presets import PRECISIONS, check_method, check_model, model_dtype
+from dropbp.recipes.config.presets import check_method, check_model
 from dropbp.recipes.model.build import DEFAULT_LORA_RANK, apply_method, build_model, check_fits
 from dropbp.recipes.report.publish import environment, mib, pyplot
 from dropbp.recipes.config.fields import check_choice, check_drop_rates, check_positive, setting
 from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import training_step
+from dropbp.recipes.training.step import StepRunner
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
@@ -74,7 +73,7 @@ class MemorySettings(BenchSettings):
     def resolve(self, backend: type[Backend]) -> "MemorySettings":
         """``auto`` model and precision as they are on ``backend``."""
         return replace(self, model=resolve_model(self.model, backend),
-                       precision=resolve_precision(self.precision, backend))
+                       precision=backend.resolve_precision(self.precision))
 
 
 def state_bytes(model: torch.nn.Module) -> int:
@@ -118,7 +117,7 @@ class _Prober:
     """Answers "does a step at this length fit?" for one drop rate (None: the unwrapped baseline)."""
 
     def __init__(self, model, dropbp: DropBP, backend, rate: float | None, budget: int | None, pool_size: int,
-                 seed: int, vocab: int, predictor: MemoryModel) -> None:
+                 seed: int, vocab: int, predictor: MemoryModel, autocast: torch.dtype | None = None) -> None:
         self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
         self.predictor = predictor
         self.vocab, self.seed = vocab, seed
@@ -128,6 +127,7 @@ class _Prober:
             self.masks = [row.tolist() for row in pool.pool]
         self.worst: int | None = None  # index of the pool entry that saved the most at the first probe
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        self.runner = StepRunner(model, backend, self.optimizer, None if rate is None else dropbp, autocast)
         self.probes: list[dict[str, Any]] = []
 
     def _batch(self, seq_len: int, batch_size: int) -> torch.Tensor:
@@ -149,8 +149,7 @@ class _Prober:
         self._wrap()
         self.backend.reset_peak_memory()
         try:
-            training_step(self.model, batch, self.optimizer, None if self.rate is None else self.dropbp,
-                          self.backend, 0, mask=None if self.rate is None else mask)
+            self.runner.step(0, [batch], mask=None if self.rate is None else mask)
             return True, self.backend.peak_memory_bytes()
         except Exception as error:  # noqa: BLE001 - only out-of-memory is expected; anything else is re-raised
             if not self.backend.is_out_of_memory(error):
@@ -196,14 +195,15 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
         if settings.budget_gb is not None:
             raise ConfigError("--budget-gb applies to the CPU only; on a device the budget is its memory.")
         budget = None
-    dtype = model_dtype(settings.precision, backend)
+    dtype, autocast = backend.precision_dtypes(settings.precision)
     check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes())
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed),
                          settings.method, seed=settings.seed).train()
     dropbp = DropBP(model, 0.0, seed=settings.seed)
     width = torch.finfo(dtype).bits // 8
+    act_width = torch.finfo(autocast or dtype).bits // 8  # activations are in the autocast dtype
     predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=DEFAULT_LORA_RANK if settings.method != "full" else 0,
-                                       act_bytes=width, weight_bytes=width)
+                                       act_bytes=act_width, weight_bytes=width)
     state = state_bytes(model)
     if budget is not None and state >= budget:
         raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
@@ -212,7 +212,7 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     bar = progress_bar(total=len(rates) + 1, desc="bench memory", enabled=progress)
     for rate in [None, *rates]:
         prober = _Prober(model, dropbp, backend, rate, budget, settings.pool_size, settings.seed,
-                         dropbp.shape.vocab or 256, predictor)
+                         dropbp.shape.vocab or 256, predictor, autocast)
         best = longest_fitting(lambda s: prober.fits(s, settings.batch_size, state), settings.max_seq_len,
                                on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
         entry = {"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dropbp.backends import Backend
+from dropbp.backends import PRECISIONS, Backend
 from dropbp.core.allocation import drop_fraction, uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
@@ -27,12 +27,12 @@ from dropbp.recipes.config.options import (
     pool_size_field,
     precision_field,
     resolve_model,
-    resolve_precision,
     resolve_sampler,
     sampler_field,
 )
-from dropbp.recipes.config.presets import PRECISIONS, check_method, check_model, check_seq_len, model_dtype
+from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
 from dropbp.recipes.model.build import apply_method, build_model, check_fits
+from dropbp.recipes.training.step import StepRunner
 from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
                                             check_positive, setting)
 
@@ -77,11 +77,11 @@ class ThroughputSettings(BenchSettings):
     def resolve(self, backend: type[Backend]) -> "ThroughputSettings":
         """``auto`` model, sampler and precision as they are on ``backend``."""
         return replace(self, model=resolve_model(self.model, backend), sampler=resolve_sampler(self.sampler, backend),
-                       precision=resolve_precision(self.precision, backend))
+                       precision=backend.resolve_precision(self.precision))
 
-    def dtype_for(self, backend: Any) -> torch.dtype:
-        """The model dtype for this run on ``backend`` (see :func:`model_dtype`)."""
-        return model_dtype(self.precision, backend)
+    def dtypes_for(self, backend: Backend | type[Backend]) -> tuple[torch.dtype, torch.dtype | None]:
+        """(weight dtype, autocast dtype or None) of this run's precision on ``backend``."""
+        return backend.precision_dtypes(self.precision)
 
 
 def linear_limit(value_all_dropped: float, value_baseline: float, dropped_fraction: float) -> float:
@@ -113,8 +113,8 @@ def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
     return configs
 
 
-def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP, batch: torch.Tensor,
-              optimizer: torch.optim.Optimizer, backend: Any, compiled: bool) -> tuple[float, float, float]:
+def _run_step(config: _Config, step: int, runners: dict[bool, StepRunner], dropbp: DropBP, batch: torch.Tensor,
+              backend: Any, compiled: bool) -> tuple[float, float, float]:
     """One timed training step; returns its (forward, backward, optimizer) seconds, the device synchronised
     between phases so each phase's queued work is counted in it."""
     baseline = config.drop_rate is None
@@ -124,25 +124,14 @@ def _run_step(config: _Config, step: int, model: torch.nn.Module, dropbp: DropBP
         # compiled: taking hooks off and on would invalidate every cached graph each round, so the baseline keeps
         # them with nothing dropped; hooks that drop nothing trace away, leaving the unwrapped model's graph
         dropbp.attach()
-    engine = None if baseline and not compiled else dropbp
+    with_engine = not (baseline and not compiled)
     backend.reset_peak_memory()
-    backend.synchronize()
-    start = time.perf_counter()
-    if engine is not None:
-        engine.begin_step(step, mask="none" if baseline else config.masks(step))
-    with backend.autocast(None):
-        loss = model(input_ids=batch, labels=batch).loss
-    backend.synchronize()
-    forward_done = time.perf_counter()
-    backend.backward(loss, engine)
-    backend.synchronize()
-    backward_done = time.perf_counter()
-    backend.optimizer_step(optimizer)
-    backend.synchronize()
-    end = time.perf_counter()
+    result = runners[with_engine].step(step, [batch], mask=("none" if baseline else config.masks(step))
+                                       if with_engine else None)
     if config.drop_rate is not None:
         config.used_masks.append(list(dropbp.mask))
-    return forward_done - start, backward_done - forward_done, end - backward_done
+    assert result.phases is not None
+    return result.phases
 
 
 def _saved_bytes(config: _Config, steps: Sequence[int], model: torch.nn.Module, dropbp: DropBP,
@@ -167,7 +156,7 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
     settings.validate()
     if settings.compile:
         backend.check_compile_backend(settings.compile_backend or backend.compile_backend)
-    dtype = settings.dtype_for(backend)
+    dtype, autocast = settings.dtypes_for(backend)
     check_fits(settings.model, dtype=dtype, method=settings.method, capacity_bytes=backend.memory_capacity_bytes(),
                **settings.model_overrides)
     model = apply_method(build_model(settings.model, dtype=dtype, device=backend.device, seed=settings.seed,
@@ -184,6 +173,8 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
         limit = len(configs) * settings.pool_size + 8 if settings.sampler == "pool" else 4096
         model = backend.compile(model, backend=settings.compile_backend, recompile_limit=limit)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    runners = {with_engine: StepRunner(model, backend, optimizer, dropbp if with_engine else None, autocast,
+                                       timed=True) for with_engine in (False, True)}
     warmup = settings.warmup
     if settings.sampler == "pool" and (settings.compile or backend.compiles_per_mask):
         warmup = max(warmup, settings.pool_size)  # steps 0..K-1 replay every pool entry: all graphs compile here
@@ -193,7 +184,7 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
         shift = round_index % len(configs)
         for config in configs[shift:] + configs[:shift]:
             before = backend.compile_count() if settings.compile else 0
-            phases = _run_step(config, round_index, model, dropbp, batch, optimizer, backend, settings.compile)
+            phases = _run_step(config, round_index, runners, dropbp, batch, backend, settings.compile)
             elapsed = sum(phases)
             compiles = (backend.compile_count() - before) if settings.compile else 0
             if round_index < warmup:

@@ -11,7 +11,6 @@ Where a branch is wrapped (pre-norm decoder block, Llama naming)::
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,60 +22,14 @@ from .allocation import drop_fraction, uniform_rates, validate_rates
 from .branches import Branch, Patterns, find_branches
 from .dynamo_settings import guard_module_hooks
 from .errors import ConfigError
+from .hooks import Hook, detach_outputs
+from .masks import MaskSpec, parse_mask
 from .samplers import Sampler, check_seed, make_sampler, next_step
+from .state import check_state
 
-MaskSpec = Sequence[bool] | Sequence[int] | torch.Tensor | Iterable[str] | str
-
-
-def _inert(*args: Any) -> None:
-    """What a DropBP hook becomes in a pickled model (``torch.save(model)``): nothing. The loaded model is unwrapped."""
-
-
-def _inert_hook() -> Any:
-    """Unpickling a DropBP hook gives :func:`_inert`."""
-    return _inert
-
-
-class _Hook:
-    """One of an engine's forward hooks (``kind``: 'root' on the model, 'pre'/'post' on branch ``index``).
-
-    An object rather than a closure, so that copies behave: ``copy.deepcopy`` of a wrapped model copies the engine
-    with it (the copy carries its own engine, found with :meth:`DropBP.of`), and pickling stores an inert hook (the
-    saved model is unwrapped; wrap it again after loading).
-    """
-
-    __slots__ = ("engine", "kind", "index")
-
-    def __init__(self, engine: "DropBP", kind: str, index: int = -1) -> None:
-        self.engine, self.kind, self.index = engine, kind, index
-
-    def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
-        if self.kind == "pre":
-            return self.engine._before_branch(self.index, module)
-        if self.kind == "post":
-            return self.engine._after_branch(self.index, output)
-        if self.kind == "root_post":
-            return self.engine._after_model(module, output)
-        return self.engine._recover()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> "_Hook":
-        return _Hook(copy.deepcopy(self.engine, memo), self.kind, self.index)
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return _inert_hook, ()
-
-
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
-    if isinstance(value, list):
-        return [_detach(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
-
+#: The step counters behind :meth:`DropBP.report`, kept in :meth:`DropBP.state_dict`.
+COUNTERS = ("steps_counted", "all_dropped_steps", "skipped_backward_steps", "uncounted_steps",
+            "no_trainable_path_steps", "interrupted_forwards")
 
 class DropBP:
     """Apply DropBP to a Hugging Face decoder in place (forward hooks only: ``state_dict`` keys do not change).
@@ -183,7 +136,7 @@ class DropBP:
             return None
         self._grad_mode[index] = None
         torch.set_grad_enabled(previous)
-        return _detach(output)
+        return detach_outputs(output)
 
     def _after_model(self, module: nn.Module, output: Any) -> Any:
         if not (module.training and torch.is_grad_enabled() and any(self._mask)):
@@ -222,7 +175,7 @@ class DropBP:
         """The engine whose hooks are on ``model`` or on any module inside it, or None."""
         for module in model.modules():
             for hook in module._forward_pre_hooks.values():
-                if isinstance(hook, _Hook) and hook.kind == "pre" and hook.engine.attached:
+                if isinstance(hook, Hook) and hook.kind == "branch_pre" and hook.engine.attached:
                     return hook.engine
         return None
 
@@ -268,26 +221,7 @@ class DropBP:
 
     def parse_mask(self, mask: MaskSpec) -> list[bool]:
         """Turn a mask given as bools/ints per branch, a tensor, branch names, 'all' or 'none' into bools."""
-        n = len(self.branches)
-        if isinstance(mask, str):
-            if mask in ("all", "none"):
-                return [mask == "all"] * n
-            mask = [mask]
-        if isinstance(mask, torch.Tensor):
-            mask = mask.tolist()
-        items = list(mask)
-        if items and all(isinstance(m, str) for m in items):
-            names = {b.name for b in self.branches}
-            unknown = sorted(set(items) - names)
-            if unknown:
-                raise ConfigError(f"mask names unknown branches {unknown}; known: {sorted(names)}.")
-            return [b.name in set(items) for b in self.branches]
-        if len(items) != n or not all(isinstance(m, (bool, int)) and m in (0, 1) for m in items):
-            raise ConfigError(
-                f"mask must be {n} booleans (one per branch, True = dropped), a list of branch names, 'all' or "
-                f"'none'; got {mask!r}."
-            )
-        return [bool(m) for m in items]
+        return parse_mask(mask, [b.name for b in self.branches])
 
     @contextlib.contextmanager
     def forced_mask(self, mask: MaskSpec) -> Iterator[tuple[bool, ...]]:
@@ -309,12 +243,24 @@ class DropBP:
     def reset_counters(self) -> None:
         """Forget the realised-rate statistics."""
         self.drop_counts = [0] * len(self.branches)
-        self.steps_counted = 0
-        self.all_dropped_steps = 0
-        self.skipped_backward_steps = 0
-        self.uncounted_steps = 0
-        self.no_trainable_path_steps = 0
-        self.interrupted_forwards = 0
+        for name in COUNTERS:
+            setattr(self, name, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state a resumed run needs to continue as if never stopped: the rates in force, the last step
+        and every counter behind :meth:`report`. Masks need nothing more: they are a function of (seed, step)."""
+        return {"branches": [b.name for b in self.branches], "rates": list(self.rates), "step": self.step,
+                "drop_counts": list(self.drop_counts), **{name: getattr(self, name) for name in COUNTERS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (refused, with nothing changed, for another model's branches)."""
+        check_state("DropBP", state, ("branches", "rates", "step", "drop_counts", *COUNTERS),
+                    names=[b.name for b in self.branches])
+        self.set_rates(state["rates"])
+        self.step = None if state["step"] is None else int(state["step"])
+        self.drop_counts = [int(count) for count in state["drop_counts"]]
+        for name in COUNTERS:
+            setattr(self, name, int(state[name]))
 
     def realized_rates(self) -> list[float]:
         """Per-branch fraction of counted steps in which the branch was dropped."""
@@ -366,11 +312,11 @@ class DropBP:
         guard_module_hooks()
         self._mask = (False,) * len(self.branches)
         self._grad_mode = [None] * len(self.branches)
-        self._handles.append(self._model.register_forward_pre_hook(_Hook(self, "root")))
-        self._handles.append(self._model.register_forward_hook(_Hook(self, "root_post")))
+        self._handles.append(self._model.register_forward_pre_hook(Hook(self, "model_pre")))
+        self._handles.append(self._model.register_forward_hook(Hook(self, "model_post")))
         for index, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_pre_hook(_Hook(self, "pre", index)))
-            self._handles.append(module.register_forward_hook(_Hook(self, "post", index), always_call=True))
+            self._handles.append(module.register_forward_pre_hook(Hook(self, "branch_pre", index)))
+            self._handles.append(module.register_forward_hook(Hook(self, "branch_post", index), always_call=True))
 
     def remove(self) -> None:
         """Take every hook off the model; it then behaves exactly as before wrapping."""

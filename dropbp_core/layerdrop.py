@@ -20,9 +20,12 @@ from torch import nn
 from .branches import find_blocks
 from .errors import ConfigError
 from .samplers import check_seed, next_step, step_generator
+from .state import check_state
 
 #: ``keep_probability(step, layer_position, num_layers)`` for layer positions 1..num_layers (1 = nearest the input).
 KeepSchedule = Callable[[int, int, int], float]
+#: The counters behind :meth:`LayerDrop.realized_drop_fraction`, kept in :meth:`LayerDrop.state_dict`.
+LAYERDROP_COUNTERS = ("dropped_blocks", "steps_counted", "skipped_backward_steps")
 
 
 def pld_keep_probability(step: int, position: int, num_layers: int, *, theta_bar: float = 0.5,
@@ -140,9 +143,30 @@ class LayerDrop:
         """The blocks dropped in the current step (True = dropped)."""
         return self._mask
 
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state a resumed run needs (the last step and the counters; masks are a function of
+        (seed, step) and the schedule)."""
+        return {"blocks": [name for name, _ in self.blocks], "step": self.step, **{k: getattr(self, k) for k in
+                                                                                  LAYERDROP_COUNTERS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (refused, with nothing changed, for another model's blocks)."""
+        check_state(type(self).__name__, state, ("blocks", "step", *LAYERDROP_COUNTERS),
+                    names=[name for name, _ in self.blocks], saved_names="blocks")
+        self.step = None if state["step"] is None else int(state["step"])
+        for name in LAYERDROP_COUNTERS:
+            setattr(self, name, int(state[name]))
+
     def realized_drop_fraction(self) -> float:
         """Fraction of blocks dropped over the counted steps."""
         return self.dropped_blocks / max(1, self.steps_counted * len(self.blocks))
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready summary: the method, the seed, the step counts and the fraction of blocks dropped."""
+        return {"method": self.name, "seed": self.seed, "steps": self.steps_counted,
+                "dropped_blocks": self.dropped_blocks, "skipped_backward_steps": self.skipped_backward_steps,
+                "realized_drop_fraction": self.realized_drop_fraction(),
+                "blocks": [name for name, _ in self.blocks]}
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
         """``loss.backward()``, unless the step left nothing trainable in the graph (then skipped and counted)."""

@@ -28,6 +28,18 @@ class StepPolicy(Protocol):
         """The share of the work dropped so far (FLOPs-weighted for DropBP, blocks for LayerDrop)."""
         ...
 
+    def report(self) -> dict[str, Any]:
+        """JSON-ready summary of what was asked and what was realised."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state that a resumed run restores with :meth:`load_state_dict`."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        ...
+
     def remove(self) -> None:
         """Restore the model."""
         ...

@@ -35,6 +35,7 @@ from .engine import DropBP
 from .errors import ConfigError
 from .progress import progress_bar
 from .seeding import reseed, seeded
+from .state import check_state
 
 Batch = torch.Tensor | Mapping[str, Any]
 SENSITIVITY_METHODS: tuple[str, ...] = ("exact", "fast")
@@ -345,6 +346,19 @@ class OnlineSensitivity:
                 self.values[index] = value if old is None else self.decay * old + (1 - self.decay) * value
                 self.updates[index] += 1
         self.probe.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moving averages and how many steps fed each (JSON-ready)."""
+        return {"values": list(self.values), "updates": list(self.updates)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        check_state("OnlineSensitivity", state, ("values", "updates"))
+        if len(state["values"]) != len(self.values) or len(state["updates"]) != len(self.updates):
+            raise ConfigError(f"OnlineSensitivity state holds {len(state['values'])} branches, this model has "
+                              f"{len(self.values)}.")
+        self.values = [None if v is None else float(v) for v in state["values"]]
+        self.updates = [int(u) for u in state["updates"]]
 
     def current(self) -> list[float] | None:
         """The latest estimates; branches never kept so far get the mean of the others. None before any update."""

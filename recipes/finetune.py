@@ -21,60 +21,31 @@ import torch
 from torch import nn
 
 from dropbp import backends
+from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
-from dropbp.core.schedule import AllocationSchedule
 from dropbp.core.techniques import Applied, apply_technique
-from dropbp.recipes.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.loader import dump_yaml, read_yaml
-from dropbp.recipes.training.distributed import World, join, world_from_environment
-from dropbp.recipes.data.instruct import IGNORE, RecipeData, load_data, render
-from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
+from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
-from dropbp.recipes.report.publish import pyplot, write_text_atomic
 from dropbp.recipes.config.schema import Recipe, load_recipe
+from dropbp.recipes.data.instruct import RecipeData, load_data, render
+from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
 from dropbp.recipes.model.tokenizers import Tokenizer, load_tokenizer
+from dropbp.recipes.report.plots import plot_training_curve
+from dropbp.recipes.report.publish import write_text_atomic
+from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, latest_checkpoint, load_checkpoint,
+                                                save_checkpoint)
+from dropbp.recipes.training.distributed import World, join, world_from_environment
+from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
+from dropbp.recipes.training.lr import lr_scheduler
+from dropbp.recipes.training.step import StepRunner
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
-
-
-def resolve_precision(precision: str, backend: backends.Backend) -> tuple[torch.dtype, torch.dtype | None]:
-    """(weight dtype, autocast dtype or None) of a recipe precision on ``backend``."""
-    if precision == "auto":
-        precision = "mixed-bf16" if backend.accelerator else "fp32"
-    weights = torch.bfloat16 if precision == "bf16" else torch.float32
-    autocast = {"mixed-bf16": torch.bfloat16, "mixed-fp16": torch.float16}.get(precision)
-    return weights, autocast
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def _flat(recipe: Recipe) -> dict[str, Any]:
-    def walk(value: Any, prefix: str) -> dict[str, Any]:
-        if dataclasses.is_dataclass(value):
-            out: dict[str, Any] = {}
-            for f in dataclasses.fields(value):
-                if f.metadata.get("cli", True):
-                    out.update(walk(getattr(value, f.name), f"{prefix}{f.name}."))
-            return out
-        return {prefix[:-1]: value}
-
-    return walk(recipe, "")
 
 
 class FineTune:
@@ -93,8 +64,8 @@ class FineTune:
             if not saved.is_file() or latest_checkpoint(self.out / "checkpoints") is None:
                 raise ConfigError(f"--resume: {self.out} holds no run to resume (no recipe.yaml or no checkpoint); "
                                   "start it without --resume.")
-            before = _flat(load_recipe(read_yaml(saved), base_dir=self.out))
-            now = _flat(recipe.with_absolute_paths())
+            before = load_recipe(read_yaml(saved), base_dir=self.out).flat()
+            now = recipe.with_absolute_paths().flat()
             changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
             if changed:
                 raise ConfigError(f"--resume: the recipe differs from the one {self.out} was started with, in "
@@ -110,7 +81,7 @@ class FineTune:
         self.backend = self.backend_class()
         self.backend.bind_local_rank(self.world.local_rank)
         join(self.world, self.backend_class)
-        self.weights_dtype, self.autocast = resolve_precision(recipe.train.precision, self.backend)
+        self.weights_dtype, self.autocast = self.backend.precision_dtypes(recipe.train.precision)
         spec = recipe.model
         self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.name, is_preset=spec.name in PRESETS,
                                                    local_only=not downloads_allowed(),
@@ -152,9 +123,11 @@ class FineTune:
                                                                     weight_decay=recipe.optim.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, recipe.optim.warmup_steps, self.total_steps, recipe.optim.schedule))
-        self.scaler = torch.amp.GradScaler(self.backend.device.type) if self.autocast == torch.float16 else None
+        self.scheduler = lr_scheduler(self.optimizer, recipe.optim.warmup_steps, self.total_steps,
+                                      recipe.optim.schedule)
+        scaler = torch.amp.GradScaler(self.backend.device.type) if self.autocast == torch.float16 else None
+        self.runner = StepRunner(self.forward_model, self.backend, self.optimizer, self.policy, self.autocast, scaler,
+                                 recipe.optim.max_grad_norm, self.scheduler)
         self.start_step = 0
         self.rows: list[dict[str, Any]] = []
         if self.resume:
@@ -189,116 +162,73 @@ class FineTune:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, stop_after_steps=None))
         return recipe.to_data()
 
+    def _stateful(self) -> dict[str, Any]:
+        """The run's parts that own state beyond weights, optimizer and schedule, by checkpoint key."""
+        return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.schedule}
+
     def _restore(self) -> None:
         folder = latest_checkpoint(self.out / "checkpoints")
         assert folder is not None
-        state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.backend.set_rng_state)
         self.start_step = int(state["step"])
-        if self.dropbp is not None:
-            self.dropbp.set_rates(state["dropbp"]["rates"])
-            self.dropbp.drop_counts = list(state["dropbp"]["drop_counts"])
-            self.dropbp.steps_counted = int(state["dropbp"]["steps_counted"])
-            self.dropbp.all_dropped_steps = int(state["dropbp"]["all_dropped_steps"])
+        for key, owner in self._stateful().items():
+            if owner is not None:
+                owner.load_state_dict(state[key])
         with open(self.out / "metrics.csv", newline="") as handle:
             self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= self.start_step]
         print(f"resumed from {folder} (step {self.start_step} of {self.total_steps})")
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
+    def _autocast(self) -> Any:
+        return self.backend.autocast(self.autocast)
+
     def validation_loss(self) -> float:
         """Token-weighted mean loss over the validation windows (eval mode: nothing dropped)."""
-        self.model.eval()
-        size = self.recipe.train.micro_batch_size
-        batches = range(0, len(self.data.val_ids), size)
-        if self.recipe.train.eval_batches is not None:
-            batches = batches[:self.recipe.train.eval_batches]
-        total, count = 0.0, 0
-        for start in batches:
-            ids = self.data.val_ids[start:start + size].to(self.backend.device)
-            labels = self.data.val_labels[start:start + size].to(self.backend.device)
-            tokens = int((labels[:, 1:] != IGNORE).sum())
-            if tokens == 0:
-                continue
-            with self.backend.autocast(self.autocast):
-                loss = self.model(input_ids=ids, labels=labels).loss
-            total += float(loss) * tokens
-            count += tokens
-        self.model.train()
-        return total / max(count, 1)
+        return validation_loss(self.model, self.data.val_ids, self.data.val_labels, self.recipe.train.micro_batch_size,
+                               self.backend.device, self._autocast, self.recipe.train.eval_batches)
 
-    @torch.no_grad()
     def exact_match(self) -> float | None:
-        """Share of held-out prompts whose greedy answer equals the reference answer exactly."""
+        """Share of held-out prompts whose greedy answer equals the reference answer exactly (None when off)."""
         n = self.recipe.train.exact_match
         if n == 0 or self.recipe.data.format != "alpaca":
             return None
-        self.model.eval()
-        hits = 0
-        records = self.data.val_records[:n]
-        for record in records:
-            prompt, answer = render(record, self.recipe.data, self.tokenizer, "data.validation")
-            ids = self.tokenizer.encode(prompt)
-            produced: list[int] = []
-            for _ in range(self.recipe.train.max_new_tokens):
-                window = torch.tensor([(ids + produced)[-self.recipe.data.seq_len:]], device=self.backend.device)
-                with self.backend.autocast(self.autocast):
-                    logits = self.model(input_ids=window).logits
-                token = int(logits[0, -1].argmax())
-                if token == self.tokenizer.eos_token_id:
-                    break
-                produced.append(token)
-            hits += self.tokenizer.decode(produced).strip() == answer.strip()
-        self.model.train()
-        return hits / len(records)
+        pairs = [render(record, self.recipe.data, self.tokenizer, "data.validation")
+                 for record in self.data.val_records[:n]]
+        return greedy_exact_match(self.model, [self.tokenizer.encode(prompt) for prompt, _ in pairs],
+                                  [answer for _, answer in pairs], self.tokenizer.decode,
+                                  self.tokenizer.eos_token_id, seq_len=self.recipe.data.seq_len,
+                                  max_new_tokens=self.recipe.train.max_new_tokens, device=self.backend.device,
+                                  autocast=self._autocast)
 
     # -- training ------------------------------------------------------------------------------------------------
-    def _micro_step(self, step: int, micro: int) -> tuple[float, int]:
-        train = self.recipe.train
-        size, world = train.micro_batch_size, self.world
-        ids, labels = self.data.batch(step, micro, train.grad_accum, size, world.rank, world.size)
-        ids, labels = ids.to(self.backend.device), labels.to(self.backend.device)
-        if micro == 0 and self.schedule is not None:  # every rank measures on the same (rank 0's) windows
-            first = ids if world.rank == 0 else self.data.batch(step, 0, train.grad_accum, size, 0, world.size)[0]
-            self.schedule.before_step(step, first.to(self.backend.device))
-        if micro == 0 and self.policy is not None:
-            self.policy.begin_step(step)
-            if train.log_masks:
-                with open(self.out / f"masks-rank{world.rank}.csv", "a") as handle:
-                    handle.write(f"{step},{''.join('1' if m else '0' for m in self.policy.mask)}\n")
-        with self.backend.autocast(self.autocast):
-            loss = self.forward_model(input_ids=ids, labels=labels).loss
-        scaled = loss / train.grad_accum
-        if self.scaler is not None:
-            scaled = self.scaler.scale(scaled)
-        self.backend.backward(scaled, self.policy)
-        return float(loss.detach()), ids.numel()
+    def _batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches of optimizer step ``step``, on the device."""
+        train, world, device = self.recipe.train, self.world, self.backend.device
+        return [tuple(t.to(device) for t in self.data.batch(step, micro, train.grad_accum, train.micro_batch_size,
+                                                              world.rank, world.size))
+                for micro in range(train.grad_accum)]
 
-    def _optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.recipe.optim.max_grad_norm is not None:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if params:
-                torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.max_grad_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.backend.after_optimizer_step()
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.backend.optimizer_step(self.optimizer)
-        self.scheduler.step()
+    def _before_step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Re-derive the drop rates when the allocation schedule says so; every rank measures on rank 0's windows."""
+        if self.schedule is None:
+            return
+        train, world = self.recipe.train, self.world
+        first = batches[0][0] if world.rank == 0 else self.data.batch(step, 0, train.grad_accum,
+                                                                      train.micro_batch_size, 0, world.size)[0]
+        self.schedule.before_step(step, first.to(self.backend.device))
+
+    def _log_mask(self, step: int) -> None:
+        if self.recipe.train.log_masks and self.policy is not None:
+            with open(self.out / f"masks-rank{self.world.rank}.csv", "a") as handle:
+                handle.write(f"{step},{''.join('1' if m else '0' for m in self.policy.mask)}\n")
 
     def _checkpoint(self, step: int) -> Path | None:
         state: dict[str, Any] = {"total_steps": self.total_steps}
-        if self.dropbp is not None:
-            state["dropbp"] = {"rates": self.dropbp.rates, "drop_counts": self.dropbp.drop_counts,
-                               "steps_counted": self.dropbp.steps_counted,
-                               "all_dropped_steps": self.dropbp.all_dropped_steps}
+        state.update({key: owner.state_dict() for key, owner in self._stateful().items() if owner is not None})
         folder = None
         if self.world.is_main:
             folder = save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.scheduler,
-                                     state, self.recipe.train.keep_checkpoints)
+                                     state, self.recipe.train.keep_checkpoints, self.backend.rng_state())
         self.world.barrier()
         return folder
 
@@ -343,17 +273,15 @@ class FineTune:
                            initial=self.start_step, total=self.total_steps)
         for step in bar:
             start = time.perf_counter()
-            losses, tokens = [], 0
-            for micro in range(train.grad_accum):
-                loss, count = self._micro_step(step, micro)
-                losses.append(loss)
-                tokens += count
+            batches = self._batches(step)
+            self._before_step(step, batches)
             lr = self.optimizer.param_groups[0]["lr"]
-            self._optimizer_step()
+            result = self.runner.step(step, batches)
+            self._log_mask(step)
             self.backend.synchronize()
-            speed = tokens * self.world.size / (time.perf_counter() - start)
+            speed = result.tokens * self.world.size / (time.perf_counter() - start)
             done = step + 1
-            loss = self.world.mean(sum(losses) / len(losses), self.backend.device)
+            loss = self.world.mean(result.loss, self.backend.device)
             drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:
@@ -389,28 +317,5 @@ class FineTune:
 
     def plot(self) -> Path:
         """``loss.png``: training and validation loss against step (and exact match, when measured)."""
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4))
-        train = [(int(r["step"]), float(r["loss"])) for r in self.rows if r.get("loss") not in ("", None)]
-        val = [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r.get("val_loss") not in ("", None)]
-        if train:
-            ax.plot(*zip(*train), label="train loss", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation loss")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.set_title(f"{self.recipe.name}: {self.recipe.model.method}, drop rate {self.recipe.dropbp.drop_rate}")
-        matches = [(int(r["step"]), float(r["exact_match"])) for r in self.rows
-                   if r.get("exact_match") not in ("", None)]
-        if matches:
-            right = ax.twinx()
-            right.plot(*zip(*matches), "s--", color="#2ca02c", label="exact match")
-            right.set_ylabel("exact match")
-            right.set_ylim(0, 1)
-            right.legend(loc="upper center", fontsize=8)
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        path = self.out / "loss.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return plot_training_curve(self.rows, f"{self.recipe.name}: {self.recipe.model.method}, drop rate "
+                                              f"{self.recipe.dropbp.drop_rate}", self.out / "loss.png")

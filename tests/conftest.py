@@ -105,3 +105,23 @@ def habana_standin(tmp_path, monkeypatch):
         torch.hpu = old_hpu
     elif hasattr(torch, "hpu"):
         del torch.hpu
+
+
+def source_text_tokens(max_bytes: int = 200_000) -> torch.Tensor:
+    """Real text with structure and no download, for tests whose estimators need it: the source of a few
+    standard-library modules, as byte tokens."""
+    import inspect
+    import argparse, collections, dataclasses, email.message, json.decoder, pathlib, textwrap, typing  # noqa: E401
+
+    modules = (argparse, collections, dataclasses, email.message, json.decoder, pathlib, textwrap, typing)
+    text = "".join(inspect.getsource(module) for module in modules).encode()[:max_bytes]
+    return torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+
+
+def text_windows(tokens: torch.Tensor, step: int, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
+    """``batch`` windows of ``seq`` tokens for ``step``, folded into the tiny models' vocabulary: a pure function of
+    (seed, step), drawn through the core's seeded-generator idiom."""
+    from dropbp.core.samplers import step_generator
+
+    starts = torch.randint(0, len(tokens) - seq, (batch,), generator=step_generator(seed, step, "test-text"))
+    return torch.stack([tokens[s:s + seq] for s in starts.tolist()]) % VOCAB

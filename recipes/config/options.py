@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropbp.backends import DEVICE_CHOICES, Backend
+from dropbp.backends import DEVICE_CHOICES, PRECISIONS, Backend
 from dropbp.core.samplers import SAMPLERS
-from dropbp.recipes.config.presets import PRECISIONS, PRESETS
+from dropbp.recipes.config.presets import PRESETS
 from dropbp.recipes.config.fields import setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
@@ -57,17 +57,13 @@ def pool_size_field() -> Any:
 
 def precision_field() -> Any:
     """``precision``: the model dtype."""
-    return setting("auto", "model dtype; auto = fp32 on the CPU, bf16 elsewhere", choices=("auto", *PRECISIONS))
+    return setting("auto", "weights and compute dtype (mixed-*: fp32 weights, autocast compute); auto = fp32 on the "
+                           "CPU, mixed-bf16 elsewhere", choices=("auto", *PRECISIONS))
 
 
 def resolve_sampler(name: str, backend: Backend | type[Backend]) -> str:
     """'auto' -> the backend's default sampler; any other name is returned unchanged."""
     return backend.default_sampler if name == "auto" else name
-
-
-def resolve_precision(name: str, backend: Backend | type[Backend]) -> str:
-    """'auto' -> the backend's default precision (fp32 on the CPU, bf16 on accelerators)."""
-    return backend.default_precision if name == "auto" else name
 
 
 def resolve_model(name: str, backend: Backend | type[Backend]) -> str:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from dropbp.core.errors import ConfigError
 
@@ -29,14 +28,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
 }
 METHODS: tuple[str, ...] = ("full", "lora", "qlora")
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def model_dtype(precision: str, backend: Any) -> torch.dtype:
-    """The dtype of a precision name; ``auto`` is the backend's default (fp32 on the CPU, bf16 on accelerators)."""
-    return PRECISIONS[backend.default_precision if precision == "auto" else precision]
-
-
 def llama_config(preset: str, **overrides: Any) -> Any:
     """A ``LlamaConfig`` for a named preset, with optional field overrides."""
     from transformers import LlamaConfig

@@ -16,7 +16,7 @@ from dropbp import backends
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
-from dropbp.core.schedule import ALLOCATION_MODES
+from dropbp.core.allocation_schedule import ALLOCATION_MODES
 from dropbp.core.techniques import TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
@@ -289,6 +289,19 @@ class Recipe:
     def to_data(self) -> dict[str, Any]:
         """The recipe as plain data, as a YAML file holds it (without ``base_dir``, which is where the file is)."""
         return {k: v for k, v in to_plain(self).items() if k != "base_dir"}
+
+    def flat(self) -> dict[str, Any]:
+        """Every field the command line can set, by dotted name (``train.steps``): what a resume compares."""
+        def walk(value: Any, prefix: str) -> dict[str, Any]:
+            if dataclasses.is_dataclass(value):
+                out: dict[str, Any] = {}
+                for f in dataclasses.fields(value):
+                    if f.metadata.get("cli", True):
+                        out.update(walk(getattr(value, f.name), f"{prefix}{f.name}."))
+                return out
+            return {prefix[:-1]: value}
+
+        return walk(self, "")
 
     def with_absolute_paths(self) -> "Recipe":
         """A copy whose data files are absolute paths (so that it reads the same from any folder)."""

@@ -12,6 +12,9 @@ import random
 import sys
 from pathlib import Path
 
+#: Where the shipped task files live (``recipes/task_data``).
+TASK_DATA = Path(__file__).resolve().parents[1] / "task_data"
+
 LETTERS = "abcdef"
 TASKS = {
     "Reverse the letters.": lambda w: w[::-1],
@@ -42,4 +45,4 @@ def write(out: Path, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1] if len(sys.argv) > 1 else "recipes/task_data"))
+    write(Path(sys.argv[1]) if len(sys.argv) > 1 else TASK_DATA)

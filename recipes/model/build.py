@@ -75,7 +75,7 @@ def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
     """The base model with NF4 4-bit linear weights, ready for adapters (norms and embeddings in fp32)."""
     _bitsandbytes()
     if not backend.accelerator and spec.name in PRESETS:
-        check_cpu_4bit_shapes(spec)
+        check_cpu_4bit_shapes(spec.name, spec.config)
     if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
         return quantize_4bit(build_model(spec.name, seed=seed, **spec.config), backend)
     return _from_pretrained_4bit(source_of(spec.name), backend, **_load_kwargs(spec))
@@ -84,17 +84,18 @@ def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
 CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU NF4 kernels: output features in blocks of 32, input features of 64
 
 
-def check_cpu_4bit_shapes(spec: ModelSection) -> None:
-    """bitsandbytes' CPU kernels need every quantized layer's input and output sizes to be multiples of 64."""
-    config = llama_config(spec.name, **spec.config)
+def check_cpu_4bit_shapes(preset: str, overrides: dict[str, Any], field: str = "model.method") -> None:
+    """bitsandbytes' CPU kernels need every quantized layer's input and output sizes to be multiples of 64; the
+    error names ``field``."""
+    config = llama_config(preset, **overrides)
     head_dim = config.hidden_size // config.num_attention_heads
     sizes = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
              "num_key_value_heads * head_dim": config.num_key_value_heads * head_dim}
     bad = {name: size for name, size in sizes.items() if size % CPU_4BIT_BLOCK}
     if bad:
         listed = ", ".join(f"{name} = {size}" for name, size in bad.items())
-        raise ConfigError(f"model.method qlora on the CPU needs every linear layer's sizes to be multiples of "
-                          f"{CPU_4BIT_BLOCK} (bitsandbytes' CPU kernels); here {listed}. Change model.config.")
+        raise ConfigError(f"{field} qlora on the CPU needs every linear layer's sizes to be multiples of "
+                          f"{CPU_4BIT_BLOCK} (bitsandbytes' CPU kernels); here {listed}. Change the model's shape.")
 
 
 def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module:

@@ -3,8 +3,9 @@
 A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the trained weights in safetensors (the PEFT adapter,
 ``adapter_model.safetensors`` + ``adapter_config.json``, loadable with ``PeftModel.from_pretrained``; or the full
 ``model.safetensors`` + ``config.json``), the optimizer and scheduler state and the random generators' state
-(``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json`` (step, DropBP
-rates and counters). It is written in a hidden ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place
+(``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json``: the step and
+each stateful part of the run under a fixed key (:data:`POLICY_KEY`: the drop policy's ``state_dict()``, rates and
+counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). It is written in a hidden ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place
 in one step, so a killed process leaves the previous checkpoint intact. Only the newest ``keep`` are kept.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from dropbp.recipes.report.publish import fsync_path
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE = "state.json"
+#: Keys of ``state.json`` under which the run's stateful parts keep their ``state_dict()``.
+POLICY_KEY = "policy"
+ALLOCATION_KEY = "allocation"
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -62,24 +67,10 @@ def load_weights(model: nn.Module, folder: Path) -> None:
     load_model(model, str(folder / "model.safetensors"))
 
 
-def rng_state() -> dict[str, Any]:
-    """The CPU (and CUDA, where present) generators' state."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any], keep: int) -> Path:
-    """Write ``root/step-NNNNNN`` atomically and prune to the newest ``keep``; returns the checkpoint folder."""
+                    state: dict[str, Any], keep: int, rng: dict[str, Any]) -> Path:
+    """Write ``root/step-NNNNNN`` atomically and prune to the newest ``keep``; returns the checkpoint folder.
+    ``state`` (JSON) goes into ``state.json`` beside the step; ``rng`` is the backend's :meth:`rng_state`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=root))
@@ -87,7 +78,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         save_weights(model, staging)
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        torch.save(rng_state(), staging / "rng.pt")
+        torch.save(rng, staging / "rng.pt")
         (staging / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
         _fsync_tree(staging)
         if final.exists():  # the same step saved again (e.g. the end of a run that was saved at that step)
@@ -117,9 +108,10 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and generators from ``folder``; returns its ``state.json``."""
+def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    set_rng_state: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and generators (``set_rng_state``: the backend's) from ``folder``;
+    returns its ``state.json``."""
     load_weights(model, folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dropbp import backends
-from dropbp.backends.base import Backend, StepBoundary
+from dropbp.backends.base import Backend
 from dropbp.core import DropBP
 from dropbp.core.errors import BackendUnavailableError, ConfigError
 
@@ -41,8 +41,9 @@ def test_identity_and_device(backend):
     assert isinstance(backend.device, torch.device) and backend.device.type == backend.name
     assert isinstance(backend.device_name(), str) and backend.device_name()
     assert backend.default_sampler in ("bernoulli", "pool")
-    assert backend.default_precision in ("fp32", "bf16") and backend.accelerator == (backend.name != "cpu")
-    assert isinstance(backend, StepBoundary)
+    assert backend.accelerator == (backend.name != "cpu")
+    weights, autocast = backend.precision_dtypes("auto")  # fp32 on the CPU; fp32 weights, bf16 compute elsewhere
+    assert weights == torch.float32 and autocast == (torch.bfloat16 if backend.accelerator else None)
     facts = backend.describe()
     assert facts["backend"] == backend.name and "device_name" in facts
 
@@ -122,6 +123,21 @@ def test_seeding_seeds_the_devices_own_generator(backend):
     first = torch.rand(4, device=backend.device)
     backend.seed(123)
     assert torch.equal(first, torch.rand(4, device=backend.device))
+
+
+def test_rng_state_covers_the_cpu_and_the_device_generator(backend):
+    state = backend.rng_state()
+    device = model_device(backend)
+    before = (torch.rand(4), torch.rand(4, device=device))
+    backend.set_rng_state(state)
+    assert torch.equal(before[0], torch.rand(4)) and torch.equal(before[1], torch.rand(4, device=device))
+    if backend.accelerator:  # the device's own generator is part of the state
+        assert backend.name in state
+    if is_standin(backend):  # no Gaudi generator here: the SDK's random module was asked for it and given it back
+        from habana_frameworks import _standin_log
+
+        assert {"hpu.get_rng_state", "hpu.set_rng_state"} <= set(_standin_log.EVENTS)
+        assert torch.equal(state["hpu"], torch.arange(8, dtype=torch.uint8))
 
 
 def test_out_of_memory_is_recognised(backend):

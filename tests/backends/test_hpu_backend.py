@@ -11,9 +11,19 @@ import torch
 from dropbp.backends.hpu import LAZY_ENV, HPUBackend
 from dropbp.core import DropBP
 from dropbp.core.errors import BackendUnavailableError, ConfigError
-from dropbp.recipes.training.step import training_step
 
 from ..conftest import tiny_model, token_batch
+
+
+def training_step(model, batch, optimizer, policy, backend, step, mask=None):
+    """One step driven through the backend's interface, as every driver does: the mask, the forward, the backend's
+    backward (with its boundary) and its optimizer step (with its boundary)."""
+    if policy is not None:
+        policy.begin_step(step, mask=mask)
+    loss = model(input_ids=batch, labels=batch).loss
+    backend.backward(loss, policy)
+    backend.optimizer_step(optimizer)
+    return float(loss.detach())
 
 
 def log():

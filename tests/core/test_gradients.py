@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dropbp.core import DropBP
-from dropbp.core.engine import _detach
+from dropbp.core.hooks import detach_outputs as _detach
 
 from ..conftest import loss_and_grads, tiny_model, token_batch
 

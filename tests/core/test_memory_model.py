@@ -9,6 +9,8 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.samplers import PoolSampler
 
+from ..conftest import lora
+
 SHAPES = [dict(hidden_size=64, intermediate_size=176, num_hidden_layers=6, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=256),
           dict(hidden_size=96, intermediate_size=272, num_hidden_layers=3, num_attention_heads=6,
@@ -16,9 +18,11 @@ SHAPES = [dict(hidden_size=64, intermediate_size=176, num_hidden_layers=6, num_a
 
 
 def _model(method: str, shape: dict):
-    from dropbp.recipes.model.build import apply_method, build_model
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    return apply_method(build_model("tiny", seed=0, **shape), method, lora_rank=8).train()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=256, attention_dropout=0.0))
+    return (lora(model, rank=8) if method == "lora" else model).train()
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

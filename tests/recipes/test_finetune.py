@@ -122,7 +122,7 @@ model = build_model("tiny", hidden_size=32, intermediate_size=64, num_hidden_lay
                     num_key_value_heads=1)
 optimizer = torch.optim.AdamW(model.parameters())
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-save_checkpoint(root, 1, model, optimizer, scheduler, {"marker": 1}, keep=2)
+save_checkpoint(root, 1, model, optimizer, scheduler, {"marker": 1}, keep=2, rng={"cpu": torch.get_rng_state()})
 with torch.no_grad():
     for p in model.parameters():
         p.add_(1.0)
@@ -134,7 +134,7 @@ def fsync(fd):
     calls["n"] += 1
     return original(fd)
 os.fsync = fsync
-save_checkpoint(root, 2, model, optimizer, scheduler, {"marker": 2}, keep=2)
+save_checkpoint(root, 2, model, optimizer, scheduler, {"marker": 2}, keep=2, rng={"cpu": torch.get_rng_state()})
 print("completed")
 """
 
@@ -154,7 +154,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
                         num_key_value_heads=1)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = load_checkpoint(latest, model, optimizer, scheduler)
+    state = load_checkpoint(latest, model, optimizer, scheduler, lambda rng: torch.set_rng_state(rng["cpu"]))
     assert state["marker"] == 1 and state["step"] == 1
     reference = build_model("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                             num_key_value_heads=1)

@@ -96,6 +96,23 @@ class ModuleCacher:
         CACHER.append((model, self.max_graphs, inplace))
         return model
 ''',
+    "habana_frameworks/torch/hpu/random.py": '''
+import torch
+
+from habana_frameworks._standin_log import EVENTS
+
+_STATE = [torch.arange(8, dtype=torch.uint8)]
+
+
+def get_rng_state():
+    EVENTS.append("hpu.get_rng_state")
+    return _STATE[0].clone()
+
+
+def set_rng_state(state):
+    EVENTS.append("hpu.set_rng_state")
+    _STATE[0] = state.clone()
+''',
     "habana_frameworks/torch/hpu/metrics.py": '''
 from habana_frameworks._standin_log import GRAPHS, METRICS_ASKED
 

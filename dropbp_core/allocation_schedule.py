@@ -16,6 +16,7 @@ from .allocation import ALLOCATORS, allocate, drop_fraction
 from .engine import DropBP
 from .errors import ConfigError
 from .sensitivity import SENSITIVITY_METHODS, Batch, OnlineSensitivity, compute_sensitivity
+from .state import check_state
 
 ALLOCATION_MODES: tuple[str, ...] = ("uniform", "sensitivity", "online")
 
@@ -42,6 +43,7 @@ class AllocationSchedule:
         self.allocate_step = int(round(allocate_at * total_steps))
         self.every = every
         self.online: OnlineSensitivity | None = None
+        self._online_state: dict[str, Any] | None = None  # loaded before the estimator exists (it needs a batch)
         self.events: list[dict[str, Any]] = []
 
     def _apply(self, step: int, values: list[float], cost: float | None) -> None:
@@ -58,10 +60,30 @@ class AllocationSchedule:
         elif self.mode == "online":
             if self.online is None:
                 self.online = OnlineSensitivity(self.model, self.dropbp, batch)
-            elif step % self.every == 0:
-                values = self.online.current()
+                if self._online_state is not None:
+                    self.online.load_state_dict(self._online_state)
+                    self._online_state = None
+            if step % self.every == 0:
+                values = self.online.current()  # None until a step has fed the estimates
                 if values is not None:
                     self._apply(step, values, 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready: the allocations made so far and the online estimates (the rates in force are the engine's)."""
+        online = self.online.state_dict() if self.online is not None else self._online_state
+        return {"mode": self.mode, "events": [dict(event) for event in self.events], "online": online}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; online estimates are applied as soon as the estimator exists."""
+        check_state("AllocationSchedule", state, ("mode", "events", "online"))
+        if state["mode"] != self.mode:
+            raise ConfigError(f"AllocationSchedule state was saved in mode {state['mode']!r}, this one runs "
+                              f"{self.mode!r}.")
+        self.events = [dict(event) for event in state["events"]]
+        if self.online is not None and state["online"] is not None:
+            self.online.load_state_dict(state["online"])
+        else:
+            self._online_state = state["online"]
 
     def close(self) -> None:
         """Detach the online estimator's hooks, if any."""

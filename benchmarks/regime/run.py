@@ -1,0 +1,286 @@
+"""Running the regime benchmark: the task data, pre-training (cached), one fine-tuning run per contender, learning
+rate and seed (each cached as JSON, so an interrupted study continues where it stopped), and the whole study."""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropbp.backends import Backend
+from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.progress import progress_bar
+from dropbp.core.seeding import seeded
+from dropbp.core.techniques import apply_technique
+from dropbp.recipes.config.schema import DataSection
+from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
+from dropbp.recipes.data.instruct import load_records, to_windows, tokenize
+from dropbp.recipes.data.tasks import TASK_DATA
+from dropbp.recipes.model.build import apply_method, build_model, quantize_4bit
+from dropbp.recipes.model.tokenizers import ByteTokenizer
+from dropbp.recipes.report.publish import environment, write_text_atomic
+from dropbp.recipes.training.evaluation import teacher_forced_exact_match
+from dropbp.recipes.training.lr import lr_scheduler
+from dropbp.recipes.training.step import StepRunner
+
+from ..convergence import FlopsModel, cache_dir, save_state
+from ..paper import PAPER_CONVERGENCE
+from .report import summarise
+from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings, plan
+
+PRETRAIN_TASKS = ("Repeat the word.", "Write the word in capitals.")
+
+
+@dataclass
+class TaskData:
+    """Fine-tuning windows (every task) and validation windows (held-out words)."""
+
+    train_ids: torch.Tensor
+    train_labels: torch.Tensor
+    val_ids: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def task_data(seq_len: int) -> TaskData:
+    """The shipped instruction task as one-example windows (prompt left out of the loss)."""
+    spec = DataSection(format="alpaca", template="plain", mask_prompt=True, seq_len=seq_len)
+    tokenizer = ByteTokenizer()
+    windows = {}
+    for split in ("train", "validation"):
+        records = load_records(str(TASK_DATA / f"{split}.jsonl"), TASK_DATA, f"task_data/{split}")
+        windows[split] = to_windows(tokenize(records, spec, tokenizer, split), seq_len, False, tokenizer.pad_token_id)
+    return TaskData(*windows["train"], *windows["validation"])
+
+
+def pretrain_stream(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-training text: Python source, and the copy and capitals tasks packed back to back (training words)."""
+    tokenizer = ByteTokenizer()
+    records = load_records(str(TASK_DATA / "train.jsonl"), TASK_DATA, "task_data/train")
+    ids: list[int] = []
+    for r in records:
+        if r["instruction"] in PRETRAIN_TASKS:
+            ids += tokenizer.encode(f"{r['instruction']}\n{r['input']}\n{r['output']}") + [tokenizer.eos_token_id]
+    return stdlib_corpus(1_000_000), torch.tensor(ids)
+
+
+def _pretrained_state(settings: RegimeSettings, backend: Backend, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    key_data = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
+                "seq": settings.seq_len, "batch": settings.batch_size, "torch": torch.__version__, "v": 1}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"regime-pretrained-{key}.safetensors"
+    info_path = path.with_suffix(".json")
+    if path.exists() and info_path.exists():
+        return load_file(str(path)), {**json.loads(info_path.read_text()), "from_cache": True}
+    text, tasks = pretrain_stream(settings.seq_len)
+    model = build_model("tiny", seed=1234, **settings.model_overrides).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
+    runner = StepRunner(model, backend, optimizer,
+                        scheduler=lr_scheduler(optimizer, 50, settings.pretrain_steps, "cosine"))
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
+    for step in bar:
+        source = tasks if step % 2 else text
+        batch = batch_at(source, step, settings.batch_size, settings.seq_len * 2, seed=7)
+        losses.append(runner.step(step, [batch]).loss)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    tenth = max(1, len(losses) // 10)
+    info = {"pretrain_steps": settings.pretrain_steps, "pretrain_time_s": time.perf_counter() - start,
+            "loss_last_tenth": statistics.fmean(losses[-tenth:]),
+            "loss_previous_tenth": statistics.fmean(losses[-2 * tenth:-tenth]),
+            "data": "Python standard-library source and the copy/capitals tasks (training words), alternating"}
+    state = save_state(model, path)
+    write_text_atomic(info_path, json.dumps(info))
+    return state, {**info, "from_cache": False}
+
+
+def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int, backend: Backend) -> torch.nn.Module:
+    model = build_model("tiny", seed=1234, **settings.model_overrides)
+    model.load_state_dict(state, strict=False)
+    if settings.method == "qlora":
+        model = quantize_4bit(model, backend)
+    return apply_method(model, "lora", lora_rank=settings.lora_rank, seed=seed).train()
+
+
+def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettings, state: dict[str, torch.Tensor],
+              data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> dict[str, Any]:
+    """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
+    summary."""
+    model = _build(settings, state, seed, backend)
+    flops_model = FlopsModel(model, settings.seq_len, backward=1.0)  # LoRA/QLoRA: input gradients only
+    epochs = settings.epochs if epochs is None else epochs
+    total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
+    applied = None
+    if contender.family != "baseline":
+        technique = "dropbp" if contender.family == "sensitivity" else contender.family
+        options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
+        if technique == "dropbp":
+            options["seq_len"] = settings.seq_len
+        applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
+    policy = None if applied is None else applied.policy
+    trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
+    schedule = None
+    if contender.family == "sensitivity":
+        schedule = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate, total_steps=total,
+                                      allocate_at=0.1, seed=seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    runner = StepRunner(model, backend, optimizer, policy,
+                        scheduler=lr_scheduler(optimizer, settings.warmup_steps, total, "cosine"))
+    order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
+    loss0, acc0 = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
+    curve = [{"step": 0, "examples": 0, "time_s": 0.0, "flops": 0.0, "val_loss": loss0, "exact_match": acc0}]
+    elapsed = flops = 0.0
+    bar = progress_bar(range(total), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
+    for step in bar:
+        start_index = step * settings.batch_size
+        index = torch.tensor([int(order[(start_index + k) % len(order)]) for k in range(settings.batch_size)])
+        ids, labels = data.train_ids[index], data.train_labels[index]
+        backend.synchronize()
+        start = time.perf_counter()
+        if schedule is not None:
+            schedule.before_step(step, {"input_ids": ids, "labels": labels})
+        runner.step(step, [(ids, labels)])
+        backend.synchronize()
+        elapsed += time.perf_counter() - start
+        tokens = ids.numel()
+        if contender.family in ("dropbp", "sensitivity"):
+            flops += flops_model.step(tokens, no_backward=policy.mask)
+        elif contender.family in ("layerdrop", "pld"):
+            flops += flops_model.step(tokens, skipped_blocks=policy.mask)
+        else:
+            flops += flops_model.step(tokens, trained_from=trained_from)
+        if (step + 1) % settings.eval_every == 0 or step + 1 == total:
+            val_loss, accuracy = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
+            curve.append({"step": step + 1, "examples": (step + 1) * settings.batch_size, "time_s": elapsed,
+                          "flops": flops, "val_loss": val_loss, "exact_match": accuracy})
+            bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
+    bar.close()
+    realized = policy.realized_drop_fraction() if policy is not None else 0.0
+    if applied is not None:
+        applied.remove()
+    return {"label": contender.label, "family": contender.family, "rate": contender.rate, "lr": lr, "seed": seed,
+            "epochs": epochs, "steps": total, "train_time_s": elapsed, "train_flops": flops,
+            "final_val_loss": curve[-1]["val_loss"],
+            "final_exact_match": curve[-1]["exact_match"], "curve": curve,
+            "realized_drop_fraction": realized}
+
+
+def runs_key(settings: RegimeSettings, backend: Backend) -> str:
+    """The cache folder's key: every setting but the results folder, the device and the threads a run actually
+    uses (every wall time depends on them)."""
+    described = {**settings.to_dict(), "out": None, "device": backend.name, "torch_threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,
+                epochs: float | None = None) -> dict[str, Any]:
+    key = f"{contender}|{lr!r}|{seed}" + ("" if epochs is None else f"|epochs={epochs!r}")
+    path = folder / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    run = train_run(contender, lr, seed, *args, epochs=epochs)
+    write_text_atomic(path, json.dumps(run))
+    return run
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def _speedups(mine: list[dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> list[float]:
+    """Per run that reaches its seed's baseline final validation loss: the baseline's time to that loss over the
+    run's (``time_to_target_s`` is recorded on each run, None where not reached)."""
+    speedups = []
+    for run in mine:
+        base = baseline[run["seed"]]
+        target = base["final_val_loss"]
+        took = time_to(run["curve"], target, "time_s")
+        base_took = time_to(base["curve"], target, "time_s")
+        run["time_to_target_s"] = took
+        if took is not None and base_took:
+            speedups.append(base_took / took)
+    return speedups
+
+
+def summarise(runs: list[dict[str, Any]], contenders: list[Contender],
+              equal_time: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Per contender, over seeds: final loss and accuracy, time, time saved and speed-up to the baseline's final
+    loss (each seed against the baseline of the same seed); with ``equal_time`` runs (the contender trained for the
+    baseline's wall time), their final loss, accuracy and speed-up too."""
+    baseline = {r["seed"]: r for r in runs if r["family"] == "baseline"}
+    rows = []
+    for contender in contenders:
+        mine = [r for r in runs if r["label"] == contender.label]
+        speedups = _speedups(mine, baseline)
+        reached = len(speedups)
+        longer = [r for r in equal_time if r["label"] == contender.label]
+        longer_speedups = _speedups(longer, baseline)
+        rows.append({
+            "equal_time": None if not longer else {
+                "epochs": statistics.fmean(r["epochs"] for r in longer),
+                "final_val_loss": _spread([r["final_val_loss"] for r in longer]),
+                "final_exact_match": _spread([r["final_exact_match"] for r in longer]),
+                "train_time_s": _spread([r["train_time_s"] for r in longer]),
+                "reached_target": len(longer_speedups), "seeds": len(longer),
+                "speedup_to_target": _spread(longer_speedups) if longer_speedups else None},
+            "label": contender.label, "family": contender.family, "lr": mine[0]["lr"], "seeds": len(mine),
+            "final_val_loss": _spread([r["final_val_loss"] for r in mine]),
+            "final_exact_match": _spread([r["final_exact_match"] for r in mine]),
+            "train_time_s": _spread([r["train_time_s"] for r in mine]),
+            "time_saved": _spread([1 - r["train_time_s"] / baseline[r["seed"]]["train_time_s"] for r in mine]),
+            "flops_saved": _spread([1 - r["train_flops"] / baseline[r["seed"]]["train_flops"] for r in mine]),
+            "accuracy_gap": _spread([r["final_exact_match"] - baseline[r["seed"]]["final_exact_match"]
+                                     for r in mine]),
+            "reached_target": reached, "speedup_to_target": _spread(speedups) if speedups else None,
+        })
+    return rows
+
+
+def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """Pre-train (or load), sweep learning rates, run the seeds; return the result (``main`` publishes it)."""
+    settings.validate()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
+    with seeded(settings.seed):
+        state, pretrain_info = _pretrained_state(settings, backend, progress)
+    data = task_data(settings.seq_len)
+    total = max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
+    contenders = plan(settings, settings.model_overrides["num_hidden_layers"], total)
+    folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
+    args = (settings, state, data, backend, progress)
+    sweep: dict[str, list[dict[str, Any]]] = {}
+    for contender in contenders:
+        sweep[contender.label] = [_cached_run(folder, contender, lr, settings.seeds[0], *args) for lr in settings.lrs]
+    chosen = {label: min(runs, key=lambda r: r["final_val_loss"])["lr"] for label, runs in sweep.items()}
+    runs = []
+    for contender in contenders:
+        for seed in settings.seeds:
+            runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
+    equal_time: list[dict[str, Any]] = []
+    if settings.equal_time:
+        base_time = statistics.fmean(r["train_time_s"] for r in runs if r["family"] == "baseline")
+        for contender in contenders[1:]:
+            own = statistics.fmean(r["train_time_s"] for r in runs if r["label"] == contender.label)
+            epochs = round(settings.epochs * base_time / own, 2)
+            if epochs <= settings.epochs * 1.05:
+                continue  # no faster than the baseline: nothing to add
+            equal_time += [_cached_run(folder, contender, chosen[contender.label], seed, *args, epochs=epochs)
+                           for seed in settings.seeds]
+    rows = summarise(runs, contenders, equal_time)
+    return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
+            "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
+            "train_examples": len(data.train_ids), "validation_examples": len(data.val_ids), "steps_per_run": total,
+            "sweep": {label: [{"lr": r["lr"], "final_val_loss": r["final_val_loss"],
+                               "final_exact_match": r["final_exact_match"]} for r in runs]
+                      for label, runs in sweep.items()},
+            "chosen_lr": chosen, "summary": rows, "runs": runs, "equal_time_runs": equal_time, "cache": str(folder),
+            "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}

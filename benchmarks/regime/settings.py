@@ -1,0 +1,108 @@
+"""Settings of the regime benchmark and its plan: which contenders run, each set to DropBP's training FLOPs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dropbp.core.errors import ConfigError
+from dropbp.core.freezing import blocks_for_backward_budget
+from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
+from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
+                                          check_positive, check_seed, setting)
+from dropbp.recipes.model.build import check_cpu_4bit_shapes
+
+from ..common import BenchSettings
+
+#: The contender families, in the order tables list them.
+FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze")
+REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=256)
+
+
+@dataclass
+class RegimeSettings(BenchSettings):
+    """What the regime benchmark depends on; :meth:`validate` checks it before any work starts."""
+
+    method: str = setting("lora", "lora (PEFT adapters on every linear layer) or qlora (the same on NF4 4-bit base "
+                                  "weights through bitsandbytes; on the CPU every linear size must be a multiple "
+                                  "of 64)", choices=("lora", "qlora"))
+    lora_rank: int = setting(8, "LoRA rank")
+    drop_rates: tuple[float, ...] = setting((0.5, 0.75, 0.875), "DropBP rates (uniform and sensitivity-allocated)")
+    contender_rate: float = setting(0.75, "LayerDrop, PLD and freezing are set to the training FLOPs of DropBP at "
+                                          "this rate")
+    lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)")
+    seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate")
+    contenders: tuple[str, ...] = setting(FAMILIES, f"families to run ({', '.join(FAMILIES)})")
+    epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)")
+    batch_size: int = setting(16, "examples per step")
+    seq_len: int = setting(40, "tokens per example window (one example per window)")
+    eval_every: int = setting(23, "steps between evaluations")
+    warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay")
+    pld_gamma_scale: float = setting(10.0, "PLD's gamma times the run's step count (how fast keep probability falls)")
+    pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)")
+    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training")
+    threads: int = setting(1, "CPU threads for every run (0: PyTorch's default)")
+    equal_time: bool = setting(True, "then train each contender faster than the baseline for the baseline's wall "
+                                     "time (more epochs at its own speed, same learning rate) and compare there too")
+    model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,
+                                              default_factory=lambda: dict(REGIME_MODEL))
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        super().validate()
+        check_choice("--method", self.method, ("lora", "qlora"))
+        if self.method == "qlora" and self.device != "cuda":
+            check_cpu_4bit_shapes("tiny", {**REGIME_MODEL, **self.model_overrides}, "--method")
+        self.drop_rates = check_drop_rates(self.drop_rates)
+        check_number("--contender-rate", self.contender_rate, low=0, high=1, high_open=True)
+        for lr in self.lrs:
+            check_number("--lrs", lr, low=0, low_open=True)
+        if not self.lrs or not self.seeds:
+            raise ConfigError("--lrs and --seeds need at least one value each.")
+        for family in self.contenders:
+            check_choice("--contenders", family, FAMILIES)
+        if "baseline" not in self.contenders:
+            raise ConfigError("--contenders must include baseline (every comparison is against it).")
+        check_positive(self, "lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
+        check_number("--epochs", self.epochs, low=0, low_open=True)
+        check_number("--pld-gamma-scale", self.pld_gamma_scale, low=0)
+        check_non_negative(self, "warmup_steps", "threads")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One configuration of the comparison: its label, family and parameters."""
+
+    label: str
+    family: str
+    rate: float = 0.0
+    extra: tuple[tuple[str, float], ...] = ()
+
+
+#: Contender.extra's names (part of each cached run's key) -> apply_technique's options.
+TECHNIQUE_OPTIONS = {"theta_bar": "pld_theta_bar", "gamma": "pld_gamma", "train_top": "train_top_layers"}
+
+
+def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:
+    """The contenders, with LayerDrop, PLD and freezing set to DropBP's FLOPs at ``contender_rate``."""
+    backward = 1.0  # LoRA/QLoRA: a kept block's backward is about one forward (input gradients only)
+    rate = settings.contender_rate
+    layerdrop = equal_flops_layerdrop_rate(rate, backward)
+    gamma = settings.pld_gamma_scale / total_steps
+    out = [Contender("baseline", "baseline")]
+    families = settings.contenders
+    if "dropbp" in families:
+        out += [Contender(f"DropBP p={p:g}", "dropbp", p) for p in settings.drop_rates]
+    if "sensitivity" in families:
+        out += [Contender(f"DropBP p={p:g} sensitivity", "sensitivity", p) for p in settings.drop_rates]
+    if "layerdrop" in families:
+        out.append(Contender(f"LayerDrop p={layerdrop:.3g}", "layerdrop", layerdrop))
+    if "pld" in families:
+        theta = pld_theta_for_drop(layerdrop, gamma, num_layers, total_steps)
+        out.append(Contender(f"PLD theta={theta:.2f}", "pld", layerdrop, (("theta_bar", theta), ("gamma", gamma))))
+    if "freeze" in families:
+        top = blocks_for_backward_budget(num_layers, rate)
+        out.append(Contender(f"freeze: top {top} of {num_layers}", "freeze", rate, (("train_top", float(top)),)))
+    return out

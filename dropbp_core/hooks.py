@@ -1,0 +1,66 @@
+"""The engine's forward hooks as objects (not closures), so that a wrapped model can be deep-copied and pickled."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _inert(*args: Any) -> None:
+    """What a DropBP hook becomes in a pickled model (``torch.save(model)``): nothing. The loaded model is unwrapped."""
+
+
+def _inert_hook() -> Any:
+    """Unpickling a DropBP hook gives :func:`_inert`."""
+    return _inert
+
+
+class Hook:
+    """One of an engine's forward hooks, by ``kind``:
+
+    - ``model_pre`` (on the model): undo what an interrupted forward left behind;
+    - ``model_post`` (on the model): tie the outputs of a step with no trainable path to the engine's anchor;
+    - ``branch_pre`` / ``branch_post`` (on branch ``index``): turn grad mode off for a dropped branch, and back on
+      with its output detached.
+
+    An object rather than a closure, so that copies behave: ``copy.deepcopy`` of a wrapped model copies the engine
+    with it (the copy carries its own engine, found with :meth:`DropBP.of`), and pickling stores an inert hook (the
+    saved model is unwrapped; wrap it again after loading).
+    """
+
+    __slots__ = ("engine", "kind", "index")
+
+    def __init__(self, engine: Any, kind: str, index: int = -1) -> None:  # engine: the DropBP it serves
+        self.engine, self.kind, self.index = engine, kind, index
+
+    def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
+        if self.kind == "branch_pre":
+            return self.engine._before_branch(self.index, module)
+        if self.kind == "branch_post":
+            return self.engine._after_branch(self.index, output)
+        if self.kind == "model_post":
+            return self.engine._after_model(module, output)
+        if self.kind == "model_pre":
+            return self.engine._recover()
+        raise ValueError(f"unknown hook kind {self.kind!r}")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Hook":
+        return Hook(copy.deepcopy(self.engine, memo), self.kind, self.index)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _inert_hook, ()
+
+
+def detach_outputs(value: Any) -> Any:
+    """``value`` with every tensor in it detached (tuples, lists and dicts, such as a ``ModelOutput``, kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(detach_outputs(v) for v in value)
+    if isinstance(value, list):
+        return [detach_outputs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: detach_outputs(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,56 @@
+"""Engine state travels with checkpoints: for every technique and every allocation mode, a run stopped at step 10 and
+resumed to 20 ends with the same report() (counters, rates, realised drop fraction), the same allocation events and
+the same losses as the run that went straight to 20."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from dropbp.recipes.config.registry import shipped
+from dropbp.recipes.config.schema import load_recipe
+from dropbp.recipes.finetune import FineTune
+
+SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+         "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0",
+         "train.steps=20", "train.eval_every=0", "train.save_every=0", "train.log_every=1"]
+CASES = {
+    "dropbp-uniform": ["dropbp.drop_rate=0.5"],
+    "dropbp-sensitivity": ["dropbp.drop_rate=0.5", "dropbp.allocation=sensitivity", "dropbp.allocate_at=0.1"],
+    "dropbp-online": ["dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
+    "layerdrop": ["dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
+    "pld": ["dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
+    "freeze": ["dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
+}
+
+
+def run(out: Path, overrides: list[str], resume: bool = False) -> dict:
+    job = FineTune(load_recipe(shipped()["tiny-tasks"], [*SMALL, *overrides], device="cpu"), out, resume=resume,
+                   progress=False)
+    job.setup()
+    try:
+        job.train()
+        return {"report": None if job.policy is None else job.policy.report(),
+                "schedule": None if job.schedule is None else job.schedule.state_dict()}
+    finally:
+        job.cleanup()
+
+
+def losses(out: Path) -> list[str]:
+    with open(out / "metrics.csv", newline="") as handle:
+        return [row["loss"] for row in csv.DictReader(handle) if row["loss"]]
+
+
+@pytest.mark.parametrize("case", [pytest.param(name, marks=() if name == "dropbp-online" else pytest.mark.slow)
+                                  for name in CASES])
+def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
+    whole = run(tmp_path / "whole", CASES[case])
+    run(tmp_path / "parts", [*CASES[case], "train.stop_after_steps=10"])
+    resumed = run(tmp_path / "parts", CASES[case], resume=True)
+    assert resumed == whole
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 20
+    if case == "dropbp-online":  # reallocated at 5, 10 and 15, the one at 10 right after the resume
+        assert [event["step"] for event in whole["schedule"]["events"]] == [5, 10, 15]
+    if whole["report"] is not None:
+        assert whole["report"]["steps"] == 20
