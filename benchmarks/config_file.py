@@ -1,7 +1,7 @@
-"""``dropbp bench CONFIG.yaml [key=value ...]``: a benchmark's settings as a YAML section of the same typed schema
+"""``dropbp bench --config CONFIG.yaml [key=value ...]``: a benchmark's settings as a YAML section of the same typed schema
 as the recipes. The file names the benchmark and holds its settings under that name::
 
-    # dropbp bench benchmarks/configs/throughput-cpu-lora.yaml
+    # dropbp bench --config benchmarks/configs/throughput-cpu-lora.yaml
     benchmark: throughput
     throughput:
       device: cpu

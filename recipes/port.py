@@ -19,6 +19,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from dropbp import backends
 from dropbp.core.errors import ConfigError
 from dropbp.core.memory_model import MemoryModel
 from dropbp.recipes.config.clusters import ClusterProfile
@@ -69,15 +72,13 @@ def model_shape(recipe: Recipe) -> dict[str, int] | None:
             "kv_heads": config.num_key_value_heads, "vocab": config.vocab_size}
 
 
-def memory_bytes(recipe: Recipe, shape: dict[str, int], micro_batch: int, accelerator: bool,
+def memory_bytes(recipe: Recipe, shape: dict[str, int], micro_batch: int, device: str,
                  compiles_per_mask: bool = False) -> float:
-    """Estimated peak memory of one rank (see the module docstring)."""
-    precision = recipe.train.precision
-    if precision == "auto":
-        precision = "mixed-bf16" if accelerator else "fp32"
-    width = 2 if precision == "bf16" else 4
+    """Estimated peak memory of one rank on ``device`` (a backend name; see the module docstring)."""
+    weights, autocast = backends.PRIORITY[device].precision_dtypes(recipe.train.precision)
+    width = torch.finfo(weights).bits // 8
     method = recipe.model.method
-    act_width = 2 if precision in ("bf16", "mixed-bf16", "mixed-fp16") else 4
+    act_width = torch.finfo(autocast or weights).bits // 8
     model = MemoryModel.from_shape(shape, lora_rank=0 if method == "full" else recipe.model.lora_rank,
                                    act_bytes=act_width, weight_bytes=0.5 * 1.06 if method == "qlora" else width)
     sampler = recipe.dropbp.sampler
@@ -143,15 +144,15 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
         reason = "model shape unknown without its weights: the micro-batch is kept, not sized"
     else:
         fitting = [b for b in range(1, min(per_rank, MAX_MICRO_BATCH) + 1)
-                   if per_rank % b == 0 and memory_bytes(ported, shape, b, target.device != "cpu", target.compiles_per_mask) <= budget]
+                   if per_rank % b == 0 and memory_bytes(ported, shape, b, target.device, target.compiles_per_mask) <= budget]
         if not fitting:
-            need = memory_bytes(ported, shape, 1, target.device != "cpu", target.compiles_per_mask) / 1e9
+            need = memory_bytes(ported, shape, 1, target.device, target.compiles_per_mask) / 1e9
             raise ConfigError(f"{recipe.name} ({ported.model.method}) does not fit one {target.name} device: about "
                               f"{need:.0f} GB at micro-batch 1 against {target.memory_gb:g} GB, and port sizes "
                               "data-parallel runs (every rank holds the whole model). Use a smaller model or method, "
                               "a shorter data.seq_len, or a device with more memory.")
         micro = max(fitting)
-        estimate = memory_bytes(ported, shape, micro, target.device != "cpu", target.compiles_per_mask) / 1e9
+        estimate = memory_bytes(ported, shape, micro, target.device, target.compiles_per_mask) / 1e9
         reason = (f"largest that fits {target.memory_gb:g} GB (estimated {estimate:.2f} GB with "
                   f"{HEADROOM:.0%} usable) and divides the {per_rank} sequences per rank")
     accum = per_rank // micro
@@ -161,20 +162,3 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
     change("train.grad_accum", train.grad_accum, accum, f"keeps the global batch of {total} = {micro} x {accum} x "
                                                         f"{world} ranks")
     return ported, changes
-
-
-WORKLOAD = ("name", "model.name", "model.config", "model.tokenizer", "model.lora_rank", "model.lora_alpha",
-            "model.lora_dropout", "model.lora_targets", "data", "optim", "train.steps", "train.epochs", "train.seed",
-            "dropbp.drop_rate", "dropbp.pool_size", "dropbp.allocation", "dropbp.allocate_at", "dropbp.allocator",
-            "dropbp.sensitivity", "dropbp.seed")
-
-
-def workload(recipe: Recipe, profile: ClusterProfile | None) -> dict[str, Any]:
-    """What a port must keep: the fields above, the method and the global batch."""
-    out: dict[str, Any] = {"method": recipe.model.method, "global_batch": global_batch(recipe, profile)}
-    for key in WORKLOAD:
-        value: Any = recipe
-        for part in key.split("."):
-            value = getattr(value, part)
-        out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return out

@@ -1,4 +1,4 @@
-"""``dropbp bench CONFIG.yaml``: benchmark settings as YAML sections of the recipe schema. Every shipped config
+"""``dropbp bench --config CONFIG.yaml``: benchmark settings as YAML sections of the recipe schema. Every shipped config
 validates; bad ones exit 2 with every problem listed."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
     for path in files:
         name, settings = load_bench_config(path)
         assert isinstance(settings, BENCHMARKS[name][0])
-        assert f"dropbp bench {path.relative_to(ROOT)}" in path.read_text().splitlines()[0]
+        assert f"dropbp bench --config {path.relative_to(ROOT)}" in path.read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("text,needles", [
@@ -34,7 +34,7 @@ def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
 def test_bad_configs_exit_2_listing_every_problem(tmp_path, capsys, text, needles):
     path = tmp_path / "bench.yaml"
     path.write_text(text)
-    assert main(["bench", str(path)]) == 2
+    assert main(["bench", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert all(n in err for n in needles), err
     assert "Traceback" not in err and not (tmp_path / "results").exists()
@@ -43,7 +43,7 @@ def test_bad_configs_exit_2_listing_every_problem(tmp_path, capsys, text, needle
 @pytest.mark.slow
 def test_a_config_runs_with_overrides(tmp_path):
     out = tmp_path / "res"
-    assert main(["bench", str(ROOT / "benchmarks/configs/compiles-cpu.yaml"), "compiles.steps=2",
+    assert main(["bench", "--config", str(ROOT / "benchmarks/configs/compiles-cpu.yaml"), "compiles.steps=2",
                  f"compiles.out={out}", "--quiet"]) == 0
     result = json.loads((out / "compiles.json").read_text())
     assert result["runs"][0]["steps"] == 2 and result["settings"]["out"] == str(out)

@@ -1,15 +1,34 @@
 """Porting recipes between clusters: the workload is kept, the hardware parts re-derived, or a clear refusal."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
 
 import pytest
 
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.cli import main
-from dropbp.recipes.config.clusters import cluster_names, load_cluster
-from dropbp.recipes.port import global_batch, port_recipe, workload
+from dropbp.recipes.config.clusters import ClusterProfile, cluster_names, load_cluster
 from dropbp.recipes.config.registry import shipped
-from dropbp.recipes.config.schema import load_recipe
+from dropbp.recipes.config.schema import Recipe, load_recipe
+from dropbp.recipes.port import global_batch, port_recipe
+
+
+WORKLOAD = ("name", "model.name", "model.config", "model.tokenizer", "model.lora_rank", "model.lora_alpha",
+            "model.lora_dropout", "model.lora_targets", "data", "optim", "train.steps", "train.epochs", "train.seed",
+            "dropbp.drop_rate", "dropbp.pool_size", "dropbp.allocation", "dropbp.allocate_at", "dropbp.allocator",
+            "dropbp.sensitivity", "dropbp.seed")
+
+
+def workload(recipe: Recipe, profile: ClusterProfile | None) -> dict[str, Any]:
+    """What a port must keep (the test's oracle): the fields above, the method and the global batch."""
+    out: dict[str, Any] = {"method": recipe.model.method, "global_batch": global_batch(recipe, profile)}
+    for key in WORKLOAD:
+        value: Any = recipe
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def test_the_five_cluster_profiles_load():
