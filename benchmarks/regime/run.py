@@ -190,60 +190,6 @@ def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args:
     return run
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
-def _speedups(mine: list[dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> list[float]:
-    """Per run that reaches its seed's baseline final validation loss: the baseline's time to that loss over the
-    run's (``time_to_target_s`` is recorded on each run, None where not reached)."""
-    speedups = []
-    for run in mine:
-        base = baseline[run["seed"]]
-        target = base["final_val_loss"]
-        took = time_to(run["curve"], target, "time_s")
-        base_took = time_to(base["curve"], target, "time_s")
-        run["time_to_target_s"] = took
-        if took is not None and base_took:
-            speedups.append(base_took / took)
-    return speedups
-
-
-def summarise(runs: list[dict[str, Any]], contenders: list[Contender],
-              equal_time: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Per contender, over seeds: final loss and accuracy, time, time saved and speed-up to the baseline's final
-    loss (each seed against the baseline of the same seed); with ``equal_time`` runs (the contender trained for the
-    baseline's wall time), their final loss, accuracy and speed-up too."""
-    baseline = {r["seed"]: r for r in runs if r["family"] == "baseline"}
-    rows = []
-    for contender in contenders:
-        mine = [r for r in runs if r["label"] == contender.label]
-        speedups = _speedups(mine, baseline)
-        reached = len(speedups)
-        longer = [r for r in equal_time if r["label"] == contender.label]
-        longer_speedups = _speedups(longer, baseline)
-        rows.append({
-            "equal_time": None if not longer else {
-                "epochs": statistics.fmean(r["epochs"] for r in longer),
-                "final_val_loss": _spread([r["final_val_loss"] for r in longer]),
-                "final_exact_match": _spread([r["final_exact_match"] for r in longer]),
-                "train_time_s": _spread([r["train_time_s"] for r in longer]),
-                "reached_target": len(longer_speedups), "seeds": len(longer),
-                "speedup_to_target": _spread(longer_speedups) if longer_speedups else None},
-            "label": contender.label, "family": contender.family, "lr": mine[0]["lr"], "seeds": len(mine),
-            "final_val_loss": _spread([r["final_val_loss"] for r in mine]),
-            "final_exact_match": _spread([r["final_exact_match"] for r in mine]),
-            "train_time_s": _spread([r["train_time_s"] for r in mine]),
-            "time_saved": _spread([1 - r["train_time_s"] / baseline[r["seed"]]["train_time_s"] for r in mine]),
-            "flops_saved": _spread([1 - r["train_flops"] / baseline[r["seed"]]["train_flops"] for r in mine]),
-            "accuracy_gap": _spread([r["final_exact_match"] - baseline[r["seed"]]["final_exact_match"]
-                                     for r in mine]),
-            "reached_target": reached, "speedup_to_target": _spread(speedups) if speedups else None,
-        })
-    return rows
-
-
 def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
     """Pre-train (or load), sweep learning rates, run the seeds; return the result (``main`` publishes it)."""
     settings.validate()

@@ -34,7 +34,8 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
         prog="dropbp",
         description="DropBP: faster, lighter LLM fine-tuning by dropping backward propagation of residual branches.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  dropbp bench throughput --device auto\n  dropbp train --device auto --drop-rate 0.75\n  dropbp env",
+        epilog="examples:\n  dropbp train tiny-tasks --device cpu dropbp.drop_rate=0.75\n  dropbp recipes ls\n"
+               "  dropbp bench throughput --device auto\n  dropbp env",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
@@ -44,18 +45,26 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
     return parser
 
 
+def parse(argv: Sequence[str] | None = None,
+          extra_commands: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.Namespace:
+    """The parsed command line (argparse exits with code 2 and a usage line on bad input). ``key=value`` overrides
+    may also come after options (``train RECIPE --device cpu a.b=1``), which argparse alone leaves over."""
+    parser = build_parser(extra_commands)
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides += [text for text in extra if "=" in text and not text.startswith("-")]
+        extra = [text for text in extra if text not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None,
          extra_commands: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> int:
     """Entry point of the ``dropbp`` console script."""
     # peft calls a transformers property that transformers 5 deprecates; it says nothing to a dropbp user
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    parser = build_parser(extra_commands)
-    args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):  # key=value overrides may come after options: train RECIPE --device cpu a.b=1
-        args.overrides += [text for text in extra if "=" in text and not text.startswith("-")]
-        extra = [text for text in extra if text not in args.overrides]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse(argv, extra_commands)
     try:
         return int(args.run(args) or 0)
     except DropBPError as err:

@@ -9,7 +9,7 @@ from dropbp.core.errors import ConfigError
 EXAMPLES = """examples:
   dropbp port paper/llama3-8b-lora-oasst1 --to gaudi2 -o llama3-gaudi2.yaml
   dropbp port llama3-gaudi2.yaml --to a100-80g --nodes 2 -o llama3-a100.yaml
-  dropbp port paper/llama2-70b-qlora-alpaca --to gaudi2 --allow-fallback lora -o llama2-70b-gaudi2.yaml"""
+  dropbp port paper/llama2-70b-qlora-alpaca --to h200 -o llama2-70b-h200.yaml"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
