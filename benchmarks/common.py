@@ -9,9 +9,8 @@ from typing import Any, TypeVar
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.config.options import device_field, out_field, seed_field
-from dropbp.recipes.report.publish import publish, results_folder
-from dropbp.recipes.config.fields import check_choice, check_output_dir, check_seed
+from dropbp.recipes import (check_choice, check_output_dir, check_seed, device_field, out_field, publish,
+                            results_folder, seed_field)
 
 S = TypeVar("S", bound="BenchSettings")
 

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.report.publish import publish, pyplot, results_folder
-from dropbp.recipes.config.fields import check_output_dir, setting
-from dropbp.recipes.report.tables import markdown_table
+from dropbp.recipes import check_output_dir, markdown_table, publish, pyplot, results_folder, setting
 
 from .paper import PAPER_THROUGHPUT
 from .throughput_report import mark_paper_points, paper_line

@@ -14,12 +14,8 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.config.options import method_field, pool_size_field
-from dropbp.recipes.model.build import apply_method, build_model
-from dropbp.recipes.report.publish import environment, pyplot
-from dropbp.recipes.config.fields import check_choice, check_positive, setting
-from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes import (StepRunner, apply_method, build_model, check_choice, check_positive, environment,
+                            markdown_table, method_field, pool_size_field, pyplot, setting)
 
 from .common import BenchSettings, run_benchmark
 

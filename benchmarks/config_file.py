@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
+from dropbp.recipes import Problems, apply_overrides, build, read_yaml
 
 from .registry import BENCHMARKS
 

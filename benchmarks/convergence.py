@@ -26,14 +26,10 @@ from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.progress import progress_bar
 from dropbp.core.allocation_schedule import AllocationSchedule
-from dropbp.recipes.config.options import drop_rates_field, method_field, model_field, pool_size_field
-from dropbp.recipes.data.corpus import VOCAB_SIZE, batch_at, split_corpus, stdlib_corpus
-from dropbp.recipes.model.build import apply_method, build_model
-from dropbp.recipes.report.publish import environment, pyplot
-from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_number, check_positive, option_name,
-                                            setting)
-from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes import (StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model, check_choice,
+                            check_drop_rates, check_number, check_positive, drop_rates_field, environment,
+                            markdown_table, method_field, model_field, option_name, pool_size_field, pyplot, setting,
+                            split_corpus, stdlib_corpus)
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_CONVERGENCE

@@ -23,20 +23,10 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes.config.options import (
-    drop_rates_field,
-    method_field,
-    model_field,
-    pool_size_field,
-    precision_field,
-    resolve_model,
-)
-from dropbp.recipes.config.presets import check_method, check_model
-from dropbp.recipes.model.build import DEFAULT_LORA_RANK, apply_method, build_model, check_fits
-from dropbp.recipes.report.publish import environment, mib, pyplot
-from dropbp.recipes.config.fields import check_choice, check_drop_rates, check_positive, setting
-from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes import (DEFAULT_LORA_RANK, StepRunner, apply_method, build_model, check_choice, check_drop_rates,
+                            check_fits, check_method, check_model, check_positive, drop_rates_field, environment,
+                            markdown_table, method_field, mib, model_field, pool_size_field, precision_field, pyplot,
+                            resolve_model, setting)
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_MEMORY

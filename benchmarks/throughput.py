@@ -20,21 +20,10 @@ from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes.config.options import (
-    drop_rates_field,
-    method_field,
-    model_field,
-    pool_size_field,
-    precision_field,
-    resolve_model,
-    resolve_sampler,
-    sampler_field,
-)
-from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
-from dropbp.recipes.model.build import apply_method, build_model, check_fits
-from dropbp.recipes.training.step import StepRunner
-from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
-                                            check_positive, setting)
+from dropbp.recipes import (StepRunner, apply_method, build_model, check_choice, check_drop_rates, check_fits,
+                            check_method, check_model, check_non_negative, check_number, check_positive,
+                            check_seq_len, drop_rates_field, method_field, model_field, pool_size_field,
+                            precision_field, resolve_model, resolve_sampler, sampler_field, setting)
 
 from .common import BenchSettings, run_benchmark
 
@@ -244,7 +233,7 @@ def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, config
               saved: dict[str, tuple[float, float]], dtype: torch.dtype) -> dict[str, Any]:
     """Turn raw timings into the result document: medians, increases, linear limits and efficiencies."""
     from dropbp.benchmarks.paper import PAPER_THROUGHPUT
-    from dropbp.recipes.report.publish import environment
+    from dropbp.recipes import environment
 
     compiles_reported = settings.compile or backend.compiles_per_mask
     entries = {c.label: _entry(c, settings, saved[c.label], dropbp.flops, compiles_reported) for c in configs}

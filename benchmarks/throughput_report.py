@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropbp.recipes.report.publish import mib, pyplot
-from dropbp.recipes.report.tables import markdown_table
+from dropbp.recipes import markdown_table, mib, pyplot
 
 HEADERS = ["config", "drop rate", "realised q", "step (s)", "tokens/s", "increase", "ideal step (s)", "efficiency",
            "saved act (MiB)", "ideal saved (MiB)", "peak (MiB)", "compiles"]

@@ -33,7 +33,7 @@ from dropbp.recipes.config.presets import PRESETS, downloads_allowed
 from dropbp.recipes.config.schema import Recipe, load_recipe
 from dropbp.recipes.data.instruct import RecipeData, load_data, render
 from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
-from dropbp.recipes.model.tokenizers import Tokenizer, load_tokenizer
+from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
 from dropbp.recipes.report.publish import write_text_atomic
 from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, latest_checkpoint, load_checkpoint,

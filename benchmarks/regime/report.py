@@ -4,8 +4,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from dropbp.recipes.report.publish import pyplot
-from dropbp.recipes.report.tables import markdown_table
+from dropbp.recipes import markdown_table, pyplot
 
 from ..convergence import time_to
 from .settings import Contender

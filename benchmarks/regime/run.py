@@ -17,16 +17,9 @@ from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
 from dropbp.core.seeding import seeded
 from dropbp.core.techniques import apply_technique
-from dropbp.recipes.config.schema import DataSection
-from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
-from dropbp.recipes.data.instruct import load_records, to_windows, tokenize
-from dropbp.recipes.data.tasks import TASK_DATA
-from dropbp.recipes.model.build import apply_method, build_model, quantize_4bit
-from dropbp.recipes.model.tokenizers import ByteTokenizer
-from dropbp.recipes.report.publish import environment, write_text_atomic
-from dropbp.recipes.training.evaluation import teacher_forced_exact_match
-from dropbp.recipes.training.lr import lr_scheduler
-from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, TASK_DATA, apply_method, batch_at, build_model,
+                            environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus,
+                            teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
 
 from ..convergence import FlopsModel, cache_dir, save_state
 from ..paper import PAPER_CONVERGENCE

@@ -7,9 +7,8 @@ from typing import Any
 from dropbp.core.errors import ConfigError
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes.config.fields import (check_choice, check_drop_rates, check_non_negative, check_number,
-                                          check_positive, check_seed, setting)
-from dropbp.recipes.model.build import check_cpu_4bit_shapes
+from dropbp.recipes import (check_choice, check_cpu_4bit_shapes, check_drop_rates, check_non_negative, check_number,
+                            check_positive, check_seed, setting)
 
 from ..common import BenchSettings
 

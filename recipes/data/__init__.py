@@ -1,1 +1,2 @@
-"""Data: instruction records and token windows for recipes, the byte corpus of the benchmarks, the shipped tasks."""
+"""Data: instruction records and token windows for recipes, tokenizers, the byte corpus of the benchmarks, the
+shipped tasks."""

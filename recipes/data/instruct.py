@@ -14,7 +14,7 @@ import torch
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.config.presets import check_hub_access, hub_id
 from dropbp.recipes.config.schema import DataSection, resolve_data_path
-from dropbp.recipes.model.tokenizers import Tokenizer
+from dropbp.recipes.data.tokenizers import Tokenizer
 
 IGNORE = -100  # label of a token left out of the loss
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "

@@ -1,2 +1,1 @@
-"""Models: presets built in code, the one model builder (presets, local folders, the Hub, 4-bit; then LoRA) and
-tokenizers."""
+"""Models: the one model builder (presets, local folders, the Hub, 4-bit; then LoRA)."""

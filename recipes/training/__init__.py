@@ -1,2 +1,20 @@
 """Training pieces every driver uses: the step runner, the learning-rate schedule, evaluation, checkpoints,
-distributed set-up and the Hugging Face Trainer callback."""
+distributed set-up and the Hugging Face Trainer callback. Import them from here (loaded on first use)."""
+from __future__ import annotations
+
+from dropbp.recipes.lazy import lazy_exports
+
+_STEP, _LR, _EVAL = "dropbp.recipes.training.step", "dropbp.recipes.training.lr", "dropbp.recipes.training.evaluation"
+_CHECKPOINT = "dropbp.recipes.training.checkpoint"
+_DISTRIBUTED = "dropbp.recipes.training.distributed"
+EXPORTS: dict[str, str] = {
+    "StepRunner": _STEP, "StepResult": _STEP, "causal_lm_loss": _STEP,
+    "lr_factor": _LR, "lr_scheduler": _LR, "SCHEDULES": _LR,
+    "validation_loss": _EVAL, "greedy_exact_match": _EVAL, "teacher_forced_exact_match": _EVAL,
+    "save_checkpoint": _CHECKPOINT, "load_checkpoint": _CHECKPOINT, "latest_checkpoint": _CHECKPOINT,
+    "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT,
+    "World": _DISTRIBUTED, "world_from_environment": _DISTRIBUTED,
+    "DropBPCallback": "dropbp.recipes.training.hf_trainer",
+}
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
