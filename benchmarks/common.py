@@ -9,25 +9,33 @@ from typing import Any, TypeVar
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes import (check_choice, check_output_dir, check_seed, device_field, out_field, publish,
-                            results_folder, seed_field)
+from dropbp.recipes import (Naming, Problems, check_choice, check_output_dir, check_seed, device_field,
+                            option_name, out_field, publish, results_folder, seed_field)
 
 S = TypeVar("S", bound="BenchSettings")
 
 
 @dataclasses.dataclass
 class BenchSettings:
-    """Fields every benchmark has. Subclasses add their own and extend :meth:`validate` / :meth:`resolve`."""
+    """Fields every benchmark has. Subclasses add their own and extend :meth:`check` / :meth:`resolve`."""
 
     device: str = device_field()
     seed: int = seed_field()
     out: Path | None = out_field()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field; called before any work starts."""
-        check_choice("--device", self.device, backends.DEVICE_CHOICES)
-        check_seed(self.seed)
-        check_output_dir("--out", self.out if self.out is not None else Path("results"))
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        """Record every problem of these settings in ``p``; ``name`` says how errors call a field (its flag on the
+        command line, its key in a YAML file). Subclasses extend it. Bad numbers of a field are normalised here
+        (e.g. drop rates become a tuple of floats)."""
+        p.check(check_choice, name("device"), self.device, backends.DEVICE_CHOICES)
+        p.check(check_seed, self.seed, name("seed"))
+        p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
+
+    def validate(self, name: Naming = option_name) -> None:
+        """Raise one :class:`ConfigError` listing every problem; called before any work starts."""
+        problems = Problems("")
+        self.check(problems, name)
+        problems.raise_if_any()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of every field (paths as strings), recorded in each result."""

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes import check_output_dir, markdown_table, publish, pyplot, results_folder, setting
+from dropbp.recipes import (Naming, Problems, check_output_dir, markdown_table, option_name, publish, pyplot,
+                            results_folder, setting)
 
 from .paper import PAPER_THROUGHPUT
 from .throughput_report import mark_paper_points, paper_line
@@ -26,15 +27,22 @@ class CompareSettings:
                                      positional=True, metavar="DIR")
     out: Path | None = setting(None, "where compare.{json,md,png} are written (default: results/compare)")
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        """Record every problem in ``p`` (``name``: how errors call a field)."""
+        dirs = "DIR" if name is option_name else name("dirs")
         if len(self.dirs) < 1:
-            raise ConfigError("DIR: give at least one folder holding a throughput.json (usually two or more).")
+            p.add(f"{dirs}: give at least one folder holding a throughput.json (usually two or more).")
         for folder in self.dirs:
             if not (Path(folder) / "throughput.json").is_file():
-                raise ConfigError(f"DIR {folder}: no throughput.json there; run 'dropbp bench throughput --out "
-                                  f"{folder}' on that machine first (or copy its results folder here).")
-        check_output_dir("--out", self.out if self.out is not None else Path("results"))
+                p.add(f"{dirs} {folder}: no throughput.json there; run 'dropbp bench throughput --out {folder}' on "
+                      "that machine first (or copy its results folder here).")
+        p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
+
+    def validate(self, name: Naming = option_name) -> None:
+        """Raise one :class:`ConfigError` listing every problem."""
+        problems = Problems("")
+        self.check(problems, name)
+        problems.raise_if_any()
 
 
 def load_throughput(folder: Path) -> dict[str, Any]:

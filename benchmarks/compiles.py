@@ -14,8 +14,8 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
-from dropbp.recipes import (StepRunner, apply_method, build_model, check_choice, check_positive, environment,
-                            markdown_table, method_field, pool_size_field, pyplot, setting)
+from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_positive,
+                            environment, markdown_table, method_field, option_name, pool_size_field, pyplot, setting)
 
 from .common import BenchSettings, run_benchmark
 
@@ -34,12 +34,12 @@ class CompilesSettings(BenchSettings):
     compile_backend: str = setting("aot_eager", "dynamo backend; aot_eager traces forward and backward without code "
                                                 "generation, inductor also generates kernels (slow on the CPU)")
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        super().validate()
-        check_choice("--method", self.method, ("full", "lora"))
-        validate_drop_rate(self.drop_rate, "--drop-rate")
-        check_positive(self, "pool_size", "steps")
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_choice, name("method"), self.method, ("full", "lora"))
+        p.check(validate_drop_rate, self.drop_rate, name("drop_rate"))
+        for field in ("pool_size", "steps"):
+            p.check(check_positive, self, field, naming=name)
 
 
 def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, steps: int = 200, pool_size: int = 8,

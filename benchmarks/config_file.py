@@ -7,7 +7,7 @@ as the recipes. The file names the benchmark and holds its settings under that n
       device: cpu
       method: lora
 
-Unknown keys and wrong types are reported together; values are then checked as on the command line.
+Unknown keys, wrong types and bad values are reported together, each by its YAML key (``memory.budget_gb``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes import Problems, apply_overrides, build, read_yaml
+from dropbp.recipes import Problems, apply_overrides, build, read_yaml, yaml_key
 
 from .registry import BENCHMARKS
 
@@ -47,7 +47,7 @@ def load_bench_config(path: Path | str, overrides: list[str] | tuple[str, ...] =
         problems.add(f"{name} must be a mapping of settings, got {type(section).__name__}.")
         section = {}
     settings = build(BENCHMARKS[name][0], section, problems, name)
-    if not problems.items:
-        problems.check(settings.validate)
+    if not problems.items:  # values are checked once the types are right; errors name the YAML keys
+        settings.check(problems, yaml_key(name))
     problems.raise_if_any()
     return name, settings

@@ -23,13 +23,12 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.branches import find_branches
 from dropbp.core.engine import DropBP
-from dropbp.core.errors import ConfigError
 from dropbp.core.progress import progress_bar
 from dropbp.core.allocation_schedule import AllocationSchedule
-from dropbp.recipes import (StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model, check_choice,
-                            check_drop_rates, check_number, check_positive, drop_rates_field, environment,
-                            markdown_table, method_field, model_field, option_name, pool_size_field, pyplot, setting,
-                            split_corpus, stdlib_corpus)
+from dropbp.recipes import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
+                            check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
+                            environment, markdown_table, method_field, model_field, option_name, pool_size_field,
+                            pyplot, setting, split_corpus, stdlib_corpus)
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_CONVERGENCE
@@ -63,24 +62,24 @@ class ConvergenceSettings(BenchSettings):
     model_overrides: dict[str, Any] = setting(help="tiny-model fields (width, heads, ...)", cli=False,
                                               default_factory=lambda: dict(MODEL_OVERRIDES))
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        super().validate()
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
         if self.model != "tiny":
-            raise ConfigError(f"--model: bench convergence trains its own built-in tiny Llama (pre-trained here, "
-                              f"then fine-tuned); only 'tiny' is allowed, got {self.model!r}.")
-        check_choice("--method", self.method, ("full", "lora"))
-        self.drop_rates = check_drop_rates(self.drop_rates)
-        for name in ("compare_pool_at", "sensitivity_at"):
-            if getattr(self, name) is not None:
-                validate_drop_rate(getattr(self, name), option_name(name))
+            p.add(f"{name('model')}: bench convergence trains its own built-in tiny Llama (pre-trained here, then "
+                  f"fine-tuned); only 'tiny' is allowed, got {self.model!r}.")
+        p.check(check_choice, name("method"), self.method, ("full", "lora"))
+        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
+        for field in ("compare_pool_at", "sensitivity_at"):
+            if getattr(self, field) is not None:
+                p.check(validate_drop_rate, getattr(self, field), name(field))
         for allocator in self.sensitivity_allocators:
-            check_choice("--sensitivity-allocators", allocator, ("paper", "optimal"))
-        check_positive(self, "pretrain_steps", "steps", "batch_size", "seq_len", "eval_every", "eval_windows",
-                       "pool_size", "corpus_bytes")
-        check_number("--max-step-factor", self.max_step_factor, low=1)
-        check_number("--lr", self.lr, low=0, low_open=True)
-        check_number("--pretrain-lr", self.pretrain_lr, low=0, low_open=True)
+            p.check(check_choice, name("sensitivity_allocators"), allocator, ("paper", "optimal"))
+        for field in ("pretrain_steps", "steps", "batch_size", "seq_len", "eval_every", "eval_windows", "pool_size",
+                      "corpus_bytes"):
+            p.check(check_positive, self, field, naming=name)
+        p.check(check_number, name("max_step_factor"), self.max_step_factor, low=1)
+        p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
+        p.check(check_number, name("pretrain_lr"), self.pretrain_lr, low=0, low_open=True)
 
 
 def cache_dir() -> Path:

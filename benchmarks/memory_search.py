@@ -23,10 +23,10 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes import (DEFAULT_LORA_RANK, StepRunner, apply_method, build_model, check_choice, check_drop_rates,
-                            check_fits, check_method, check_model, check_positive, drop_rates_field, environment,
-                            markdown_table, method_field, mib, model_field, pool_size_field, precision_field, pyplot,
-                            resolve_model, setting)
+from dropbp.recipes import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model, check_choice,
+                            check_drop_rates, check_fits, check_method, check_model, check_positive, drop_rates_field,
+                            environment, markdown_table, method_field, mib, model_field, option_name, pool_size_field,
+                            precision_field, pyplot, resolve_model, setting)
 
 from .common import BenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
@@ -49,16 +49,18 @@ class MemorySettings(BenchSettings):
     max_seq_len: int = setting(65536, "upper end of the search")
     pool_size: int = pool_size_field()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        super().validate()
-        check_model(self.model)
-        self.drop_rates = check_drop_rates(self.drop_rates)
-        check_method(self.method)
-        check_choice("--precision", self.precision, ("auto", *PRECISIONS))
-        check_positive(self, "batch_size", "max_seq_len", "pool_size")
-        if self.budget_gb is not None and not (math.isfinite(self.budget_gb) and self.budget_gb > 0):
-            raise ConfigError(f"--budget-gb must be a positive number of GiB, got {self.budget_gb}.")
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_model, self.model, name("model"))
+        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
+        p.check(check_method, self.method, name("method"))
+        p.check(check_choice, name("precision"), self.precision, ("auto", *PRECISIONS))
+        for field in ("batch_size", "max_seq_len", "pool_size"):
+            p.check(check_positive, self, field, naming=name)
+        if self.budget_gb is not None and not (isinstance(self.budget_gb, (int, float)) and not
+                                               isinstance(self.budget_gb, bool) and math.isfinite(self.budget_gb)
+                                               and self.budget_gb > 0):
+            p.add(f"{name('budget_gb')} must be a positive number of GiB, got {self.budget_gb}.")
 
     def resolve(self, backend: type[Backend]) -> "MemorySettings":
         """``auto`` model and precision as they are on ``backend``."""

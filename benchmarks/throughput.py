@@ -7,7 +7,6 @@ compiles. The linear limit for a realised FLOPs-weighted drop fraction q is ``T(
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,9 +19,9 @@ from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes import (StepRunner, apply_method, build_model, check_choice, check_drop_rates, check_fits,
-                            check_method, check_model, check_non_negative, check_number, check_positive,
-                            check_seq_len, drop_rates_field, method_field, model_field, pool_size_field,
+from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_drop_rates,
+                            check_fits, check_method, check_model, check_non_negative, check_number, check_positive,
+                            check_seq_len, drop_rates_field, method_field, model_field, option_name, pool_size_field,
                             precision_field, resolve_model, resolve_sampler, sampler_field, setting)
 
 from .common import BenchSettings, run_benchmark
@@ -49,19 +48,19 @@ class ThroughputSettings(BenchSettings):
     model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,
                                               default_factory=dict)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        super().validate()
-        check_model(self.model)
-        self.drop_rates = check_drop_rates(self.drop_rates)
-        check_method(self.method)
-        check_choice("--sampler", self.sampler, ("auto", *SAMPLERS))
-        check_choice("--precision", self.precision, ("auto", *PRECISIONS))
-        check_positive(self, "seq_len", "batch_size", "steps", "pool_size", "memory_masks")
-        check_non_negative(self, "warmup")
-        check_number("--lr", self.lr, low=0, low_open=True)
-        if self.model != "auto":
-            check_seq_len(self.model, self.seq_len, **self.model_overrides)
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_model, self.model, name("model"))
+        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
+        p.check(check_method, self.method, name("method"))
+        p.check(check_choice, name("sampler"), self.sampler, ("auto", *SAMPLERS))
+        p.check(check_choice, name("precision"), self.precision, ("auto", *PRECISIONS))
+        for key in ("seq_len", "batch_size", "steps", "pool_size", "memory_masks"):
+            p.check(check_positive, self, key, naming=name)
+        p.check(check_non_negative, self, "warmup", naming=name)
+        p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
+        if self.model != "auto" and not p.items:
+            p.check(check_seq_len, self.model, self.seq_len, name("seq_len"), **self.model_overrides)
 
     def resolve(self, backend: type[Backend]) -> "ThroughputSettings":
         """``auto`` model, sampler and precision as they are on ``backend``."""

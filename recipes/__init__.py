@@ -28,7 +28,8 @@ EXPORTS: dict[str, str] = {
     **_names(_CONFIG + "clusters", "ClusterProfile", "load_cluster", "cluster_names"),
     **_names("dropbp.recipes.port", "port_recipe"),
     # settings of commands and benchmarks
-    **_names(_FIELDS, "setting", "add_command", "from_args", "option_name", "check_choice", "check_drop_rates",
+    **_names(_FIELDS, "setting", "add_command", "from_args", "option_name", "yaml_key", "Naming", "check_int",
+             "check_choice", "check_drop_rates",
              "check_non_negative", "check_number", "check_output_dir", "check_positive", "check_seed"),
     **_names(_LOADER, "Problems", "apply_overrides", "build", "read_yaml"),
     **_names(_OPTIONS, "device_field", "drop_rates_field", "method_field", "model_field", "out_field",

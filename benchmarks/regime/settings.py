@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dropbp.core.errors import ConfigError
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes import (check_choice, check_cpu_4bit_shapes, check_drop_rates, check_non_negative, check_number,
-                            check_positive, check_seed, setting)
+from dropbp.recipes import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
+                            check_non_negative, check_number, check_positive, check_seed, option_name, setting)
 
 from ..common import BenchSettings
 
@@ -46,28 +45,29 @@ class RegimeSettings(BenchSettings):
     model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,
                                               default_factory=lambda: dict(REGIME_MODEL))
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        super().validate()
-        check_choice("--method", self.method, ("lora", "qlora"))
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_choice, name("method"), self.method, ("lora", "qlora"))
         if self.method == "qlora" and self.device != "cuda":
-            check_cpu_4bit_shapes("tiny", {**REGIME_MODEL, **self.model_overrides}, "--method")
-        self.drop_rates = check_drop_rates(self.drop_rates)
-        check_number("--contender-rate", self.contender_rate, low=0, high=1, high_open=True)
+            p.check(check_cpu_4bit_shapes, "tiny", {**REGIME_MODEL, **self.model_overrides}, name("method"))
+        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
+        p.check(check_number, name("contender_rate"), self.contender_rate, low=0, high=1, high_open=True)
         for lr in self.lrs:
-            check_number("--lrs", lr, low=0, low_open=True)
+            p.check(check_number, name("lrs"), lr, low=0, low_open=True)
         if not self.lrs or not self.seeds:
-            raise ConfigError("--lrs and --seeds need at least one value each.")
+            p.add(f"{name('lrs')} and {name('seeds')} need at least one value each.")
         for family in self.contenders:
-            check_choice("--contenders", family, FAMILIES)
+            p.check(check_choice, name("contenders"), family, FAMILIES)
         if "baseline" not in self.contenders:
-            raise ConfigError("--contenders must include baseline (every comparison is against it).")
-        check_positive(self, "lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps")
+            p.add(f"{name('contenders')} must include baseline (every comparison is against it).")
+        for field in ("lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps"):
+            p.check(check_positive, self, field, naming=name)
         for seed in self.seeds:
-            check_seed(seed, "--seeds")
-        check_number("--epochs", self.epochs, low=0, low_open=True)
-        check_number("--pld-gamma-scale", self.pld_gamma_scale, low=0)
-        check_non_negative(self, "warmup_steps", "threads")
+            p.check(check_seed, seed, name("seeds"))
+        p.check(check_number, name("epochs"), self.epochs, low=0, low_open=True)
+        p.check(check_number, name("pld_gamma_scale"), self.pld_gamma_scale, low=0)
+        for field in ("warmup_steps", "threads"):
+            p.check(check_non_negative, self, field, naming=name)
 
 
 @dataclass(frozen=True)

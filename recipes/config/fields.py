@@ -36,9 +36,18 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
     return dataclasses.field(default=default, metadata=metadata)
 
 
+#: How errors call a settings field: its flag on the command line, its dotted key in a YAML file.
+Naming = Callable[[str], str]
+
+
 def option_name(name: str) -> str:
-    """``drop_rates`` -> ``--drop-rates``: the flag (and the name errors use) of a settings field."""
+    """``drop_rates`` -> ``--drop-rates``: the flag (and the name command-line errors use) of a settings field."""
     return "--" + name.replace("_", "-")
+
+
+def yaml_key(section: str) -> Naming:
+    """The naming of a YAML section's fields: ``drop_rates`` -> ``memory.drop_rates`` for ``section='memory'``."""
+    return lambda name: f"{section}.{name}"
 
 
 def _comma_list(item: Callable[[str], Any], what: str) -> Callable[[str], tuple[Any, ...]]:
@@ -155,27 +164,32 @@ def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}.")
 
 
-def check_positive(settings: Any, *names: str) -> None:
-    """Each named field must be an integer >= 1."""
+def check_int(name: str, value: Any, low: int = 0) -> int:
+    """An integer (``bool`` refused) >= ``low``; returned unchanged. The one such check of the recipes and benchmarks."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}.")
+    return value
+
+
+def check_positive(settings: Any, *names: str, naming: Naming = option_name) -> None:
+    """Each named field must be an integer >= 1 (the first bad one is raised; record them one by one with
+    :meth:`Problems.check` to report all)."""
     for name in names:
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{option_name(name)} must be a positive integer, got {value!r}.")
+        check_int(naming(name), getattr(settings, name), 1)
 
 
-def check_non_negative(settings: Any, *names: str) -> None:
+def check_non_negative(settings: Any, *names: str, naming: Naming = option_name) -> None:
     """Each named field must be an integer >= 0."""
     for name in names:
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{option_name(name)} must be >= 0, got {value!r}.")
+        check_int(naming(name), getattr(settings, name), 0)
 
 
-def check_drop_rates(rates: Any) -> tuple[float, ...]:
+def check_drop_rates(rates: Any, name: str = "--drop-rates") -> tuple[float, ...]:
     """At least one rate, each in [0, 1); returned as a tuple of floats."""
     if not rates:
-        raise ConfigError("--drop-rates needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
-    return tuple(validate_drop_rate(r, "--drop-rates") for r in rates)
+        raise ConfigError(f"{name} needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
+    return tuple(validate_drop_rate(r, name) for r in rates)
 
 
 SEED_LIMIT = 2**32

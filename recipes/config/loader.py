@@ -42,12 +42,15 @@ class Problems:
             return None
 
     def raise_if_any(self) -> None:
-        """One :class:`ConfigError` listing every problem (a single problem is its own message)."""
+        """One :class:`ConfigError` listing every problem (a single problem is its own message, after the source
+        when there is one)."""
+        prefix = f"{self.source}: " if self.source else ""
         if len(self.items) == 1:
-            raise ConfigError(f"{self.source}: {self.items[0]}")
+            raise ConfigError(f"{prefix}{self.items[0]}")
         if self.items:
             listed = "\n".join(f"  - {item}" for item in self.items)
-            raise ConfigError(f"{self.source} has {len(self.items)} problems:\n{listed}")
+            raise ConfigError(f"{self.source or 'the settings'} {'have' if not self.source else 'has'} "
+                              f"{len(self.items)} problems:\n{listed}")
 
 
 def read_yaml(path: Path | str) -> dict[str, Any]:

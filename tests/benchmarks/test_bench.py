@@ -64,20 +64,15 @@ def test_throughput_arithmetic_is_consistent(small_result):
         base["saved_activation_bytes"]
 
 
-def test_bench_cli_writes_three_files(tmp_path, monkeypatch, capsys):
-    import dropbp.benchmarks.throughput as throughput
-
-    original = throughput.ThroughputSettings.validate
-
-    def shrink(self):  # the CLI builds the settings; make the model small for a test run
-        self.model_overrides = dict(SMALL)
-        original(self)
-
-    monkeypatch.setattr(throughput.ThroughputSettings, "validate", shrink)
+def test_bench_cli_writes_three_files(tmp_path, capsys):
     out = tmp_path / "res"
-    code = main(["bench", "throughput", "--device", "cpu", "--drop-rates", "0.5", "--seq-len", "16", "--batch-size",
-                 "1", "--warmup", "0", "--steps", "2", "--out", str(out), "--quiet"])
-    assert code == 0
+    config = tmp_path / "small.yaml"  # a config file can set what the command line cannot (the model's shape)
+    config.write_text(f"benchmark: throughput\nthroughput: {{model_overrides: {json.dumps(SMALL)}}}\n")
+    code = main(["bench", "--config", str(config), "throughput.device=cpu", "throughput.drop_rates=[0.5]",
+                 "throughput.seq_len=16", "throughput.batch_size=1", "throughput.warmup=0", "throughput.steps=2",
+                 f"throughput.out={out}", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "throughput.json").read_text())["model_shape"]["hidden"] == SMALL["hidden_size"]
     assert sorted(p.name for p in out.iterdir()) == ["throughput.json", "throughput.md", "throughput.png"]
     assert "| baseline" in capsys.readouterr().out
 
