@@ -24,7 +24,8 @@ from .dynamo_settings import guard_module_hooks
 from .errors import ConfigError
 from .hooks import Hook, detach_outputs
 from .masks import MaskSpec, parse_mask
-from .samplers import Sampler, check_seed, make_sampler, next_step
+from .checks import check_int, check_seed
+from .samplers import Sampler, make_sampler, next_step
 from .state import check_state
 
 #: The step counters behind :meth:`DropBP.report`, kept in :meth:`DropBP.state_dict`.
@@ -94,9 +95,7 @@ class DropBP:
         self.rates = (validate_rates(rates, len(self.branches)) if rates is not None
                       else uniform_rates(len(self.branches), drop_rate))
         self.seed = check_seed(seed)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ConfigError(f"pool_size must be a positive integer (masks in the pool sampler), got {pool_size!r}.")
-        self.pool_size = pool_size
+        self.pool_size = check_int("pool_size", pool_size, 1, meaning="masks in the pool sampler")
         self.sampler: Sampler = make_sampler(sampler, self.rates, self.flops, seed, pool_size)
         # Everything is valid: only now touch the model.
         self._model = model

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .checks import check_int
 from .errors import ConfigError
 
 
@@ -57,8 +58,7 @@ def attention_flops_per_token(shape: ModelShape, seq_len: int) -> int:
     ``2*h*(n_h*d)`` (Q) + ``2*2*h*(n_kv*d)`` (K and V, smaller under GQA) + ``2*(n_h*d)*h`` (output projection)
     + ``2*2*s*n_h*d`` (scores and weighted sum over ``s`` positions).
     """
-    if seq_len <= 0:
-        raise ConfigError(f"seq_len must be a positive integer, got {seq_len}.")
+    check_int("seq_len", seq_len, 1)
     h, nh, nkv, d = shape.hidden, shape.heads, shape.kv_heads, shape.head_dim
     return 2 * h * (nh * d) + 2 * 2 * h * (nkv * d) + 2 * (nh * d) * h + 2 * 2 * seq_len * nh * d
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .branches import find_blocks
+from .checks import check_int
 from .errors import ConfigError
 
 
@@ -42,9 +43,7 @@ def freeze_bottom_layers(model: nn.Module, train_top: int, *, name: str = "train
     adapters. Frozen parameters get no gradient (their ``.grad`` stays ``None``). ``name`` is how errors call
     ``train_top``."""
     blocks = [name for name, _ in find_blocks(model)]
-    if isinstance(train_top, bool) or not isinstance(train_top, int) or not 1 <= train_top <= len(blocks):
-        raise ConfigError(f"{name} must be an integer in 1..{len(blocks)} (the model's decoder blocks), "
-                          f"got {train_top!r}.")
+    check_int(name, train_top, 1, len(blocks), meaning="the model's decoder blocks")
     bottom = blocks[:len(blocks) - train_top]
     frozen: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():

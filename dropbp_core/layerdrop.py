@@ -19,7 +19,8 @@ from torch import nn
 
 from .branches import find_blocks
 from .errors import ConfigError
-from .samplers import check_seed, next_step, step_generator
+from .checks import check_seed
+from .samplers import next_step, step_generator
 from .state import check_state
 
 #: ``keep_probability(step, layer_position, num_layers)`` for layer positions 1..num_layers (1 = nearest the input).

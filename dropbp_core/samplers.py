@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from .checks import check_int
 from .errors import ConfigError
 
 SAMPLERS: tuple[str, ...] = ("bernoulli", "pool")
@@ -28,20 +29,11 @@ def step_generator(seed: int, step: int, salt: str) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(step_seed(seed, step, salt))
 
 
-def check_seed(seed: object) -> int:
-    """A mask seed must be an integer (``bool`` is refused); returns it."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}.")
-    return seed
-
-
 def next_step(step: object, previous: int | None) -> int:
     """``step`` checked (a non-negative integer), or, for None, the step after ``previous`` (0 at first)."""
     if step is None:
         return 0 if previous is None else previous + 1
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ConfigError(f"step must be a non-negative integer, got {step!r}.")
-    return step
+    return check_int("step", step, 0)
 
 
 class Sampler(Protocol):
@@ -104,8 +96,7 @@ class PoolSampler:
     name = "pool"
 
     def __init__(self, rates: Sequence[float], flops: Sequence[float], seed: int, size: int = 8) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"pool_size must be a positive integer (the number of distinct masks), got {size!r}.")
+        check_int("pool_size", size, 1, meaning="the number of distinct masks")
         self.rates = [float(r) for r in rates]
         self.seed = int(seed)
         self.size = size

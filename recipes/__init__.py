@@ -28,9 +28,10 @@ EXPORTS: dict[str, str] = {
     **_names(_CONFIG + "clusters", "ClusterProfile", "load_cluster", "cluster_names"),
     **_names("dropbp.recipes.port", "port_recipe"),
     # settings of commands and benchmarks
-    **_names(_FIELDS, "setting", "add_command", "from_args", "option_name", "yaml_key", "Naming", "check_int",
+    **_names("dropbp.core.checks", "check_int", "check_seed"),
+    **_names(_FIELDS, "setting", "add_command", "from_args", "option_name", "yaml_key", "Naming",
              "check_choice", "check_drop_rates",
-             "check_non_negative", "check_number", "check_output_dir", "check_positive", "check_seed"),
+             "check_non_negative", "check_number", "check_output_dir", "check_positive"),
     **_names(_LOADER, "Problems", "apply_overrides", "build", "read_yaml"),
     **_names(_OPTIONS, "device_field", "drop_rates_field", "method_field", "model_field", "out_field",
              "pool_size_field", "precision_field", "sampler_field", "seed_field", "resolve_model", "resolve_sampler"),

@@ -9,12 +9,12 @@ import torch
 
 from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
+from dropbp.core.checks import check_seed
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
 from dropbp.recipes.config.fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
-                                            check_seed, setting)
-
+                                          setting)
 from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
+from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
 
 EXAMPLES = """examples:
   dropbp allocate --model tiny --method lora --drop-rate 0.875 --sensitivity fast --allocator paper
@@ -51,7 +51,7 @@ class AllocateSettings:
         check_choice("--allocator", self.allocator, ALLOCATORS)
         check_choice("--compare", self.compare, (None, "exact"))
         check_positive(self, "seq_len", "batch_size")
-        check_seed(self.seed)
+        check_seed(self.seed, "--seed")
         check_output_dir("--out", self.out if self.out is not None else Path("results"))
         check_seq_len(self.model, self.seq_len)
         check_number("--cap", self.cap, low=0, high=1, low_open=True, high_open=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.checks import check_int
 from dropbp.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -164,14 +165,6 @@ def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}.")
 
 
-def check_int(name: str, value: Any, low: int = 0) -> int:
-    """An integer (``bool`` refused) >= ``low``; returned unchanged. The one such check of the recipes and benchmarks."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ConfigError(f"{name} must be {what}, got {value!r}.")
-    return value
-
-
 def check_positive(settings: Any, *names: str, naming: Naming = option_name) -> None:
     """Each named field must be an integer >= 1 (the first bad one is raised; record them one by one with
     :meth:`Problems.check` to report all)."""
@@ -190,15 +183,6 @@ def check_drop_rates(rates: Any, name: str = "--drop-rates") -> tuple[float, ...
     if not rates:
         raise ConfigError(f"{name} needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
     return tuple(validate_drop_rate(r, name) for r in rates)
-
-
-SEED_LIMIT = 2**32
-
-
-def check_seed(value: Any, name: str = "--seed") -> None:
-    """A seed is an integer in [0, 2**32): every generator it reaches (torch, the data windows) accepts it."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {value!r}.")
 
 
 def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,

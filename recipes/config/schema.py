@@ -14,6 +14,7 @@ from typing import Any
 
 from dropbp import backends
 from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.checks import check_int, check_seed
 from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.allocation_schedule import ALLOCATION_MODES
@@ -21,7 +22,7 @@ from dropbp.core.techniques import TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.config.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
-from dropbp.recipes.config.fields import check_choice, check_number, check_seed, setting
+from dropbp.recipes.config.fields import check_choice, check_number, setting
 
 DATA_FORMATS = ("alpaca", "chat", "text")
 TEMPLATES = ("alpaca", "plain")
@@ -33,8 +34,7 @@ CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 
 
 def _int(p: Problems, name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        p.add(f"{name} must be an integer >= {low}, got {value!r}.")
+    p.check(check_int, name, value, low)
 
 
 @dataclass

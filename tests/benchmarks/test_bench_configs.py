@@ -29,7 +29,7 @@ def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
     ("benchmark: speed\n", ["benchmark must be one of throughput, memory, convergence, regime, compiles, compare"]),
     ("benchmark: memory\nmemory: {budget_gb: 0}\n", ["memory.budget_gb must be a positive number of GiB"]),
     ("benchmark: regime\nregime: {batch_size: 0, epochs: -1, contenders: [dropbp], seeds: [-3]}\n",
-     ["has 4 problems", "regime.batch_size must be a positive integer", "regime.epochs must be a finite number",
+     ["has 4 problems", "regime.batch_size must be an integer >= 1", "regime.epochs must be a finite number",
       "regime.contenders must include baseline", "regime.seeds must be an integer in [0, 2**32)"]),
     ("benchmark: memory\nextra: 1\n", ["unknown key extra"]),
     ("benchmark: !!python/object/apply:os.system ['true']\n", ["refused YAML tag"]),

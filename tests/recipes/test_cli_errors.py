@@ -69,10 +69,10 @@ MATRIX = [
      "--compile-backend must be a torch.compile"),
     *[(command, ["--seq-len", "1000000"], "--seq-len must be at most 8192") for command in
       (["allocate"], ["bench", "throughput"])],
-    *[(command, ["--pool-size", "0"], "--pool-size must be a positive integer") for command in
+    *[(command, ["--pool-size", "0"], "--pool-size must be an integer >= 1") for command in
       (["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
     (["allocate"], ["--cap", "nan"], "--cap must be a finite number in (0, 1)"),
-    *[(command, ["--steps", "0"], "--steps must be a positive integer") for command in
+    *[(command, ["--steps", "0"], "--steps must be an integer >= 1") for command in
       (["bench", "throughput"], ["bench", "convergence"], ["bench", "compiles"])],
     # dropbp train takes a recipe and key=value overrides
     (["train", "tiny-tasks"], [f"train.seed={HUGE_SEED}"], "train.seed must be an integer in [0, 2**32)"),
