@@ -144,6 +144,7 @@ def test_model_auto_is_tiny_on_cpu_and_paper_shape_on_accelerators(capsys):
     assert "only 'tiny' is allowed" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about 4 s; make test runs it
 def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
     out = tmp_path / "mem"
     assert main(["bench", "memory", "--device", "cpu", "--budget-gb", "0.08", "--drop-rates", "0.875",

@@ -54,7 +54,8 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
 
 
-@pytest.mark.parametrize("name", ["tiny-tasks", pytest.param("tiny-tasks-lora", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the fast lane resumes a run in tests/recipes/test_resume_state.py
+@pytest.mark.parametrize("name", ["tiny-tasks", "tiny-tasks-lora"])
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, name):
     steps = ["train.steps=20", "train.eval_every=10", "train.save_every=0"]
     whole = tmp_path / "whole"
@@ -78,6 +79,7 @@ def test_resume_refuses_a_changed_recipe_and_a_fresh_run_refuses_a_used_folder(t
         run("tiny-tasks-lora", out, "train.steps=4", "train.eval_every=0", "optim.lr=0.1", resume=True)
 
 
+@pytest.mark.slow  # bitsandbytes' CPU fallback; make test runs it
 def test_qlora_trains_with_dropbp_on_the_cpu(tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
