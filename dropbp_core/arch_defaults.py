@@ -14,7 +14,7 @@ class ArchDefaults:
 
 
 # model_type (from the Hugging Face config) -> branch module names. Each entry is covered by a test on a tiny
-# random config of that architecture (tests/test_branches.py).
+# random config of that architecture (tests/core/test_branches.py).
 ARCH_DEFAULTS: dict[str, ArchDefaults] = {
     "llama": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
     "mistral": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),

@@ -127,6 +127,7 @@ class MemoryModel:
         norms = max(0.0, kept * 2 * self.layers - (1 if self.lora else 0)) * self._pre_norm()
         return branches + norms + self._head(kept > 0)
 
-    def training_bytes(self, batch: int, seq_len: int, kept: float = 1.0) -> float:
-        """Predicted memory of a training step: state plus saved activations at share ``kept``."""
-        return self.state_bytes() + batch * seq_len * self.saved_bytes_per_token_at(kept)
+    def training_bytes(self, batch: int, seq_len: int, kept: float = 1.0, grad_bytes: int | None = None) -> float:
+        """Predicted memory of a training step: :meth:`state_bytes` plus the activations saved at share ``kept`` of
+        the branches (what ``dropbp port`` sizes micro-batches by)."""
+        return self.state_bytes(grad_bytes) + batch * seq_len * self.saved_bytes_per_token_at(kept)

@@ -26,7 +26,7 @@ class Applied:
     def remove(self) -> None:
         """Undo it: hooks off, forwards restored, frozen parameters trainable again."""
         if self.policy is not None:
-            self.policy.remove()  # type: ignore[attr-defined]
+            self.policy.remove()
         if self.frozen is not None:
             self.frozen.unfreeze()
 

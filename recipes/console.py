@@ -1,6 +1,6 @@
 """The ``dropbp`` console script. Ctrl-C anywhere, even while torch is still being imported, ends the run with
-"interrupted" and exit code 130; if native code keeps the interpreter busy, the process leaves anyway one second
-after the Ctrl-C. Results are never half-written either way: they are published as a set
+"interrupted" and exit code 130; if native code keeps the interpreter busy, the process leaves anyway ``GRACE_S``
+(0.75 s) after the Ctrl-C. Results are never half-written either way: they are published as a set
 (:func:`dropbp.recipes.report.publish.publish`). Nothing heavy is imported before the handlers are in place."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _watch(fd: int) -> None:
 
 
 def install_interrupt_handling() -> None:
-    """SIGINT raises KeyboardInterrupt as usual, and a watcher thread enforces the one-second grace."""
+    """SIGINT raises KeyboardInterrupt as usual, and a watcher thread enforces the grace period."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)

@@ -84,7 +84,7 @@ def memory_bytes(recipe: Recipe, shape: dict[str, int], micro_batch: int, device
     sampler = recipe.dropbp.sampler
     pool = sampler == "pool" or (sampler == "auto" and compiles_per_mask)  # auto is pool where masks compile
     kept = 1.0 - recipe.dropbp.drop_rate if pool else 1.0
-    return model.state_bytes(grad_bytes=width) + micro_batch * recipe.data.seq_len * model.saved_bytes_per_token_at(kept)
+    return model.training_bytes(micro_batch, recipe.data.seq_len, kept, grad_bytes=width)
 
 
 def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterProfile, *, nodes: int = 1,

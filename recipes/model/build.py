@@ -1,10 +1,12 @@
-"""Building the model a recipe trains: preset or Hugging Face weights, full fine-tuning, LoRA, or QLoRA (4-bit NF4
-base weights through ``transformers``' ``BitsAndBytesConfig`` and ``bitsandbytes``), all adapters through PEFT."""
+"""The one model builder: the base model from the first loader that applies (4-bit, preset, local folder or Hub),
+then the adapters its method trains (full fine-tuning, LoRA, or QLoRA: 4-bit NF4 base weights through
+``transformers``' ``BitsAndBytesConfig`` and ``bitsandbytes``), all adapters through PEFT."""
 from __future__ import annotations
 
 import importlib.util
 import logging
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -98,26 +100,52 @@ def check_cpu_4bit_shapes(preset: str, overrides: dict[str, Any], field: str = "
                           f"{CPU_4BIT_BLOCK} (bitsandbytes' CPU kernels); here {listed}. Change the model's shape.")
 
 
-def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module:
-    """The model of a recipe's model section, on ``backend``'s device, with adapters where the method has them."""
-    if spec.method == "qlora":
-        model = load_4bit(spec, backend, seed)
-    elif spec.name in PRESETS:
-        model = build_model(spec.name, dtype=dtype, device=backend.device, seed=seed, **spec.config)
-    else:
-        from transformers import AutoModelForCausalLM
+#: A loader gives the base model of a model section, or None when it does not apply; the first that applies wins.
+Loader = Callable[[ModelSection, Backend, torch.dtype, int], "nn.Module | None"]
 
-        if spec.trust_remote_code:
-            print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source_of(spec.name), dtype=dtype, **_load_kwargs(spec))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"model.name {spec.name!r} could not be loaded: {str(err).splitlines()[0]}") from None
-        model = model.to(backend.device)
-    if spec.method in ("lora", "qlora"):
-        model = add_lora(model, lora_config(spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.lora_targets),
-                         seed)
-    return model
+
+def _quantized(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module | None:
+    """QLoRA: the base model with NF4 4-bit linear weights (a preset quantized on load, or a checkpoint)."""
+    return load_4bit(spec, backend, seed) if spec.method == "qlora" else None
+
+
+def _preset(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module | None:
+    """A preset built in code with random weights."""
+    if spec.name not in PRESETS:
+        return None
+    return build_model(spec.name, dtype=dtype, device=backend.device, seed=seed, **spec.config)
+
+
+def _pretrained(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module | None:
+    """A local folder holding a Hugging Face model, or ``hf:org/name`` (fetched only with downloads allowed)."""
+    from transformers import AutoModelForCausalLM
+
+    if spec.trust_remote_code:
+        print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source_of(spec.name), dtype=dtype, **_load_kwargs(spec))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name {spec.name!r} could not be loaded: {str(err).splitlines()[0]}") from None
+    return model.to(backend.device)
+
+
+#: The loaders, in the order they are tried.
+LOADERS: tuple[Loader, ...] = (_quantized, _preset, _pretrained)
+
+
+def add_adapters(model: nn.Module, spec: ModelSection, seed: int) -> nn.Module:
+    """PEFT LoRA adapters for ``lora`` and ``qlora`` (rank, alpha, dropout and targets from ``spec``, initialised
+    from ``seed``); ``full`` returns the model unchanged."""
+    if spec.method not in ("lora", "qlora"):
+        return model
+    return add_lora(model, lora_config(spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.lora_targets), seed)
+
+
+def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module:
+    """The one model builder: the first of :data:`LOADERS` that applies gives the base model on ``backend``'s
+    device, then :func:`add_adapters` adds what the method trains."""
+    model = next(model for model in (load(spec, backend, dtype, seed) for load in LOADERS) if model is not None)
+    return add_adapters(model, spec, seed)
 
 
 def model_vocab_size(spec: ModelSection) -> int | None:
@@ -179,13 +207,11 @@ DEFAULT_LORA_RANK = 8
 
 
 def apply_method(model: nn.Module, method: str, *, lora_rank: int = DEFAULT_LORA_RANK, seed: int = 0) -> nn.Module:
-    """Prepare ``model`` for ``method``: 'full' trains every weight; 'lora' wraps it with PEFT LoRA adapters,
-    initialised from ``seed`` (PEFT draws them from the global generator, which is forked and restored here)."""
-    if method == "full":
-        return model
-    if method == "lora":
-        return add_lora(model, lora_config(lora_rank, 2 * lora_rank, 0.0, ("all-linear",), None), seed)
+    """:func:`add_adapters` for a method name alone (the benchmarks' models): 'full' trains every weight; 'lora'
+    adds LoRA of rank ``lora_rank`` (alpha twice the rank) on every linear layer, initialised from ``seed``."""
     if method == "qlora":
         raise ConfigError("method qlora: quantize the base model first (load_4bit or quantize_4bit), then apply "
                           "'lora' to it; dropbp train recipes do both.")
-    raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
+    return add_adapters(model, ModelSection(method=method, lora_rank=lora_rank, lora_alpha=2.0 * lora_rank), seed)

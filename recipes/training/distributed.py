@@ -34,7 +34,8 @@ class World:
         return float(tensor.item()) / self.size
 
     def barrier(self) -> None:
-        """Wait for every rank."""
+        """Block until every rank gets here (nothing with one rank): e.g. no rank goes on before rank 0 has written a
+        checkpoint."""
         if self.size > 1:
             dist.barrier()
 

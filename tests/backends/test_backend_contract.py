@@ -145,8 +145,17 @@ def test_out_of_memory_is_recognised(backend):
     assert not backend.is_out_of_memory(ValueError("shape mismatch"))
 
 
-def test_auto_priority_table():
-    assert list(backends.PRIORITY) == ["hpu", "cuda", "cpu"]
+@pytest.mark.parametrize("available,picked", [({"hpu", "cuda", "cpu"}, "hpu"), ({"cuda", "cpu"}, "cuda"),
+                                              ({"cpu"}, "cpu"), ({"hpu", "cpu"}, "hpu")])
+def test_auto_picks_hpu_then_cuda_then_cpu(monkeypatch, available, picked):
+    for name, cls in backends.PRIORITY.items():
+        reason = None if name in available else f"{name} is not here"
+        monkeypatch.setattr(cls, "unavailable_reason", classmethod(lambda c, r=reason: r))
+    assert backends.resolve("auto").name == picked
+    assert backends.availability() == {n: None if n in available else f"{n} is not here" for n in backends.PRIORITY}
+
+
+def test_auto_resolves_to_what_runs_here():
     assert backends.resolve("auto").name == AVAILABLE[0]
 
 

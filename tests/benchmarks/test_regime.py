@@ -67,8 +67,14 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     again = run_regime(small(), cpu, progress=False)
     assert again["pretrain"]["from_cache"] is True
     assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
-    assert "| contender" in regime_markdown(again)
-    regime_figure(again)
+    table = regime_markdown(again)
+    for row in again["summary"]:  # every contender has its row, with its chosen learning rate
+        assert f"| {row['label']} " in table and f"| {row['lr']:g} " in table
+    assert "**Equal epochs.**" in table and "Learning-rate sweep" in table
+    figure = regime_figure(again)
+    assert len(figure.axes) == 2 * (3 if again["equal_time_runs"] else 2)  # loss and exact match per column
+    lines = {line.get_label() for line in figure.axes[0].get_lines()}
+    assert {row["label"] for row in again["summary"]} <= lines
     for row in again["summary"][1:]:  # faster contenders were trained again for the baseline's wall time
         if row["equal_time"] is not None:
             assert row["equal_time"]["epochs"] > 0.02 and row["equal_time"]["seeds"] == 2
