@@ -17,7 +17,7 @@ from dropbp.core.progress import progress_bar
 from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_positive,
                             environment, markdown_table, method_field, option_name, pool_size_field, pyplot, setting)
 
-from .common import BenchSettings, run_benchmark
+from .harness import BenchSettings, run_benchmark
 
 SMALL_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                    num_hidden_layers=4, vocab_size=256)

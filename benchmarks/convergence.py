@@ -8,29 +8,24 @@ final validation loss" compares.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
-from dropbp.core.branches import find_branches
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
+from dropbp.core.step_flops import StepFlops
 from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.recipes import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
                             check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
                             environment, markdown_table, method_field, model_field, option_name, pool_size_field,
                             pyplot, setting, split_corpus, stdlib_corpus)
 
-from .common import BenchSettings, run_benchmark
+from .harness import BenchSettings, CurvePoint, TrainRun, cached_pretraining, time_to, run_benchmark
 from .paper import PAPER_CONVERGENCE
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
@@ -82,54 +77,27 @@ class ConvergenceSettings(BenchSettings):
         p.check(check_number, name("pretrain_lr"), self.pretrain_lr, low=0, low_open=True)
 
 
-def cache_dir() -> Path:
-    """Where pre-trained tiny models are cached (``DROPBP_CACHE`` overrides ``~/.cache/dropbp``)."""
-    return Path(os.environ.get("DROPBP_CACHE", Path.home() / ".cache" / "dropbp"))
+def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend: Backend,
+                progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The pre-trained base weights, from the cache when the same settings were pre-trained before."""
+    described = {"overrides": settings.model_overrides, "steps": settings.pretrain_steps, "seed": settings.seed,
+                 "lr": settings.pretrain_lr, "batch": settings.batch_size, "seq": settings.seq_len,
+                 "tokens": len(pretrain_tokens)}
 
+    def pretrain(model: torch.nn.Module) -> dict[str, Any]:
+        runner = StepRunner(model, backend, torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr))
+        start = time.perf_counter()
+        model.train()
+        bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
+        for step in bar:
+            batch = batch_at(pretrain_tokens, step, settings.batch_size, settings.seq_len, settings.seed + 1)
+            loss = runner.step(step, [batch.to(backend.device)]).loss
+            bar.set_postfix(loss=f"{loss:.3f}")
+        return {"pretrain_steps": settings.pretrain_steps, "pretrain_time_s": time.perf_counter() - start,
+                "pretrain_final_loss": loss}
 
-def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend, progress: bool
-                ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The pre-trained base model, from the cache when the same settings were pre-trained before."""
-    from safetensors.torch import load_file
-
-    key_data = {"overrides": settings.model_overrides, "steps": settings.pretrain_steps, "seed": settings.seed,
-                "lr": settings.pretrain_lr, "batch": settings.batch_size, "seq": settings.seq_len,
-                "tokens": len(pretrain_tokens), "python": platform.python_version(), "torch": torch.__version__}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"pretrained-{key}.safetensors"
     model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
-    info = {"cache_file": str(path), "pretrain_steps": settings.pretrain_steps}
-    if path.exists():
-        model.load_state_dict(load_file(str(path), device=str(backend.device)), strict=False)
-        info["from_cache"] = True
-        return model, info
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
-    start = time.perf_counter()
-    model.train()
-    runner = StepRunner(model, backend, optimizer)
-    bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
-    for step in bar:
-        batch = batch_at(pretrain_tokens, step, settings.batch_size, settings.seq_len, settings.seed + 1)
-        loss = runner.step(step, [batch.to(backend.device)]).loss
-        bar.set_postfix(loss=f"{loss:.3f}")
-    info.update(from_cache=False, pretrain_time_s=time.perf_counter() - start, pretrain_final_loss=loss)
-    save_state(model, path)
-    return model, info
-
-
-def save_state(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """Write ``model``'s weights to ``path`` (safetensors, via a temporary file, so a killed run leaves no part of a
-    cache file) and return them as CPU tensors (a tied head is stored once, as the embedding)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # shared with the embedding; safetensors stores each tensor once
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
-    return state
+    return cached_pretraining("convergence-pretrained", described, model, pretrain)
 
 
 @torch.no_grad()
@@ -144,38 +112,28 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, backend, batc
     return sum(losses) / len(losses)
 
 
-class FlopsModel:
-    """Training FLOPs per step from the branches' forward FLOPs. A branch runs forward unless its whole block is
-    skipped (LayerDrop, PLD); it also runs backward (``backward`` forwards' worth: about 2 for full fine-tuning,
-    input and weight gradients; about 1 for LoRA, input gradients only) unless it is dropped (DropBP) or frozen.
-    The LM head always runs forward and backward."""
+@dataclass
+class ConvergenceRun(TrainRun):
+    """A convergence run: the baseline (``drop_rate`` None) or DropBP with its sampler and allocation, and how soon
+    it reached the baseline's final validation loss."""
 
-    def __init__(self, model: torch.nn.Module, seq_len: int, backward: float = 1.0) -> None:
-        found = find_branches(model, seq_len=seq_len)
-        self.flops = found.flops
-        layers = sorted({b.layer for b in found.branches})
-        self.position = [layers.index(b.layer) for b in found.branches]  # each branch's block, 0 = nearest input
-        self.backward = backward
-        self.head = 2.0 * found.shape.hidden * found.shape.vocab
+    drop_rate: float | None = None
+    sampler: str | None = None
+    allocation: str | None = None
+    rates: list[float] | None = None
+    time_to_target_s: float | None = None
+    flops_to_target: float | None = None
+    time_to_target_speedup: float | None = None
 
-    def step(self, tokens: int, *, no_backward: tuple[bool, ...] = (), skipped_blocks: tuple[bool, ...] = (),
-             trained_from: int = 0) -> float:
-        """FLOPs of one step of ``tokens`` tokens: ``no_backward`` per branch (DropBP's mask), ``skipped_blocks`` per
-        block (LayerDrop's), blocks below ``trained_from`` frozen."""
-        total = self.head * (1.0 + self.backward)
-        for i, (flops, position) in enumerate(zip(self.flops, self.position)):
-            if skipped_blocks and skipped_blocks[position]:
-                continue
-            dropped = bool(no_backward and no_backward[i]) or position < trained_from
-            total += flops * (1.0 if dropped else 1.0 + self.backward)
-        return total * tokens
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "best_val_loss": self.best_val_loss}
 
 
 def _run(label: str, rate: float | None, sampler: str, allocation: str, base_state: dict[str, torch.Tensor],
          settings: ConvergenceSettings, tokens: torch.Tensor, windows: torch.Tensor, backend,
-         time_budget: float | None, progress: bool) -> dict[str, Any]:
+         time_budget: float | None, progress: bool) -> ConvergenceRun:
     model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
-    model.load_state_dict(base_state)
+    model.load_state_dict(base_state, strict=False)  # a tied head is stored once, as the embedding
     model = apply_method(model, settings.method, seed=settings.seed).train()
     dropbp = DropBP(model, 0.0 if rate is None else rate, sampler=sampler, pool_size=settings.pool_size,
                     seed=settings.seed, seq_len=settings.seq_len)
@@ -186,11 +144,11 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
         schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
                                       allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
-    flops_model = FlopsModel(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
+    flops_model = StepFlops(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     runner = StepRunner(model, backend, optimizer, None if rate is None else dropbp)
     max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
-    curve = [{"step": 0, "flops": 0.0, "time_s": 0.0, "val_loss": validation_loss(model, windows, backend, 8)}]
+    curve = [CurvePoint(step=0, time_s=0.0, flops=0.0, val_loss=validation_loss(model, windows, backend, 8))]
     flops = elapsed = 0.0
     step = 0
     bar = progress_bar(total=max_steps, desc=label, enabled=progress)
@@ -207,30 +165,18 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         step += 1
         bar.update(1)
         if step % settings.eval_every == 0:
-            curve.append({"step": step, "flops": flops, "time_s": elapsed,
-                          "val_loss": validation_loss(model, windows, backend, 8)})
-            bar.set_postfix(val=f"{curve[-1]['val_loss']:.3f}")
+            curve.append(CurvePoint(step=step, time_s=elapsed, flops=flops,
+                                    val_loss=validation_loss(model, windows, backend, 8)))
+            bar.set_postfix(val=f"{curve[-1].val_loss:.3f}")
     bar.close()
-    if curve[-1]["step"] != step:
-        curve.append({"step": step, "flops": flops, "time_s": elapsed,
-                      "val_loss": validation_loss(model, windows, backend, 8)})
-    return {"label": label, "drop_rate": rate, "sampler": None if rate is None else sampler,
-            "allocation": None if rate is None else allocation,
-            "rates": None if rate is None else dropbp.rates, "steps": step,
-            "train_time_s": elapsed, "train_flops": flops, "final_val_loss": curve[-1]["val_loss"],
-            "best_val_loss": min(p["val_loss"] for p in curve), "curve": curve,
-            "realized_drop_fraction": dropbp.realized_drop_fraction() if rate is not None else 0.0}
-
-
-def time_to(curve: list[dict[str, Any]], target: float, axis: str) -> float | None:
-    """First point on ``axis`` where the validation loss reaches ``target`` (linear between evaluations)."""
-    for before, after in zip(curve, curve[1:]):
-        if after["val_loss"] <= target:
-            if before["val_loss"] <= target:
-                return before[axis]
-            frac = (before["val_loss"] - target) / (before["val_loss"] - after["val_loss"])
-            return before[axis] + frac * (after[axis] - before[axis])
-    return None
+    if curve[-1].step != step:
+        curve.append(CurvePoint(step=step, time_s=elapsed, flops=flops,
+                                val_loss=validation_loss(model, windows, backend, 8)))
+    return ConvergenceRun(label=label, steps=step, train_time_s=elapsed, train_flops=flops, curve=curve,
+                          realized_drop_fraction=dropbp.realized_drop_fraction() if rate is not None else 0.0,
+                          drop_rate=rate, sampler=None if rate is None else sampler,
+                          allocation=None if rate is None else allocation,
+                          rates=None if rate is None else list(dropbp.rates))
 
 
 def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
@@ -241,8 +187,7 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
     pretrain, finetune, validation = split_corpus(stdlib_corpus(settings.corpus_bytes), (0.5, 0.4, 0.1))
     windows = torch.stack([batch_at(validation, i, 1, settings.seq_len, settings.seed + 3)[0]
                            for i in range(settings.eval_windows)])
-    base, pretrain_info = _pretrained(settings, pretrain, backend, progress)
-    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    base_state, pretrain_info = _pretrained(settings, pretrain, backend, progress)
     plan: list[tuple[str, float | None, str, str]] = [("baseline", None, "bernoulli", "uniform")]
     plan += [(f"dropbp p={r:g}", r, "bernoulli", "uniform") for r in settings.drop_rates]
     if settings.compare_pool_at is not None:
@@ -250,21 +195,21 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
     if settings.sensitivity_at is not None:
         plan += [(f"dropbp p={settings.sensitivity_at:g} sensitivity ({a})", settings.sensitivity_at, "bernoulli", a)
                  for a in settings.sensitivity_allocators]
-    runs: list[dict[str, Any]] = []
+    runs: list[ConvergenceRun] = []
     for label, rate, sampler, allocation in plan:
-        budget = None if rate is None else runs[0]["train_time_s"]
+        budget = None if rate is None else runs[0].train_time_s
         runs.append(_run(label, rate, sampler, allocation, base_state, settings, finetune, windows, backend, budget,
                          progress))
-    target = runs[0]["final_val_loss"]
+    target = runs[0].final_val_loss
     for run in runs:
-        run["time_to_target_s"] = time_to(run["curve"], target, "time_s")
-        run["flops_to_target"] = time_to(run["curve"], target, "flops")
-        base_time = runs[0]["time_to_target_s"]
-        run["time_to_target_speedup"] = (base_time / run["time_to_target_s"]
-                                         if run["time_to_target_s"] and base_time else None)
+        run.time_to_target_s = time_to(run.curve, target, "time_s")
+        run.flops_to_target = time_to(run.curve, target, "flops")
+        base_time = runs[0].time_to_target_s
+        run.time_to_target_speedup = base_time / run.time_to_target_s if run.time_to_target_s and base_time else None
     return {"benchmark": "convergence", **environment(backend), "model": "tiny", "method": settings.method,
             "settings": settings.to_dict(), "data": "Python standard library source (byte tokens): 50% pre-train, "
-            "40% fine-tune, 10% validation", "pretrain": pretrain_info, "target_val_loss": target, "runs": runs,
+            "40% fine-tune, 10% validation", "pretrain": pretrain_info, "target_val_loss": target,
+            "runs": [run.to_dict() for run in runs],
             "total_time_s": time.perf_counter() - total_start, "paper_reference": PAPER_CONVERGENCE}
 
 

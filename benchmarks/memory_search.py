@@ -28,7 +28,7 @@ from dropbp.recipes import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, app
                             environment, markdown_table, method_field, mib, model_field, option_name, pool_size_field,
                             precision_field, pyplot, resolve_model, setting)
 
-from .common import BenchSettings, run_benchmark
+from .harness import BenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
 
 GRANULARITY = 64

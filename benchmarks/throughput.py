@@ -24,7 +24,7 @@ from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_mo
                             check_seq_len, drop_rates_field, method_field, model_field, option_name, pool_size_field,
                             precision_field, resolve_model, resolve_sampler, sampler_field, setting)
 
-from .common import BenchSettings, run_benchmark
+from .harness import BenchSettings, run_benchmark
 
 
 @dataclass

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..common import run_benchmark
-from .report import regime_figure, regime_markdown, summarise
+from ..harness import run_benchmark
+from .report import RegimeRun, regime_figure, regime_markdown, summarise
 from .run import run_regime, runs_key, task_data, train_run
 from .settings import FAMILIES, REGIME_MODEL, Contender, RegimeSettings, plan
 
@@ -28,5 +28,5 @@ def main(settings: RegimeSettings, *, progress: bool = True) -> dict[str, Any]:
                          progress=progress)
 
 
-__all__ = ["FAMILIES", "REGIME_MODEL", "Contender", "RegimeSettings", "main", "plan", "regime_figure",
+__all__ = ["FAMILIES", "REGIME_MODEL", "Contender", "RegimeRun", "RegimeSettings", "main", "plan", "regime_figure",
            "regime_markdown", "run_regime", "runs_key", "summarise", "task_data", "train_run"]

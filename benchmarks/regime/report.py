@@ -2,12 +2,34 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from dropbp.recipes import markdown_table, pyplot
 
-from ..convergence import time_to
+from ..harness import TrainRun, time_to
 from .settings import Contender
+
+
+@dataclass
+class RegimeRun(TrainRun):
+    """A run of the regime study: which contender (family, rate), at which learning rate, seed and epochs, and its
+    time to the baseline's final validation loss (set by :func:`summarise`)."""
+
+    family: str = "baseline"
+    rate: float = 0.0
+    lr: float = 0.0
+    seed: int = 0
+    epochs: float = 1.0
+    time_to_target_s: float | None = None
+
+    @property
+    def final_exact_match(self) -> float:
+        """The exact match at the last evaluation."""
+        return float(self.curve[-1].exact_match or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "final_exact_match": self.final_exact_match}
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -15,49 +37,49 @@ def _spread(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def _speedups(mine: list[dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> list[float]:
+def _speedups(mine: list[RegimeRun], baseline: dict[int, RegimeRun]) -> list[float]:
     """Per run that reaches its seed's baseline final validation loss: the baseline's time to that loss over the
     run's (``time_to_target_s`` is recorded on each run, None where not reached)."""
     speedups = []
     for run in mine:
-        base = baseline[run["seed"]]
-        target = base["final_val_loss"]
-        took = time_to(run["curve"], target, "time_s")
-        base_took = time_to(base["curve"], target, "time_s")
-        run["time_to_target_s"] = took
+        base = baseline[run.seed]
+        target = base.final_val_loss
+        took = time_to(run.curve, target, "time_s")
+        base_took = time_to(base.curve, target, "time_s")
+        run.time_to_target_s = took
         if took is not None and base_took:
             speedups.append(base_took / took)
     return speedups
 
 
-def summarise(runs: list[dict[str, Any]], contenders: list[Contender],
-              equal_time: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def summarise(runs: list[RegimeRun], contenders: list[Contender],
+              equal_time: list[RegimeRun] = ()) -> list[dict[str, Any]]:
     """Per contender, over seeds: final loss and accuracy, time, time saved and speed-up to the baseline's final
     loss (each seed against the baseline of the same seed); with ``equal_time`` runs (the contender trained for the
     baseline's wall time), their final loss, accuracy and speed-up too."""
-    baseline = {r["seed"]: r for r in runs if r["family"] == "baseline"}
+    baseline = {r.seed: r for r in runs if r.family == "baseline"}
     rows = []
     for contender in contenders:
-        mine = [r for r in runs if r["label"] == contender.label]
+        mine = [r for r in runs if r.label == contender.label]
         speedups = _speedups(mine, baseline)
         reached = len(speedups)
-        longer = [r for r in equal_time if r["label"] == contender.label]
+        longer = [r for r in equal_time if r.label == contender.label]
         longer_speedups = _speedups(longer, baseline)
         rows.append({
             "equal_time": None if not longer else {
-                "epochs": statistics.fmean(r["epochs"] for r in longer),
-                "final_val_loss": _spread([r["final_val_loss"] for r in longer]),
-                "final_exact_match": _spread([r["final_exact_match"] for r in longer]),
-                "train_time_s": _spread([r["train_time_s"] for r in longer]),
+                "epochs": statistics.fmean(r.epochs for r in longer),
+                "final_val_loss": _spread([r.final_val_loss for r in longer]),
+                "final_exact_match": _spread([r.final_exact_match for r in longer]),
+                "train_time_s": _spread([r.train_time_s for r in longer]),
                 "reached_target": len(longer_speedups), "seeds": len(longer),
                 "speedup_to_target": _spread(longer_speedups) if longer_speedups else None},
-            "label": contender.label, "family": contender.family, "lr": mine[0]["lr"], "seeds": len(mine),
-            "final_val_loss": _spread([r["final_val_loss"] for r in mine]),
-            "final_exact_match": _spread([r["final_exact_match"] for r in mine]),
-            "train_time_s": _spread([r["train_time_s"] for r in mine]),
-            "time_saved": _spread([1 - r["train_time_s"] / baseline[r["seed"]]["train_time_s"] for r in mine]),
-            "flops_saved": _spread([1 - r["train_flops"] / baseline[r["seed"]]["train_flops"] for r in mine]),
-            "accuracy_gap": _spread([r["final_exact_match"] - baseline[r["seed"]]["final_exact_match"]
+            "label": contender.label, "family": contender.family, "lr": mine[0].lr, "seeds": len(mine),
+            "final_val_loss": _spread([r.final_val_loss for r in mine]),
+            "final_exact_match": _spread([r.final_exact_match for r in mine]),
+            "train_time_s": _spread([r.train_time_s for r in mine]),
+            "time_saved": _spread([1 - r.train_time_s / baseline[r.seed].train_time_s for r in mine]),
+            "flops_saved": _spread([1 - r.train_flops / baseline[r.seed].train_flops for r in mine]),
+            "accuracy_gap": _spread([r.final_exact_match - baseline[r.seed].final_exact_match
                                      for r in mine]),
             "reached_target": reached, "speedup_to_target": _spread(speedups) if speedups else None,
         })

@@ -16,14 +16,15 @@ from dropbp.backends import Backend
 from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
 from dropbp.core.seeding import seeded
+from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import apply_technique
 from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, TASK_DATA, apply_method, batch_at, build_model,
                             environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus,
                             teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
 
-from ..convergence import FlopsModel, cache_dir, save_state
+from ..harness import CurvePoint, cache_dir, cached_pretraining
 from ..paper import PAPER_CONVERGENCE
-from .report import summarise
+from .report import RegimeRun, summarise
 from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings, plan
 
 PRETRAIN_TASKS = ("Repeat the word.", "Write the word in capitals.")
@@ -61,37 +62,33 @@ def pretrain_stream(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     return stdlib_corpus(1_000_000), torch.tensor(ids)
 
 
-def _pretrained_state(settings: RegimeSettings, backend: Backend, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
+def _pretrained_state(settings: RegimeSettings, backend: Backend,
+                      progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The pre-trained base weights, from the cache when the same settings were pre-trained before."""
+    described = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
+                 "seq": settings.seq_len, "batch": settings.batch_size}
 
-    key_data = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
-                "seq": settings.seq_len, "batch": settings.batch_size, "torch": torch.__version__, "v": 1}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"regime-pretrained-{key}.safetensors"
-    info_path = path.with_suffix(".json")
-    if path.exists() and info_path.exists():
-        return load_file(str(path)), {**json.loads(info_path.read_text()), "from_cache": True}
-    text, tasks = pretrain_stream(settings.seq_len)
-    model = build_model("tiny", seed=1234, **settings.model_overrides).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
-    runner = StepRunner(model, backend, optimizer,
-                        scheduler=lr_scheduler(optimizer, 50, settings.pretrain_steps, "cosine"))
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
-    for step in bar:
-        source = tasks if step % 2 else text
-        batch = batch_at(source, step, settings.batch_size, settings.seq_len * 2, seed=7)
-        losses.append(runner.step(step, [batch]).loss)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    tenth = max(1, len(losses) // 10)
-    info = {"pretrain_steps": settings.pretrain_steps, "pretrain_time_s": time.perf_counter() - start,
-            "loss_last_tenth": statistics.fmean(losses[-tenth:]),
-            "loss_previous_tenth": statistics.fmean(losses[-2 * tenth:-tenth]),
-            "data": "Python standard-library source and the copy/capitals tasks (training words), alternating"}
-    state = save_state(model, path)
-    write_text_atomic(info_path, json.dumps(info))
-    return state, {**info, "from_cache": False}
+    def pretrain(model: torch.nn.Module) -> dict[str, Any]:
+        text, tasks = pretrain_stream(settings.seq_len)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
+        runner = StepRunner(model.train(), backend, optimizer,
+                            scheduler=lr_scheduler(optimizer, 50, settings.pretrain_steps, "cosine"))
+        losses: list[float] = []
+        start = time.perf_counter()
+        bar = progress_bar(range(settings.pretrain_steps), desc="pre-train (cached afterwards)", enabled=progress)
+        for step in bar:
+            source = tasks if step % 2 else text
+            batch = batch_at(source, step, settings.batch_size, settings.seq_len * 2, seed=7)
+            losses.append(runner.step(step, [batch]).loss)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        tenth = max(1, len(losses) // 10)
+        return {"pretrain_steps": settings.pretrain_steps, "pretrain_time_s": time.perf_counter() - start,
+                "loss_last_tenth": statistics.fmean(losses[-tenth:]),
+                "loss_previous_tenth": statistics.fmean(losses[-2 * tenth:-tenth]),
+                "data": "Python standard-library source and the copy/capitals tasks (training words), alternating"}
+
+    model = build_model("tiny", seed=1234, **settings.model_overrides)
+    return cached_pretraining("regime-pretrained", described, model, pretrain)
 
 
 def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int, backend: Backend) -> torch.nn.Module:
@@ -103,11 +100,11 @@ def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int, 
 
 
 def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettings, state: dict[str, torch.Tensor],
-              data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> dict[str, Any]:
+              data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> RegimeRun:
     """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
     summary."""
     model = _build(settings, state, seed, backend)
-    flops_model = FlopsModel(model, settings.seq_len, backward=1.0)  # LoRA/QLoRA: input gradients only
+    flops_model = StepFlops(model, settings.seq_len, backward=1.0)  # LoRA/QLoRA: input gradients only
     epochs = settings.epochs if epochs is None else epochs
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
     applied = None
@@ -128,7 +125,7 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
                         scheduler=lr_scheduler(optimizer, settings.warmup_steps, total, "cosine"))
     order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
     loss0, acc0 = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
-    curve = [{"step": 0, "examples": 0, "time_s": 0.0, "flops": 0.0, "val_loss": loss0, "exact_match": acc0}]
+    curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
     elapsed = flops = 0.0
     bar = progress_bar(range(total), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
     for step in bar:
@@ -151,18 +148,16 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
             flops += flops_model.step(tokens, trained_from=trained_from)
         if (step + 1) % settings.eval_every == 0 or step + 1 == total:
             val_loss, accuracy = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
-            curve.append({"step": step + 1, "examples": (step + 1) * settings.batch_size, "time_s": elapsed,
-                          "flops": flops, "val_loss": val_loss, "exact_match": accuracy})
+            curve.append(CurvePoint(step=step + 1, examples=(step + 1) * settings.batch_size, time_s=elapsed,
+                                    flops=flops, val_loss=val_loss, exact_match=accuracy))
             bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
     bar.close()
     realized = policy.realized_drop_fraction() if policy is not None else 0.0
     if applied is not None:
         applied.remove()
-    return {"label": contender.label, "family": contender.family, "rate": contender.rate, "lr": lr, "seed": seed,
-            "epochs": epochs, "steps": total, "train_time_s": elapsed, "train_flops": flops,
-            "final_val_loss": curve[-1]["val_loss"],
-            "final_exact_match": curve[-1]["exact_match"], "curve": curve,
-            "realized_drop_fraction": realized}
+    return RegimeRun(label=contender.label, steps=total, train_time_s=elapsed, train_flops=flops, curve=curve,
+                     realized_drop_fraction=realized, family=contender.family, rate=contender.rate, lr=lr, seed=seed,
+                     epochs=epochs)
 
 
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
@@ -173,13 +168,13 @@ def runs_key(settings: RegimeSettings, backend: Backend) -> str:
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,
-                epochs: float | None = None) -> dict[str, Any]:
+                epochs: float | None = None) -> RegimeRun:
     key = f"{contender}|{lr!r}|{seed}" + ("" if epochs is None else f"|epochs={epochs!r}")
     path = folder / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return RegimeRun.from_dict(json.loads(path.read_text()))
     run = train_run(contender, lr, seed, *args, epochs=epochs)
-    write_text_atomic(path, json.dumps(run))
+    write_text_atomic(path, json.dumps(run.to_dict()))
     return run
 
 
@@ -196,19 +191,19 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     contenders = plan(settings, settings.model_overrides["num_hidden_layers"], total)
     folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
     args = (settings, state, data, backend, progress)
-    sweep: dict[str, list[dict[str, Any]]] = {}
+    sweep: dict[str, list[RegimeRun]] = {}
     for contender in contenders:
         sweep[contender.label] = [_cached_run(folder, contender, lr, settings.seeds[0], *args) for lr in settings.lrs]
-    chosen = {label: min(runs, key=lambda r: r["final_val_loss"])["lr"] for label, runs in sweep.items()}
-    runs = []
+    chosen = {label: min(runs, key=lambda r: r.final_val_loss).lr for label, runs in sweep.items()}
+    runs: list[RegimeRun] = []
     for contender in contenders:
         for seed in settings.seeds:
             runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
-    equal_time: list[dict[str, Any]] = []
+    equal_time: list[RegimeRun] = []
     if settings.equal_time:
-        base_time = statistics.fmean(r["train_time_s"] for r in runs if r["family"] == "baseline")
+        base_time = statistics.fmean(r.train_time_s for r in runs if r.family == "baseline")
         for contender in contenders[1:]:
-            own = statistics.fmean(r["train_time_s"] for r in runs if r["label"] == contender.label)
+            own = statistics.fmean(r.train_time_s for r in runs if r.label == contender.label)
             epochs = round(settings.epochs * base_time / own, 2)
             if epochs <= settings.epochs * 1.05:
                 continue  # no faster than the baseline: nothing to add
@@ -218,8 +213,9 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
             "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
             "train_examples": len(data.train_ids), "validation_examples": len(data.val_ids), "steps_per_run": total,
-            "sweep": {label: [{"lr": r["lr"], "final_val_loss": r["final_val_loss"],
-                               "final_exact_match": r["final_exact_match"]} for r in runs]
+            "sweep": {label: [{"lr": r.lr, "final_val_loss": r.final_val_loss,
+                               "final_exact_match": r.final_exact_match} for r in runs]
                       for label, runs in sweep.items()},
-            "chosen_lr": chosen, "summary": rows, "runs": runs, "equal_time_runs": equal_time, "cache": str(folder),
+            "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
+            "equal_time_runs": [r.to_dict() for r in equal_time], "cache": str(folder),
             "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}

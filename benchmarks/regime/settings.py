@@ -9,7 +9,7 @@ from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
 from dropbp.recipes import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
                             check_non_negative, check_number, check_positive, check_seed, option_name, setting)
 
-from ..common import BenchSettings
+from ..harness import BenchSettings
 
 #: The contender families, in the order tables list them.
 FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze")

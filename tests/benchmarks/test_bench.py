@@ -7,7 +7,8 @@ import json
 import pytest
 
 from dropbp import backends
-from dropbp.benchmarks.convergence import ConvergenceSettings, time_to, run_convergence
+from dropbp.benchmarks.convergence import ConvergenceSettings, run_convergence
+from dropbp.benchmarks.harness import CurvePoint, TrainRun, time_to
 from dropbp.benchmarks.memory_search import GRANULARITY, longest_fitting
 from dropbp.benchmarks.throughput import ThroughputSettings, linear_limit, run_throughput
 from dropbp.recipes.cli import main
@@ -111,9 +112,19 @@ def test_throughput_splits_forward_backward_and_optimizer(small_result):
 
 
 def test_time_to_target_interpolates():
-    curve = [{"time_s": 0.0, "val_loss": 3.0}, {"time_s": 10.0, "val_loss": 2.0}, {"time_s": 20.0, "val_loss": 1.0}]
+    curve = [CurvePoint(step=s, time_s=10.0 * s, flops=1e9 * s, val_loss=3.0 - s) for s in range(3)]
     assert time_to(curve, 1.5, "time_s") == pytest.approx(15.0)
+    assert time_to(curve, 1.5, "flops") == pytest.approx(1.5e9)
     assert time_to(curve, 0.5, "time_s") is None
+
+
+def test_a_train_run_survives_its_json_form():
+    run = TrainRun("baseline", steps=2, train_time_s=1.5, train_flops=3e9, realized_drop_fraction=0.0,
+                   curve=[CurvePoint(0, 0.0, 0.0, 3.0, examples=0), CurvePoint(2, 1.5, 3e9, 2.0, examples=16)])
+    data = json.loads(json.dumps(run.to_dict()))
+    assert data["final_val_loss"] == 2.0 and data["curve"][1] == {"step": 2, "time_s": 1.5, "flops": 3e9,
+                                                                   "val_loss": 2.0, "examples": 16}
+    assert TrainRun.from_dict(data) == run
 
 
 def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dropbp import backends
-from dropbp.benchmarks.convergence import FlopsModel
+from dropbp.core.step_flops import StepFlops
 from dropbp.benchmarks.regime import RegimeSettings, plan, regime_figure, regime_markdown, run_regime
 from dropbp.core.errors import ConfigError
 
@@ -36,7 +36,7 @@ def test_flops_model_counts_skipped_dropped_and_frozen_work():
     from dropbp.recipes.model.build import apply_method, build_model
 
     model = apply_method(build_model("tiny", **SMALL), "lora")
-    flops = FlopsModel(model, seq_len=40)
+    flops = StepFlops(model, seq_len=40)
     full = flops.step(1)
     everything_dropped = flops.step(1, no_backward=(True,) * 8)
     all_skipped = flops.step(1, skipped_blocks=(True,) * 4)

@@ -1,0 +1,188 @@
+"""What every benchmark shares: the settings every run has (device, seed, results folder); one runner that validates,
+measures on the chosen backend and publishes the JSON, Markdown and PNG; the cache of pre-trained base models; and
+the typed record of a training run (:class:`TrainRun`, its :class:`CurvePoint` evaluations), which becomes JSON only
+at the edge (:meth:`TrainRun.to_dict`)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from dropbp import backends
+from dropbp.backends import Backend
+from dropbp.recipes import (Naming, Problems, check_choice, check_output_dir, check_seed, device_field, option_name,
+                            out_field, publish, results_folder, seed_field, write_text_atomic)
+
+S = TypeVar("S", bound="BenchSettings")
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    """Fields every benchmark has. Subclasses add their own and extend :meth:`check` / :meth:`resolve`."""
+
+    device: str = device_field()
+    seed: int = seed_field()
+    out: Path | None = out_field()
+
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        """Record every problem of these settings in ``p``; ``name`` says how errors call a field (its flag on the
+        command line, its key in a YAML file). Subclasses extend it. Bad numbers of a field are normalised here
+        (e.g. drop rates become a tuple of floats)."""
+        p.check(check_choice, name("device"), self.device, backends.DEVICE_CHOICES)
+        p.check(check_seed, self.seed, name("seed"))
+        p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
+
+    def validate(self, name: Naming = option_name) -> None:
+        """Raise one :class:`ConfigError` listing every problem; called before any work starts."""
+        problems = Problems("")
+        self.check(problems, name)
+        problems.raise_if_any()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of every field (paths as strings), recorded in each result."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    def resolve(self: S, backend: type[Backend]) -> S:
+        """A copy with every ``auto`` value replaced by what it means on ``backend``."""
+        return dataclasses.replace(self)
+
+    def results_dir(self, backend_name: str) -> Path:
+        """``out``, or ``results/<device>``; refused when it cannot hold results."""
+        return results_folder(self.out, backend_name)
+
+
+def run_benchmark(name: str, settings: S, measure: Callable[..., dict[str, Any]],
+                  markdown: Callable[[dict[str, Any]], str], figure: Callable[[dict[str, Any]], Any], *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Validate ``settings``, pick the backend, ``measure(settings, backend, progress=...)``, then write
+    ``NAME.json``, ``NAME.md`` and ``NAME.png`` under the results folder and print the table. Returns the result."""
+    settings.validate()
+    backend_class = backends.resolve(settings.device)
+    settings = settings.resolve(backend_class)
+    settings.validate()
+    out = settings.results_dir(backend_class.name)
+    backend = backend_class()
+    result = measure(settings, backend, progress=progress)
+    publish(out, name, result, markdown(result), figure(result))
+    return result
+
+
+# -- pre-trained base models, cached ---------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where pre-trained models and finished runs are cached (``DROPBP_CACHE`` overrides ``~/.cache/dropbp``)."""
+    return Path(os.environ.get("DROPBP_CACHE", Path.home() / ".cache" / "dropbp"))
+
+
+def save_state(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Write ``model``'s weights to ``path`` (safetensors, via a temporary file, so a killed run leaves no part of a
+    cache file) and return them as CPU tensors (a tied head is stored once, as the embedding)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shared with the embedding; safetensors stores each tensor once
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return state
+
+
+def cache_key(described: dict[str, Any]) -> str:
+    """A short digest of everything a cached result depends on (with the Python and torch versions)."""
+    text = json.dumps({**described, "python": platform.python_version(), "torch": torch.__version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_pretraining(name: str, described: dict[str, Any], model: torch.nn.Module,
+                       train: Callable[[torch.nn.Module], dict[str, Any]]) -> tuple[dict[str, torch.Tensor],
+                                                                                   dict[str, Any]]:
+    """The weights of ``model`` after ``train(model)`` (which trains it in place and returns facts about the run),
+    and those facts with ``from_cache``: read from the cache when the same ``described`` settings were trained
+    before, else trained now and cached (weights and facts each written atomically)."""
+    from safetensors.torch import load_file
+
+    path = cache_dir() / f"{name}-{cache_key(described)}.safetensors"
+    facts_path = path.with_suffix(".json")
+    if path.exists() and facts_path.exists():
+        return load_file(str(path)), {**json.loads(facts_path.read_text()), "from_cache": True}
+    facts = {**train(model), "cache_file": str(path)}
+    state = save_state(model, path)
+    write_text_atomic(facts_path, json.dumps(facts))
+    return state, {**facts, "from_cache": False}
+
+
+# -- the record of a training run ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CurvePoint:
+    """One evaluation during a run: where (step, seconds of training, training FLOPs) and what (validation loss;
+    examples seen and exact match where the benchmark measures them)."""
+
+    step: int
+    time_s: float
+    flops: float
+    val_loss: float
+    examples: int | None = None
+    exact_match: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the fields the benchmark does not measure."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def time_to(curve: list[CurvePoint], target: float, axis: str = "time_s") -> float | None:
+    """First point on ``axis`` (``time_s``, ``flops``, ``step``) where the validation loss reaches ``target``
+    (linear between evaluations); None when it never does."""
+    for before, after in zip(curve, curve[1:]):
+        if after.val_loss <= target:
+            if before.val_loss <= target:
+                return getattr(before, axis)
+            frac = (before.val_loss - target) / (before.val_loss - after.val_loss)
+            return getattr(before, axis) + frac * (getattr(after, axis) - getattr(before, axis))
+    return None
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """One training run of a benchmark: its label, totals and learning curve. Benchmarks subclass it with what
+    identifies their runs (technique, rate, learning rate, seed, ...)."""
+
+    label: str
+    steps: int
+    train_time_s: float
+    train_flops: float
+    curve: list[CurvePoint]
+    realized_drop_fraction: float
+
+    @property
+    def final_val_loss(self) -> float:
+        """The validation loss at the last evaluation."""
+        return self.curve[-1].val_loss
+
+    @property
+    def best_val_loss(self) -> float:
+        """The lowest validation loss of any evaluation."""
+        return min(point.val_loss for point in self.curve)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as its result files hold it: every field, the curve as a list of mappings, and the final loss."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["curve"] = [point.to_dict() for point in self.curve]
+        out["final_val_loss"] = self.final_val_loss
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainRun":
+        """The run back from :meth:`to_dict` (keys that are not fields, such as derived numbers, are ignored)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["curve"] = [CurvePoint(**point) for point in data["curve"]]
+        return cls(**values)

@@ -1,0 +1,34 @@
+"""Training FLOPs of one step under each technique: DropBP's dropped backwards, LayerDrop's skipped blocks, frozen
+bottom blocks. The benchmarks charge each step with it, so runs can be compared at equal compute."""
+from __future__ import annotations
+
+from torch import nn
+
+from .branches import find_branches
+
+
+class StepFlops:
+    """Training FLOPs per step from the branches' forward FLOPs. A branch runs forward unless its whole block is
+    skipped (LayerDrop, PLD); it also runs backward (``backward`` forwards' worth: about 2 for full fine-tuning,
+    input and weight gradients; about 1 for LoRA, input gradients only) unless it is dropped (DropBP) or frozen.
+    The LM head always runs forward and backward."""
+
+    def __init__(self, model: nn.Module, seq_len: int, backward: float = 1.0) -> None:
+        found = find_branches(model, seq_len=seq_len)
+        self.flops = found.flops
+        layers = sorted({b.layer for b in found.branches})
+        self.position = [layers.index(b.layer) for b in found.branches]  # each branch's block, 0 = nearest input
+        self.backward = backward
+        self.head = 2.0 * found.shape.hidden * found.shape.vocab
+
+    def step(self, tokens: int, *, no_backward: tuple[bool, ...] = (), skipped_blocks: tuple[bool, ...] = (),
+             trained_from: int = 0) -> float:
+        """FLOPs of one step of ``tokens`` tokens: ``no_backward`` per branch (DropBP's mask), ``skipped_blocks`` per
+        block (LayerDrop's), blocks below ``trained_from`` frozen."""
+        total = self.head * (1.0 + self.backward)
+        for i, (flops, position) in enumerate(zip(self.flops, self.position)):
+            if skipped_blocks and skipped_blocks[position]:
+                continue
+            dropped = bool(no_backward and no_backward[i]) or position < trained_from
+            total += flops * (1.0 if dropped else 1.0 + self.backward)
+        return total * tokens
