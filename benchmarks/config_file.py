@@ -1,5 +1,5 @@
-"""``dropbp bench --config CONFIG.yaml [key=value ...]``: a benchmark's settings as a YAML section of the same typed schema
-as the recipes. The file names the benchmark and holds its settings under that name::
+"""``dropbp bench --config CONFIG.yaml [key=value ...]``: a benchmark's settings as a YAML section of the same
+typed schema as the recipes. The file names the benchmark and holds its settings under that name::
 
     # dropbp bench --config benchmarks/configs/throughput-cpu-lora.yaml
     benchmark: throughput

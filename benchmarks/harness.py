@@ -17,8 +17,10 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes import (Naming, Problems, check_choice, check_output_dir, check_seed, device_field, option_name,
-                            out_field, publish, results_folder, seed_field, write_text_atomic)
+from dropbp.recipes import (Naming, Problems, check_choice, check_drop_rates, check_method, check_model,
+                            check_output_dir, check_seed, device_field, drop_rates_field, method_field, model_field,
+                            option_name, out_field, precision_field, publish, resolve_model, results_folder,
+                            seed_field, write_text_atomic)
 
 S = TypeVar("S", bound="BenchSettings")
 
@@ -56,6 +58,29 @@ class BenchSettings:
     def results_dir(self, backend_name: str) -> Path:
         """``out``, or ``results/<device>``; refused when it cannot hold results."""
         return results_folder(self.out, backend_name)
+
+
+@dataclasses.dataclass
+class ModelBenchSettings(BenchSettings):
+    """The workload shared by the benchmarks that measure one model at several drop rates (throughput, memory):
+    model, method, drop rates and precision, with their checks and what ``auto`` means on a device."""
+
+    model: str = model_field("auto")
+    method: str = method_field()
+    drop_rates: tuple[float, ...] = drop_rates_field()
+    precision: str = precision_field()
+
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_model, self.model, name("model"))
+        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
+        p.check(check_method, self.method, name("method"))
+        p.check(check_choice, name("precision"), self.precision, ("auto", *backends.PRECISIONS))
+
+    def resolve(self: S, backend: type[Backend]) -> S:
+        """``auto`` model and precision as they are on ``backend``."""
+        return dataclasses.replace(self, model=resolve_model(self.model, backend),
+                                   precision=backend.resolve_precision(self.precision))
 
 
 def run_benchmark(name: str, settings: S, measure: Callable[..., dict[str, Any]],

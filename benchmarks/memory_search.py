@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dropbp.backends import PRECISIONS, Backend
+from dropbp.backends import Backend
 from dropbp.core.allocation import uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
@@ -23,12 +23,11 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model, check_choice,
-                            check_drop_rates, check_fits, check_method, check_model, check_positive, drop_rates_field,
-                            environment, markdown_table, method_field, mib, model_field, option_name, pool_size_field,
-                            precision_field, pyplot, resolve_model, setting)
+from dropbp.recipes import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model, check_fits,
+                            check_positive, environment, markdown_table, mib, option_name, pool_size_field, pyplot,
+                            setting)
 
-from .harness import BenchSettings, run_benchmark
+from .harness import ModelBenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
 
 GRANULARITY = 64
@@ -36,13 +35,9 @@ DEFAULT_CPU_BUDGET_GB = 1.0
 
 
 @dataclass
-class MemorySettings(BenchSettings):
+class MemorySettings(ModelBenchSettings):
     """What a memory search depends on; :meth:`validate` checks it before any work starts."""
 
-    model: str = model_field("auto")
-    method: str = method_field()
-    drop_rates: tuple[float, ...] = drop_rates_field()
-    precision: str = precision_field()
     budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
                                             f"{DEFAULT_CPU_BUDGET_GB:g})")
     batch_size: int = setting(1, "sequences per step")
@@ -51,21 +46,12 @@ class MemorySettings(BenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        p.check(check_model, self.model, name("model"))
-        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
-        p.check(check_method, self.method, name("method"))
-        p.check(check_choice, name("precision"), self.precision, ("auto", *PRECISIONS))
         for field in ("batch_size", "max_seq_len", "pool_size"):
             p.check(check_positive, self, field, naming=name)
         if self.budget_gb is not None and not (isinstance(self.budget_gb, (int, float)) and not
                                                isinstance(self.budget_gb, bool) and math.isfinite(self.budget_gb)
                                                and self.budget_gb > 0):
             p.add(f"{name('budget_gb')} must be a positive number of GiB, got {self.budget_gb}.")
-
-    def resolve(self, backend: type[Backend]) -> "MemorySettings":
-        """``auto`` model and precision as they are on ``backend``."""
-        return replace(self, model=resolve_model(self.model, backend),
-                       precision=backend.resolve_precision(self.precision))
 
 
 def state_bytes(model: torch.nn.Module) -> int:

@@ -13,27 +13,23 @@ from typing import Any
 
 import torch
 
-from dropbp.backends import PRECISIONS, Backend
+from dropbp.backends import Backend
 from dropbp.core.allocation import drop_fraction, uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_drop_rates,
-                            check_fits, check_method, check_model, check_non_negative, check_number, check_positive,
-                            check_seq_len, drop_rates_field, method_field, model_field, option_name, pool_size_field,
-                            precision_field, resolve_model, resolve_sampler, sampler_field, setting)
+from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_fits,
+                            check_non_negative, check_number, check_positive, check_seq_len, option_name,
+                            pool_size_field, resolve_sampler, sampler_field, setting)
 
-from .harness import BenchSettings, run_benchmark
+from .harness import ModelBenchSettings, run_benchmark
 
 
 @dataclass
-class ThroughputSettings(BenchSettings):
+class ThroughputSettings(ModelBenchSettings):
     """Everything a throughput run depends on; :meth:`validate` checks it before any work starts."""
 
-    model: str = model_field("auto")
-    method: str = method_field()
-    drop_rates: tuple[float, ...] = drop_rates_field()
     seq_len: int = setting(512, "tokens per sequence")
     batch_size: int = setting(2, "sequences per step")
     warmup: int = setting(2, "warm-up rounds, not timed (at least the pool size when graphs compile per mask)")
@@ -42,7 +38,6 @@ class ThroughputSettings(BenchSettings):
     pool_size: int = pool_size_field()
     compile: bool = setting(False, "torch.compile the model and report graph compiles")
     compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)")
-    precision: str = precision_field()
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)")
     lr: float = setting(1e-5, "AdamW learning rate of the timed steps")
     model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,
@@ -50,11 +45,7 @@ class ThroughputSettings(BenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        p.check(check_model, self.model, name("model"))
-        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
-        p.check(check_method, self.method, name("method"))
         p.check(check_choice, name("sampler"), self.sampler, ("auto", *SAMPLERS))
-        p.check(check_choice, name("precision"), self.precision, ("auto", *PRECISIONS))
         for key in ("seq_len", "batch_size", "steps", "pool_size", "memory_masks"):
             p.check(check_positive, self, key, naming=name)
         p.check(check_non_negative, self, "warmup", naming=name)
@@ -64,8 +55,7 @@ class ThroughputSettings(BenchSettings):
 
     def resolve(self, backend: type[Backend]) -> "ThroughputSettings":
         """``auto`` model, sampler and precision as they are on ``backend``."""
-        return replace(self, model=resolve_model(self.model, backend), sampler=resolve_sampler(self.sampler, backend),
-                       precision=backend.resolve_precision(self.precision))
+        return replace(super().resolve(backend), sampler=resolve_sampler(self.sampler, backend))
 
     def dtypes_for(self, backend: Backend | type[Backend]) -> tuple[torch.dtype, torch.dtype | None]:
         """(weight dtype, autocast dtype or None) of this run's precision on ``backend``."""

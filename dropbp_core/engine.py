@@ -11,7 +11,7 @@ Where a branch is wrapped (pre-norm decoder block, Llama naming)::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,8 @@ from .checks import check_int, check_seed
 from .samplers import Sampler, make_sampler, next_step
 from .state import check_state
 
+#: ``callback(engine, backward_ran)``, run after each :meth:`DropBP.backward`.
+AfterBackward = Callable[["DropBP", bool], None]
 #: The step counters behind :meth:`DropBP.report`, kept in :meth:`DropBP.state_dict`.
 COUNTERS = ("steps_counted", "all_dropped_steps", "skipped_backward_steps", "uncounted_steps",
             "no_trainable_path_steps", "interrupted_forwards")
@@ -106,7 +108,7 @@ class DropBP:
         self._anchor = torch.zeros((), requires_grad=True)
         self._handles: list[RemovableHandle] = []
         #: Called as ``callback(dropbp, backward_ran)`` after each :meth:`backward` (e.g. online sensitivity).
-        self.after_backward_callbacks: list[Any] = []
+        self.after_backward_callbacks: list[AfterBackward] = []
         self.step: int | None = None
         self.reset_counters()
         self.attach()

@@ -144,7 +144,8 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
         reason = "model shape unknown without its weights: the micro-batch is kept, not sized"
     else:
         fitting = [b for b in range(1, min(per_rank, MAX_MICRO_BATCH) + 1)
-                   if per_rank % b == 0 and memory_bytes(ported, shape, b, target.device, target.compiles_per_mask) <= budget]
+                   if per_rank % b == 0
+                   and memory_bytes(ported, shape, b, target.device, target.compiles_per_mask) <= budget]
         if not fitting:
             need = memory_bytes(ported, shape, 1, target.device, target.compiles_per_mask) / 1e9
             raise ConfigError(f"{recipe.name} ({ported.model.method}) does not fit one {target.name} device: about "

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dropbp.core.errors import ConfigError
+from dropbp.recipes.data.order import order_generator
 
 VOCAB_SIZE = 256  # byte-level tokens
 
@@ -55,6 +56,5 @@ def batch_at(tokens: torch.Tensor, step: int, batch_size: int, seq_len: int, see
     """The ``step``-th batch of ``batch_size`` windows of ``seq_len`` tokens: a pure function of ``(seed, step)``."""
     if len(tokens) <= seq_len + 1:
         raise ConfigError(f"seq_len {seq_len} is longer than the text ({len(tokens)} tokens).")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator)
+    starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=order_generator(seed, step))
     return torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])

@@ -14,6 +14,7 @@ import torch
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.config.presets import check_hub_access, hub_id
 from dropbp.recipes.config.schema import DataSection, resolve_data_path
+from dropbp.recipes.data.order import order_generator
 from dropbp.recipes.data.tokenizers import Tokenizer
 
 IGNORE = -100  # label of a token left out of the loss
@@ -130,8 +131,7 @@ class WindowOrder:
         self._permutation = lru_cache(maxsize=2)(self._make)
 
     def _make(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.count, generator=generator)
+        return torch.randperm(self.count, generator=order_generator(self.seed, epoch))
 
     def indices(self, start: int, size: int) -> list[int]:
         """Window indices ``start .. start + size - 1`` of the stream."""

@@ -15,8 +15,7 @@ from torch import nn
 from dropbp.backends import Backend
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes.config.presets import (METHODS, PRESETS, check_model, downloads_allowed, llama_config,
-                                           source_of)
+from dropbp.recipes.config.presets import METHODS, PRESETS, check_model, downloads_allowed, llama_config, source_of
 from dropbp.recipes.config.schema import ModelSection
 
 QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is not installed: pip install "

@@ -5,8 +5,9 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the trained weight
 ``model.safetensors`` + ``config.json``), the optimizer and scheduler state and the random generators' state
 (``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json``: the step and
 each stateful part of the run under a fixed key (:data:`POLICY_KEY`: the drop policy's ``state_dict()``, rates and
-counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). It is written in a hidden ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place
-in one step, so a killed process leaves the previous checkpoint intact. Only the newest ``keep`` are kept.
+counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). It is written in a hidden
+``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed process leaves the
+previous checkpoint intact. Only the newest ``keep`` are kept.
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ if __name__ == "__main__":
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: AdamW turns round-off in near-zero gradients into lr-sized steps
+    # SGD is linear in the gradient; AdamW turns round-off in near-zero gradients into lr-sized steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     masks, losses = [], []
     for step in range(STEPS):
         dropbp.begin_step(step)

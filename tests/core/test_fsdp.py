@@ -23,7 +23,8 @@ def test_fsdp2_two_ranks_equal_one_process(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["masks"] == ranks[1]["masks"]
     model, dropbp = model_and_engine()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # linear in the gradient: AdamW turns round-off in near-zero gradients into lr-sized steps
+    # SGD is linear in the gradient; AdamW turns round-off in near-zero gradients into lr-sized steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(STEPS):
         dropbp.begin_step(step)
         ids = torch.cat([batch(step, 0), batch(step, 1)])
