@@ -14,6 +14,7 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
+from dropbp.core.rate_schedule import RateSchedule
 from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_positive,
                             environment, markdown_table, method_field, option_name, pool_size_field, pyplot, setting)
 
@@ -45,7 +46,7 @@ class CompilesSettings(BenchSettings):
 def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, steps: int = 200, pool_size: int = 8,
                    method: str = "lora", compile_backend: str = "aot_eager", recompile_limit: int = 1024,
                    seq_len: int = 32, seed: int = 0, model_overrides: dict[str, Any] | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   schedule: RateSchedule | None = None, progress: bool = False) -> dict[str, Any]:
     """Train a compiled tiny Llama for ``steps`` steps and count the graphs dynamo compiled, step by step."""
     import torch._dynamo
 
@@ -53,7 +54,8 @@ def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, s
     torch._dynamo.reset()
     model = apply_method(build_model("tiny", seed=seed, device=backend.device,
                                      **(model_overrides or SMALL_LLAMA)), method, seed=seed).train()
-    dropbp = DropBP(model, drop_rate, sampler=sampler, pool_size=pool_size, seed=seed, seq_len=seq_len)
+    dropbp = DropBP(model, drop_rate, sampler=sampler, pool_size=pool_size, seed=seed, seq_len=seq_len,
+                    schedule=schedule)
     compiled = backend.compile(model, backend=compile_backend, recompile_limit=recompile_limit)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     batch = torch.randint(0, dropbp.shape.vocab, (1, seq_len), generator=torch.Generator().manual_seed(seed))

@@ -26,6 +26,7 @@ from .hooks import Hook, detach_outputs
 from .masks import MaskSpec, parse_mask
 from .checks import check_int, check_seed
 from .samplers import Sampler, make_sampler, next_step
+from .rate_schedule import RateSchedule
 from .state import check_state
 
 #: ``callback(engine, backward_ran)``, run after each :meth:`DropBP.backward`.
@@ -84,6 +85,7 @@ class DropBP:
         layers: Iterable[int] | None = None,
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
+        schedule: RateSchedule | None = None,
     ) -> None:
         existing = DropBP.of(model)
         if existing is not None:
@@ -99,6 +101,12 @@ class DropBP:
         self.seed = check_seed(seed)
         self.pool_size = check_int("pool_size", pool_size, 1, meaning="masks in the pool sampler")
         self.sampler: Sampler = make_sampler(sampler, self.rates, self.flops, seed, pool_size)
+        if schedule is not None and sampler == "pool" and schedule.distinct_rates(1.0) is None:
+            raise ConfigError(f"the pool sampler needs a schedule with a bounded number of rates, so that the masks "
+                              f"(and compiled graphs) stay bounded; give the {schedule.kind} schedule levels (e.g. 4), "
+                              f"or use the steps or constant kind.")
+        self.schedule = schedule
+        self._scaled: dict[float, Sampler] = {}  # pool samplers of the scheduled rates, by factor
         # Everything is valid: only now touch the model.
         self._model = model
         self._modules = found.modules
@@ -188,7 +196,7 @@ class DropBP:
         of ``(seed, step)``, unless ``mask`` forces one.
         """
         step = next_step(step, self.step)
-        chosen = self.sampler.mask(step).tolist() if mask is None else self.parse_mask(mask)
+        chosen = self.sampler_at(step).mask(step).tolist() if mask is None else self.parse_mask(mask)
         self._recover()
         self._mask = tuple(bool(m) for m in chosen)
         self.step = step
@@ -196,6 +204,7 @@ class DropBP:
             self.uncounted_steps += 1  # the mask cannot take effect: no hooks, or eval mode (nothing is dropped)
             return self._mask
         self.steps_counted += 1
+        self.scheduled_sum += self.scheduled_drop_fraction(step)
         self._anchor.grad = None
         if not self.has_trainable_path():
             self.no_trainable_path_steps += 1
@@ -204,6 +213,27 @@ class DropBP:
         if all(self._mask):
             self.all_dropped_steps += 1
         return self._mask
+
+    def scheduled_drop_fraction(self, step: int) -> float:
+        """The FLOPs-weighted drop rate asked at ``step``: the rates' average, times the schedule's factor."""
+        asked = drop_fraction(self.flops, self.rates)
+        return asked if self.schedule is None else asked * self.schedule.factor(step, asked)
+
+    def sampler_at(self, step: int) -> Sampler:
+        """The sampler of ``step``: the rates scaled by the schedule's factor there (the plain sampler without a
+        schedule). Bernoulli samplers are made per step (cheap); pool samplers are kept, one per scheduled rate."""
+        if self.schedule is None:
+            return self.sampler
+        factor = self.schedule.factor(step, drop_fraction(self.flops, self.rates))
+        if factor == 1.0:
+            return self.sampler
+        if factor in self._scaled:
+            return self._scaled[factor]
+        sampler = make_sampler(self.sampler.name, [r * factor for r in self.rates], self.flops, self.seed,
+                               self.pool_size)
+        if sampler.name == "pool":
+            self._scaled[factor] = sampler
+        return sampler
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
         """``loss.backward(**kwargs)``, unless this step left nothing to train.
@@ -246,22 +276,25 @@ class DropBP:
         self.drop_counts = [0] * len(self.branches)
         for name in COUNTERS:
             setattr(self, name, 0)
+        self.scheduled_sum = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state a resumed run needs to continue as if never stopped: the rates in force, the last step
         and every counter behind :meth:`report`. Masks need nothing more: they are a function of (seed, step)."""
         return {"branches": [b.name for b in self.branches], "rates": list(self.rates), "step": self.step,
-                "drop_counts": list(self.drop_counts), **{name: getattr(self, name) for name in COUNTERS}}
+                "drop_counts": list(self.drop_counts), "scheduled_sum": self.scheduled_sum,
+                **{name: getattr(self, name) for name in COUNTERS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (refused, with nothing changed, for another model's branches)."""
-        check_state("DropBP", state, ("branches", "rates", "step", "drop_counts", *COUNTERS),
+        check_state("DropBP", state, ("branches", "rates", "step", "drop_counts", "scheduled_sum", *COUNTERS),
                     names=[b.name for b in self.branches])
         self.set_rates(state["rates"])
         self.step = None if state["step"] is None else int(state["step"])
         self.drop_counts = [int(count) for count in state["drop_counts"]]
         for name in COUNTERS:
             setattr(self, name, int(state[name]))
+        self.scheduled_sum = float(state["scheduled_sum"])
 
     def realized_rates(self) -> list[float]:
         """Per-branch fraction of counted steps in which the branch was dropped."""
@@ -284,6 +317,8 @@ class DropBP:
             "uncounted_steps": self.uncounted_steps,
             "no_trainable_path_steps": self.no_trainable_path_steps,
             "asked_drop_fraction": drop_fraction(self.flops, self.rates),
+            "schedule": "none" if self.schedule is None else self.schedule.describe(),
+            "scheduled_drop_fraction": self.scheduled_sum / max(self.steps_counted, 1),
             "realized_drop_fraction": drop_fraction(self.flops, realized),
             "branches": [
                 {**b.to_dict(), "asked_rate": r, "realized_rate": q}
@@ -295,6 +330,7 @@ class DropBP:
         """Replace the per-branch rates (e.g. after a sensitivity allocation); the sampler is rebuilt."""
         self.rates = validate_rates(rates, len(self.branches))
         self.sampler = make_sampler(self.sampler.name, self.rates, self.flops, self.seed, self.pool_size)
+        self._scaled.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -334,8 +370,9 @@ class DropBP:
         self.remove()
 
     def __repr__(self) -> str:
+        schedule = "" if self.schedule is None else f", schedule={self.schedule.describe()}"
         return (f"DropBP({len(self.branches)} branches of {self.model_type}, sampler={self.sampler.name}, "
-                f"drop_fraction={drop_fraction(self.flops, self.rates):.3f}, seed={self.seed})")
+                f"drop_fraction={drop_fraction(self.flops, self.rates):.3f}, seed={self.seed}{schedule})")
 
 
 def _already_wrapped(existing: DropBP) -> str:

@@ -26,11 +26,12 @@ from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
+from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.techniques import Applied, apply_technique
 from dropbp.recipes.config.loader import dump_yaml, read_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
-from dropbp.recipes.config.schema import Recipe, load_recipe
+from dropbp.recipes.config.schema import DropScheduleSection, Recipe, load_recipe
 from dropbp.recipes.data.instruct import RecipeData, load_data, render
 from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
@@ -46,6 +47,18 @@ from dropbp.recipes.training.step import StepRunner
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
+
+
+def rate_schedule(section: DropScheduleSection, total_steps: int, sampler: str) -> RateSchedule | None:
+    """The engine's drop-rate schedule of a recipe (None when constant); linear and cosine are quantised to 4 rates
+    with the pool sampler unless ``levels`` says otherwise, so the masks stay bounded."""
+    if section.is_constant:
+        return None
+    levels = section.levels
+    if levels is None and sampler == "pool" and section.kind in ("linear", "cosine"):
+        levels = 4
+    return RateSchedule(section.kind, total_steps=total_steps, end=section.end_rate,
+                        warmup_steps=section.warmup_steps, stages=section.stages, levels=levels)
 
 
 class FineTune:
@@ -100,8 +113,9 @@ class FineTune:
         self.technique: Applied | None = None
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
-            dropbp_options = ({"sampler": resolve_sampler(options.sampler, self.backend),
-                               "pool_size": options.pool_size, "seq_len": recipe.data.seq_len}
+            sampler = resolve_sampler(options.sampler, self.backend)
+            dropbp_options = ({"sampler": sampler, "pool_size": options.pool_size, "seq_len": recipe.data.seq_len,
+                               "schedule": rate_schedule(options.schedule, self.total_steps, sampler)}
                               if options.technique == "dropbp" else {})
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),

@@ -18,6 +18,7 @@ from dropbp.core.checks import check_int, check_seed
 from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.allocation_schedule import ALLOCATION_MODES
+from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.techniques import TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
@@ -188,6 +189,34 @@ class TrainSection:
 
 
 @dataclass
+class DropScheduleSection:
+    """How the drop rate moves over training (``dropbp.schedule.*``): from ``dropbp.drop_rate`` at the start."""
+
+    kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
+                                    "(stages plateaus from drop_rate down to end_rate)", choices=RATE_SCHEDULES)
+    end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
+    warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
+    stages: int = setting(4, "steps: the number of plateaus")
+    levels: int | None = setting(None, "quantise linear and cosine to this many rates (none: 4 with the pool "
+                                       "sampler, so compiled graphs stay at most pool_size * levels + 1; "
+                                       "continuous with bernoulli)")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(check_choice, "dropbp.schedule.kind", self.kind, RATE_SCHEDULES)
+        p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
+        _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
+        _int(p, "dropbp.schedule.stages", self.stages, 2)
+        if self.levels is not None:
+            _int(p, "dropbp.schedule.levels", self.levels, 2)
+
+    @property
+    def is_constant(self) -> bool:
+        """Whether the rate never moves (today's behaviour)."""
+        return self.kind == "constant" and self.warmup_steps == 0
+
+
+@dataclass
 class DropBPSection:
     """Dropping backward propagation: the target rate, how masks are drawn and how rates are allocated."""
 
@@ -212,6 +241,7 @@ class DropBPSection:
     pld_gamma: float = setting(0.001, "pld: how fast the keep probability falls (per step)")
     train_top_layers: int | None = setting(None, "freeze: blocks trained from the top (none: as many as give the "
                                                  "backward FLOPs of DropBP at drop_rate)")
+    schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
@@ -230,6 +260,10 @@ class DropBPSection:
         p.check(check_number, "dropbp.pld_gamma", self.pld_gamma, low=0)
         if self.train_top_layers is not None:
             _int(p, "dropbp.train_top_layers", self.train_top_layers, 1)
+        self.schedule.check(p)
+        if self.technique != "dropbp" and not self.schedule.is_constant:
+            p.add(f"dropbp.schedule applies to dropbp.technique dropbp, got technique {self.technique}; leave the "
+                  "schedule constant (kind constant, warmup_steps 0).")
         if self.technique != "dropbp" and self.allocation != "uniform":
             p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique dropbp (sensitivities are DropBP's), "
                   f"got technique {self.technique}; use allocation uniform.")

@@ -25,6 +25,21 @@ def test_pool_compiles_at_most_k_graphs_over_200_steps():
 
 
 @pytest.mark.slow
+def test_pool_compiles_stay_bounded_under_a_decaying_schedule():
+    """A cosine decay quantised to 2 rates after 2 warm-up steps: at most K masks per rate, plus the all-kept one
+    (a Bernoulli sampler under the same decay would draw a new mask almost every step)."""
+    from dropbp.core.rate_schedule import RateSchedule
+
+    k, steps = 2, 24
+    schedule = RateSchedule("cosine", total_steps=steps, end=0.25, warmup_steps=2, levels=2)
+    bound = k * schedule.distinct_rates(0.75)  # K per rate, the warm-up's rate 0 included: 2 * (2 + 1)
+    result = count_compiles(backends.get("cpu"), sampler="pool", drop_rate=0.75, steps=steps, pool_size=k,
+                            schedule=schedule)
+    assert bound == 6 and result["distinct_masks"] <= bound - (k - 1)  # rate 0 has one mask, not K
+    assert 1 <= result["graphs_compiled"] <= result["distinct_masks"] + FIXED, result["graphs_compiled"]
+
+
+@pytest.mark.slow
 def test_throughput_bench_compiles_every_pool_entry_during_warmup():
     from dropbp.benchmarks.throughput import ThroughputSettings, run_throughput
 

@@ -19,6 +19,8 @@ CASES = {
     "dropbp-uniform": ["dropbp.drop_rate=0.5"],
     "dropbp-sensitivity": ["dropbp.drop_rate=0.5", "dropbp.allocation=sensitivity", "dropbp.allocate_at=0.1"],
     "dropbp-online": ["dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
+    "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
+                        "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
     "layerdrop": ["dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
     "pld": ["dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
     "freeze": ["dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
@@ -54,3 +56,6 @@ def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
         assert [event["step"] for event in whole["schedule"]["events"]] == [5, 10, 15]
     if whole["report"] is not None:
         assert whole["report"]["steps"] == 20
+    if case == "dropbp-schedule":  # 3 warm-up steps at 0, then a cosine from 0.75 to 0 in 4 levels
+        assert whole["report"]["schedule"] == "cosine to 0 over 20 steps, 4 levels, 3 warm-up steps at 0"
+        assert 0.2 < whole["report"]["scheduled_drop_fraction"] < 0.4
