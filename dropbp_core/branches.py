@@ -61,7 +61,8 @@ def name_matches(name: str, patterns: Patterns) -> bool:
     return False
 
 
-def _layer_index(name: str) -> int | None:
+def layer_index(name: str) -> int | None:
+    """The decoder-layer index in a module name (``model.layers.3.mlp`` -> 3), or None."""
     found = _LAYER_INDEX.findall(name)
     return int(found[-1]) if found else None
 
@@ -127,7 +128,7 @@ def find_branches(
             continue  # keep the outermost match only
         for order, kind in enumerate(BRANCH_KINDS):
             if name_matches(name, targets[kind]):
-                layer = _layer_index(name)
+                layer = layer_index(name)
                 if layer is not None:
                     found.append((layer, order, kind, name, module))
                     taken.append(name)

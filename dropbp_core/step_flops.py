@@ -2,6 +2,9 @@
 bottom blocks. The benchmarks charge each step with it, so runs can be compared at equal compute."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import nn
 
 from .branches import find_branches
@@ -15,20 +18,24 @@ class StepFlops:
 
     def __init__(self, model: nn.Module, seq_len: int, backward: float = 1.0) -> None:
         found = find_branches(model, seq_len=seq_len)
+        self.names = [b.name for b in found.branches]
         self.flops = found.flops
         layers = sorted({b.layer for b in found.branches})
         self.position = [layers.index(b.layer) for b in found.branches]  # each branch's block, 0 = nearest input
         self.backward = backward
         self.head = 2.0 * found.shape.hidden * found.shape.vocab
 
-    def step(self, tokens: int, *, no_backward: tuple[bool, ...] = (), skipped_blocks: tuple[bool, ...] = (),
+    def step(self, tokens: int, *, no_backward: Sequence[float] = (), skipped_blocks: Sequence[float] = (),
              trained_from: int = 0) -> float:
         """FLOPs of one step of ``tokens`` tokens: ``no_backward`` per branch (DropBP's mask), ``skipped_blocks`` per
-        block (LayerDrop's), blocks below ``trained_from`` frozen."""
+        block (LayerDrop's), blocks below ``trained_from`` frozen. Masks may also be rates (the expected FLOPs)."""
         total = self.head * (1.0 + self.backward)
         for i, (flops, position) in enumerate(zip(self.flops, self.position)):
-            if skipped_blocks and skipped_blocks[position]:
-                continue
-            dropped = bool(no_backward and no_backward[i]) or position < trained_from
-            total += flops * (1.0 if dropped else 1.0 + self.backward)
+            kept = 1.0 - float(skipped_blocks[position]) if skipped_blocks else 1.0
+            dropped = 1.0 if position < trained_from else float(no_backward[i]) if no_backward else 0.0
+            total += flops * kept * (1.0 + self.backward * (1.0 - dropped))
         return total * tokens
+
+    def saved_fraction(self, **what: Any) -> float:
+        """The share of a step's training FLOPs saved by ``what`` (the arguments of :meth:`step`)."""
+        return 1.0 - self.step(1, **what) / self.step(1)

@@ -27,7 +27,8 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
-from dropbp.core.techniques import Applied, apply_technique
+from dropbp.core.step_flops import StepFlops
+from dropbp.core.techniques import DROPBP_TECHNIQUES, Applied, apply_technique
 from dropbp.recipes.config.loader import dump_yaml, read_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
@@ -116,7 +117,7 @@ class FineTune:
             sampler = resolve_sampler(options.sampler, self.backend)
             dropbp_options = ({"sampler": sampler, "pool_size": options.pool_size, "seq_len": recipe.data.seq_len,
                                "schedule": rate_schedule(options.schedule, self.total_steps, sampler)}
-                              if options.technique == "dropbp" else {})
+                              if options.technique in DROPBP_TECHNIQUES else {})
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
                 pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
@@ -315,7 +316,30 @@ class FineTune:
         bar.close()
         self._write_metrics()
         return {"steps": stop, "total_steps": self.total_steps, "rows": self.rows,
-                "finished": stop == self.total_steps}
+                "finished": stop == self.total_steps, "verdict": self.verdict()}
+
+    def verdict(self) -> str:
+        """One line on what the technique dropped so far and the training FLOPs that saves (FLOPs model: a backward
+        costs two forwards in full fine-tuning, one with adapters); wall time is what ``dropbp bench`` measures."""
+        if self.technique is None:
+            return "DropBP off: exact backprop on every branch."
+        model = StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0)
+        frozen = self.technique.frozen
+        what: dict[str, Any] = {"trained_from": len(frozen.frozen_blocks) if frozen is not None else 0}
+        if self.dropbp is not None:
+            realized = dict(zip((b.name for b in self.dropbp.branches), self.dropbp.realized_rates()))
+            what["no_backward"] = [realized.get(name, 0.0) for name in model.names]
+            report = self.dropbp.report()
+            done = (f"realised drop fraction {report['realized_drop_fraction']:.2f} of the branches' backward FLOPs "
+                    f"(scheduled {report['scheduled_drop_fraction']:.2f})")
+        elif self.policy is not None:
+            rate = self.policy.realized_drop_fraction()
+            what["skipped_blocks"] = [rate] * len(set(model.position))
+            done = f"{rate:.2f} of the blocks skipped"
+        else:
+            done = f"{what['trained_from']} bottom blocks frozen"
+        return (f"{self.technique.technique}: {done}; about {model.saved_fraction(**what):.0%} of the training FLOPs "
+                "saved (FLOPs model; dropbp bench throughput measures wall time)")
 
     def cleanup(self) -> None:
         """Close the logs, draw ``loss.png``, detach the engine."""

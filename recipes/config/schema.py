@@ -19,7 +19,7 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.allocation_schedule import ALLOCATION_MODES
 from dropbp.core.rate_schedule import RATE_SCHEDULES
-from dropbp.core.techniques import TECHNIQUES
+from dropbp.core.techniques import DROPBP_TECHNIQUES, TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.config.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
@@ -236,11 +236,14 @@ class DropBPSection:
     technique: str = setting("dropbp", "dropbp (drop the backward of branches); or an alternative to compare with: "
                                        "layerdrop (skip whole blocks, forward and backward, with probability "
                                        "drop_rate), pld (progressive layer dropping: pld_theta_bar, pld_gamma), "
-                                       "freeze (train only the top train_top_layers blocks)", choices=TECHNIQUES)
+                                       "freeze (train only the top train_top_layers blocks), freeze-dropbp (both: "
+                                       "the bottom frozen, DropBP at drop_rate on the train_top_layers above)",
+                           choices=TECHNIQUES)
     pld_theta_bar: float = setting(0.5, "pld: the keep probability the schedule falls to (deepest block)")
     pld_gamma: float = setting(0.001, "pld: how fast the keep probability falls (per step)")
-    train_top_layers: int | None = setting(None, "freeze: blocks trained from the top (none: as many as give the "
-                                                 "backward FLOPs of DropBP at drop_rate)")
+    train_top_layers: int | None = setting(None, "freeze and freeze-dropbp: blocks trained from the top (none: for "
+                                                 "freeze, as many as give the backward FLOPs of DropBP at drop_rate; "
+                                                 "for freeze-dropbp, the top half)")
     schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
 
     def check(self, p: Problems) -> None:
@@ -261,11 +264,13 @@ class DropBPSection:
         if self.train_top_layers is not None:
             _int(p, "dropbp.train_top_layers", self.train_top_layers, 1)
         self.schedule.check(p)
-        if self.technique != "dropbp" and not self.schedule.is_constant:
-            p.add(f"dropbp.schedule applies to dropbp.technique dropbp, got technique {self.technique}; leave the "
+        if self.technique not in DROPBP_TECHNIQUES and not self.schedule.is_constant:
+            p.add(f"dropbp.schedule applies to dropbp.technique {' or '.join(DROPBP_TECHNIQUES)}, got technique "
+                  f"{self.technique}; leave the "
                   "schedule constant (kind constant, warmup_steps 0).")
-        if self.technique != "dropbp" and self.allocation != "uniform":
-            p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique dropbp (sensitivities are DropBP's), "
+        if self.technique not in DROPBP_TECHNIQUES and self.allocation != "uniform":
+            p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique {' or '.join(DROPBP_TECHNIQUES)} "
+                  "(sensitivities are DropBP's), "
                   f"got technique {self.technique}; use allocation uniform.")
 
 

@@ -43,6 +43,9 @@ def test_flops_model_counts_skipped_dropped_and_frozen_work():
     assert all_skipped < everything_dropped < full
     assert flops.step(1, trained_from=4) == everything_dropped  # nothing trained in the blocks: forward only
     assert full - everything_dropped == pytest.approx(sum(flops.flops))  # LoRA backward ~ one forward
+    # rates instead of masks give the expected FLOPs: half of every backward dropped saves half as much
+    assert flops.saved_fraction(no_backward=[0.5] * 8) == pytest.approx((full - everything_dropped) / (2 * full))
+    assert flops.saved_fraction(skipped_blocks=[1.0] * 4) == pytest.approx(1 - all_skipped / full)
 
 
 @pytest.mark.slow

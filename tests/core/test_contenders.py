@@ -167,3 +167,26 @@ def test_apply_technique_is_one_entry_point_and_remove_restores_the_model():
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ConfigError, match="technique must be one of dropbp, layerdrop, pld, freeze"):
         apply_technique(model, "stochastic-depth", 0.5)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_freeze_dropbp_freezes_the_bottom_and_drops_branches_above(method):
+    from dropbp.core import apply_technique
+
+    model = tiny_model("llama", method, layers=4)
+    applied = apply_technique(model, "freeze-dropbp", 0.5, train_top_layers=2)
+    assert "the top 2 of 4 blocks" in applied.describe() and "DropBP(4 branches" in applied.describe()
+    assert [b.layer for b in applied.policy.branches] == [2, 2, 3, 3]
+    applied.policy.begin_step(0, mask=[True, False, False, False])  # layer 2's attention dropped
+    model(input_ids=token_batch(), labels=token_batch()).loss.backward()
+    for name, param in model.named_parameters():
+        if ".layers.0." in name or ".layers.1." in name or "embed_tokens" in name:
+            assert param.grad is None and not param.requires_grad, name  # frozen
+        elif ".layers.2.self_attn." in name or ".layers.2.input_layernorm." in name:
+            assert param.grad is None, name  # the dropped branch and its pre-norm
+        elif (".layers.2.mlp." in name or ".layers.3." in name) and param.requires_grad:
+            assert param.grad is not None, name
+    applied.remove()
+    assert all(p.requires_grad for p in applied.frozen.frozen_parameters) and not applied.policy.attached
+    with pytest.raises(ConfigError, match="train_top_layers must be an integer in 1..4"):
+        apply_technique(tiny_model(layers=4), "freeze-dropbp", 0.5, train_top_layers=5, option_prefix="dropbp.")

@@ -49,6 +49,9 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
         header = next(csv.reader(handle))
     assert header[:5] == ["step", "loss", "lr", "tokens_per_s", "realized_drop_fraction"] and "val_loss" in header
     assert 0.3 < float(rows[-1]["realized_drop_fraction"]) < 0.7
+    fraction = float(rows[-1]["realized_drop_fraction"])
+    assert summary["verdict"].startswith(f"dropbp: realised drop fraction {fraction:.2f} of the branches' backward")
+    assert "(scheduled 0.50); about " in summary["verdict"]
     assert {p.name for p in out.iterdir()} >= {"metrics.csv", "loss.png", "recipe.yaml", "checkpoints"}
     assert load_recipe(out / "recipe.yaml", base_dir=shipped()["tiny-tasks"].parent).train.steps == 60
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
@@ -246,6 +249,31 @@ def test_recipe_with_more_top_layers_than_the_model_has_names_the_field_and_writ
 def test_recipe_refuses_sensitivity_allocation_with_another_technique():
     from dropbp.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="dropbp.allocation sensitivity needs dropbp.technique dropbp"):
+    with pytest.raises(ConfigError, match="dropbp.allocation sensitivity needs dropbp.technique dropbp or freeze-dropbp"):
         load_recipe(shipped()["tiny-tasks"], ["dropbp.technique=layerdrop", "dropbp.allocation=sensitivity"],
                     device="cpu")
+
+
+def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
+    four = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, "
+            "num_key_value_heads: 2}"]
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, *four, "train.steps=4", "train.eval_every=0",
+                                                   "train.save_every=0", "train.log_masks=true",
+                                                   "dropbp.technique=freeze-dropbp", "dropbp.train_top_layers=2",
+                                                   "dropbp.drop_rate=0.5"], device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    job.setup()
+    try:
+        assert [b.name for b in job.dropbp.branches] == [f"model.layers.{i}.{kind}" for i in (2, 3)
+                                                         for kind in ("self_attn", "mlp")]
+        initial = {k: v.clone() for k, v in job.model.state_dict().items()}
+        job.train()
+        trained = job.model.state_dict()
+        masks = [line.split(",")[1] for line in (tmp_path / "run" / "masks-rank0.csv").read_text().split()]
+        assert masks == ["".join("1" if m else "0" for m in job.dropbp.sampler.mask(s).tolist()) for s in range(4)]
+    finally:
+        job.cleanup()
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+                 "model.embed_tokens.weight"):
+        assert torch.equal(trained[name], initial[name]), name
+    assert not torch.equal(trained["lm_head.weight"], initial["lm_head.weight"])
