@@ -2,6 +2,8 @@
 # then run. A torch already importable by $(PYTHON) (e.g. a CUDA or Gaudi build) is kept: the venv sees system
 # packages, and the pinned CPU wheel is installed only where no torch is present.
 PYTHON ?= python3
+# Let Python keep compiled modules between runs (some environments switch that off): test start-up is faster.
+unexport PYTHONDONTWRITEBYTECODE
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin

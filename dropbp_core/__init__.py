@@ -9,6 +9,7 @@ from .errors import AllocationError, BackendUnavailableError, ConfigError, DropB
 from .freezing import blocks_for_backward_budget, freeze_bottom_layers
 from .layerdrop import LayerDrop, pld_keep_probability
 from .memory_model import MemoryModel
+from .adaptive_rate import AdaptiveRate
 from .rate_schedule import RATE_SCHEDULES, RateSchedule
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
 from .techniques import TECHNIQUES, apply_technique
@@ -19,4 +20,4 @@ __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fractio
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
            "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "TECHNIQUES",
-           "apply_technique", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "__version__"]
+           "apply_technique", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "AdaptiveRate", "__version__"]

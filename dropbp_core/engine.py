@@ -26,7 +26,7 @@ from .hooks import Hook, detach_outputs
 from .masks import MaskSpec, parse_mask
 from .checks import check_int, check_seed
 from .samplers import Sampler, make_sampler, next_step
-from .rate_schedule import RateSchedule
+from .rate_schedule import RateController
 from .state import check_state
 
 #: ``callback(engine, backward_ran)``, run after each :meth:`DropBP.backward`.
@@ -85,7 +85,7 @@ class DropBP:
         layers: Iterable[int] | None = None,
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
-        schedule: RateSchedule | None = None,
+        schedule: RateController | None = None,
     ) -> None:
         existing = DropBP.of(model)
         if existing is not None:

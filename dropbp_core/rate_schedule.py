@@ -20,12 +20,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from .allocation import validate_drop_rate
 from .checks import check_int
 from .errors import ConfigError
 
 RATE_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "steps")
+
+
+class RateController(Protocol):
+    """What the engine asks of a schedule: :class:`RateSchedule` (a function of the step) or
+    :class:`~dropbp.core.adaptive_rate.AdaptiveRate` (which also follows the observed losses)."""
+
+    kind: str
+
+    def factor(self, step: int, start: float) -> float:
+        """What every per-branch rate is multiplied by at ``step`` for an asked rate ``start``."""
+        ...
+
+    def distinct_rates(self, start: float) -> int | None:
+        """How many different rates can occur (None: unbounded)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        ...
 
 
 @dataclass(frozen=True)

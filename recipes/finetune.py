@@ -14,6 +14,7 @@ import dataclasses
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
-from dropbp.core.rate_schedule import RateSchedule
+from dropbp.core.adaptive_rate import AdaptiveRate
+from dropbp.core.rate_schedule import RateController, RateSchedule
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import DROPBP_TECHNIQUES, Applied, apply_technique
 from dropbp.recipes.config.loader import dump_yaml, read_yaml
@@ -38,8 +40,8 @@ from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
 from dropbp.recipes.report.publish import write_text_atomic
-from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, latest_checkpoint, load_checkpoint,
-                                                save_checkpoint)
+from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, RATE_KEY, latest_checkpoint,
+                                                load_checkpoint, save_checkpoint)
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.lr import lr_scheduler
@@ -50,9 +52,13 @@ METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_
 RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
 
 
-def rate_schedule(section: DropScheduleSection, total_steps: int, sampler: str) -> RateSchedule | None:
-    """The engine's drop-rate schedule of a recipe (None when constant); linear and cosine are quantised to 4 rates
-    with the pool sampler unless ``levels`` says otherwise, so the masks stay bounded."""
+def rate_schedule(section: DropScheduleSection, total_steps: int, sampler: str,
+                  step_cost: Callable[[float], float]) -> RateController | None:
+    """The engine's drop-rate schedule of a recipe (None when constant): the adaptive rate (``step_cost``: the
+    relative cost of a step at a rate factor), or a fixed schedule (linear and cosine quantised to 4 rates with the
+    pool sampler unless ``levels`` says otherwise, so the masks stay bounded)."""
+    if section.kind == "adaptive":
+        return AdaptiveRate(window=section.window, levels=section.levels or 4, step_cost=step_cost)
     if section.is_constant:
         return None
     levels = section.levels
@@ -110,13 +116,20 @@ class FineTune:
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
+        #: Training FLOPs per step (a backward costs two forwards in full fine-tuning, one with adapters).
+        self.flops_model = StepFlops(self.model, recipe.data.seq_len, 2.0 if spec.method == "full" else 1.0)
         self.schedule: AllocationSchedule | None = None
         self.technique: Applied | None = None
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
             sampler = resolve_sampler(options.sampler, self.backend)
+            flops = self.flops_model
+
+            def step_cost(factor: float) -> float:
+                return 1.0 - flops.saved_fraction(no_backward=[options.drop_rate * factor] * len(flops.names))
+
             dropbp_options = ({"sampler": sampler, "pool_size": options.pool_size, "seq_len": recipe.data.seq_len,
-                               "schedule": rate_schedule(options.schedule, self.total_steps, sampler)}
+                               "schedule": rate_schedule(options.schedule, self.total_steps, sampler, step_cost)}
                               if options.technique in DROPBP_TECHNIQUES else {})
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
@@ -177,9 +190,15 @@ class FineTune:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, stop_after_steps=None))
         return recipe.to_data()
 
+    @property
+    def adaptive(self) -> AdaptiveRate | None:
+        """The adaptive rate controller, when the recipe asks for one (it is fed each step's loss)."""
+        controller = self.dropbp.schedule if self.dropbp is not None else None
+        return controller if isinstance(controller, AdaptiveRate) else None
+
     def _stateful(self) -> dict[str, Any]:
         """The run's parts that own state beyond weights, optimizer and schedule, by checkpoint key."""
-        return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.schedule}
+        return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.schedule, RATE_KEY: self.adaptive}
 
     def _restore(self) -> None:
         folder = latest_checkpoint(self.out / "checkpoints")
@@ -297,6 +316,8 @@ class FineTune:
             speed = result.tokens * self.world.size / (time.perf_counter() - start)
             done = step + 1
             loss = self.world.mean(result.loss, self.backend.device)
+            if self.adaptive is not None:  # the mean over ranks: every rank takes the same decision
+                self.adaptive.observe(step, loss)
             drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:
@@ -323,7 +344,7 @@ class FineTune:
         costs two forwards in full fine-tuning, one with adapters); wall time is what ``dropbp bench`` measures."""
         if self.technique is None:
             return "DropBP off: exact backprop on every branch."
-        model = StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0)
+        model = self.flops_model
         frozen = self.technique.frozen
         what: dict[str, Any] = {"trained_from": len(frozen.frozen_blocks) if frozen is not None else 0}
         if self.dropbp is not None:

@@ -31,6 +31,8 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
 BYTE_TOKENIZER = "byte"
+#: Every dropbp.schedule.kind: the fixed schedules and the adaptive rate.
+SCHEDULE_KINDS = (*RATE_SCHEDULES, "adaptive")
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 
 
@@ -193,17 +195,22 @@ class DropScheduleSection:
     """How the drop rate moves over training (``dropbp.schedule.*``): from ``dropbp.drop_rate`` at the start."""
 
     kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
-                                    "(stages plateaus from drop_rate down to end_rate)", choices=RATE_SCHEDULES)
+                                    "(stages plateaus from drop_rate down to end_rate); adaptive (0 while the loss "
+                                    "falls steeply, up to drop_rate as it flattens, decided every window steps)",
+                        choices=SCHEDULE_KINDS)
     end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
     warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
     stages: int = setting(4, "steps: the number of plateaus")
     levels: int | None = setting(None, "quantise linear and cosine to this many rates (none: 4 with the pool "
                                        "sampler, so compiled graphs stay at most pool_size * levels + 1; "
-                                       "continuous with bernoulli)")
+                                       "continuous with bernoulli); adaptive: its rates from 0 to drop_rate "
+                                       "(none: 4)")
+    window: int = setting(20, "adaptive: optimizer steps per decision (the loss is averaged over a window)")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
-        p.check(check_choice, "dropbp.schedule.kind", self.kind, RATE_SCHEDULES)
+        p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
+        _int(p, "dropbp.schedule.window", self.window, 1)
         p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
         _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
         _int(p, "dropbp.schedule.stages", self.stages, 2)

@@ -12,7 +12,7 @@ EXPORTS: dict[str, str] = {
     "lr_factor": _LR, "lr_scheduler": _LR, "SCHEDULES": _LR,
     "validation_loss": _EVAL, "greedy_exact_match": _EVAL, "teacher_forced_exact_match": _EVAL,
     "save_checkpoint": _CHECKPOINT, "load_checkpoint": _CHECKPOINT, "latest_checkpoint": _CHECKPOINT,
-    "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT,
+    "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT, "RATE_KEY": _CHECKPOINT,
     "World": _DISTRIBUTED, "world_from_environment": _DISTRIBUTED,
     "DropBPCallback": "dropbp.recipes.training.hf_trainer",
 }

@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the trained weight
 ``model.safetensors`` + ``config.json``), the optimizer and scheduler state and the random generators' state
 (``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json``: the step and
 each stateful part of the run under a fixed key (:data:`POLICY_KEY`: the drop policy's ``state_dict()``, rates and
-counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). It is written in a hidden
+counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included; :data:`RATE_KEY`: the
+adaptive rate's). It is written in a hidden
 ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed process leaves the
 previous checkpoint intact. Only the newest ``keep`` are kept.
 """
@@ -30,6 +31,7 @@ STATE = "state.json"
 #: Keys of ``state.json`` under which the run's stateful parts keep their ``state_dict()``.
 POLICY_KEY = "policy"
 ALLOCATION_KEY = "allocation"
+RATE_KEY = "rate"  # the adaptive rate controller
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -57,7 +57,7 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
 
 
-@pytest.mark.slow  # the fast lane resumes a run in tests/recipes/test_resume_state.py
+@pytest.mark.slow  # the fast lane resumes the engine, schedules and adaptive rate in tests/core
 @pytest.mark.parametrize("name", ["tiny-tasks", "tiny-tasks-lora"])
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, name):
     steps = ["train.steps=20", "train.eval_every=10", "train.save_every=0"]
@@ -199,7 +199,8 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
 
 
 @pytest.mark.parametrize("technique,extra", [("layerdrop", ["dropbp.drop_rate=0.5"]),
-                                             ("pld", ["dropbp.pld_theta_bar=0.5", "dropbp.pld_gamma=0.5"])])
+                                             pytest.param("pld", ["dropbp.pld_theta_bar=0.5", "dropbp.pld_gamma=0.5"],
+                                                          marks=pytest.mark.slow)])
 def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, technique, extra):
     from dropbp.core.layerdrop import LayerDrop
     from dropbp.recipes.model.build import build_model

@@ -76,6 +76,7 @@ def test_every_problem_is_listed_at_once(tmp_path, capsys):
     ("dropbp.drop_rate=1.2", "dropbp.drop_rate must be a number in [0, 1)"),
     ("dropbp.schedule.kind=exponential", "dropbp.schedule.kind must be one of constant, linear, cosine, steps"),
     ("dropbp.schedule.levels=1", "dropbp.schedule.levels must be an integer >= 2"),
+    ("dropbp.schedule.window=0", "dropbp.schedule.window must be an integer >= 1"),
     ("optim.lr=-1e-4", "optim.lr must be a finite number in (0, inf)"),
     ("data.train=no/such/file.jsonl", "data.train: no such file"),
     ("model.config.vocab_size=100", "but the model's vocabulary has 100"),

@@ -21,6 +21,7 @@ CASES = {
     "dropbp-online": ["dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
     "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
                         "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
+    "dropbp-adaptive": ["dropbp.drop_rate=0.75", "dropbp.schedule.kind=adaptive", "dropbp.schedule.window=3"],
     "layerdrop": ["dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
     "pld": ["dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
     "freeze": ["dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
@@ -34,7 +35,8 @@ def run(out: Path, overrides: list[str], resume: bool = False) -> dict:
     try:
         job.train()
         return {"report": None if job.policy is None else job.policy.report(),
-                "schedule": None if job.schedule is None else job.schedule.state_dict()}
+                "schedule": None if job.schedule is None else job.schedule.state_dict(),
+                "adaptive": None if job.adaptive is None else job.adaptive.state_dict()}
     finally:
         job.cleanup()
 
@@ -44,8 +46,8 @@ def losses(out: Path) -> list[str]:
         return [row["loss"] for row in csv.DictReader(handle) if row["loss"]]
 
 
-@pytest.mark.parametrize("case", [pytest.param(name, marks=() if name == "dropbp-online" else pytest.mark.slow)
-                                  for name in CASES])
+@pytest.mark.slow  # about 2 s each; the fast lane resumes the engine, the schedules and the adaptive rate in core
+@pytest.mark.parametrize("case", list(CASES))
 def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
     whole = run(tmp_path / "whole", CASES[case])
     run(tmp_path / "parts", [*CASES[case], "train.stop_after_steps=10"])
@@ -56,6 +58,8 @@ def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
         assert [event["step"] for event in whole["schedule"]["events"]] == [5, 10, 15]
     if whole["report"] is not None:
         assert whole["report"]["steps"] == 20
+    if case == "dropbp-adaptive":  # 6 windows of 3 steps: two decisions, after steps 9 and 18, the first resumed
+        assert len(whole["adaptive"]["history"]) == 2 and whole["adaptive"]["next_step"] == 20
     if case == "dropbp-schedule":  # 3 warm-up steps at 0, then a cosine from 0.75 to 0 in 4 levels
         assert whole["report"]["schedule"] == "cosine to 0 over 20 steps, 4 levels, 3 warm-up steps at 0"
         assert 0.2 < whole["report"]["scheduled_drop_fraction"] < 0.4
