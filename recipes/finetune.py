@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,12 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.adaptive_rate import AdaptiveRate
-from dropbp.core.rate_schedule import RateController, RateSchedule
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import DROPBP_TECHNIQUES, Applied, apply_technique
 from dropbp.recipes.config.loader import dump_yaml, read_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
-from dropbp.recipes.config.schema import DropScheduleSection, Recipe, load_recipe
+from dropbp.recipes.config.schema import Recipe, load_recipe
 from dropbp.recipes.data.instruct import RecipeData, load_data, render
 from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
@@ -45,27 +44,12 @@ from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, RATE
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.lr import lr_scheduler
+from dropbp.recipes.training.rates import rate_schedule, step_costs
 from dropbp.recipes.training.step import StepRunner
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
-
-
-def rate_schedule(section: DropScheduleSection, total_steps: int, sampler: str,
-                  step_cost: Callable[[float], float]) -> RateController | None:
-    """The engine's drop-rate schedule of a recipe (None when constant): the adaptive rate (``step_cost``: the
-    relative cost of a step at a rate factor), or a fixed schedule (linear and cosine quantised to 4 rates with the
-    pool sampler unless ``levels`` says otherwise, so the masks stay bounded)."""
-    if section.kind == "adaptive":
-        return AdaptiveRate(window=section.window, levels=section.levels or 4, step_cost=step_cost)
-    if section.is_constant:
-        return None
-    levels = section.levels
-    if levels is None and sampler == "pool" and section.kind in ("linear", "cosine"):
-        levels = 4
-    return RateSchedule(section.kind, total_steps=total_steps, end=section.end_rate,
-                        warmup_steps=section.warmup_steps, stages=section.stages, levels=levels)
 
 
 class FineTune:
@@ -116,20 +100,15 @@ class FineTune:
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
-        #: Training FLOPs per step (a backward costs two forwards in full fine-tuning, one with adapters).
-        self.flops_model = StepFlops(self.model, recipe.data.seq_len, 2.0 if spec.method == "full" else 1.0)
         self.schedule: AllocationSchedule | None = None
         self.technique: Applied | None = None
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
             sampler = resolve_sampler(options.sampler, self.backend)
-            flops = self.flops_model
-
-            def step_cost(factor: float) -> float:
-                return 1.0 - flops.saved_fraction(no_backward=[options.drop_rate * factor] * len(flops.names))
-
+            schedule = rate_schedule(options.schedule, self.total_steps, sampler,
+                                     lambda: step_costs(self.flops_model, options.drop_rate))
             dropbp_options = ({"sampler": sampler, "pool_size": options.pool_size, "seq_len": recipe.data.seq_len,
-                               "schedule": rate_schedule(options.schedule, self.total_steps, sampler, step_cost)}
+                               "schedule": schedule}
                               if options.technique in DROPBP_TECHNIQUES else {})
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
@@ -189,6 +168,12 @@ class FineTune:
         recipe = self.recipe.with_absolute_paths()
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, stop_after_steps=None))
         return recipe.to_data()
+
+    @functools.cached_property
+    def flops_model(self) -> StepFlops:
+        """Training FLOPs per step (a backward costs two forwards in full fine-tuning, one with adapters); made when
+        first needed, so a run without a technique never needs the model's branches."""
+        return StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0)
 
     @property
     def adaptive(self) -> AdaptiveRate | None:

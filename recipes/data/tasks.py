@@ -1,8 +1,12 @@
-"""The small instruction dataset this project ships for the CPU recipes: string tasks with exact answers (reverse,
-copy, uppercase, sort the letters of a short word), so the loss falls on something an exact match can check.
+"""The small instruction datasets this project ships for the CPU recipes, two task families with exact answers, so
+the loss falls on something an exact match can check:
 
-``python -m dropbp.recipes.data.tasks OUT_DIR`` writes ``train.jsonl`` and ``validation.jsonl`` (alpaca format); the
-files under ``recipes/task_data/`` were made by it with the defaults. Validation words never occur in training.
+- ``strings`` (``recipes/task_data/``): reverse, copy, uppercase or sort the letters of a short word;
+- ``numbers`` (``recipes/task_data/numbers/``): add seven to, double, or sum the digits of a number, or say whether
+  it is even; a second family, so that a verdict that holds on one is checked on another.
+
+``python -m dropbp.recipes.data.tasks [FAMILY [OUT_DIR]]`` writes ``train.jsonl`` and ``validation.jsonl`` (alpaca
+format); the shipped files were made by it with the defaults. Validation inputs never occur in training.
 """
 from __future__ import annotations
 
@@ -24,25 +28,42 @@ TASKS = {
 }
 
 
-def make_records(seed: int = 0, validation_words: int = 40) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Every task on every 3- and 4-letter word over ``LETTERS``; ``validation_words`` words held out entirely."""
-    words = ["".join(p) for n in (3, 4) for p in itertools.product(LETTERS, repeat=n)]
+NUMBER_TASKS = {
+    "Add seven.": lambda n: str(int(n) + 7),
+    "Double the number.": lambda n: str(2 * int(n)),
+    "Sum the digits.": lambda n: str(sum(int(d) for d in n)),
+    "Is the number even? Answer yes or no.": lambda n: "yes" if int(n) % 2 == 0 else "no",
+}
+#: Each family: its tasks, its inputs, and where its files are shipped.
+FAMILIES = {
+    "strings": (TASKS, lambda: ["".join(p) for n in (3, 4) for p in itertools.product(LETTERS, repeat=n)], TASK_DATA),
+    "numbers": (NUMBER_TASKS, lambda: [str(n) for n in range(10, 1000)], TASK_DATA / "numbers"),
+}
+
+
+def make_records(seed: int = 0, validation_words: int = 40,
+                 family: str = "strings") -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Every task of ``family`` on every input (for strings: every 3- and 4-letter word over ``LETTERS``; for
+    numbers: 10..999); ``validation_words`` inputs held out entirely."""
+    tasks, inputs, _ = FAMILIES[family]
+    words = inputs()
     rng = random.Random(seed)
     rng.shuffle(words)
     held, kept = set(words[:validation_words]), words[validation_words:]
-    train = [{"instruction": task, "input": w, "output": f(w)} for w in kept for task, f in TASKS.items()]
-    validation = [{"instruction": task, "input": w, "output": f(w)} for w in sorted(held) for task, f in TASKS.items()]
+    train = [{"instruction": task, "input": w, "output": f(w)} for w in kept for task, f in tasks.items()]
+    validation = [{"instruction": task, "input": w, "output": f(w)} for w in sorted(held) for task, f in tasks.items()]
     rng.shuffle(train)
     return train, validation
 
 
-def write(out: Path, seed: int = 0) -> None:
-    """Write ``train.jsonl`` and ``validation.jsonl`` under ``out``."""
-    train, validation = make_records(seed)
+def write(out: Path, seed: int = 0, family: str = "strings") -> None:
+    """Write ``train.jsonl`` and ``validation.jsonl`` of ``family`` under ``out``."""
+    train, validation = make_records(seed, family=family)
     out.mkdir(parents=True, exist_ok=True)
     for name, records in (("train", train), ("validation", validation)):
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1]) if len(sys.argv) > 1 else TASK_DATA)
+    chosen = sys.argv[1] if len(sys.argv) > 1 else "strings"
+    write(Path(sys.argv[2]) if len(sys.argv) > 2 else FAMILIES[chosen][2], family=chosen)
