@@ -15,11 +15,14 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
+from dropbp.core.adaptive_rate import AdaptiveRate
+from dropbp.core.engine import DropBP
+from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.seeding import seeded
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import apply_technique
+from dropbp.core.techniques import DROPBP_TECHNIQUES, apply_technique
 from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, TASK_DATA, apply_method, batch_at, build_model,
-                            environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus,
+                            environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus, step_costs,
                             teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
 
 from ..harness import CurvePoint, cache_dir, cached_pretraining
@@ -109,10 +112,14 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
     applied = None
     if contender.family != "baseline":
-        technique = "dropbp" if contender.family == "sensitivity" else contender.family
+        technique = "dropbp" if contender.family in ("sensitivity", "schedule", "adaptive") else contender.family
         options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
-        if technique == "dropbp":
+        if technique in DROPBP_TECHNIQUES:
             options["seq_len"] = settings.seq_len
+        if contender.family == "schedule":
+            options["schedule"] = RateSchedule("cosine", total_steps=total, end=0.0)
+        if contender.family == "adaptive":
+            options["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
         applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
     policy = None if applied is None else applied.policy
     trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
@@ -136,12 +143,15 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
         start = time.perf_counter()
         if schedule is not None:
             schedule.before_step(step, {"input_ids": ids, "labels": labels})
-        runner.step(step, [(ids, labels)])
+        loss = runner.step(step, [(ids, labels)]).loss
+        if isinstance(policy, DropBP) and isinstance(policy.schedule, AdaptiveRate):
+            policy.schedule.observe(step, loss)
         backend.synchronize()
         elapsed += time.perf_counter() - start
         tokens = ids.numel()
-        if contender.family in ("dropbp", "sensitivity"):
-            flops += flops_model.step(tokens, no_backward=policy.mask)
+        if isinstance(policy, DropBP):  # a freeze-dropbp engine covers the top blocks only: the bottom are frozen
+            mask = (False,) * (len(flops_model.names) - len(policy.mask)) + policy.mask
+            flops += flops_model.step(tokens, no_backward=mask, trained_from=trained_from)
         elif contender.family in ("layerdrop", "pld"):
             flops += flops_model.step(tokens, skipped_blocks=policy.mask)
         else:

@@ -12,7 +12,10 @@ from dropbp.recipes import (Naming, Problems, check_choice, check_cpu_4bit_shape
 from ..harness import BenchSettings
 
 #: The contender families, in the order tables list them.
-FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze")
+FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "adaptive",
+            "freeze-dropbp")
+#: The families run unless the settings name others (the committed study's).
+DEFAULT_FAMILIES = FAMILIES[:6]
 REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=256)
 
@@ -30,7 +33,11 @@ class RegimeSettings(BenchSettings):
                                           "this rate")
     lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate")
-    contenders: tuple[str, ...] = setting(FAMILIES, f"families to run ({', '.join(FAMILIES)})")
+    contenders: tuple[str, ...] = setting(DEFAULT_FAMILIES, f"families to run ({', '.join(FAMILIES)}; schedule: "
+                                                            "DropBP decaying from each drop rate to 0, cosine; "
+                                                            "adaptive: the adaptive rate up to contender_rate; "
+                                                            "freeze-dropbp: the top half trained, DropBP at "
+                                                            "contender_rate there)")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)")
     batch_size: int = setting(16, "examples per step")
     seq_len: int = setting(40, "tokens per example window (one example per window)")
@@ -104,4 +111,12 @@ def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Co
     if "freeze" in families:
         top = blocks_for_backward_budget(num_layers, rate)
         out.append(Contender(f"freeze: top {top} of {num_layers}", "freeze", rate, (("train_top", float(top)),)))
+    if "schedule" in families:
+        out += [Contender(f"DropBP cosine {p:g} -> 0", "schedule", p) for p in settings.drop_rates]
+    if "adaptive" in families:
+        out.append(Contender(f"DropBP adaptive (max {rate:g})", "adaptive", rate))
+    if "freeze-dropbp" in families:
+        half = max(1, num_layers // 2)
+        out.append(Contender(f"freeze: top {half} of {num_layers} + DropBP p={rate:g}", "freeze-dropbp", rate,
+                             (("train_top", float(half)),)))
     return out

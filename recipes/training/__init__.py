@@ -15,6 +15,7 @@ EXPORTS: dict[str, str] = {
     "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT, "RATE_KEY": _CHECKPOINT,
     "World": _DISTRIBUTED, "world_from_environment": _DISTRIBUTED,
     "DropBPCallback": "dropbp.recipes.training.hf_trainer",
+    "rate_schedule": "dropbp.recipes.training.rates", "step_costs": "dropbp.recipes.training.rates",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -91,3 +91,26 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
 def test_regime_settings_errors(change, needle):
     with pytest.raises(ConfigError, match=needle):
         small(**change).validate()
+
+
+def test_plan_offers_schedules_the_adaptive_rate_and_freeze_with_dropbp():
+    settings = RegimeSettings(contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"))
+    contenders = plan(settings, num_layers=16, total_steps=368)
+    assert [c.label for c in contenders] == ["baseline", "DropBP cosine 0.5 -> 0", "DropBP cosine 0.75 -> 0",
+                                             "DropBP cosine 0.875 -> 0", "DropBP adaptive (max 0.75)",
+                                             "freeze: top 8 of 16 + DropBP p=0.75"]
+    assert RegimeSettings().contenders == ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze")
+
+
+@pytest.mark.slow
+def test_the_new_contenders_train_and_charge_their_flops(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
+    settings = small(lrs=(1e-3,), seeds=(0,), equal_time=False,
+                     contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"))
+    runs = {run["family"]: run for run in run_regime(settings, backends.get("cpu"), progress=False)["runs"]}
+    assert set(runs) == {"baseline", "schedule", "adaptive", "freeze-dropbp"}
+    assert runs["schedule"]["train_flops"] < runs["baseline"]["train_flops"]
+    assert runs["freeze-dropbp"]["train_flops"] < runs["schedule"]["train_flops"]
+    # 15 steps are less than one adaptive window triple: it stays at exact backprop, so it costs what the baseline does
+    assert runs["adaptive"]["train_flops"] == runs["baseline"]["train_flops"]
+    assert runs["adaptive"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
