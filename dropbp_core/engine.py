@@ -106,6 +106,7 @@ class DropBP:
                               f"(and compiled graphs) stay bounded; give the {schedule.kind} schedule levels (e.g. 4), "
                               f"or use the steps or constant kind.")
         self.schedule = schedule
+        self._asked = drop_fraction(self.flops, self.rates)
         self._scaled: dict[float, Sampler] = {}  # pool samplers of the scheduled rates, by factor
         # Everything is valid: only now touch the model.
         self._model = model
@@ -214,9 +215,14 @@ class DropBP:
             self.all_dropped_steps += 1
         return self._mask
 
+    @property
+    def asked_drop_fraction(self) -> float:
+        """The FLOPs-weighted average of the per-branch rates (kept up to date by :meth:`set_rates`)."""
+        return self._asked
+
     def scheduled_drop_fraction(self, step: int) -> float:
         """The FLOPs-weighted drop rate asked at ``step``: the rates' average, times the schedule's factor."""
-        asked = drop_fraction(self.flops, self.rates)
+        asked = self._asked
         return asked if self.schedule is None else asked * self.schedule.factor(step, asked)
 
     def sampler_at(self, step: int) -> Sampler:
@@ -224,7 +230,7 @@ class DropBP:
         schedule). Bernoulli samplers are made per step (cheap); pool samplers are kept, one per scheduled rate."""
         if self.schedule is None:
             return self.sampler
-        factor = self.schedule.factor(step, drop_fraction(self.flops, self.rates))
+        factor = self.schedule.factor(step, self._asked)
         if factor == 1.0:
             return self.sampler
         if factor in self._scaled:
@@ -316,7 +322,7 @@ class DropBP:
             "skipped_backward_steps": self.skipped_backward_steps,
             "uncounted_steps": self.uncounted_steps,
             "no_trainable_path_steps": self.no_trainable_path_steps,
-            "asked_drop_fraction": drop_fraction(self.flops, self.rates),
+            "asked_drop_fraction": self._asked,
             "schedule": "none" if self.schedule is None else self.schedule.describe(),
             "scheduled_drop_fraction": self.scheduled_sum / max(self.steps_counted, 1),
             "realized_drop_fraction": drop_fraction(self.flops, realized),
@@ -330,6 +336,7 @@ class DropBP:
         """Replace the per-branch rates (e.g. after a sensitivity allocation); the sampler is rebuilt."""
         self.rates = validate_rates(rates, len(self.branches))
         self.sampler = make_sampler(self.sampler.name, self.rates, self.flops, self.seed, self.pool_size)
+        self._asked = drop_fraction(self.flops, self.rates)
         self._scaled.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -372,7 +379,7 @@ class DropBP:
     def __repr__(self) -> str:
         schedule = "" if self.schedule is None else f", schedule={self.schedule.describe()}"
         return (f"DropBP({len(self.branches)} branches of {self.model_type}, sampler={self.sampler.name}, "
-                f"drop_fraction={drop_fraction(self.flops, self.rates):.3f}, seed={self.seed}{schedule})")
+                f"drop_fraction={self._asked:.3f}, seed={self.seed}{schedule})")
 
 
 def _already_wrapped(existing: DropBP) -> str:

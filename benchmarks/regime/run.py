@@ -25,7 +25,7 @@ from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, TASK_DATA, a
                             environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus, step_costs,
                             teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
 
-from ..harness import CurvePoint, cache_dir, cached_pretraining
+from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining
 from ..paper import PAPER_CONVERGENCE
 from .report import RegimeRun, summarise
 from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings, plan
@@ -173,8 +173,8 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
     """The cache folder's key: every setting but the results folder, the device and the threads a run actually
     uses (every wall time depends on them)."""
-    described = {**settings.to_dict(), "out": None, "device": backend.name, "torch_threads": torch.get_num_threads()}
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_key({**settings.to_dict(), "out": None, "device": backend.name,
+                      "torch_threads": torch.get_num_threads()})
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,

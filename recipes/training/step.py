@@ -27,9 +27,14 @@ Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
+def input_and_labels(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of a micro-batch (token ids alone are their own labels)."""
+    return batch if isinstance(batch, tuple) else (batch, batch)
+
+
 def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """A Hugging Face causal LM's own loss (``labels`` shifted inside the model; -100 ignored)."""
-    ids, labels = batch if isinstance(batch, tuple) else (batch, batch)
+    ids, labels = input_and_labels(batch)
     return model(input_ids=ids, labels=labels).loss
 
 
@@ -118,7 +123,7 @@ class StepRunner:
         for batch in micro:
             loss, did = self.micro_step(batch, len(micro))
             losses.append(loss)
-            tokens += (batch[0] if isinstance(batch, tuple) else batch).numel()
+            tokens += input_and_labels(batch)[0].numel()
             ran = ran or did
             if self.timed:
                 forward += self._clock[-2] - self._clock[-3]
