@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,6 +98,16 @@ def run_benchmark(name: str, settings: S, measure: Callable[..., dict[str, Any]]
     result = measure(settings, backend, progress=progress)
     publish(out, name, result, markdown(result), figure(result))
     return result
+
+
+def step_clock(backend: Backend) -> tuple[Callable[[], float], str]:
+    """The clock a benchmark times training steps with, and its name for reports. On the CPU with one PyTorch
+    thread, the calling thread's CPU time: all of a step's compute runs on that thread, and another process on the
+    machine does not inflate it (so two single-thread studies can share two cores). Elsewhere wall time (the caller
+    synchronises the device around what it times)."""
+    if backend.name == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time, "CPU time of the one training thread"
+    return time.perf_counter, "wall time"
 
 
 # -- pre-trained base models, cached ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ EXPORTS: dict[str, str] = {
              "quantize_4bit", "load_4bit", "DEFAULT_LORA_RANK"),
     **_names(_CORPUS, "VOCAB_SIZE", "batch_at", "split_corpus", "stdlib_corpus"),
     **_names(_INSTRUCT, "IGNORE", "load_records", "to_windows", "tokenize", "load_data"),
-    **_names("dropbp.recipes.data.tasks", "TASK_DATA"),
+    **_names("dropbp.recipes.data.tasks", "TASK_DATA", "family_folder"),
     **_names("dropbp.recipes.data.tokenizers", "ByteTokenizer", "load_tokenizer"),
     # reports
     **_names(_PUBLISH, "publish", "results_folder", "environment", "library_versions", "pyplot", "mib",

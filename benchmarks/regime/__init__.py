@@ -23,8 +23,9 @@ from .run import run_regime, runs_key, task_data, train_run
 from .settings import FAMILIES, REGIME_MODEL, Contender, RegimeSettings, plan
 
 def main(settings: RegimeSettings, *, progress: bool = True) -> dict[str, Any]:
-    """``dropbp bench regime``: validate, run (resuming from cached runs), write ``convergence-regime.*``."""
-    return run_benchmark("convergence-regime", settings, run_regime, regime_markdown, regime_figure,
+    """``dropbp bench regime``: validate, run (resuming from cached runs), write
+    ``regime-{regime}-{family}.*``."""
+    return run_benchmark(f"regime-{settings.regime}-{settings.family}", settings, run_regime, regime_markdown, regime_figure,
                          progress=progress)
 
 

@@ -114,16 +114,16 @@ def regime_markdown(result: dict[str, Any]) -> str:
     s, m, p = result["settings"], result["model"], result["pretrain"]
     lrs = [f"lr {lr:g}" for lr in s["lrs"]]
     return "\n".join([
-        f"# Time to accuracy in the paper's regime ({result['method']}) on {result['device_name']} "
-        f"({result['device']})", "",
+        f"# Time to accuracy, {s.get('regime', 'learn')} regime, {s.get('family', 'strings')} tasks "
+        f"({result['method']}) on {result['device_name']} ({result['device']})", "",
         f"Model: Llama, {m['num_hidden_layers']} layers, width {m['hidden_size']}, pre-trained "
         f"{p['pretrain_steps']} steps on {p['data']} (loss {p['loss_previous_tenth']:.3f} -> "
         f"{p['loss_last_tenth']:.3f} over the last two tenths). Fine-tuning: {result['method']} rank "
-        f"{s['lora_rank']} on all four string tasks ({result['train_examples']} examples, {s['epochs']:g} epochs = "
+        f"{s['lora_rank']} on all four {s.get('family', 'strings')} tasks ({result['train_examples']} examples, {s['epochs']:g} epochs = "
         f"{result['steps_per_run']} steps of {s['batch_size']}, cosine learning rate), validated on "
         f"{result['validation_examples']} examples of held-out words. Exact match: every answer token greedy-correct. "
         f"LayerDrop, PLD and freezing are set to DropBP's training FLOPs at p={s['contender_rate']:g}. "
-        f"{s['threads']} CPU thread(s) per run.", "",
+        f"{s['threads']} CPU thread(s) per run; times are the {result.get('clock', 'wall time')}.", "",
         f"Mean ± standard deviation over seeds {', '.join(map(str, s['seeds']))}, each at its contender's best "
         "learning rate from the sweep. *Time saved* and *accuracy gap* compare equal epochs with the baseline of "
         "the same seed; *speed-up* is the baseline's time to its own final validation loss over the contender's "
@@ -156,7 +156,8 @@ def regime_figure(result: dict[str, Any]) -> Any:
     if longer:
         columns.append(("equal_time_runs", "time_s", "equal wall time"))
     fig, axes = plt.subplots(2, len(columns), figsize=(6 * len(columns), 8), squeeze=False)
-    styles = {"baseline": "-", "dropbp": "-", "sensitivity": "--", "layerdrop": ":", "pld": ":", "freeze": "-."}
+    styles = {"baseline": "-", "dropbp": "-", "sensitivity": "--", "layerdrop": ":", "pld": ":", "freeze": "-.",
+              "schedule": "--", "adaptive": "-", "adaptive-sensitivity": "--", "freeze-dropbp": "-."}
     palette = plt.get_cmap("tab10").colors
     colours = {row["label"]: "k" if row["family"] == "baseline" else palette[i % len(palette)]
                for i, row in enumerate(result["summary"])}
@@ -176,6 +177,8 @@ def regime_figure(result: dict[str, Any]) -> Any:
     axes[0][0].set_ylabel("validation loss")
     axes[1][0].set_ylabel("exact match")
     axes[0][0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Fine-tuning a deep pre-trained model: mean of seeds, each contender at its best learning rate")
+    s = result["settings"]
+    fig.suptitle(f"{s.get('regime', 'learn')} regime, {s.get('family', 'strings')} tasks: mean of seeds, each "
+                 "contender at its best learning rate")
     fig.tight_layout()
     return fig

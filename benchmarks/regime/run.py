@@ -17,19 +17,21 @@ from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.engine import DropBP
+from dropbp.core.errors import ConfigError
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.seeding import seeded
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import DROPBP_TECHNIQUES, apply_technique
-from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, TASK_DATA, apply_method, batch_at, build_model,
+from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, apply_method, family_folder, batch_at, build_model,
                             environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus, step_costs,
                             teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
 
-from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining
+from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE
 from .report import RegimeRun, summarise
 from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings, plan
 
+#: The tasks the learn regime pre-trains on (strings; the numbers family is wholly new to it).
 PRETRAIN_TASKS = ("Repeat the word.", "Write the word in capitals.")
 
 
@@ -43,26 +45,64 @@ class TaskData:
     val_labels: torch.Tensor
 
 
-def task_data(seq_len: int) -> TaskData:
-    """The shipped instruction task as one-example windows (prompt left out of the loss)."""
+def family_records(family: str, split: str) -> list[dict[str, Any]]:
+    """The shipped records of a task family's ``split`` (``train`` or ``validation``)."""
+    folder = family_folder(family)
+    return load_records(str(folder / f"{split}.jsonl"), folder, f"{family} task data/{split}")
+
+
+#: What the adapt regime's fine-tuning teaches: a style (every answer ends with a full stop) on skills the model
+#: was pre-trained on without it.
+ADAPT_STYLE = "."
+
+
+def finetune_record(record: dict[str, Any], regime: str) -> dict[str, Any]:
+    """A fine-tuning example: the shipped record, its answer in the adapt regime's style."""
+    return {**record, "output": record["output"] + ADAPT_STYLE} if regime == "adapt" else record
+
+
+def task_data(seq_len: int, family: str = "strings", regime: str = "learn") -> TaskData:
+    """A task family's shipped instruction data as one-example windows (prompt left out of the loss; in the adapt
+    regime with its style); refused when an example does not fit ``seq_len`` (its answer would be cut)."""
     spec = DataSection(format="alpaca", template="plain", mask_prompt=True, seq_len=seq_len)
     tokenizer = ByteTokenizer()
     windows = {}
     for split in ("train", "validation"):
-        records = load_records(str(TASK_DATA / f"{split}.jsonl"), TASK_DATA, f"task_data/{split}")
-        windows[split] = to_windows(tokenize(records, spec, tokenizer, split), seq_len, False, tokenizer.pad_token_id)
+        records = [finetune_record(r, regime) for r in family_records(family, split)]
+        examples = tokenize(records, spec, tokenizer, split)
+        longest = max(len(e.ids) for e in examples)
+        if longest > seq_len:
+            raise ConfigError(f"regime.seq_len: the {family} tasks need {longest} tokens per example, "
+                              f"seq_len is {seq_len}; raise it to at least {longest}.")
+        windows[split] = to_windows(examples, seq_len, False, tokenizer.pad_token_id)
     return TaskData(*windows["train"], *windows["validation"])
 
 
-def pretrain_stream(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-training text: Python source, and the copy and capitals tasks packed back to back (training words)."""
+def pretrain_text(record: dict[str, Any]) -> str:
+    """How pre-training shows a task example: the fine-tuning's plain format (without the adapt regime's style)."""
+    return f"{record['instruction']}\n{record['input']}\n{record['output']}"
+
+
+def pretrain_stream(family: str = "strings", regime: str = "learn") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-training text: Python source, and task examples packed back to back (training inputs only). Learn: the
+    copy and capitals string tasks; adapt: every task of ``family``."""
     tokenizer = ByteTokenizer()
-    records = load_records(str(TASK_DATA / "train.jsonl"), TASK_DATA, "task_data/train")
+    if regime == "adapt":
+        records = family_records(family, "train")
+    else:
+        records = [r for r in family_records("strings", "train") if r["instruction"] in PRETRAIN_TASKS]
     ids: list[int] = []
     for r in records:
-        if r["instruction"] in PRETRAIN_TASKS:
-            ids += tokenizer.encode(f"{r['instruction']}\n{r['input']}\n{r['output']}") + [tokenizer.eos_token_id]
+        ids += tokenizer.encode(pretrain_text(r)) + [tokenizer.eos_token_id]
     return stdlib_corpus(1_000_000), torch.tensor(ids)
+
+
+def pretrain_description(settings: RegimeSettings) -> str:
+    """What the pre-training saw, for the report."""
+    if settings.regime == "adapt":
+        return (f"Python standard-library source and every {settings.family} task (training inputs; answers "
+                f"without the fine-tuning's style, a final '{ADAPT_STYLE}'), alternating")
+    return "Python standard-library source and the copy/capitals string tasks (training words), alternating"
 
 
 def _pretrained_state(settings: RegimeSettings, backend: Backend,
@@ -70,9 +110,11 @@ def _pretrained_state(settings: RegimeSettings, backend: Backend,
     """The pre-trained base weights, from the cache when the same settings were pre-trained before."""
     described = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
                  "seq": settings.seq_len, "batch": settings.batch_size}
+    if settings.regime == "adapt":  # the learn regime's pre-training is the same for both families
+        described |= {"regime": "adapt", "family": settings.family}
 
     def pretrain(model: torch.nn.Module) -> dict[str, Any]:
-        text, tasks = pretrain_stream(settings.seq_len)
+        text, tasks = pretrain_stream(settings.family, settings.regime)
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr)
         runner = StepRunner(model.train(), backend, optimizer,
                             scheduler=lr_scheduler(optimizer, 50, settings.pretrain_steps, "cosine"))
@@ -88,7 +130,7 @@ def _pretrained_state(settings: RegimeSettings, backend: Backend,
         return {"pretrain_steps": settings.pretrain_steps, "pretrain_time_s": time.perf_counter() - start,
                 "loss_last_tenth": statistics.fmean(losses[-tenth:]),
                 "loss_previous_tenth": statistics.fmean(losses[-2 * tenth:-tenth]),
-                "data": "Python standard-library source and the copy/capitals tasks (training words), alternating"}
+                "data": pretrain_description(settings)}
 
     model = build_model("tiny", seed=1234, **settings.model_overrides)
     return cached_pretraining("regime-pretrained", described, model, pretrain)
@@ -112,19 +154,19 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
     applied = None
     if contender.family != "baseline":
-        technique = "dropbp" if contender.family in ("sensitivity", "schedule", "adaptive") else contender.family
+        technique = "dropbp" if contender.family in DROPBP_FAMILIES else contender.family
         options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
         if technique in DROPBP_TECHNIQUES:
             options["seq_len"] = settings.seq_len
         if contender.family == "schedule":
-            options["schedule"] = RateSchedule("cosine", total_steps=total, end=0.0)
-        if contender.family == "adaptive":
+            options["schedule"] = study_schedule(contender.schedule, total)
+        if contender.family.startswith("adaptive"):
             options["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
         applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
     policy = None if applied is None else applied.policy
     trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
     schedule = None
-    if contender.family == "sensitivity":
+    if contender.family in ("sensitivity", "adaptive-sensitivity"):
         schedule = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate, total_steps=total,
                                       allocate_at=0.1, seed=seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -134,20 +176,21 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     loss0, acc0 = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
     curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
     elapsed = flops = 0.0
+    clock, _ = step_clock(backend)
     bar = progress_bar(range(total), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
     for step in bar:
         start_index = step * settings.batch_size
         index = torch.tensor([int(order[(start_index + k) % len(order)]) for k in range(settings.batch_size)])
         ids, labels = data.train_ids[index], data.train_labels[index]
         backend.synchronize()
-        start = time.perf_counter()
+        start = clock()
         if schedule is not None:
             schedule.before_step(step, {"input_ids": ids, "labels": labels})
         loss = runner.step(step, [(ids, labels)]).loss
         if isinstance(policy, DropBP) and isinstance(policy.schedule, AdaptiveRate):
             policy.schedule.observe(step, loss)
         backend.synchronize()
-        elapsed += time.perf_counter() - start
+        elapsed += clock() - start
         tokens = ids.numel()
         if isinstance(policy, DropBP):  # a freeze-dropbp engine covers the top blocks only: the bottom are frozen
             mask = (False,) * (len(flops_model.names) - len(policy.mask)) + policy.mask
@@ -168,6 +211,18 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
     return RegimeRun(label=contender.label, steps=total, train_time_s=elapsed, train_flops=flops, curve=curve,
                      realized_drop_fraction=realized, family=contender.family, rate=contender.rate, lr=lr, seed=seed,
                      epochs=epochs)
+
+
+#: Contender families that are DropBP with some rate policy.
+DROPBP_FAMILIES = ("sensitivity", "schedule", "adaptive", "adaptive-sensitivity")
+
+
+def study_schedule(kind: str, total: int) -> RateSchedule:
+    """A schedule contender's drop-rate schedule over ``total`` steps: a decay to 0 (cosine, linear, steps), or
+    ``warmup``: exact backprop for the first quarter, then the asked rate."""
+    if kind == "warmup":
+        return RateSchedule("constant", total_steps=total, warmup_steps=total // 4)
+    return RateSchedule(kind, total_steps=total, end=0.0)
 
 
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
@@ -196,7 +251,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     started = time.perf_counter()
     with seeded(settings.seed):
         state, pretrain_info = _pretrained_state(settings, backend, progress)
-    data = task_data(settings.seq_len)
+    data = task_data(settings.seq_len, settings.family, settings.regime)
     total = max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
     contenders = plan(settings, settings.model_overrides["num_hidden_layers"], total)
     folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
@@ -226,6 +281,6 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
             "sweep": {label: [{"lr": r.lr, "final_val_loss": r.final_val_loss,
                                "final_exact_match": r.final_exact_match} for r in runs]
                       for label, runs in sweep.items()},
-            "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
+            "clock": step_clock(backend)[1], "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
             "equal_time_runs": [r.to_dict() for r in equal_time], "cache": str(folder),
             "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}

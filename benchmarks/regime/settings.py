@@ -13,9 +13,12 @@ from ..harness import BenchSettings
 
 #: The contender families, in the order tables list them.
 FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "adaptive",
-            "freeze-dropbp")
+            "adaptive-sensitivity", "freeze-dropbp")
 #: The families run unless the settings name others (the committed study's).
 DEFAULT_FAMILIES = FAMILIES[:6]
+REGIMES = ("learn", "adapt")
+SCHEDULES = ("cosine", "linear", "steps", "warmup")
+TASK_FAMILIES = ("strings", "numbers")
 REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=256)
 
@@ -23,6 +26,15 @@ REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16,
 @dataclass
 class RegimeSettings(BenchSettings):
     """What the regime benchmark depends on; :meth:`validate` checks it before any work starts."""
+
+    regime: str = setting("learn", "learn: the fine-tuning teaches skills the pre-trained model lacks (pre-training "
+                                   "saw two of the four string tasks, none of the numbers); adapt: pre-training saw "
+                                   "every task of the family, and fine-tuning teaches a style (answers end with a "
+                                   "full stop): the loss starts low and flattens early, as in the paper",
+                          choices=REGIMES)
+    family: str = setting("strings", "the task family fine-tuned on (strings: reverse, copy, capitals, sort; "
+                                     "numbers: add seven, double, sum the digits, even or not)",
+                          choices=TASK_FAMILIES)
 
     method: str = setting("lora", "lora (PEFT adapters on every linear layer) or qlora (the same on NF4 4-bit base "
                                   "weights through bitsandbytes; on the CPU every linear size must be a multiple "
@@ -33,9 +45,14 @@ class RegimeSettings(BenchSettings):
                                           "this rate")
     lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate")
+    schedules: tuple[str, ...] = setting(("cosine",), "the schedule family's drop-rate schedules, each from "
+                                                      "contender_rate: cosine, linear or steps (decay to 0), "
+                                                      "warmup (0 for the first quarter, then constant)",
+                                         choices=SCHEDULES)
     contenders: tuple[str, ...] = setting(DEFAULT_FAMILIES, f"families to run ({', '.join(FAMILIES)}; schedule: "
-                                                            "DropBP decaying from each drop rate to 0, cosine; "
-                                                            "adaptive: the adaptive rate up to contender_rate; "
+                                                            "DropBP under each of schedules; "
+                                                            "adaptive: the adaptive rate up to contender_rate, "
+                                                            "uniform or (adaptive-sensitivity) allocated; "
                                                             "freeze-dropbp: the top half trained, DropBP at "
                                                             "contender_rate there)")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)")
@@ -55,6 +72,8 @@ class RegimeSettings(BenchSettings):
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         p.check(check_choice, name("method"), self.method, ("lora", "qlora"))
+        p.check(check_choice, name("regime"), self.regime, REGIMES)
+        p.check(check_choice, name("family"), self.family, TASK_FAMILIES)
         if self.method == "qlora" and self.device != "cuda":
             p.check(check_cpu_4bit_shapes, "tiny", {**REGIME_MODEL, **self.model_overrides}, name("method"))
         self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
@@ -63,6 +82,8 @@ class RegimeSettings(BenchSettings):
             p.check(check_number, name("lrs"), lr, low=0, low_open=True)
         if not self.lrs or not self.seeds:
             p.add(f"{name('lrs')} and {name('seeds')} need at least one value each.")
+        for kind in self.schedules:
+            p.check(check_choice, name("schedules"), kind, SCHEDULES)
         for family in self.contenders:
             p.check(check_choice, name("contenders"), family, FAMILIES)
         if "baseline" not in self.contenders:
@@ -85,6 +106,7 @@ class Contender:
     family: str
     rate: float = 0.0
     extra: tuple[tuple[str, float], ...] = ()
+    schedule: str = ""
 
 
 #: Contender.extra's names (part of each cached run's key) -> apply_technique's options.
@@ -112,9 +134,12 @@ def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Co
         top = blocks_for_backward_budget(num_layers, rate)
         out.append(Contender(f"freeze: top {top} of {num_layers}", "freeze", rate, (("train_top", float(top)),)))
     if "schedule" in families:
-        out += [Contender(f"DropBP cosine {p:g} -> 0", "schedule", p) for p in settings.drop_rates]
+        out += [Contender(f"DropBP p={rate:g} after warm-up" if kind == "warmup" else f"DropBP {kind} {rate:g} -> 0",
+                          "schedule", rate, schedule=kind) for kind in settings.schedules]
     if "adaptive" in families:
         out.append(Contender(f"DropBP adaptive (max {rate:g})", "adaptive", rate))
+    if "adaptive-sensitivity" in families:
+        out.append(Contender(f"DropBP adaptive (max {rate:g}) sensitivity", "adaptive-sensitivity", rate))
     if "freeze-dropbp" in families:
         half = max(1, num_layers // 2)
         out.append(Contender(f"freeze: top {half} of {num_layers} + DropBP p={rate:g}", "freeze-dropbp", rate,

@@ -41,6 +41,11 @@ FAMILIES = {
 }
 
 
+def family_folder(family: str) -> Path:
+    """Where a task family's shipped ``train.jsonl`` and ``validation.jsonl`` are."""
+    return FAMILIES[family][2]
+
+
 def make_records(seed: int = 0, validation_words: int = 40,
                  family: str = "strings") -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Every task of ``family`` on every input (for strings: every 3- and 4-letter word over ``LETTERS``; for

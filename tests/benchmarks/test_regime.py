@@ -7,7 +7,8 @@ import pytest
 
 from dropbp import backends
 from dropbp.core.step_flops import StepFlops
-from dropbp.benchmarks.regime import RegimeSettings, plan, regime_figure, regime_markdown, run_regime
+from dropbp.benchmarks.regime import RegimeSettings, plan, regime_figure, regime_markdown, run_regime, task_data
+from dropbp.benchmarks.regime.run import pretrain_stream, pretrain_text, study_schedule
 from dropbp.core.errors import ConfigError
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -85,7 +86,26 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     assert all(r["epochs"] > 0.02 and r["steps"] > again["steps_per_run"] for r in longer)
 
 
+def test_regimes_differ_in_what_pretraining_saw_and_families_in_what_is_fine_tuned():
+    strings, numbers = task_data(40, "strings"), task_data(48, "numbers")
+    assert len(strings.train_ids) == 5888 and len(numbers.train_ids) == 3800
+    with pytest.raises(ConfigError, match="regime.seq_len: the numbers tasks need 46 tokens"):
+        task_data(40, "numbers")
+    assert bytes(strings.train_ids[0].tolist()).count(b".") == 1  # the instruction's full stop only
+    adapted = task_data(40, "strings", "adapt")
+    answer = adapted.train_ids[0][adapted.train_labels[0] != -100].tolist()
+    assert bytes(answer[:-1]).endswith(b".")  # the adapt regime's style: a final full stop (then the end token)
+    record = {"instruction": "Double the number.", "input": "12", "output": "24"}
+    assert pretrain_text(record) == "Double the number.\n12\n24"  # the fine-tuning's own format, no style
+    learn_tasks = bytes(pretrain_stream("numbers", "learn")[1].tolist())
+    adapt_tasks = bytes(pretrain_stream("numbers", "adapt")[1].tolist())
+    assert b"Double" not in learn_tasks and b"capitals" in learn_tasks
+    assert b"Double the number.\n" in adapt_tasks and b"capitals" not in adapt_tasks
+
+
 @pytest.mark.parametrize("change,needle", [(dict(contenders=("dropbp",)), "include baseline"),
+                                           (dict(regime="relearn"), "--regime"), (dict(family="words"), "--family"),
+                                           (dict(schedules=("exp",)), "--schedules"),
                                            (dict(lrs=()), "--lrs"), (dict(epochs=0), "--epochs"),
                                            (dict(method="qlora"), "multiples of 64.*here hidden_size = 32")])
 def test_regime_settings_errors(change, needle):
@@ -94,11 +114,15 @@ def test_regime_settings_errors(change, needle):
 
 
 def test_plan_offers_schedules_the_adaptive_rate_and_freeze_with_dropbp():
-    settings = RegimeSettings(contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"))
+    settings = RegimeSettings(contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"),
+                              schedules=("cosine", "linear", "warmup"))
     contenders = plan(settings, num_layers=16, total_steps=368)
-    assert [c.label for c in contenders] == ["baseline", "DropBP cosine 0.5 -> 0", "DropBP cosine 0.75 -> 0",
-                                             "DropBP cosine 0.875 -> 0", "DropBP adaptive (max 0.75)",
+    assert [c.label for c in contenders] == ["baseline", "DropBP cosine 0.75 -> 0", "DropBP linear 0.75 -> 0",
+                                             "DropBP p=0.75 after warm-up", "DropBP adaptive (max 0.75)",
                                              "freeze: top 8 of 16 + DropBP p=0.75"]
+    warmup = study_schedule("warmup", 100)
+    assert [warmup.rate_at(step, 0.75) for step in (0, 24, 25, 99)] == [0.0, 0.0, 0.75, 0.75]
+    assert study_schedule("linear", 100).rate_at(50, 0.75) == pytest.approx(0.375)
     assert RegimeSettings().contenders == ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze")
 
 
