@@ -5,6 +5,9 @@ from __future__ import annotations
 class DropBPError(Exception):
     """Base class of every error dropbp raises on purpose for bad input or a missing dependency."""
 
+    #: The command line's exit code for this error (2: bad input).
+    exit_code = 2
+
 
 class ConfigError(DropBPError, ValueError):
     """A setting has a value outside what is allowed; the message names the field and the allowed values."""

@@ -30,26 +30,28 @@ from dropbp.core.progress import progress_bar
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import DROPBP_TECHNIQUES, Applied, apply_technique
-from dropbp.recipes.config.loader import dump_yaml, read_yaml
+from dropbp.recipes.config.loader import dump_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
-from dropbp.recipes.config.schema import Recipe, load_recipe
+from dropbp.recipes.config.schema import Recipe
 from dropbp.recipes.data.instruct import RecipeData, load_data, render
 from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
-from dropbp.recipes.report.publish import write_text_atomic
-from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, RATE_KEY, latest_checkpoint,
-                                                load_checkpoint, save_checkpoint)
+from dropbp.recipes.report.publish import append_line, write_text_atomic
+from dropbp.recipes.report.verdict import technique_verdict
+from dropbp.recipes.training.checkpoint import ALLOCATION_KEY, POLICY_KEY, RATE_KEY, load_checkpoint, save_checkpoint
+from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.lr import lr_scheduler
 from dropbp.recipes.training.rates import rate_schedule, step_costs
+from dropbp.recipes.training.run_folder import check_run_folder, resume_point, resumed_step, trim_masks_log
+from dropbp.recipes.training.run_lock import RunLock
 from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes.training.stop_signals import StopSignals
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
-#: Keys that may differ between a run and its resumption (they do not change what is computed).
-RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
 
 
 class FineTune:
@@ -63,24 +65,31 @@ class FineTune:
             raise ConfigError("dropbp.allocation online is not supported with several ranks yet (each rank would "
                               "estimate from its own gradients and the masks could differ); use uniform or "
                               "sensitivity.")
-        if resume:
-            saved = self.out / "recipe.yaml"
-            if not saved.is_file() or latest_checkpoint(self.out / "checkpoints") is None:
-                raise ConfigError(f"--resume: {self.out} holds no run to resume (no recipe.yaml or no checkpoint); "
-                                  "start it without --resume.")
-            before = load_recipe(read_yaml(saved), base_dir=self.out).flat()
-            now = recipe.with_absolute_paths().flat()
-            changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
-            if changed:
-                raise ConfigError(f"--resume: the recipe differs from the one {self.out} was started with, in "
-                                  f"{', '.join(changed)}; resume with the same recipe, or use another --output-dir.")
-        elif self.world.is_main and ((self.out / "metrics.csv").exists() or (self.out / "checkpoints").exists()):
-            raise ConfigError(f"--output-dir {self.out} already holds a run; pass --resume to continue it, or choose "
-                              "another folder.")
+        self.lock = RunLock(self.out) if self.world.is_main else None
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            check_run_folder(recipe, self.out, resume, self.world.is_main)
+        except BaseException:
+            self.release()
+            raise
+        self.signals: StopSignals | None = None
+
+    def release(self) -> None:
+        """Let go of the run folder's lock (a second run may start there)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Build everything; nothing is written before this succeeds."""
+        """Build everything; nothing is written before this succeeds (on failure the folder's lock is released)."""
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self) -> None:
         recipe = self.recipe
         self.backend = self.backend_class()
         self.backend.bind_local_rank(self.world.local_rank)
@@ -186,16 +195,19 @@ class FineTune:
         return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.schedule, RATE_KEY: self.adaptive}
 
     def _restore(self) -> None:
-        folder = latest_checkpoint(self.out / "checkpoints")
-        assert folder is not None
-        state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.backend.set_rng_state)
-        self.start_step = int(state["step"])
-        for key, owner in self._stateful().items():
-            if owner is not None:
-                owner.load_state_dict(state[key])
-        with open(self.out / "metrics.csv", newline="") as handle:
-            self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= self.start_step]
-        print(f"resumed from {folder} (step {self.start_step} of {self.total_steps})")
+        """Continue from the newest intact checkpoint (none yet: from step 0)."""
+        folder = resume_point(self.out, self.world.is_main)
+        if folder is not None:
+            state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.backend.set_rng_state)
+            self.start_step = resumed_step(folder, state, self.total_steps)
+            for key, owner in self._stateful().items():
+                if owner is not None:
+                    owner.load_state_dict(state[key])
+            with open(self.out / "metrics.csv", newline="", encoding="utf-8") as handle:
+                self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= self.start_step]
+            print(f"resumed from {folder} (step {self.start_step} of {self.total_steps})")
+        if self.recipe.train.log_masks:
+            trim_masks_log(self._masks_log, self.start_step)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -238,8 +250,11 @@ class FineTune:
 
     def _log_mask(self, step: int) -> None:
         if self.recipe.train.log_masks and self.policy is not None:
-            with open(self.out / f"masks-rank{self.world.rank}.csv", "a") as handle:
-                handle.write(f"{step},{''.join('1' if m else '0' for m in self.policy.mask)}\n")
+            append_line(self._masks_log, f"{step},{''.join('1' if m else '0' for m in self.policy.mask)}\n")
+
+    @property
+    def _masks_log(self) -> Path:
+        return self.out / f"masks-rank{self.world.rank}.csv"
 
     def _checkpoint(self, step: int) -> Path | None:
         state: dict[str, Any] = {"total_steps": self.total_steps}
@@ -287,6 +302,8 @@ class FineTune:
             print(f"training {self.recipe.name}: {self.recipe.model.name} ({self.recipe.model.method}), {engine}, "
                   f"on {self.backend.device_name()} ({self.backend.name}){ranks}; steps {self.start_step} -> {stop} "
                   f"of {self.total_steps}", flush=True)
+        guard = DivergenceGuard(train.divergence_factor)
+        interrupted = ""
         bar = progress_bar(range(self.start_step, stop), desc=f"train {self.recipe.name}",
                            enabled=self.progress and self.world.is_main,
                            initial=self.start_step, total=self.total_steps)
@@ -301,6 +318,12 @@ class FineTune:
             speed = result.tokens * self.world.size / (time.perf_counter() - start)
             done = step + 1
             loss = self.world.mean(result.loss, self.backend.device)
+            try:
+                guard.check(done, loss)
+            except TrainingDiverged:
+                bar.close()
+                self._write_metrics()
+                raise
             if self.adaptive is not None:  # the mean over ranks: every rank takes the same decision
                 self.adaptive.observe(step, loss)
             drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
@@ -317,38 +340,36 @@ class FineTune:
                     self._evaluate(done, row)
                 self.rows.append(row)
                 self._write_metrics()
-            if done == stop or (train.save_every and done % train.save_every == 0):
+            saved = done == stop or (train.save_every and done % train.save_every == 0)
+            if self._stop_requested():
+                interrupted, stop = self.signals.name if self.signals is not None else "a signal", done
+                saved = True
+            if saved:
+                self._write_metrics()
                 self._checkpoint(done)
+            if interrupted:
+                break
         bar.close()
         self._write_metrics()
         return {"steps": stop, "total_steps": self.total_steps, "rows": self.rows,
-                "finished": stop == self.total_steps, "verdict": self.verdict()}
+                "finished": stop == self.total_steps, "interrupted": interrupted, "verdict": self.verdict()}
+
+    def _stop_requested(self) -> bool:
+        """Whether SIGINT or SIGTERM arrived (on any rank: every rank stops at the same step)."""
+        received = float(self.signals is not None and self.signals.received is not None)
+        if self.world.size > 1:
+            received = self.world.mean(received, self.backend.device)
+        return received > 0
 
     def verdict(self) -> str:
-        """One line on what the technique dropped so far and the training FLOPs that saves (FLOPs model: a backward
-        costs two forwards in full fine-tuning, one with adapters); wall time is what ``dropbp bench`` measures."""
+        """One line on what the technique dropped so far and the training FLOPs that saves (see
+        :func:`~dropbp.recipes.report.verdict.technique_verdict`)."""
         if self.technique is None:
             return "DropBP off: exact backprop on every branch."
-        model = self.flops_model
-        frozen = self.technique.frozen
-        what: dict[str, Any] = {"trained_from": len(frozen.frozen_blocks) if frozen is not None else 0}
-        if self.dropbp is not None:
-            realized = dict(zip((b.name for b in self.dropbp.branches), self.dropbp.realized_rates()))
-            what["no_backward"] = [realized.get(name, 0.0) for name in model.names]
-            report = self.dropbp.report()
-            done = (f"realised drop fraction {report['realized_drop_fraction']:.2f} of the branches' backward FLOPs "
-                    f"(scheduled {report['scheduled_drop_fraction']:.2f})")
-        elif self.policy is not None:
-            rate = self.policy.realized_drop_fraction()
-            what["skipped_blocks"] = [rate] * len(set(model.position))
-            done = f"{rate:.2f} of the blocks skipped"
-        else:
-            done = f"{what['trained_from']} bottom blocks frozen"
-        return (f"{self.technique.technique}: {done}; about {model.saved_fraction(**what):.0%} of the training FLOPs "
-                "saved (FLOPs model; dropbp bench throughput measures wall time)")
+        return technique_verdict(self.technique, self.flops_model)
 
     def cleanup(self) -> None:
-        """Close the logs, draw ``loss.png``, detach the engine."""
+        """Close the logs, draw ``loss.png``, detach the engine, release the run folder."""
         if self.writer is not None:
             self.writer.close()
         if self.schedule is not None:
@@ -358,6 +379,7 @@ class FineTune:
         if self.world.is_main:
             self.plot()
         self.world.close()
+        self.release()
 
     def plot(self) -> Path:
         """``loss.png``: training and validation loss against step (and exact match, when measured)."""

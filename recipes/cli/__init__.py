@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None,
         return int(args.run(args) or 0)
     except DropBPError as err:
         print(f"dropbp {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"dropbp {args.command}: interrupted.", file=sys.stderr)
         return 130

@@ -57,8 +57,11 @@ ALLOWED: dict[str, str] = {
     "contender_rate": RATE,
     "lrs": "comma-separated, at least one, each a finite number > 0",
     "seeds": "comma-separated, at least one, each an integer in [0, 2**32)",
-    "contenders": "comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze; baseline "
-                  "included",
+    "contenders": "comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze, schedule, "
+                  "adaptive, adaptive-sensitivity, freeze-dropbp; baseline included",
+    "regime": "one of the listed regimes",
+    "family": "one of the listed task families",
+    "schedules": "comma-separated, each one of the listed schedules",
     "epochs": "finite number > 0",
     "warmup_steps": "integer >= 0",
     "pld_gamma_scale": "finite number >= 0",

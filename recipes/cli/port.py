@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dropbp.core.errors import ConfigError
-
 EXAMPLES = """examples:
   dropbp port paper/llama3-8b-lora-oasst1 --to gaudi2 -o llama3-gaudi2.yaml
   dropbp port llama3-gaudi2.yaml --to a100-80g --nodes 2 -o llama3-a100.yaml
@@ -37,15 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from dropbp.recipes.config.clusters import load_cluster
     from dropbp.recipes.config.loader import dump_yaml
     from dropbp.recipes.port import port_recipe
-    from dropbp.recipes.report.publish import write_text_atomic
+    from dropbp.recipes.report.publish import check_regular_target, write_text_atomic
     from dropbp.recipes.config.registry import find_recipe
     from dropbp.recipes.config.schema import load_recipe
     from dropbp.recipes.report.tables import markdown_table
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, for_run=False)
-    if args.output is not None and args.output.exists() and args.output.is_dir():
-        raise ConfigError(f"-o {args.output} is a folder; give a file name for the ported recipe.")
+    if args.output is not None:
+        check_regular_target("-o", args.output)
     source = load_cluster(recipe.cluster) if recipe.cluster else None
     ported, changes = port_recipe(recipe, source, load_cluster(args.to), nodes=args.nodes,
                                   allow_fallback=args.allow_fallback)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dropbp.backends import DEVICE_CHOICES
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from dropbp.recipes.finetune import FineTune
     from dropbp.recipes.config.registry import find_recipe
     from dropbp.recipes.config.schema import load_recipe
+    from dropbp.recipes.training.stop_signals import StopSignals
 
     bad = [text for text in args.overrides if "=" not in text]
     if bad:
@@ -46,12 +48,23 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(find_recipe(args.recipe), args.overrides, device=args.device)
     out = args.output_dir if args.output_dir is not None else Path("runs") / recipe.name
     check_output_dir("--output-dir", out)
-    run_ = FineTune(recipe, out, resume=args.resume, progress=not args.quiet)
-    run_.setup()
+    run_ = FineTune(recipe, out, resume=args.resume, progress=not args.quiet)  # holds the folder's lock
     try:
-        summary = run_.train()
+        with StopSignals() as signals:
+            run_.signals = signals
+            run_.setup()
+            try:
+                summary = run_.train()
+            finally:
+                run_.cleanup()
     finally:
-        run_.cleanup()
+        run_.release()
+    if summary["interrupted"]:
+        if run_.world.is_main:
+            print(f"received {summary['interrupted']}: saved a checkpoint at step {summary['steps']} of "
+                  f"{summary['total_steps']}; continue with dropbp train {out / 'recipe.yaml'} --output-dir {out} "
+                  "--resume", file=sys.stderr)
+        return signals.exit_code if signals.received else 143  # another rank was signalled
     if not run_.world.is_main:
         return 0
     last = next((r for r in reversed(summary["rows"]) if r.get("val_loss")), None)

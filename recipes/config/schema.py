@@ -169,6 +169,9 @@ class TrainSection:
                                      "the same branches)")
     stop_after_steps: int | None = setting(None, "stop after this many optimizer steps as if preempted (a checkpoint "
                                                  "is written; --resume continues); the schedule still spans steps")
+    divergence_factor: float = setting(10.0, "stop with exit code 3 when a loss is not finite, or more than this many "
+                                             "times its running mean (and above the run's first losses); 0: stop on "
+                                             "non-finite losses only")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
@@ -186,6 +189,7 @@ class TrainSection:
             _int(p, "train.eval_batches", self.eval_batches, 1)
         if self.stop_after_steps is not None:
             _int(p, "train.stop_after_steps", self.stop_after_steps, 1)
+        p.check(check_number, "train.divergence_factor", self.divergence_factor, low=0)
         p.check(check_choice, "train.precision", self.precision, PRECISIONS)
         p.check(check_seed, self.seed, "train.seed")
 

@@ -6,10 +6,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import stat
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from dropbp.core.errors import ConfigError
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optimum-habana", "habana-torch-plugin")
 
@@ -76,6 +79,30 @@ def write_text_atomic(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_regular_target(name: str, path: Path) -> None:
+    """``path`` may be written as a file: it does not exist yet, or it is a regular file (not a symbolic link, a
+    folder, a device node or a pipe); else :class:`ConfigError` naming ``name``."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode):
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{name} {path} is {kind}; dropbp writes only regular files. Give a new file name.")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to the regular file ``path`` (created when missing; a symbolic link or a device planted
+    there is refused, never followed)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        raise ConfigError(f"cannot append to {path} ({err.strerror}); it must be a regular file, not a link.") from None
+    with os.fdopen(fd, "a") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path} is not a regular file; dropbp appends only to regular files.")
+        handle.write(line)
 
 
 def staging_prefix(name: str) -> str:

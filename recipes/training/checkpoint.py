@@ -6,12 +6,15 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the trained weight
 (``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json``: the step and
 each stateful part of the run under a fixed key (:data:`POLICY_KEY`: the drop policy's ``state_dict()``, rates and
 counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included; :data:`RATE_KEY`: the
-adaptive rate's). It is written in a hidden
-``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed process leaves the
-previous checkpoint intact. Only the newest ``keep`` are kept.
+adaptive rate's). Last comes ``manifest.json``: the size and sha256 of every other file, so a resume can tell an
+intact checkpoint from a damaged one (:func:`verify_checkpoint`) and fall back to the newest intact one. It is
+written in a hidden ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed
+process leaves the previous checkpoint intact (and the next start removes the partial folder). Only the newest
+``keep`` are kept.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +31,7 @@ from dropbp.recipes.report.publish import fsync_path
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE = "state.json"
+MANIFEST = "manifest.json"
 #: Keys of ``state.json`` under which the run's stateful parts keep their ``state_dict()``.
 POLICY_KEY = "policy"
 ALLOCATION_KEY = "allocation"
@@ -83,6 +87,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save(rng, staging / "rng.pt")
         (staging / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+        (staging / MANIFEST).write_text(json.dumps(manifest(staging), indent=2) + "\n")
         _fsync_tree(staging)
         if final.exists():  # the same step saved again (e.g. the end of a run that was saved at that step)
             shutil.rmtree(final)
@@ -92,9 +97,64 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         shutil.rmtree(staging, ignore_errors=True)
     for old in checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".step-*.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial(root)
     return final
+
+
+def remove_partial(root: Path) -> list[Path]:
+    """Remove what a killed save left under ``root`` (hidden ``.step-*.partial-*`` folders); returns them."""
+    stale = sorted(root.glob(".step-*.partial-*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, Any]:
+    """Size and sha256 of every file of a checkpoint folder (the manifest itself left out)."""
+    return {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                      for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}}
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None when every file of the checkpoint matches its manifest; else what is wrong, in a few words (a checkpoint
+    without a manifest cannot be verified, so it counts as damaged)."""
+    path = folder / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        return f"{MANIFEST} is missing"
+    try:
+        expected = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(expected, dict):
+            return "its manifest is not a file table"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its {MANIFEST} does not read ({type(err).__name__})"
+    for name, facts in sorted(expected.items()):
+        file = folder / name
+        if not file.is_file() or file.is_symlink():
+            return f"{name} is missing"
+        if file.stat().st_size != facts.get("bytes") or _sha256(file) != facts.get("sha256"):
+            return f"{name} does not match its checksum"
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in expected and p.name != MANIFEST)
+    return f"it holds files its manifest does not list ({', '.join(extra)})" if extra else None
+
+
+def intact_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint under ``root`` that :func:`verify_checkpoint` passes, and the newer ones it skipped
+    with what is wrong with each."""
+    skipped: list[tuple[Path, str]] = []
+    for folder in reversed(checkpoints(root)):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
 
 
 def checkpoints(root: Path) -> list[Path]:
@@ -119,4 +179,4 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
-    return json.loads((folder / STATE).read_text())
+    return json.loads((folder / STATE).read_text(encoding="utf-8"))
