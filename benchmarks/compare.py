@@ -49,10 +49,13 @@ def load_throughput(folder: Path) -> dict[str, Any]:
     """One folder's throughput result, with a readable name for its column."""
     path = Path(folder) / "throughput.json"
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"DIR {folder}: throughput.json is not UTF-8 text.") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"DIR {folder}: throughput.json is not valid JSON ({err.msg}, line {err.lineno}).") from None
-    if result.get("benchmark") != "throughput" or "baseline" not in result or "runs" not in result:
+    if not isinstance(result, dict) or result.get("benchmark") != "throughput" or "baseline" not in result \
+            or "runs" not in result:
         raise ConfigError(f"DIR {folder}: throughput.json is not a 'dropbp bench throughput' result.")
     result["source"] = str(folder)
     result["name"] = f"{Path(folder).resolve().name}: {result.get('device_name', '?')} ({result.get('device', '?')})"

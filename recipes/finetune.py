@@ -46,7 +46,8 @@ from dropbp.recipes.training.distributed import World, join, world_from_environm
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.lr import lr_scheduler
 from dropbp.recipes.training.rates import rate_schedule, step_costs
-from dropbp.recipes.training.run_folder import check_run_folder, resume_point, resumed_step, trim_masks_log
+from dropbp.recipes.training.run_folder import (DATA_KEY, check_run_folder, check_same_data, resume_point,
+                                                resumed_step, trim_masks_log)
 from dropbp.recipes.training.run_lock import RunLock
 from dropbp.recipes.training.step import StepRunner
 from dropbp.recipes.training.stop_signals import StopSignals
@@ -57,8 +58,10 @@ METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_
 class FineTune:
     """One run of a recipe in ``output_dir``."""
 
-    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = False, progress: bool = True,
+                 allow_changed_data: bool = False) -> None:
         self.recipe, self.out, self.resume, self.progress = recipe, Path(output_dir), resume, progress
+        self.allow_changed_data = allow_changed_data
         self.backend_class = backends.resolve(recipe.device)
         self.world: World = world_from_environment()
         if self.world.size > 1 and recipe.dropbp.drop_rate > 0 and recipe.dropbp.allocation == "online":
@@ -96,6 +99,8 @@ class FineTune:
         join(self.world, self.backend_class)
         self.weights_dtype, self.autocast = self.backend.precision_dtypes(recipe.train.precision)
         spec = recipe.model
+        if spec.trust_remote_code:  # said before the tokenizer or the model can run any of it
+            print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.", flush=True)
         self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.name, is_preset=spec.name in PRESETS,
                                                    local_only=not downloads_allowed(),
                                                    trust_remote_code=spec.trust_remote_code)
@@ -200,6 +205,7 @@ class FineTune:
         if folder is not None:
             state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.backend.set_rng_state)
             self.start_step = resumed_step(folder, state, self.total_steps)
+            check_same_data(state.get(DATA_KEY), self.data.fingerprint(), self.allow_changed_data)
             for key, owner in self._stateful().items():
                 if owner is not None:
                     owner.load_state_dict(state[key])
@@ -257,7 +263,7 @@ class FineTune:
         return self.out / f"masks-rank{self.world.rank}.csv"
 
     def _checkpoint(self, step: int) -> Path | None:
-        state: dict[str, Any] = {"total_steps": self.total_steps}
+        state: dict[str, Any] = {"total_steps": self.total_steps, DATA_KEY: self.data.fingerprint()}
         state.update({key: owner.state_dict() for key, owner in self._stateful().items() if owner is not None})
         folder = None
         if self.world.is_main:

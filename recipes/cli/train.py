@@ -28,9 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", help="a recipe file, or the name of a shipped recipe (dropbp recipes ls)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe field, e.g. optim.lr=1e-4")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="device backend (default: the recipe's)")
-    parser.add_argument("--output-dir", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest "
-                                                              "checkpoint")
+                                                              "intact checkpoint")
+    parser.add_argument("--allow-changed-data", action="store_true", help="with --resume: continue even though the "
+                                                                          "training data changed since the run began")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -46,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"overrides must look like key=value (e.g. optim.lr=1e-4); got {', '.join(bad)}.")
     recipe = load_recipe(find_recipe(args.recipe), args.overrides, device=args.device)
-    out = args.output_dir if args.output_dir is not None else Path("runs") / recipe.name
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise ConfigError("--output-dir is empty; give a folder for the run (default: runs/<recipe name>).")
+    out = Path(args.output_dir) if args.output_dir is not None else Path("runs") / recipe.name
     check_output_dir("--output-dir", out)
-    run_ = FineTune(recipe, out, resume=args.resume, progress=not args.quiet)  # holds the folder's lock
+    run_ = FineTune(recipe, out, resume=args.resume, progress=not args.quiet,
+                    allow_changed_data=args.allow_changed_data)  # holds the folder's lock
     try:
         with StopSignals() as signals:
             run_.signals = signals

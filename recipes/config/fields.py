@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import shutil
 import tempfile
 import types
@@ -198,6 +199,19 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     if not ok:
         raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}.")
     return float(value)
+
+
+#: Upper bound of sizes no recipe needs more of (a bigger value is a typo, and would exhaust memory or hang).
+MAX_SIZE = 1 << 16
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def check_run_name(name: Any) -> None:
+    """A run's ``name`` is safe as a folder name: 1 to 100 letters, digits and ``_.+-``, starting with a letter or
+    digit."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise ConfigError(f"name must be 1 to 100 letters, digits and _.+- (starting with a letter or digit; it names "
+                          f"the output folder), got {str(name)[:40]!r}.")
 
 
 def check_output_dir(name: str, path: Any) -> None:

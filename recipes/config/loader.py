@@ -1,6 +1,8 @@
 """Typed, safe loading of YAML documents into settings dataclasses.
 
-YAML is read with ``yaml.safe_load`` only (a tag that would construct a Python object is refused as bad input).
+YAML is read with a safe loader only (a tag that would construct a Python object is refused as bad input), which
+also refuses duplicate keys, and a document that expands (through aliases) to more than :data:`MAX_VALUES` values
+or :data:`MAX_DEPTH` levels, a self-referencing alias included.
 Unknown keys, wrong types and out-of-range values are collected into one :class:`Problems` report, raised once as a
 :class:`ConfigError` that lists every problem with the allowed values. ``key.sub=value`` overrides use the same
 path: each value is read as YAML (safely) and then checked like a value from the file.
@@ -8,6 +10,7 @@ path: each value is read as YAML (safely) and then checked like a value from the
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +23,59 @@ from dropbp.core.errors import ConfigError
 from dropbp.recipes.config.fields import default_of, strip_optional
 
 T = TypeVar("T")
+#: The most values (and nesting levels) a recipe may expand to, aliases counted each time they are used.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+#: The longest key an error message quotes.
+QUOTED_KEY = 40
+
+
+class _Duplicate(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {quote_key(key)} at line {line}")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that names one key twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges: explicit keys may override them
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            if key in seen:
+                raise _Duplicate(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def quote_key(key: Any) -> str:
+    """A key as an error message quotes it: as it is when it looks like a key (letters, digits, ``_.-``, at most
+    :data:`QUOTED_KEY` characters), else the repr of its first 12 characters (an error never echoes a line of a
+    file given by mistake, such as a password file)."""
+    text = str(key)
+    if re.fullmatch(rf"[A-Za-z0-9_.\-]{{1,{QUOTED_KEY}}}", text):
+        return text
+    return repr(text[:12]) + ("..." if len(text) > 12 else "")
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse a document that expands to too many values or levels (an alias bomb, or an alias to itself)."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: expands to more than {MAX_VALUES} values or {MAX_DEPTH} levels (YAML "
+                              "aliases that repeat or contain themselves?); recipes are small documents.")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 class Problems:
@@ -56,18 +112,27 @@ class Problems:
 def read_yaml(path: Path | str) -> dict[str, Any]:
     """A YAML mapping from ``path``, read safely; a missing file, bad syntax or a Python-object tag is a
     :class:`ConfigError`."""
+    return parse_yaml(read_text(path), str(path))
+
+
+def read_text(path: Path | str) -> str:
+    """The UTF-8 text of ``path``; a missing file or other bytes is a :class:`ConfigError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}.") from None
-    return parse_yaml(text, str(path))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8.") from None
 
 
 def parse_yaml(text: str, source: str = "<text>") -> dict[str, Any]:
     """A YAML mapping from ``text`` (safe loader only)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    except _Duplicate as err:
+        raise ConfigError(f"{source}: {err}; each key may appear once.") from None
     except yaml.constructor.ConstructorError as err:
         raise ConfigError(f"{source}: refused YAML tag {err.problem.split()[-1] if err.problem else ''} at line "
                           f"{err.problem_mark.line + 1 if err.problem_mark else '?'}: recipes are plain data, and "
@@ -80,6 +145,7 @@ def parse_yaml(text: str, source: str = "<text>") -> dict[str, Any]:
         raise ConfigError(f"{source}: not valid YAML: {type(err).__name__}.") from None
     if data is None:
         return {}
+    _check_size(data, source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a mapping of keys to values at the top level, got "
                           f"{type(data).__name__}.")
@@ -184,7 +250,7 @@ def build(cls: type[T], data: Mapping[str, Any], problems: Problems, where: str 
     prefix = f"{where}." if where else ""
     for key in data:
         if key not in fields:
-            problems.add(f"unknown key {prefix}{key!s}; {where or 'the top level'} allows: "
+            problems.add(f"unknown key {quote_key(f'{prefix}{key!s}')}; {where or 'the top level'} allows: "
                          f"{', '.join(sorted(fields))}.")
     values: dict[str, Any] = {}
     for name, field in fields.items():

@@ -38,6 +38,52 @@ def llama_config(preset: str, **overrides: Any) -> Any:
     return LlamaConfig(**fields)
 
 
+#: Shape fields of a preset that must be positive integers.
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "max_position_embeddings", "head_dim")
+#: The largest model a preset may be made into (parameters): beyond anything a recipe trains.
+MAX_PRESET_PARAMETERS = 10**12
+
+
+def preset_parameters(fields: dict[str, Any]) -> int:
+    """About how many parameters a Llama of these shape fields has (embedding and head counted apart)."""
+    hidden, layers = fields["hidden_size"], fields["num_hidden_layers"]
+    head_dim = fields.get("head_dim") or hidden // fields["num_attention_heads"]
+    attention = hidden * head_dim * (2 * fields["num_attention_heads"] + 2 * fields["num_key_value_heads"])
+    return layers * (attention + 3 * hidden * fields["intermediate_size"]) + 2 * fields["vocab_size"] * hidden
+
+
+def check_preset_config(preset: str, config: Any, field: str = "model.config") -> None:
+    """``config`` changes a preset's known fields, to values a model can have: shape fields positive integers,
+    the width divisible by the heads and the heads by the key-value heads, and at most
+    :data:`MAX_PRESET_PARAMETERS` parameters (the count is named). One :class:`ConfigError` at the first problem."""
+    from transformers import LlamaConfig
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"{field} must be a mapping of preset fields to values, got {type(config).__name__}.")
+    known = set(LlamaConfig().to_dict()) | set(SHAPE_FIELDS)
+    unknown = sorted(str(k)[:40] for k in config if k not in known)
+    if unknown:
+        raise ConfigError(f"{field} has unknown fields {', '.join(unknown)}; a preset accepts the fields of a "
+                          f"Llama config, e.g. {', '.join(SHAPE_FIELDS)}.")
+    fields = {"max_position_embeddings": 8192, **PRESETS.get(preset, PRESETS["tiny"]), **config}
+    for name in SHAPE_FIELDS:
+        value = fields.get(name)
+        if name in fields and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                     or value < 1):
+            raise ConfigError(f"{field}.{name} must be an integer >= 1, got {value!r}.")
+    if fields["hidden_size"] % fields["num_attention_heads"] and not fields.get("head_dim"):
+        raise ConfigError(f"{field}: hidden_size {fields['hidden_size']} must be a multiple of num_attention_heads "
+                          f"{fields['num_attention_heads']} (or give head_dim).")
+    if fields["num_attention_heads"] % fields["num_key_value_heads"]:
+        raise ConfigError(f"{field}: num_attention_heads {fields['num_attention_heads']} must be a multiple of "
+                          f"num_key_value_heads {fields['num_key_value_heads']}.")
+    count = preset_parameters(fields)
+    if count > MAX_PRESET_PARAMETERS:
+        raise ConfigError(f"{field} makes a model of about {count:.3g} parameters, more than the "
+                          f"{MAX_PRESET_PARAMETERS:.0e} a preset may have; use smaller shape fields.")
+
+
 ENV_ALLOW_DOWNLOADS = "DROPBP_ALLOW_DOWNLOADS"
 
 

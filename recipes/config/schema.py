@@ -22,8 +22,9 @@ from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.techniques import DROPBP_TECHNIQUES, TECHNIQUES
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
-from dropbp.recipes.config.presets import METHODS, PRESETS, check_hub_access, check_model, hub_id, max_positions
-from dropbp.recipes.config.fields import check_choice, check_number, setting
+from dropbp.recipes.config.presets import (METHODS, PRESETS, check_hub_access, check_model, check_preset_config, hub_id,
+                                           max_positions)
+from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, check_run_name, setting
 
 DATA_FORMATS = ("alpaca", "chat", "text")
 TEMPLATES = ("alpaca", "plain")
@@ -36,8 +37,8 @@ SCHEDULE_KINDS = (*RATE_SCHEDULES, "adaptive")
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 
 
-def _int(p: Problems, name: str, value: Any, low: int) -> None:
-    p.check(check_int, name, value, low)
+def _int(p: Problems, name: str, value: Any, low: int, high: int | None = None) -> None:
+    p.check(check_int, name, value, low, high)
 
 
 @dataclass
@@ -69,7 +70,9 @@ class ModelSection:
         if self.config and self.name not in PRESETS:
             p.add(f"model.config changes preset fields and applies only to presets ({', '.join(PRESETS)}); "
                   f"model.name is {self.name!r}.")
-        _int(p, "model.lora_rank", self.lora_rank, 1)
+        elif self.config:
+            p.check(check_preset_config, self.name, self.config)
+        _int(p, "model.lora_rank", self.lora_rank, 1, MAX_SIZE)
         p.check(check_number, "model.lora_alpha", self.lora_alpha, low=0, low_open=True)
         p.check(check_number, "model.lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
         if not self.lora_targets:
@@ -182,7 +185,7 @@ class TrainSection:
         if self.epochs is not None:
             p.check(check_number, "train.epochs", self.epochs, low=0, low_open=True)
         for name in ("micro_batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_new_tokens"):
-            _int(p, f"train.{name}", getattr(self, name), 1)
+            _int(p, f"train.{name}", getattr(self, name), 1, MAX_SIZE)
         for name in ("eval_every", "save_every", "exact_match"):
             _int(p, f"train.{name}", getattr(self, name), 0)
         if self.eval_batches is not None:
@@ -261,7 +264,7 @@ class DropBPSection:
         """Record every problem of this section."""
         p.check(validate_drop_rate, self.drop_rate, "dropbp.drop_rate")
         p.check(check_choice, "dropbp.sampler", self.sampler, ("auto", *SAMPLERS))
-        _int(p, "dropbp.pool_size", self.pool_size, 1)
+        _int(p, "dropbp.pool_size", self.pool_size, 1, MAX_SIZE)
         p.check(check_choice, "dropbp.allocation", self.allocation, ALLOCATION_MODES)
         p.check(check_number, "dropbp.allocate_at", self.allocate_at, low=0, high=1, high_open=True)
         p.check(check_choice, "dropbp.sensitivity", self.sensitivity, SENSITIVITY_METHODS)
@@ -307,8 +310,7 @@ class Recipe:
 
     def check(self, p: Problems, for_run: bool = True) -> None:
         """Record every problem, the sections' and those of combinations (``for_run``: also the environment's)."""
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            p.add(f"name must be a plain, non-empty file name (it names the output folder), got {self.name!r}.")
+        p.check(check_run_name, self.name)
         p.check(check_choice, "device", self.device, backends.DEVICE_CHOICES)
         known = sorted(path.stem for path in CLUSTERS.glob("*.yaml"))
         if self.cluster is not None and self.cluster not in known:

@@ -3,6 +3,7 @@ windows (packed, or one example per window padded to the length). Batches are a 
 a resumed run sees the same data as an uninterrupted one."""
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,13 +39,43 @@ def load_records(source: str, base: Path, field: str) -> list[dict[str, Any]]:
                 check_hub_access(source, field)
                 loaded = datasets.load_dataset(hub_id(source), split="train", keep_in_memory=True, cache_dir=cache)
             elif path.is_file():
+                check_text_file(path, field)
                 loaded = datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True,
                                                cache_dir=cache)
             else:
                 raise ConfigError(f"{field}: no such file {path}.")
-        except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
-            raise ConfigError(f"{field}: could not read {source}: {str(err).splitlines()[0]}") from None
-        return [dict(row) for row in loaded]
+            records = [dict(row) for row in loaded]
+        except ConfigError:
+            raise
+        except (ValueError, OSError, StopIteration, datasets.exceptions.DatasetGenerationError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"{field}: could not read {source}: {reason}") from None
+    if not records:
+        raise ConfigError(f"{field}: {source} holds no records.")
+    return records
+
+
+def check_text_file(path: Path, field: str) -> None:
+    """A local data file is UTF-8 text with something in it (else one message naming ``field``)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{field}: {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8.") from None
+    if not text.strip():
+        raise ConfigError(f"{field}: {path} is empty; it needs one JSON record per line (or a JSON list).")
+
+
+def _text(record: dict[str, Any], key: str, field: str, *, optional: bool = False) -> str:
+    """A record's text field: a string (a number is written out); null only where ``optional`` (as empty)."""
+    value = record.get(key)
+    if value is None and optional:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{field}: the record field {key!r} must be text, got {type(value).__name__} "
+                          f"({str(value)[:40]!r}); fix or drop that record.")
+    return str(value)
 
 
 def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, field: str) -> tuple[str, str]:
@@ -55,17 +86,21 @@ def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, fiel
         if "instruction" not in record or "output" not in record:
             raise ConfigError(f"{field}: alpaca records need 'instruction' and 'output' (and optionally 'input'); "
                               f"got keys {sorted(record)}.")
-        extra = str(record.get("input") or "")
+        extra = _text(record, "input", field, optional=True)
+        instruction = _text(record, "instruction", field)
         if spec.template == "plain":
-            prompt = f"{record['instruction']}\n{extra}\n" if extra else f"{record['instruction']}\n"
+            prompt = f"{instruction}\n{extra}\n" if extra else f"{instruction}\n"
         else:
             template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
-            prompt = template.format(instruction=record["instruction"], input=extra)
-        return prompt, str(record["output"])
+            prompt = template.format(instruction=instruction, input=extra)
+        return prompt, _text(record, "output", field)
     if spec.format == "chat":
         messages = record.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ConfigError(f"{field}: chat records need a non-empty 'messages' list of {{role, content}}.")
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise ConfigError(f"{field}: each chat message must be a mapping {{role, content}} with text content; "
+                              f"got {str(messages)[:60]!r}.")
         last = len(messages) - 1 if messages[-1].get("role") == "assistant" else len(messages)
         head = tokenizer.chat(messages[:last]) if last < len(messages) else None
         full = tokenizer.chat(messages)
@@ -78,7 +113,7 @@ def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, fiel
         return "", full
     if "text" not in record:
         raise ConfigError(f"{field}: text records need a 'text' field; got keys {sorted(record)}.")
-    return "", str(record["text"])
+    return "", _text(record, "text", field)
 
 
 @dataclass
@@ -157,6 +192,14 @@ class RecipeData:
         start = (step * grad_accum + micro) * size * world + rank * size
         index = torch.tensor(self.order.indices(start, size))
         return self.train_ids[index], self.train_labels[index]
+
+    def fingerprint(self) -> str:
+        """sha256 of every training and validation window and label (what a resume must see unchanged)."""
+        digest = hashlib.sha256()
+        for tensor in (self.train_ids, self.train_labels, self.val_ids, self.val_labels):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
 
 def load_data(spec: DataSection, base: Path, tokenizer: Tokenizer, seed: int) -> RecipeData:

@@ -119,8 +119,6 @@ def _pretrained(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: 
     """A local folder holding a Hugging Face model, or ``hf:org/name`` (fetched only with downloads allowed)."""
     from transformers import AutoModelForCausalLM
 
-    if spec.trust_remote_code:
-        print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.")
     try:
         model = AutoModelForCausalLM.from_pretrained(source_of(spec.name), dtype=dtype, **_load_kwargs(spec))
     except (OSError, ValueError) as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropbp.core.errors import ConfigError
 from dropbp.recipes.report.publish import fsync_path
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -176,7 +178,17 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     """Restore weights, optimizer, scheduler and generators (``set_rng_state``: the backend's) from ``folder``;
     returns its ``state.json``."""
     load_weights(model, folder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    optimizer.load_state_dict(_load_plain(folder / "optimizer.pt"))
+    scheduler.load_state_dict(_load_plain(folder / "scheduler.pt"))
+    set_rng_state(_load_plain(folder / "rng.pt"))
     return json.loads((folder / STATE).read_text(encoding="utf-8"))
+
+
+def _load_plain(path: Path) -> Any:
+    """``torch.load`` of tensors and numbers only; anything else (a pickled object, code) is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ConfigError(f"checkpoint file {path} does not hold plain tensors and numbers, so it is not loaded "
+                          f"({type(err).__name__}); dropbp never unpickles objects from a checkpoint. Resume from "
+                          "a checkpoint this version of dropbp wrote.") from None

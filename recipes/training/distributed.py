@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from dropbp.backends import Backend
+from dropbp.core.errors import ConfigError
 
 
 @dataclass
@@ -47,8 +48,17 @@ class World:
 
 def world_from_environment() -> World:
     """The ranks ``torchrun`` / ``accelerate launch`` describe in the environment (one rank otherwise)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        if not text.strip().isdigit():
+            raise ConfigError(f"environment variable {name} must be a non-negative integer (torchrun and accelerate "
+                              f"set it), got {text[:20]!r}; unset it for a single-process run.")
+        values[name] = int(text)
+    if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
+        raise ConfigError(f"environment variables RANK {values['RANK']} and WORLD_SIZE {values['WORLD_SIZE']} do not "
+                          "fit together (0 <= RANK < WORLD_SIZE).")
+    return World(rank=values["RANK"], size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"])
 
 
 def join(world: World, backend_class: type[Backend]) -> World:

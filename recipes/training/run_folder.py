@@ -18,6 +18,8 @@ from dropbp.recipes.training.checkpoint import intact_checkpoint, remove_partial
 
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("train.stop_after_steps", "device")
+#: The key of ``state.json`` holding the fingerprint of the run's data.
+DATA_KEY = "data_fingerprint"
 
 
 def check_run_folder(recipe: Recipe, out: Path, resume: bool, is_main: bool) -> None:
@@ -62,6 +64,17 @@ def resumed_step(folder: Path, state: dict[str, Any], total_steps: int) -> int:
         raise ConfigError(f"--resume: checkpoint {folder} says step {step!r} of {saved_total!r}, but it is "
                           f"{folder.name} of a run of {total_steps} steps; it does not belong to this run.")
     return step
+
+
+def check_same_data(saved: str | None, now: str, allowed: bool) -> None:
+    """Refuse a resume whose training or validation data changed since the run began (unless ``allowed``); a
+    checkpoint that predates data fingerprints says nothing, so it is not refused."""
+    if saved is not None and saved != now and not allowed:
+        raise ConfigError("--resume: the training or validation data changed since this run began (their "
+                          "fingerprint differs), so the resumed run would not continue the same training; restore "
+                          "the data, start a new run, or pass --allow-changed-data to continue anyway.")
+    if saved is not None and saved != now:
+        print("the data changed since this run began; continuing on the new data (--allow-changed-data)")
 
 
 def trim_masks_log(path: Path, start_step: int) -> None:

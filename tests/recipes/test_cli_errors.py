@@ -84,7 +84,7 @@ MATRIX = [
     (["train", "tiny-tasks"], ["data.seq_len=1000000"], "data.seq_len must be at most 8192"),
     (["train", "tiny-tasks"], ["dropbp.allocate_at=1.5"], "dropbp.allocate_at must be a finite number in [0, 1)"),
     (["train", "tiny-tasks"], ["dropbp.sampler=bernoulli", "dropbp.pool_size=0"],
-     "dropbp.pool_size must be an integer >= 1"),
+     "dropbp.pool_size must be an integer in 1..65536"),
     (["train", "tiny-tasks"], ["train.steps=0"], "train.steps must be an integer >= 1"),
     (["train", "tiny-tasks"], ["--output-dir", "/proc/dropbp-run"], "cannot be written"),
 ]
