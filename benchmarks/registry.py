@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import compare, compiles, convergence, memory_search, regime, throughput
+from . import compare, compiles, convergence, memory_search, recipe_time, regime, throughput
 
 #: name -> (settings class, main function, one-line help)
 BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
@@ -17,6 +17,8 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                     "validation loss vs FLOPs and wall time on real text"),
     "regime": (regime.RegimeSettings, regime.main,
                "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
+    "recipe-time": (recipe_time.RecipeTimeSettings, recipe_time.main,
+                    "a recipe's DropBP setting against DropBP off at the baseline's time, over seeds"),
     "compiles": (compiles.CompilesSettings, compiles.main,
                  "graphs torch.compile builds over training: pool vs bernoulli"),
     "compare": (compare.CompareSettings, compare.main,

@@ -67,6 +67,10 @@ ALLOWED: dict[str, str] = {
     "pld_gamma_scale": "finite number >= 0",
     "threads": "integer >= 0",
     "equal_time": "flag",
+    "recipe": "a shipped recipe (dropbp recipes ls) or a recipe file",
+    "overrides": "comma-separated key=value, each a recipe field (docs/OPTIONS.md, dropbp train)",
+    "loss_margin": "finite number >= 0",
+    "match_margin": "finite number >= 0",
     "dirs": "one or more folders, each holding a throughput.json from dropbp bench throughput",
 }
 
