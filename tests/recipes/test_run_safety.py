@@ -243,3 +243,46 @@ def test_sigterm_to_the_cli_exits_143_with_a_checkpoint_and_resumes(tmp_path):
     saved = checkpoints(out / "checkpoints")
     assert len(saved) == 1 and 10 <= int(saved[0].name.split("-")[1]) < 3000
     assert (out / "loss.png").is_file() and not list((out / "checkpoints").glob(".step-*"))
+
+
+def test_a_checkpoint_state_must_match_its_folder_and_the_run():
+    from dropbp.recipes.training.run_folder import resumed_step
+
+    folder = Path("checkpoints/step-000004")
+    assert resumed_step(folder, {"step": 4, "total_steps": 4}, 4) == 4
+    for state in ({"step": 999, "total_steps": 4}, {"step": 3, "total_steps": 4}, {"step": 4, "total_steps": 8},
+                  {"step": "4"}):
+        with pytest.raises(ConfigError, match="does not belong to this run"):
+            resumed_step(folder, state, 4)
+
+
+@pytest.mark.slow
+def test_a_resume_on_changed_data_is_refused_unless_allowed(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    shipped_data = shipped()["tiny-tasks"].parent.parent / "task_data" / "train.jsonl"
+    lines = shipped_data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:400]))
+    out = tmp_path / "run"
+    overrides = ("train.steps=4", f"data.train={data}")
+    run(out, *overrides, "train.stop_after_steps=2")
+    data.write_text("".join(lines[400:800]))
+    with pytest.raises(ConfigError, match="data changed since this run began"):
+        run(out, *overrides, resume=True)
+    fine_tune = FineTune(load_recipe(shipped()["tiny-tasks-lora"], [*SMALL, *overrides], device="cpu"), out,
+                         resume=True, progress=False, allow_changed_data=True)
+    fine_tune.setup()
+    fine_tune.train()
+    fine_tune.cleanup()
+    assert "continuing on the new data" in capsys.readouterr().out
+
+
+def test_the_remote_code_notice_comes_before_anything_is_loaded(tmp_path, monkeypatch, capsys):
+    import dropbp.recipes.finetune as finetune
+
+    def tokenizer_loader(*args, **kwargs):
+        assert "model.trust_remote_code is on" in capsys.readouterr().out
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(finetune, "load_tokenizer", tokenizer_loader)
+    with pytest.raises(ConfigError, match="stop here"):
+        job(tmp_path / "run", "model.trust_remote_code=true").setup()
