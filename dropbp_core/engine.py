@@ -35,6 +35,10 @@ AfterBackward = Callable[["DropBP", bool], None]
 COUNTERS = ("steps_counted", "all_dropped_steps", "skipped_backward_steps", "uncounted_steps",
             "no_trainable_path_steps", "interrupted_forwards")
 
+#: How deep into nested outputs (tuples, dicts) the no-trainable-path tie reaches.
+MAX_TIE_DEPTH = 8
+
+
 class DropBP:
     """Apply DropBP to a Hugging Face decoder in place (forward hooks only: ``state_dict`` keys do not change).
 
@@ -59,8 +63,9 @@ class DropBP:
     (:meth:`has_trainable_path`): some trainable weight outside the dropped branches (an embedding, a head, a kept
     branch's weights or adapters). When nothing can (every branch dropped under LoRA; every adapter-holding branch
     dropped; LoRA on q/v with every attention branch dropped), the model's output would not require a gradient and
-    ``loss.backward()`` would raise. So a forward hook on the model adds ``0 * anchor`` to its floating outputs
-    (``loss``, ``logits``) in that case: ``anchor`` is a scalar leaf owned by the engine, not a model parameter,
+    ``loss.backward()`` would raise. So a forward hook on the model adds ``0 * anchor`` to every floating-point
+    tensor it returns that does not require a gradient, at any depth of its output (``loss``, ``logits``, and fields
+    a trainer invents, such as TRL's ``log_probs`` from a fused head), in that case: ``anchor`` is a scalar leaf owned by the engine, not a model parameter,
     so ``loss.backward()``, ``accelerator.backward(loss)`` and ``Trainer`` all run, and no model parameter gets a
     gradient. Such steps are counted in ``no_trainable_path_steps``; :meth:`backward` skips their (empty) backward.
 
@@ -152,21 +157,22 @@ class DropBP:
         if not (module.training and torch.is_grad_enabled() and any(self._mask)):
             return None
 
-        def tie(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
-                return value + self._anchor.to(device=value.device, dtype=value.dtype) * 0
+        def tie(value: Any, depth: int = 0) -> Any:
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point() and not value.requires_grad:
+                    return value + self._anchor.to(device=value.device, dtype=value.dtype) * 0
+                return value
+            if depth >= MAX_TIE_DEPTH:
+                return value
+            if isinstance(value, dict):  # transformers' ModelOutput is a dict as well: every field, not just loss
+                for key in list(value.keys()):
+                    value[key] = tie(value[key], depth + 1)
+                return value
+            if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+                return type(value)(tie(v, depth + 1) for v in value)
             return value
 
-        if isinstance(output, torch.Tensor):
-            return tie(output)
-        if isinstance(output, dict):  # transformers' ModelOutput is a dict as well
-            for key in ("loss", "logits"):
-                if key in output:
-                    output[key] = tie(output[key])
-            return output
-        if isinstance(output, tuple):
-            return tuple(tie(v) for v in output)
-        return None
+        return tie(output)
 
     def has_trainable_path(self, mask: MaskSpec | None = None) -> bool:
         """Whether, under ``mask`` (default: this step's), any trainable parameter can get a gradient: one outside
