@@ -35,7 +35,7 @@ from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
 from dropbp.recipes.config.schema import Recipe
 from dropbp.recipes.data.instruct import RecipeData, load_data, render
-from dropbp.recipes.model.build import build_recipe_model, model_vocab_size
+from dropbp.recipes.model.build import build_recipe_model, enable_checkpointing, model_vocab_size
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
 from dropbp.recipes.report.publish import append_line, write_text_atomic
@@ -113,6 +113,8 @@ class FineTune:
         self.total_steps = recipe.train.steps or max(1, math.ceil(recipe.train.epochs * len(self.data.train_ids)
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
+        if recipe.train.gradient_checkpointing:
+            enable_checkpointing(self.model)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
         self.schedule: AllocationSchedule | None = None
         self.technique: Applied | None = None

@@ -172,9 +172,11 @@ class TrainSection:
                                      "the same branches)")
     stop_after_steps: int | None = setting(None, "stop after this many optimizer steps as if preempted (a checkpoint "
                                                  "is written; --resume continues); the schedule still spans steps")
-    divergence_factor: float = setting(10.0, "stop with exit code 3 when a loss is not finite, or more than this many "
-                                             "times its running mean (and above the run's first losses); 0: stop on "
-                                             "non-finite losses only")
+    gradient_checkpointing: bool = setting(False, "recompute each block's activations in the backward instead of "
+                                                  "keeping them (non-reentrant; with DropBP, dropped branches stay "
+                                                  "dropped); less memory, about one more forward")
+    divergence_factor: float = setting(10.0, "exit 3 when a loss is not finite, or over this many times its running "
+                                             "mean and the run's first losses (0: non-finite only)")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""

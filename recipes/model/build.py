@@ -145,6 +145,16 @@ def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype,
     return add_adapters(model, spec, seed)
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Hugging Face activation checkpointing, non-reentrant (it recomputes only what a kept path unpacks, and
+    needs no input that requires a gradient), on the base model under any PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
+                          "checkpointing; turn it off.")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def model_vocab_size(spec: ModelSection) -> int | None:
     """The vocabulary size the model will have, where it is known without loading weights."""
     if spec.name in PRESETS:

@@ -1,0 +1,79 @@
+"""Activation checkpointing with DropBP (``train.gradient_checkpointing``): the same gradients and losses as without
+it, and recomputation that follows the mask (a block whose branches are all dropped is not recomputed)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dropbp.core import DropBP
+from dropbp.recipes import FineTune, load_recipe, shipped
+from dropbp.recipes.model.build import apply_method, build_model, enable_checkpointing
+
+SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+
+
+def model_with(method: str, checkpointing: bool) -> torch.nn.Module:
+    model = apply_method(build_model("tiny", seed=3, **SHAPE), method, lora_rank=4, seed=3)
+    if checkpointing:
+        enable_checkpointing(model)
+    return model.train()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_checkpointing_gives_the_gradients_of_no_checkpointing_under_random_masks(method):
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    masks = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) < 0.5
+    grads = {}
+    for checkpointing in (False, True):
+        model = model_with(method, checkpointing)
+        dropbp = DropBP(model, drop_rate=0.5, seed=0)
+        grads[checkpointing] = []
+        for mask in masks.tolist():
+            dropbp.begin_step(mask=mask)
+            model(input_ids=ids, labels=ids).loss.backward()
+            grads[checkpointing].append({n: p.grad.clone() for n, p in model.named_parameters()
+                                         if p.grad is not None})
+            model.zero_grad(set_to_none=True)
+    for plain, checkpointed in zip(grads[False], grads[True]):
+        assert plain.keys() == checkpointed.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_recomputation_follows_the_mask():
+    model = model_with("lora", True)
+    dropbp = DropBP(model, drop_rate=0.5, seed=0)
+    calls = {branch.name: 0 for branch in dropbp.branches}
+    modules = dict(model.named_modules())
+    for branch in dropbp.branches:
+        modules[branch.name].register_forward_pre_hook(
+            lambda module, args, name=branch.name: calls.__setitem__(name, calls[name] + 1))
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    # block 0: both dropped; block 1: attention dropped, MLP kept; block 2: both kept
+    dropbp.begin_step(mask=[True, True, True, False, False, False])
+    loss = model(input_ids=ids, labels=ids).loss
+    assert set(calls.values()) == {1}  # one forward each
+    loss.backward()
+    recomputed = [calls[b.name] - 1 for b in dropbp.branches]
+    assert recomputed == [0, 0, 1, 1, 1, 1]  # the dropped attention of block 1 reruns only because its MLP needs it
+
+
+def test_a_recipe_with_checkpointing_trains_with_the_same_losses():
+    def losses(out, *extra):
+        recipe = load_recipe(shipped()["tiny-tasks"], ["train.steps=20", "train.eval_every=0", "train.exact_match=0",
+                                                       *extra], device="cpu")
+        job = FineTune(recipe, out, progress=False)
+        job.setup()
+        try:
+            return [float(r["loss"]) for r in job.train()["rows"] if r["loss"]]
+        finally:
+            job.cleanup()
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        plain = losses(Path(folder) / "a")
+        checkpointed = losses(Path(folder) / "b", "train.gradient_checkpointing=true")
+    assert len(plain) == 20
+    torch.testing.assert_close(torch.tensor(checkpointed), torch.tensor(plain), rtol=1e-5, atol=0)
