@@ -138,3 +138,23 @@ def test_the_new_contenders_train_and_charge_their_flops(tmp_path, monkeypatch):
     # 15 steps are less than one adaptive window triple: it stays at exact backprop, so it costs what the baseline does
     assert runs["adaptive"]["train_flops"] == runs["baseline"]["train_flops"]
     assert runs["adaptive"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
+
+
+def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
+    from dropbp.benchmarks.regime.verdict import study_rows, verdict_markdown
+
+    def run(label, family, seed, losses, matches, epochs=1.0):
+        curve = [{"step": i, "time_s": 10.0 * i, "val_loss": loss, "exact_match": match}
+                 for i, (loss, match) in enumerate(zip(losses, matches))]
+        return {"label": label, "family": family, "seed": seed, "epochs": epochs, "curve": curve,
+                "final_val_loss": losses[-1], "final_exact_match": matches[-1]}
+
+    base = [run("baseline", "baseline", s, [2.0, 1.0, 0.5], [0.0, 0.5, 0.9]) for s in (0, 1)]
+    quick = [run("q", "dropbp", 0, [2.0, 0.5, 0.4], [0.0, 0.9, 0.95]),  # reaches 0.5 at 10 s, not 20: 2x
+             run("q", "dropbp", 1, [2.0, 1.5, 0.6], [0.0, 0.5, 0.85])]  # +20% loss, -5 points: does not hold
+    result = {"settings": {"regime": "adapt", "family": "numbers"}, "runs": base + quick, "equal_time_runs": [],
+              "summary": [{"label": "baseline", "family": "baseline"}, {"label": "q", "family": "dropbp"}]}
+    (row,) = study_rows(result)
+    assert row["holds"] == 1 and row["loss_speedup"] == [2.0] and row["match_speedup"] == [2.0]
+    assert row["loss_ratio"] == pytest.approx((0.8 + 1.2) / 2)
+    assert "| adapt, numbers | q " in verdict_markdown([result]) and "2.00x (1/2)" in verdict_markdown([result])

@@ -1,0 +1,111 @@
+"""One table over several regime studies: per study and contender, how it ends given the baseline's wall time
+against the baseline of the same seed, and how much sooner it reaches the baseline's final loss and exact match.
+
+``python -m dropbp.benchmarks.regime.verdict RESULT.json ... [-o OUT.md]`` (the ``regime-*.json`` files that
+``dropbp bench regime`` writes). A contender *holds* in a seed when, given the baseline's time (its equal-time run;
+its equal-epochs run when it was not faster), its final validation loss is at most the baseline's + ``loss_margin``
+(relative) and its exact match at least the baseline's - ``match_margin``. *Sooner* is the baseline's time to its own
+final validation loss (and, separately, exact match) over the contender's, read off the equal-time curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from dropbp.recipes import markdown_table
+
+LOSS_MARGIN, MATCH_MARGIN = 0.03, 0.02
+
+
+def _time_to(curve: list[dict[str, Any]], key: str, target: float, lower_is_better: bool) -> float | None:
+    """First time (linear between evaluations) where ``key`` reaches ``target``."""
+    def reached(value: float) -> bool:
+        return value <= target if lower_is_better else value >= target
+
+    for before, after in zip(curve, curve[1:]):
+        if reached(after[key]):
+            if reached(before[key]) or after[key] == before[key]:
+                return before["time_s"]
+            frac = (before[key] - target) / (before[key] - after[key])
+            return before["time_s"] + frac * (after["time_s"] - before["time_s"])
+    return None
+
+
+def _speedup(run: dict[str, Any], base: dict[str, Any], key: str, lower_is_better: bool) -> float | None:
+    target = base["curve"][-1][key]
+    mine, theirs = (_time_to(r["curve"], key, target, lower_is_better) for r in (run, base))
+    return None if not mine or not theirs else theirs / mine
+
+
+def study_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per contender of one study: seeds that hold, mean loss ratio and exact-match gap at the baseline's time, and
+    the speed-ups to the baseline's final loss and exact match (seeds that reach them)."""
+    baseline = {r["seed"]: r for r in result["runs"] if r["family"] == "baseline"}
+    longer = {(r["label"], r["seed"]): r for r in result.get("equal_time_runs", [])}
+    rows = []
+    for row in result["summary"]:
+        if row["family"] == "baseline":
+            continue
+        runs = [longer.get((row["label"], r["seed"]), r) for r in result["runs"] if r["label"] == row["label"]]
+        ratios, gaps, holds, loss_up, match_up = [], [], 0, [], []
+        for run in runs:
+            base = baseline[run["seed"]]
+            ratio = run["final_val_loss"] / base["final_val_loss"]
+            gap = run["final_exact_match"] - base["final_exact_match"]
+            ratios.append(ratio)
+            gaps.append(gap)
+            holds += ratio <= 1 + LOSS_MARGIN and gap >= -MATCH_MARGIN
+            for out, key, lower in ((loss_up, "val_loss", True), (match_up, "exact_match", False)):
+                value = _speedup(run, base, key, lower)
+                if value is not None:
+                    out.append(value)
+        rows.append({"label": row["label"], "family": row["family"], "seeds": len(runs), "holds": holds,
+                     "loss_ratio": statistics.fmean(ratios), "match_gap": statistics.fmean(gaps),
+                     "epochs": statistics.fmean(r.get("epochs", 1.0) for r in runs),
+                     "loss_speedup": loss_up, "match_speedup": match_up})
+    return rows
+
+
+def _speedups(values: list[float], seeds: int) -> str:
+    return f"{statistics.fmean(values):.2f}x ({len(values)}/{seeds})" if values else f"not reached (0/{seeds})"
+
+
+def verdict_markdown(results: list[dict[str, Any]]) -> str:
+    """The table over every study."""
+    table = []
+    for result in results:
+        s = result["settings"]
+        study = f"{s.get('regime', 'learn')}, {s.get('family', 'strings')}"
+        for row in study_rows(result):
+            table.append((study, row["label"], f"{row['epochs']:.2f}", f"{(row['loss_ratio'] - 1) * 100:+.1f}%",
+                          f"{row['match_gap'] * 100:+.1f}", f"{row['holds']}/{row['seeds']}",
+                          _speedups(row["loss_speedup"], row["seeds"]), _speedups(row["match_speedup"], row["seeds"])))
+    return "\n".join([
+        "# DropBP given the baseline's wall time: every regime study", "",
+        f"Each contender at its best learning rate, trained for the baseline's wall time (epochs column; 1 x the "
+        f"study's epochs where it was not faster), against the baseline of the same seed. *Holds*: seeds where its "
+        f"final validation loss is at most +{LOSS_MARGIN * 100:g}% and its exact match at most "
+        f"{MATCH_MARGIN * 100:g} points below. *Sooner*: the baseline's time to its own final validation loss (exact "
+        "match) over the contender's, mean over the seeds that reach it. The paper reports the same loss 1.5x "
+        "sooner.", "",
+        markdown_table(["study", "contender", "epochs", "val loss vs baseline", "exact match (pts)", "holds",
+                        "sooner to the baseline's loss", "sooner to its exact match"], table), ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Read the result files, print the table (and write it with ``-o``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("-o", "--output", type=Path)
+    args = parser.parse_args(argv)
+    text = verdict_markdown([json.loads(path.read_text(encoding="utf-8")) for path in args.results])
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
