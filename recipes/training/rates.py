@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.rate_schedule import RateController, RateSchedule
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.config.schema import DropScheduleSection
+from dropbp.recipes.config.dropbp_section import DropScheduleSection
 
 
 def step_costs(flops: StepFlops, drop_rate: float) -> Callable[[float], float]:

@@ -3,6 +3,7 @@ QLoRA trains with DropBP, checkpoints survive a SIGKILL and load with plain PEFT
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     assert 0.3 < float(rows[-1]["realized_drop_fraction"]) < 0.7
     fraction = float(rows[-1]["realized_drop_fraction"])
     assert summary["verdict"].startswith(f"dropbp: realised drop fraction {fraction:.2f} of the branches' backward")
-    assert "(scheduled 0.50); about " in summary["verdict"]
+    assert re.search(r"\(scheduled 0\.5\d\); about ", summary["verdict"])  # sensitivity rates: about the budget
     assert {p.name for p in out.iterdir()} >= {"metrics.csv", "loss.png", "recipe.yaml", "checkpoints"}
     assert load_recipe(out / "recipe.yaml", base_dir=shipped()["tiny-tasks"].parent).train.steps == 60
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
@@ -187,7 +188,8 @@ def test_a_lora_checkpoint_loads_with_plain_peft(tmp_path):
 
 def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
     out = tmp_path / "run"
-    run("tiny-tasks", out, "train.steps=3", "train.grad_accum=2", "train.eval_every=0", "train.log_masks=true")
+    run("tiny-tasks", out, "train.steps=3", "train.grad_accum=2", "train.eval_every=0", "train.log_masks=true",
+        "dropbp.allocation=uniform")
     lines = (out / "masks-rank0.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["0", "1", "2"]  # one mask per optimizer step, not per micro
     recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL], device="cpu")

@@ -1,0 +1,122 @@
+"""The ``dropbp`` section of a recipe: the technique, its rate, how masks are drawn, how rates are allocated, and
+the drop rate over training (``dropbp.schedule``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dropbp.core.allocation import validate_drop_rate
+from dropbp.core.allocation_schedule import ALLOCATION_MODES
+from dropbp.core.checks import check_int, check_seed
+from dropbp.core.rate_schedule import RATE_SCHEDULES
+from dropbp.core.samplers import SAMPLERS
+from dropbp.core.sensitivity import SENSITIVITY_METHODS
+from dropbp.core.techniques import DROPBP_TECHNIQUES, TECHNIQUES
+from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, setting
+from dropbp.recipes.config.loader import Problems
+
+#: Every dropbp.schedule.kind: the fixed schedules and the adaptive rate.
+SCHEDULE_KINDS = (*RATE_SCHEDULES, "adaptive")
+
+
+def _int(p: Problems, name: str, value: Any, low: int, high: int | None = None) -> None:
+    p.check(check_int, name, value, low, high)
+
+
+@dataclass
+class DropScheduleSection:
+    """How the drop rate moves over training (``dropbp.schedule.*``): from ``dropbp.drop_rate`` at the start."""
+
+    kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
+                                    "(stages plateaus from drop_rate down to end_rate); adaptive (0 while the loss "
+                                    "falls steeply, up to drop_rate as it flattens, decided every window steps)",
+                        choices=SCHEDULE_KINDS)
+    end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
+    warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
+    stages: int = setting(4, "steps: the number of plateaus")
+    levels: int | None = setting(None, "quantise linear and cosine to this many rates (none: 4 with the pool "
+                                       "sampler, so compiled graphs stay at most pool_size * levels + 1; "
+                                       "continuous with bernoulli); adaptive: its rates from 0 to drop_rate "
+                                       "(none: 4)")
+    window: int = setting(20, "adaptive: optimizer steps per decision (the loss is averaged over a window)")
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
+        _int(p, "dropbp.schedule.window", self.window, 1)
+        p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
+        _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
+        _int(p, "dropbp.schedule.stages", self.stages, 2)
+        if self.levels is not None:
+            _int(p, "dropbp.schedule.levels", self.levels, 2)
+
+    @property
+    def is_constant(self) -> bool:
+        """Whether the rate never moves (today's behaviour)."""
+        return self.kind == "constant" and self.warmup_steps == 0
+
+
+@dataclass
+class DropBPSection:
+    """Dropping backward propagation: the target rate, how masks are drawn and how rates are allocated."""
+
+    drop_rate: float = setting(0.5, "target average drop rate in [0, 1) (a FLOPs budget; 0 turns DropBP off)")
+    sampler: str = setting("auto", "bernoulli (independent draws, as the paper), pool (K fixed masks: exact rates, "
+                                   "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
+                           choices=("auto", *SAMPLERS))
+    pool_size: int = setting(8, "masks in the pool sampler (K)")
+    allocation: str = setting("auto", "auto (sensitivity for DropBP, the setting the regime study recommends; uniform "
+                                      "for the other techniques); uniform rates; sensitivity (measured once at "
+                                      "allocate_at of training, as the paper); online (refreshed every "
+                                      "reallocate_every steps)", choices=("auto", *ALLOCATION_MODES))
+    allocate_at: float = setting(0.1, "fraction of training at which sensitivities are measured")
+    sensitivity: str = setting("fast", "estimator: fast (1 pass) or exact (2L+1 passes)", choices=SENSITIVITY_METHODS)
+    allocator: str = setting("paper", "paper (greedy, steps of 0.1) or optimal", choices=("paper", "optimal"))
+    reallocate_every: int = setting(50, "steps between re-allocations with allocation online")
+    seed: int | None = setting(None, "seed of the masks (none: train.seed)")
+    technique: str = setting("dropbp", "dropbp (drop the backward of branches); or an alternative to compare with: "
+                                       "layerdrop (skip whole blocks, forward and backward, with probability "
+                                       "drop_rate), pld (progressive layer dropping: pld_theta_bar, pld_gamma), "
+                                       "freeze (train only the top train_top_layers blocks), freeze-dropbp (both: "
+                                       "the bottom frozen, DropBP at drop_rate on the train_top_layers above)",
+                           choices=TECHNIQUES)
+    pld_theta_bar: float = setting(0.5, "pld: the keep probability the schedule falls to (deepest block)")
+    pld_gamma: float = setting(0.001, "pld: how fast the keep probability falls (per step)")
+    train_top_layers: int | None = setting(None, "freeze and freeze-dropbp: blocks trained from the top (none: for "
+                                                 "freeze, as many as give the backward FLOPs of DropBP at drop_rate; "
+                                                 "for freeze-dropbp, the top half)")
+    schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
+
+    @property
+    def allocation_mode(self) -> str:
+        """The allocation in force: ``auto`` is sensitivity for DropBP techniques, uniform for the others."""
+        if self.allocation != "auto":
+            return self.allocation
+        return "sensitivity" if self.technique in DROPBP_TECHNIQUES else "uniform"
+
+    def check(self, p: Problems) -> None:
+        """Record every problem of this section."""
+        p.check(validate_drop_rate, self.drop_rate, "dropbp.drop_rate")
+        p.check(check_choice, "dropbp.sampler", self.sampler, ("auto", *SAMPLERS))
+        _int(p, "dropbp.pool_size", self.pool_size, 1, MAX_SIZE)
+        p.check(check_choice, "dropbp.allocation", self.allocation, ("auto", *ALLOCATION_MODES))
+        p.check(check_number, "dropbp.allocate_at", self.allocate_at, low=0, high=1, high_open=True)
+        p.check(check_choice, "dropbp.sensitivity", self.sensitivity, SENSITIVITY_METHODS)
+        p.check(check_choice, "dropbp.allocator", self.allocator, ("paper", "optimal"))
+        _int(p, "dropbp.reallocate_every", self.reallocate_every, 1)
+        if self.seed is not None:
+            p.check(check_seed, self.seed, "dropbp.seed")
+        p.check(check_choice, "dropbp.technique", self.technique, TECHNIQUES)
+        p.check(check_number, "dropbp.pld_theta_bar", self.pld_theta_bar, low=0, high=1)
+        p.check(check_number, "dropbp.pld_gamma", self.pld_gamma, low=0)
+        if self.train_top_layers is not None:
+            _int(p, "dropbp.train_top_layers", self.train_top_layers, 1)
+        self.schedule.check(p)
+        if self.technique not in DROPBP_TECHNIQUES and not self.schedule.is_constant:
+            p.add(f"dropbp.schedule applies to dropbp.technique {' or '.join(DROPBP_TECHNIQUES)}, got technique "
+                  f"{self.technique}; leave the "
+                  "schedule constant (kind constant, warmup_steps 0).")
+        if self.technique not in DROPBP_TECHNIQUES and self.allocation not in ("auto", "uniform"):
+            p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique {' or '.join(DROPBP_TECHNIQUES)} "
+                  "(sensitivities are DropBP's), "
+                  f"got technique {self.technique}; use allocation uniform.")
