@@ -16,7 +16,7 @@ SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_laye
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0",
          "train.steps=20", "train.eval_every=0", "train.save_every=0", "train.log_every=1"]
 CASES = {
-    "dropbp-uniform": ["dropbp.drop_rate=0.5"],
+    "dropbp-uniform": ["dropbp.drop_rate=0.5", "dropbp.allocation=uniform"],
     "dropbp-sensitivity": ["dropbp.drop_rate=0.5", "dropbp.allocation=sensitivity", "dropbp.allocate_at=0.1"],
     "dropbp-online": ["dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
     "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
