@@ -60,7 +60,9 @@ class DropScheduleSection:
 class DropBPSection:
     """Dropping backward propagation: the target rate, how masks are drawn and how rates are allocated."""
 
-    drop_rate: float = setting(0.5, "target average drop rate in [0, 1) (a FLOPs budget; 0 turns DropBP off)")
+    drop_rate: float = setting(0.0, "target average drop rate in [0, 1) (a FLOPs budget); 0, the default, turns "
+                                    "DropBP off: no setting the regime studies measured never costs accuracy "
+                                    "(README, 'Which setting should I use')")
     sampler: str = setting("auto", "bernoulli (independent draws, as the paper), pool (K fixed masks: exact rates, "
                                    "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
                            choices=("auto", *SAMPLERS))
