@@ -64,10 +64,11 @@ class FineTune:
         self.allow_changed_data = allow_changed_data
         self.backend_class = backends.resolve(recipe.device)
         self.world: World = world_from_environment()
-        if self.world.size > 1 and recipe.dropbp.drop_rate > 0 and recipe.dropbp.allocation_mode == "online":
-            raise ConfigError("dropbp.allocation online is not supported with several ranks yet (each rank would "
-                              "estimate from its own gradients and the masks could differ); use uniform or "
-                              "sensitivity.")
+        if self.world.size > 1 and recipe.dropbp.drop_rate > 0 and recipe.dropbp.allocation in ("sensitivity",
+                                                                                          "online"):
+            raise ConfigError(f"dropbp.allocation {recipe.dropbp.allocation} is not supported with several ranks yet "
+                              "(the measurement's extra backward passes break DDP's gradient reduction; online ones "
+                              "would differ per rank); use uniform, or auto (uniform rates with several ranks).")
         self.lock = RunLock(self.out) if self.world.is_main else None
         if self.lock is not None:
             self.lock.acquire()
@@ -131,7 +132,8 @@ class FineTune:
                 pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
                 train_top_layers=options.train_top_layers, option_prefix="dropbp.", **dropbp_options)
         if self.dropbp is not None:
-            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=options.allocation_mode,
+            mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
+            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=mode,
                                                drop_rate=options.drop_rate, total_steps=self.total_steps,
                                                allocate_at=options.allocate_at, sensitivity=options.sensitivity,
                                                allocator=options.allocator, every=options.reallocate_every,

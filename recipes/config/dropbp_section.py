@@ -67,8 +67,9 @@ class DropBPSection:
                                    "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
                            choices=("auto", *SAMPLERS))
     pool_size: int = setting(8, "masks in the pool sampler (K)")
-    allocation: str = setting("auto", "auto (sensitivity for DropBP, the setting the regime study recommends; uniform "
-                                      "for the other techniques); uniform rates; sensitivity (measured once at "
+    allocation: str = setting("auto", "auto (sensitivity for DropBP on one process, the regime studies' best; uniform "
+                                      "with several ranks and for the other techniques); uniform rates; sensitivity "
+                                      "(one process only for now; measured once at "
                                       "allocate_at of training, as the paper); online (refreshed every "
                                       "reallocate_every steps)", choices=("auto", *ALLOCATION_MODES))
     allocate_at: float = setting(0.1, "fraction of training at which sensitivities are measured")

@@ -286,3 +286,10 @@ def test_the_remote_code_notice_comes_before_anything_is_loaded(tmp_path, monkey
     monkeypatch.setattr(finetune, "load_tokenizer", tokenizer_loader)
     with pytest.raises(ConfigError, match="stop here"):
         job(tmp_path / "run", "model.trust_remote_code=true").setup()
+
+
+def test_sensitivity_allocation_is_refused_with_several_ranks_and_auto_means_uniform_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="dropbp.allocation sensitivity is not supported with several ranks"):
+        job(tmp_path / "run", "dropbp.allocation=sensitivity")
