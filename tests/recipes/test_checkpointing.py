@@ -58,6 +58,7 @@ def test_recomputation_follows_the_mask():
     assert recomputed == [0, 0, 1, 1, 1, 1]  # the dropped attention of block 1 reruns only because its MLP needs it
 
 
+@pytest.mark.slow  # two 20-step tiny-tasks runs; the fast lane keeps the gradient and recomputation tests
 def test_a_recipe_with_checkpointing_trains_with_the_same_losses():
     def losses(out, *extra):
         recipe = load_recipe(shipped()["tiny-tasks"], ["train.steps=20", "train.eval_every=0", "train.exact_match=0",
