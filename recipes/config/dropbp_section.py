@@ -67,7 +67,7 @@ class DropBPSection:
                                    "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
                            choices=("auto", *SAMPLERS))
     pool_size: int = setting(8, "masks in the pool sampler (K)")
-    allocation: str = setting("auto", "auto (sensitivity for DropBP on one process, the regime studies' best; uniform "
+    allocation: str = setting("auto", "auto (sensitivity for DropBP on one process, best on the string tasks; uniform "
                                       "with several ranks and for the other techniques); uniform rates; sensitivity "
                                       "(one process only for now; measured once at "
                                       "allocate_at of training, as the paper); online (refreshed every "
