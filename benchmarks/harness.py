@@ -174,14 +174,21 @@ class CurvePoint:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-def time_to(curve: list[CurvePoint], target: float, axis: str = "time_s") -> float | None:
-    """First point on ``axis`` (``time_s``, ``flops``, ``step``) where the validation loss reaches ``target``
-    (linear between evaluations); None when it never does."""
+def time_to(curve: list[CurvePoint], target: float, axis: str = "time_s", metric: str = "val_loss",
+            lower_is_better: bool = True) -> float | None:
+    """First point on ``axis`` (``time_s``, ``flops``, ``step``) where ``metric`` (the validation loss, or e.g.
+    ``exact_match`` with ``lower_is_better=False``) reaches ``target`` (linear between evaluations); None when it
+    never does."""
+    def reached(point: CurvePoint) -> bool:
+        value = getattr(point, metric)
+        return value <= target if lower_is_better else value >= target
+
     for before, after in zip(curve, curve[1:]):
-        if after.val_loss <= target:
-            if before.val_loss <= target:
+        if reached(after):
+            if reached(before):
                 return getattr(before, axis)
-            frac = (before.val_loss - target) / (before.val_loss - after.val_loss)
+            start, end = getattr(before, metric), getattr(after, metric)
+            frac = (start - target) / (start - end)
             return getattr(before, axis) + frac * (getattr(after, axis) - getattr(before, axis))
     return None
 

@@ -17,26 +17,15 @@ from typing import Any
 
 from dropbp.recipes import markdown_table
 
+from ..harness import CurvePoint, time_to
+
 LOSS_MARGIN, MATCH_MARGIN = 0.03, 0.02
-
-
-def _time_to(curve: list[dict[str, Any]], key: str, target: float, lower_is_better: bool) -> float | None:
-    """First time (linear between evaluations) where ``key`` reaches ``target``."""
-    def reached(value: float) -> bool:
-        return value <= target if lower_is_better else value >= target
-
-    for before, after in zip(curve, curve[1:]):
-        if reached(after[key]):
-            if reached(before[key]) or after[key] == before[key]:
-                return before["time_s"]
-            frac = (before[key] - target) / (before[key] - after[key])
-            return before["time_s"] + frac * (after["time_s"] - before["time_s"])
-    return None
 
 
 def _speedup(run: dict[str, Any], base: dict[str, Any], key: str, lower_is_better: bool) -> float | None:
     target = base["curve"][-1][key]
-    mine, theirs = (_time_to(r["curve"], key, target, lower_is_better) for r in (run, base))
+    mine, theirs = (time_to([CurvePoint(**point) for point in r["curve"]], target, "time_s", key, lower_is_better)
+                    for r in (run, base))
     return None if not mine or not theirs else theirs / mine
 
 

@@ -144,7 +144,7 @@ def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
     from dropbp.benchmarks.regime.verdict import study_rows, verdict_markdown
 
     def run(label, family, seed, losses, matches, epochs=1.0):
-        curve = [{"step": i, "time_s": 10.0 * i, "val_loss": loss, "exact_match": match}
+        curve = [{"step": i, "time_s": 10.0 * i, "flops": 0.0, "val_loss": loss, "exact_match": match}
                  for i, (loss, match) in enumerate(zip(losses, matches))]
         return {"label": label, "family": family, "seed": seed, "epochs": epochs, "curve": curve,
                 "final_val_loss": losses[-1], "final_exact_match": matches[-1]}
