@@ -1,28 +1,19 @@
-"""Per-architecture defaults, kept as plain data: which module names are the residual branches, and MLP shape."""
+"""Per-architecture overrides, kept as plain data: module names of the residual branches where structural discovery
+(:mod:`.block_layout`) should not decide. Empty today: every decoder the tests cover is found by structure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class ArchDefaults:
-    """Module-name suffixes of the two residual branches of a decoder block, and whether the MLP is gated."""
+class ArchOverride:
+    """Module-name patterns of the two residual branches of a decoder block (either may be None: found by structure)."""
 
-    attn: str
-    mlp: str
-    gated_mlp: bool
+    attn: str | None = None
+    mlp: str | None = None
 
 
-# model_type (from the Hugging Face config) -> branch module names. Each entry is covered by a test on a tiny
-# random config of that architecture (tests/core/test_branches.py).
-ARCH_DEFAULTS: dict[str, ArchDefaults] = {
-    "llama": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
-    "mistral": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
-    "qwen2": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
-    "qwen3": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
-    "gemma": ArchDefaults(attn="self_attn", mlp="mlp", gated_mlp=True),
-    "gpt2": ArchDefaults(attn="attn", mlp="mlp", gated_mlp=False),
-    "gpt_neox": ArchDefaults(attn="attention", mlp="mlp", gated_mlp=False),
-}
+# model_type (from the Hugging Face config) -> branch module names, for architectures structure gets wrong.
+ARCH_OVERRIDES: dict[str, ArchOverride] = {}
 
 BRANCH_KINDS: tuple[str, ...] = ("attn", "mlp")

@@ -1,16 +1,19 @@
-"""Branch discovery: find the attention and MLP residual branches of any Hugging Face decoder by module name."""
+"""Branch discovery: the attention and MLP residual branches of any Hugging Face decoder, by structure or by name."""
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
-from .arch_defaults import ARCH_DEFAULTS, BRANCH_KINDS
+from .arch_defaults import ARCH_OVERRIDES, BRANCH_KINDS
+from .block_layout import block_layout, find_block_list, residual_argument
+from .checks import check_int
 from .errors import ConfigError, NoMatchingBranchError
-from .flops import ModelShape, branch_flops_per_token
+from .flops import ModelShape
+from .module_flops import attention_score_flops_per_token, matmul_flops_per_token
 
 Patterns = str | Sequence[str]
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?=\.)")
@@ -18,12 +21,14 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?=\.)")
 
 @dataclass(frozen=True)
 class Branch:
-    """One residual branch: its module name, kind ('attn' or 'mlp'), layer index and forward FLOPs per token."""
+    """One residual branch: its module name, kind ('attn' or 'mlp'), layer index, forward FLOPs per token, and the
+    module it ends at when that is another one."""
 
     name: str
     kind: str
     layer: int
     flops: int
+    end: str = ""  # where the branch ends, when not at ``name`` (a post-norm; OPT's fc2)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -35,9 +40,15 @@ class DiscoveredBranches:
     """The result of discovery: branches in forward order, their modules, and the model shape used for FLOPs."""
 
     branches: list[Branch]
-    modules: list[nn.Module]
+    parts: list["BranchParts"]
     shape: ModelShape
     model_type: str
+    block_shapes: dict[int, str] = field(default_factory=dict)  # layer -> 'pre-norm', 'sandwich-norm', ...
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The module each branch starts at, in branch order."""
+        return [part.first for part in self.parts]
 
     @property
     def flops(self) -> list[int]:
@@ -92,6 +103,66 @@ def _guess_gated(module: nn.Module) -> bool:
     return any("gate" in child_name for child_name, _ in module.named_children())
 
 
+@dataclass(frozen=True)
+class BranchParts:
+    """The modules of one branch: it starts at ``first`` and ends at ``last`` (the same module, unless the branch
+    ends at a post-norm or is a chain such as OPT's ``fc1 -> fc2``); ``members`` hold its parameters.
+    ``residual`` is ``(position, name)`` of the argument carrying the residual stream into a branch that adds it
+    itself (BLOOM), else None."""
+
+    first: nn.Module
+    last: nn.Module
+    members: tuple[nn.Module, ...]
+    residual: tuple[int, str] | None = None
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the branch holds (each once)."""
+        seen: dict[int, nn.Parameter] = {}
+        for member in self.members:
+            for param in member.parameters():
+                seen.setdefault(id(param), param)
+        return list(seen.values())
+
+
+_Found = tuple[int, int, str, str, BranchParts, str]  # layer, kind order, kind, name, parts, end name
+
+
+def _structural(model: nn.Module, mlp: bool = True) -> tuple[list[_Found], dict[int, str]]:
+    """Every block's branches, found by structure (:mod:`.block_layout`; the MLP's only when ``mlp``), and each
+    block's shape in words."""
+    list_name, blocks = find_block_list(model)
+    found: list[_Found] = []
+    shapes: dict[int, str] = {}
+    for layer, block in enumerate(blocks):
+        layout = block_layout(block, mlp=mlp)
+        shapes[layer] = layout.shape
+        prefix = f"{list_name}.{layer}." if list_name else f"{layer}."
+        children = dict(block.named_children())
+        for span in layout.spans:
+            parts = BranchParts(children[span.first], children[span.last],
+                                tuple(children[m] for m in span.members), span.residual)
+            end = prefix + span.last if span.last != span.first else ""
+            found.append((layer, BRANCH_KINDS.index(span.kind), span.kind, prefix + span.first, parts, end))
+    return found, shapes
+
+
+def _by_patterns(model: nn.Module, targets: dict[str, Patterns]) -> list[_Found]:
+    found: list[_Found] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(outer + ".") for outer in taken):
+            continue  # keep the outermost match only
+        for order, kind in enumerate(BRANCH_KINDS):
+            if kind in targets and name_matches(name, targets[kind]):
+                layer = layer_index(name)
+                if layer is not None:
+                    residual = residual_argument(module)
+                    found.append((layer, order, kind, name, BranchParts(module, module, (module,), residual), ""))
+                    taken.append(name)
+                break
+    return found
+
+
 def find_branches(
     model: nn.Module,
     *,
@@ -104,43 +175,36 @@ def find_branches(
 ) -> DiscoveredBranches:
     """Find the residual branches of ``model`` without changing it.
 
-    ``attn``/``mlp`` override the per-architecture module names (suffix names, or ``re:<regex>`` for a full match).
-    ``layers`` keeps only those layer indices; ``exclude_layers`` removes some. ``seq_len`` sets the attention FLOPs.
-    Raises :class:`NoMatchingBranchError` (repeating the patterns) when nothing matches.
+    By default the branches are found by structure (:mod:`.block_layout`): any Hugging Face decoder whose blocks
+    hold one attention module and an MLP (or mixture of experts, or a chain of linear layers). ``attn``/``mlp``
+    name the modules instead, for one kind or both (suffix names, or ``re:<regex>`` for a full match); so do the
+    entries of ``ARCH_OVERRIDES``. ``layers`` keeps only those layer indices; ``exclude_layers`` removes some.
+    ``seq_len`` sets the attention FLOPs. Raises :class:`NoMatchingBranchError` (repeating the patterns) when
+    nothing matches.
     """
     config = _model_config(model)
     model_type = str(getattr(config, "model_type", "") or "")
-    defaults = ARCH_DEFAULTS.get(model_type)
-    if defaults is None and (attn is None or mlp is None):
-        raise NoMatchingBranchError(
-            f"no default branch names for model_type {model_type!r}; known architectures: "
-            f"{', '.join(sorted(ARCH_DEFAULTS))}. Pass the attention and MLP module names yourself, e.g. "
-            "attn='self_attn', mlp='mlp' (or 're:<regex>' patterns)."
-        )
-    targets = {"attn": attn if attn is not None else defaults.attn, "mlp": mlp if mlp is not None else defaults.mlp}
-    for kind, patterns in targets.items():
-        _validate_patterns(kind, patterns)
-
-    found: list[tuple[int, int, str, str, nn.Module]] = []
-    taken: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(outer + ".") for outer in taken):
-            continue  # keep the outermost match only
-        for order, kind in enumerate(BRANCH_KINDS):
-            if name_matches(name, targets[kind]):
-                layer = layer_index(name)
-                if layer is not None:
-                    found.append((layer, order, kind, name, module))
-                    taken.append(name)
-                break
+    override = ARCH_OVERRIDES.get(model_type)
+    targets: dict[str, Patterns] = {}
+    for kind, given in (("attn", attn), ("mlp", mlp)):
+        chosen = given if given is not None else getattr(override, kind, None)
+        if chosen is not None:
+            _validate_patterns(kind, chosen)
+            targets[kind] = chosen
+    shapes: dict[int, str] = {}
+    found: list[_Found] = []
+    if len(targets) < len(BRANCH_KINDS):
+        found, shapes = _structural(model, mlp="mlp" not in targets)
+        found = [f for f in found if f[2] not in targets]
+    found += _by_patterns(model, targets) if targets else []
     if not found:
         raise NoMatchingBranchError(
             f"no module of this {model_type or type(model).__name__} model matched the branch patterns "
-            f"attn={targets['attn']!r}, mlp={targets['mlp']!r} (a match must sit under a numbered layer such as "
-            "'layers.3.'). Check the names with [n for n, _ in model.named_modules()] and pass attn=/mlp=."
+            f"attn={targets.get('attn')!r}, mlp={targets.get('mlp')!r} (a match must sit under a numbered layer such "
+            "as 'layers.3.'). Check the names with [n for n, _ in model.named_modules()] and pass attn=/mlp=."
         )
 
-    present = sorted({layer for layer, *_ in found})
+    present = sorted({f[0] for f in found})
     keep = set(present)
     for label, chosen in (("layers", layers), ("exclude_layers", exclude_layers)):
         if chosen is None:
@@ -155,14 +219,17 @@ def find_branches(
         raise NoMatchingBranchError(f"layers={layers!r} and exclude_layers={exclude_layers!r} leave no branch to drop.")
 
     if gated_mlp is None:
-        if defaults is not None:
-            gated_mlp = defaults.gated_mlp
-        else:
-            mlp_modules = [module for _, _, kind, _, module in found if kind == "mlp"]
-            gated_mlp = bool(mlp_modules) and _guess_gated(mlp_modules[0])
+        mlp_parts = [f[4] for f in found if f[2] == "mlp"]
+        gated_mlp = bool(mlp_parts) and _guess_gated(mlp_parts[0].first)
     shape = ModelShape.from_config(config, gated_mlp)
-    branches = [Branch(name, kind, layer, branch_flops_per_token(kind, shape, seq_len)) for layer, _, kind, name, _ in found]
-    return DiscoveredBranches(branches, [f[4] for f in found], shape, model_type)
+    branches = []
+    for layer, _, kind, name, parts, end in found:
+        flops = sum(matmul_flops_per_token(member, config) for member in parts.members)
+        if kind == "attn":
+            check_int("seq_len", seq_len, 1)
+            flops += attention_score_flops_per_token(config, seq_len)
+        branches.append(Branch(name, kind, layer, int(round(flops)), end))
+    return DiscoveredBranches(branches, [f[4] for f in found], shape, model_type, shapes)
 
 
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -7,6 +7,9 @@ Where a branch is wrapped (pre-norm decoder block, Llama naming)::
                                         ^ hooks                  so neither it nor the norm before it gets a
                                                                  gradient or keeps activations; gradient still
                                                                  reaches x through the residual path.
+
+A branch may span several modules (a post-norm, OPT's ``fc1 -> fc2``): the pre-hook sits on the first, the post-hook
+on the last (:class:`~dropbp.core.branches.BranchParts`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .allocation import drop_fraction, uniform_rates, validate_rates
 from .branches import Branch, Patterns, find_branches
 from .dynamo_settings import guard_module_hooks
 from .errors import ConfigError
-from .hooks import Hook, detach_outputs
+from .hooks import Hook, detach_outputs, pass_residual, tie_to_anchor
 from .masks import MaskSpec, parse_mask
 from .checks import check_int, check_seed
 from .samplers import Sampler, make_sampler, next_step
@@ -59,15 +62,13 @@ class DropBP:
     :meth:`realized_rates` and :meth:`report` give the rates actually realised beside the rates asked for.
     Everything is validated before the model is touched; :meth:`remove` takes the hooks off again.
 
-    **Steps with no trainable path.** Per mask, the engine decides whether anything can still get a gradient
-    (:meth:`has_trainable_path`): some trainable weight outside the dropped branches (an embedding, a head, a kept
-    branch's weights or adapters). When nothing can (every branch dropped under LoRA; every adapter-holding branch
-    dropped; LoRA on q/v with every attention branch dropped), the model's output would not require a gradient and
-    ``loss.backward()`` would raise. So a forward hook on the model adds ``0 * anchor`` to every floating-point
-    tensor it returns that does not require a gradient, at any depth of its output (``loss``, ``logits``, and fields
-    a trainer invents, such as TRL's ``log_probs`` from a fused head), in that case: ``anchor`` is a scalar leaf owned by the engine, not a model parameter,
-    so ``loss.backward()``, ``accelerator.backward(loss)`` and ``Trainer`` all run, and no model parameter gets a
-    gradient. Such steps are counted in ``no_trainable_path_steps``; :meth:`backward` skips their (empty) backward.
+    **Steps with no trainable path.** When, under a mask, no trainable weight can get a gradient (every branch
+    dropped under LoRA; LoRA on q/v with every attention branch dropped: :meth:`has_trainable_path`), the output
+    would not require a gradient and ``loss.backward()`` would raise. So a forward hook on the model then adds
+    ``0 * anchor`` (a scalar leaf of the engine, not a model parameter) to every floating-point tensor it returns,
+    at any depth (``loss``, ``logits``, fields a trainer invents such as TRL's ``log_probs``): ``loss.backward()``,
+    ``accelerator.backward(loss)`` and ``Trainer`` run, no parameter gets a gradient, the step is counted in
+    ``no_trainable_path_steps`` and :meth:`backward` skips its (empty) backward.
 
     One engine per model: wrapping a model (or any module inside it) that an attached engine already wraps is
     refused; :meth:`DropBP.of` finds that engine. A step counts towards :meth:`report` only when its mask can take
@@ -115,7 +116,9 @@ class DropBP:
         self._scaled: dict[float, Sampler] = {}  # pool samplers of the scheduled rates, by factor
         # Everything is valid: only now touch the model.
         self._model = model
-        self._modules = found.modules
+        self._parts = found.parts
+        self._modules = found.modules  # where each branch starts
+        self._residual: list[torch.Tensor | None] = [None] * len(self.branches)
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
         self._grad_mode: list[bool | None] = [None] * len(self.branches)
         #: A scalar leaf, not a model parameter: outputs of a step with no trainable path are tied to it (see above).
@@ -139,11 +142,15 @@ class DropBP:
             self._grad_mode = [None] * len(self.branches)
             self.interrupted_forwards += 1
 
-    def _before_branch(self, index: int, module: nn.Module) -> None:
+    def _before_branch(self, index: int, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._recover()
         if self._mask[index] and module.training:
             self._grad_mode[index] = torch.is_grad_enabled()
             torch.set_grad_enabled(False)
+            residual = self._parts[index].residual
+            if residual is not None:
+                position, name = residual
+                self._residual[index] = args[position] if len(args) > position else (kwargs or {}).get(name)
 
     def _after_branch(self, index: int, output: Any) -> Any:
         previous = self._grad_mode[index]
@@ -151,36 +158,21 @@ class DropBP:
             return None
         self._grad_mode[index] = None
         torch.set_grad_enabled(previous)
-        return detach_outputs(output)
+        residual, self._residual[index] = self._residual[index], None
+        return detach_outputs(output) if residual is None else pass_residual(output, residual)
 
     def _after_model(self, module: nn.Module, output: Any) -> Any:
         if not (module.training and torch.is_grad_enabled() and any(self._mask)):
             return None
-
-        def tie(value: Any, depth: int = 0) -> Any:
-            if isinstance(value, torch.Tensor):
-                if value.is_floating_point() and not value.requires_grad:
-                    return value + self._anchor.to(device=value.device, dtype=value.dtype) * 0
-                return value
-            if depth >= MAX_TIE_DEPTH:
-                return value
-            if isinstance(value, dict):  # transformers' ModelOutput is a dict as well: every field, not just loss
-                for key in list(value.keys()):
-                    value[key] = tie(value[key], depth + 1)
-                return value
-            if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
-                return type(value)(tie(v, depth + 1) for v in value)
-            return value
-
-        return tie(output)
+        return tie_to_anchor(output, self._anchor, MAX_TIE_DEPTH)
 
     def has_trainable_path(self, mask: MaskSpec | None = None) -> bool:
         """Whether, under ``mask`` (default: this step's), any trainable parameter can get a gradient: one outside
         every branch, or one in a kept branch."""
         dropped = tuple(self.parse_mask(mask)) if mask is not None else self._mask
         inside: set[int] = set()
-        for is_dropped, module in zip(dropped, self._modules):
-            params = list(module.parameters())
+        for is_dropped, part in zip(dropped, self._parts):
+            params = part.parameters()
             inside.update(id(p) for p in params)
             if not is_dropped and any(p.requires_grad for p in params):
                 return True
@@ -364,9 +356,10 @@ class DropBP:
         self._grad_mode = [None] * len(self.branches)
         self._handles.append(self._model.register_forward_pre_hook(Hook(self, "model_pre")))
         self._handles.append(self._model.register_forward_hook(Hook(self, "model_post")))
-        for index, module in enumerate(self._modules):
-            self._handles.append(module.register_forward_pre_hook(Hook(self, "branch_pre", index)))
-            self._handles.append(module.register_forward_hook(Hook(self, "branch_post", index), always_call=True))
+        for index, part in enumerate(self._parts):
+            self._handles.append(part.first.register_forward_pre_hook(Hook(self, "branch_pre", index),
+                                                                      with_kwargs=part.residual is not None))
+            self._handles.append(part.last.register_forward_hook(Hook(self, "branch_post", index), always_call=True))
 
     def remove(self) -> None:
         """Take every hook off the model; it then behaves exactly as before wrapping."""

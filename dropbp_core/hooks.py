@@ -36,8 +36,8 @@ class Hook:
         self.engine, self.kind, self.index = engine, kind, index
 
     def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
-        if self.kind == "branch_pre":
-            return self.engine._before_branch(self.index, module)
+        if self.kind == "branch_pre":  # ``output`` is the keyword arguments when registered with_kwargs
+            return self.engine._before_branch(self.index, module, args, output)
         if self.kind == "branch_post":
             return self.engine._after_branch(self.index, output)
         if self.kind == "model_post":
@@ -63,4 +63,36 @@ def detach_outputs(value: Any) -> Any:
         return [detach_outputs(v) for v in value]
     if isinstance(value, dict):
         return {k: detach_outputs(v) for k, v in value.items()}
+    return value
+
+
+def pass_residual(output: Any, residual: Any) -> Any:
+    """A dropped branch that adds its ``residual`` input itself (BLOOM): its output detached, plus
+    ``residual - residual.detach()`` on the first tensor: the same value (adding zero), and the residual stream's
+    gradient passes to ``residual`` exactly while none reaches the branch."""
+    output = detach_outputs(output)
+    if not isinstance(residual, torch.Tensor) or not residual.requires_grad:
+        return output
+    if isinstance(output, torch.Tensor):
+        return output + (residual - residual.detach())
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (output[0] + (residual - residual.detach()), *output[1:])
+    return output
+
+
+def tie_to_anchor(value: Any, anchor: torch.Tensor, max_depth: int, depth: int = 0) -> Any:
+    """``value`` with every floating-point tensor that does not require a gradient, at any depth up to
+    ``max_depth`` (dicts such as a ``ModelOutput`` are changed in place), replaced by ``tensor + 0 * anchor``."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not value.requires_grad:
+            return value + anchor.to(device=value.device, dtype=value.dtype) * 0
+        return value
+    if depth >= max_depth:
+        return value
+    if isinstance(value, dict):  # transformers' ModelOutput is a dict as well: every field, not just loss
+        for key in list(value.keys()):
+            value[key] = tie_to_anchor(value[key], anchor, max_depth, depth + 1)
+        return value
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(tie_to_anchor(v, anchor, max_depth, depth + 1) for v in value)
     return value

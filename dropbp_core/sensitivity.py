@@ -247,7 +247,7 @@ class GradientProbe:
         ``kept`` (default: all) marks the branches this backward saw undropped; the others get None."""
         owners = [set() for _ in self.dropbp.branches]
         for index, (branch, norm) in enumerate(zip(self.dropbp.branches, self.pre_norms)):
-            module_params = list(self.dropbp._modules[index].parameters())
+            module_params = self.dropbp._parts[index].parameters()
             if norm is not None:
                 module_params += list(norm.parameters())
             owners[index] = {id(p) for p in module_params}

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dropbp.core import DropBP, find_branches
-from dropbp.core.arch_defaults import ARCH_DEFAULTS
 from dropbp.core.errors import ConfigError, NoMatchingBranchError
 from dropbp.core.flops import ModelShape, attention_flops_per_token, mlp_flops_per_token
 
@@ -15,15 +15,19 @@ def hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
+#: The branch module names the (former) hand-kept table gave; structural discovery must find the same ones.
+NAMES = {"gpt2": ("attn", "mlp"), "gpt_neox": ("attention", "mlp")}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_default_branches_per_architecture(arch):
     model = tiny_model(arch, layers=3)
     found = find_branches(model)
-    defaults = ARCH_DEFAULTS[arch]
+    names = NAMES.get(arch, ("self_attn", "mlp"))
     assert [(b.layer, b.kind) for b in found.branches] == [(l, k) for l in range(3) for k in ("attn", "mlp")]
     for branch in found.branches:
-        assert branch.name.endswith("." + getattr(defaults, branch.kind)) and branch.flops > 0
-    assert found.model_type == arch
+        assert branch.name.endswith("." + names[branch.kind == "mlp"]) and branch.flops > 0 and branch.end == ""
+    assert found.model_type == arch and found.shape.gated_mlp == (arch not in NAMES)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -49,11 +53,14 @@ def test_no_match_repeats_patterns_and_leaves_model_untouched():
     assert hook_count(model) == 0
 
 
-def test_unknown_architecture_asks_for_names():
+def test_unknown_architecture_is_found_by_structure_and_a_model_without_blocks_asks_for_names():
     model = tiny_model("llama")
     model.config.model_type = "mystery"
-    with pytest.raises(NoMatchingBranchError, match="known architectures: .*attn='self_attn', mlp='mlp'"):
-        find_branches(model)
+    assert [b.name for b in find_branches(model).branches] == [b.name for b in find_branches(tiny_model()).branches]
+    flat = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    flat.config = model.config
+    with pytest.raises(NoMatchingBranchError, match="found no decoder blocks .*attn='self_attn', mlp='mlp'"):
+        find_branches(flat)
     assert len(find_branches(model, attn="self_attn", mlp="mlp").branches) == 4
 
 
