@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 from dropbp.core.errors import DropBPError
 
-from . import allocate, env, port, recipes_command, train
+from . import allocate, check, env, port, recipes_command, train
 
 #: Subcommands this layer owns, in the order ``--help`` lists them.
-SUBCOMMANDS = (train, recipes_command, port, allocate, env)
+SUBCOMMANDS = (train, recipes_command, port, allocate, check, env)
 COMMAND_GROUP = "dropbp.commands"
 
 
