@@ -24,9 +24,11 @@ ENDS = {"gemma2": ("post_attention_layernorm", "post_feedforward_layernorm"),
 SHAPES = {"gemma2": "sandwich-norm", "gemma3_text": "sandwich-norm", "olmo2": "post-norm", "gptj": "parallel",
           "bloom": "residual inside the branches", "llama": "pre-norm", "opt": "pre-norm"}
 FAST = sorted(set(ONE_PER_SHAPE.values()))
+#: Every type, the ones of ``FAST`` in the fast lane and the rest in ``make test`` only.
+EVERY_TYPE = [t if t in FAST else pytest.param(t, marks=pytest.mark.slow) for t in DECODER_TYPES]
 
 
-@pytest.mark.parametrize("model_type", DECODER_TYPES)
+@pytest.mark.parametrize("model_type", EVERY_TYPE)
 def test_every_decoder_type_is_found_by_structure(model_type):
     model = decoder_model(model_type, layers=3)
     found = find_branches(model)
@@ -76,7 +78,7 @@ def test_gradients_match_the_detach_reference_every_decoder(model_type, method):
     _check_gradients(model_type, method)
 
 
-@pytest.mark.parametrize("model_type", DECODER_TYPES)
+@pytest.mark.parametrize("model_type", EVERY_TYPE)
 def test_flops_model_matches_a_flop_counter(model_type):
     """Each branch's forward FLOPs per token against FlopCounterMode over its modules (eager attention and experts,
     so every product is seen), within 5%: dense, mixture-of-experts and latent-attention blocks."""

@@ -15,7 +15,9 @@ def _folder(tmp_path, model_type):
     return str(folder)
 
 
-@pytest.mark.parametrize("shape,model_type", sorted(ONE_PER_SHAPE.items()))
+@pytest.mark.parametrize("shape,model_type", [
+    item if item[1] in ("llama", "gemma2", "opt") else pytest.param(*item, marks=pytest.mark.slow)
+    for item in sorted(ONE_PER_SHAPE.items())])
 def test_check_finds_and_verifies_one_decoder_per_block_shape(tmp_path, capsys, shape, model_type):
     assert main(["check", _folder(tmp_path, model_type)]) == 0
     out = capsys.readouterr().out
