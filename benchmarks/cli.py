@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   dropbp bench regime --out benchmarks/results/cpu
   dropbp bench compiles --device cpu --steps 200
   dropbp bench compare results/a100 results/gaudi2 --out results/compare
+  dropbp selfcheck --device cuda
   dropbp bench --config benchmarks/configs/throughput-cpu-lora.yaml throughput.steps=5"""
 
 def _runner(main: Callable[..., dict[str, Any]]) -> Callable[[Any, argparse.Namespace], int]:
@@ -64,3 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = add_command(kinds, name, settings_class, _runner(main), help=help_text, epilog=EXAMPLES,
                              description=help_text[0].upper() + help_text[1:] + ".")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register_selfcheck(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dropbp selfcheck`` (the same as ``dropbp bench selfcheck``)."""
+    settings_class, main, help_text = BENCHMARKS["selfcheck"]
+    parser = add_command(subparsers, "selfcheck", settings_class, _runner(main), help=help_text,
+                         epilog="examples:\n  dropbp selfcheck --device cuda\n  dropbp selfcheck --device hpu\n"
+                                "  dropbp selfcheck --device cpu --steps 3",
+                         description=help_text[0].upper() + help_text[1:] + ".")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,16 +5,8 @@
 # four layers are put on the path under their `dropbp.*` names through symbolic links in a temporary folder.
 #   bash benchmarks/gpu_llama2_7b_lora.sh [OUT_DIR]      # default OUT_DIR: benchmarks/results/cuda
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/source_tree.sh"
 OUT=${1:-benchmarks/results/cuda}
-SHIM=$(mktemp -d)
-trap 'rm -rf "$SHIM"' EXIT
-mkdir -p "$SHIM/dropbp"
-for pair in core:dropbp_core backends:backends recipes:recipes benchmarks:benchmarks; do
-  ln -s "$PWD/${pair#*:}" "$SHIM/dropbp/${pair%%:*}"
-done
-export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 $PY -m dropbp.recipes env
 common=(--device cuda --model llama2-7b --method lora --precision bf16 --seq-len 512 --batch-size 1
         --drop-rates 0.5,0.75,0.875 --warmup 3 --steps 20 --quiet)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import compare, compiles, convergence, memory_search, recipe_time, regime, throughput
+from . import compare, compiles, convergence, memory_search, recipe_time, regime, selfcheck, throughput
 
 #: name -> (settings class, main function, one-line help)
 BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                     "a recipe's DropBP setting against DropBP off at the baseline's time, over seeds"),
     "compiles": (compiles.CompilesSettings, compiles.main,
                  "graphs torch.compile builds over training: pool vs bernoulli"),
+    "selfcheck": (selfcheck.SelfcheckSettings, selfcheck.main,
+                  "the engine, the paper's throughput shape and graph counts on one device, in one command"),
     "compare": (compare.CompareSettings, compare.main,
                 "throughput results of several devices side by side (folders from bench throughput)"),
 }

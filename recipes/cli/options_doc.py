@@ -28,6 +28,7 @@ ALLOWED: dict[str, str] = {
     "batch_size": POSITIVE,
     "warmup": "integer >= 0",
     "steps": POSITIVE,
+    "compile_steps": POSITIVE,
     "sampler": "one of the listed samplers",
     "pool_size": POSITIVE,
     "compile": "flag",

@@ -14,7 +14,8 @@ def test_every_option_says_what_it_accepts():
     assert {c for c, _ in commands(parser)} == {"dropbp allocate", "dropbp bench throughput",
                                                  "dropbp bench memory", "dropbp bench convergence",
                                                  "dropbp bench compiles", "dropbp bench regime",
-                                                 "dropbp bench recipe-time", "dropbp bench compare"}
+                                                 "dropbp bench recipe-time", "dropbp bench compare",
+                                                 "dropbp bench selfcheck", "dropbp selfcheck"}
     assert missing(parser) == []
 
 
