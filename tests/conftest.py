@@ -43,11 +43,17 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox")
 def tiny_model(arch: str = "llama", method: str = "full", seed: int = 0, layers: int = 2, width: int = 32):
     """A seeded tiny causal LM, optionally wrapped with PEFT LoRA (adapter B initialised non-zero so that LoRA
     gradients are not trivially zero)."""
+    return seeded_model(tiny_config(arch, layers, width), method, seed)
+
+
+def seeded_model(config, method: str = "full", seed: int = 0, **load):
+    """A causal LM of ``config`` in train mode, initialised from ``seed`` without touching the global generator;
+    with ``method="lora"``, PEFT LoRA whose B is non-zero. ``load``: ``from_config`` keywords."""
     from transformers import AutoModelForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, width))
+        model = AutoModelForCausalLM.from_config(config, **load)
         if method == "lora":
             model = lora(model)
             for name, param in model.named_parameters():

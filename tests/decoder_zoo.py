@@ -56,17 +56,7 @@ def decoder_config(model_type: str, layers: int = 2):
 
 def decoder_model(model_type: str, method: str = "full", seed: int = 0, layers: int = 2):
     """A seeded tiny causal LM of ``model_type`` in train mode, optionally with PEFT LoRA on every linear layer."""
-    from transformers import AutoModelForCausalLM
+    from .conftest import seeded_model
 
-    from .conftest import lora
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(decoder_config(model_type, layers),
-                                                 attn_implementation="eager", experts_implementation="eager")
-        if method == "lora":
-            model = lora(model)
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    torch.nn.init.normal_(param, std=0.02)
-    return model.train()
+    return seeded_model(decoder_config(model_type, layers), method, seed, attn_implementation="eager",
+                        experts_implementation="eager")
