@@ -205,11 +205,11 @@ def residual_argument(module: nn.Module) -> tuple[int, str] | None:
     return (names.index(RESIDUAL_ARGUMENT), RESIDUAL_ARGUMENT) if RESIDUAL_ARGUMENT in names else None
 
 
-def block_layout(block: nn.Module, calls: list[_Call] | None = None, *, mlp: bool = True) -> BlockLayout:
+def block_layout(block: nn.Module, *, mlp: bool = True) -> BlockLayout:
     """The attention and (unless ``mlp`` is False: named by the caller) MLP branches of one decoder block, attention
     first (see the module docstring); raises :class:`NoMatchingBranchError` naming what is missing or ambiguous."""
     children = dict(block.named_children())
-    calls = read_calls(block) if calls is None else calls
+    calls = read_calls(block)
     order = {}
     for position, call in enumerate(calls or []):
         order.setdefault(call.child, position)
@@ -259,11 +259,3 @@ def _parallel(calls: list[_Call] | None, spans: list[BranchSpan]) -> bool:
     mlp = next((c for c in calls or [] if len(spans) > 1 and c.child == spans[1].first), None)
     return mlp is not None and spans[0].last not in mlp.depends and spans[0].first not in mlp.depends
 
-
-def describe(layout: BlockLayout) -> str:
-    """``attn: self_attn -> post_attention_layernorm; mlp: mlp`` for reports."""
-    parts = []
-    for span in layout.spans:
-        ends = span.first if span.first == span.last else f"{span.first} -> {span.last}"
-        parts.append(f"{span.kind}: {ends}" + (" (adds its residual input)" if span.residual else ""))
-    return "; ".join(parts)
