@@ -131,3 +131,11 @@ def text_windows(tokens: torch.Tensor, step: int, batch: int, seq: int, seed: in
 
     starts = torch.randint(0, len(tokens) - seq, (batch,), generator=step_generator(seed, step, "test-text"))
     return torch.stack([tokens[s:s + seq] for s in starts.tolist()]) % VOCAB
+
+
+def logged_losses(out) -> list[tuple[str, str]]:
+    """``(step, loss)`` of every row of a run folder's ``metrics.csv`` that has a training loss, as written."""
+    import csv
+
+    with open(out / "metrics.csv", newline="") as handle:
+        return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]

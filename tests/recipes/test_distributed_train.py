@@ -2,12 +2,13 @@
 communication, and the losses equal a one-process run with the same global batch."""
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..conftest import logged_losses
 
 SMALL = ("model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}")
@@ -18,8 +19,7 @@ COMMON = ["tiny-tasks", SMALL, "data.packing=true", "data.mask_prompt=false", "t
 
 
 def losses(out: Path) -> list[float]:
-    with open(out / "metrics.csv", newline="") as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
+    return [float(loss) for _, loss in logged_losses(out)]
 
 
 @pytest.mark.slow

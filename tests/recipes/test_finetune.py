@@ -19,6 +19,8 @@ from dropbp.recipes.finetune import FineTune
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
 
+from ..conftest import logged_losses
+
 SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0"]
 
@@ -33,9 +35,7 @@ def run(name: str, out: Path, *overrides: str, resume: bool = False) -> dict:
         job.cleanup()
 
 
-def losses(out: Path) -> list[tuple[str, str]]:
-    with open(out / "metrics.csv", newline="") as handle:
-        return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
+losses = logged_losses
 
 
 def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):

@@ -3,7 +3,6 @@ resumed to 20 ends with the same report() (counters, rates, realised drop fracti
 the same losses as the run that went straight to 20."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
 from dropbp.recipes.finetune import FineTune
+
+from ..conftest import logged_losses
 
 SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0",
@@ -42,8 +43,7 @@ def run(out: Path, overrides: list[str], resume: bool = False) -> dict:
 
 
 def losses(out: Path) -> list[str]:
-    with open(out / "metrics.csv", newline="") as handle:
-        return [row["loss"] for row in csv.DictReader(handle) if row["loss"]]
+    return [loss for _, loss in logged_losses(out)]
 
 
 @pytest.mark.slow  # about 2 s each; the fast lane resumes the engine, the schedules and the adaptive rate in core

@@ -3,7 +3,6 @@ damaged checkpoints are detected and skipped, a diverged run stops with exit cod
 regular files."""
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import signal
@@ -26,6 +25,8 @@ from dropbp.recipes.training.checkpoint import checkpoints, intact_checkpoint, v
 from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.run_lock import RunLock
 from dropbp.recipes.training.stop_signals import StopSignals
+
+from ..conftest import logged_losses
 
 SMALL = ["model.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=4", "train.exact_match=0",
@@ -60,9 +61,7 @@ def run(out: Path, *overrides: str, resume: bool = False, signal_at: int | None 
             fine_tune.cleanup()
 
 
-def losses(out: Path) -> list[tuple[str, str]]:
-    with open(out / "metrics.csv", newline="") as handle:
-        return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
+losses = logged_losses
 
 
 def test_two_runs_on_one_folder_exactly_one_runs(tmp_path):
