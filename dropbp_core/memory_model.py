@@ -14,6 +14,12 @@ Saved activations per token, in elements (``h`` hidden, ``m`` MLP width, ``kv`` 
   kept and nothing otherwise; plus the rotary tables once per sequence.
 
 Activations are in the compute dtype (``act_bytes``), logits and norm statistics in fp32, ids in int64.
+
+**With activation checkpointing** (non-reentrant, ``checkpointing=True``) a block keeps only its input, ``h``
+per token, and only when one of its branches is kept (a block whose branches are all dropped saves nothing, so its
+checkpoint holds nothing either); the head as above, under LoRA even when everything is dropped (checkpointing makes
+the embeddings' output require a gradient); no rotary tables. The backward then recomputes one block at a time:
+:meth:`recompute_peak_per_token` is the largest block's kept activations, held for that block's backward only.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ class MemoryModel:
     lora_rank: int = 0          # 0: full fine-tuning
     act_bytes: int = 4          # bytes per activation element (4 fp32, 2 bf16/fp16)
     weight_bytes: float = 4.0   # bytes per base weight (0.5 * 1.06 for NF4 QLoRA)
+    checkpointing: bool = False  # non-reentrant activation checkpointing of every block
 
     @classmethod
     def from_shape(cls, shape: Any, **kwargs: Any) -> "MemoryModel":
@@ -98,36 +105,61 @@ class MemoryModel:
             return logits_and_final_norm + 8  # labels (int64)
         return logits_and_final_norm + 2 * self.hidden * self.act_bytes + 16  # norm output, head input, ids, labels
 
-    def saved_bytes_per_token(self, mask: Sequence[bool]) -> float:
-        """Saved-activation bytes per token under ``mask`` (True = dropped; branches in forward order: each layer's
-        attention, then its MLP)."""
+    def _layer_bytes(self, mask: Sequence[bool]) -> list[float]:
+        """Per layer, what its kept branches save without checkpointing (pre-norms where a gradient reaches them)."""
         if len(mask) != 2 * self.layers:
             raise ValueError(f"mask needs {2 * self.layers} entries (attention and MLP per layer), got {len(mask)}.")
-        total, grad_flows = 0.0, not self.lora
+        layers, grad_flows = [0.0] * self.layers, not self.lora
         for index, dropped in enumerate(mask):
             if dropped:
                 continue
-            total += (self._kept_attention() if index % 2 == 0 else self._kept_mlp()) + \
+            layers[index // 2] += (self._kept_attention() if index % 2 == 0 else self._kept_mlp()) + \
                 (self._pre_norm() if grad_flows else 0.0)
             grad_flows = True
-        return total + self._head(not all(mask))
+        return layers
+
+    def saved_bytes_per_token(self, mask: Sequence[bool]) -> float:
+        """Saved-activation bytes per token under ``mask`` (True = dropped; branches in forward order: each layer's
+        attention, then its MLP)."""
+        layers = self._layer_bytes(mask)
+        if self.checkpointing:
+            holding = sum(1 for layer in range(self.layers) if not all(mask[2 * layer:2 * layer + 2]))
+            return holding * self.hidden * self.act_bytes + self._head(self.lora or not all(mask))
+        return sum(layers) + self._head(not all(mask))
+
+    def recompute_peak_per_token(self, mask: Sequence[bool]) -> float:
+        """With checkpointing, the activations one block's recomputation holds during its backward (the largest
+        block's); 0 without checkpointing, where they are already in :meth:`saved_bytes_per_token`."""
+        return max(self._layer_bytes(mask)) if self.checkpointing else 0.0
 
     def saved_bytes(self, mask: Sequence[bool], batch: int, seq_len: int) -> float:
         """Saved-activation bytes of one forward pass of ``batch`` sequences of ``seq_len`` tokens."""
         per_token = self.saved_bytes_per_token(mask)
-        rotary = 2 * seq_len * (self.hidden // self.heads) * 4 if per_token else 0.0  # cos and sin, once
+        rotary = 2 * seq_len * (self.hidden // self.heads) * 4 if per_token and not self.checkpointing else 0.0
         return batch * seq_len * per_token + rotary
 
     def saved_bytes_per_token_at(self, kept: float) -> float:
         """Per-token bytes when a share ``kept`` of each kind of branch keeps its backward (a pool sampler's every
-        mask; with independent draws a step may keep everything, so size for ``kept = 1``)."""
-        if self.lora and kept <= 0:
+        mask; with independent draws a step may keep everything, so size for ``kept = 1``). With checkpointing:
+        every block's input (any block may keep a branch) and the head."""
+        if self.lora and kept <= 0 and not self.checkpointing:
             return 0.0
+        if self.checkpointing:
+            return (self.layers * self.hidden * self.act_bytes if kept > 0 else 0.0) + self._head(True)
         branches = kept * self.layers * (self._kept_attention() + self._kept_mlp())
         norms = max(0.0, kept * 2 * self.layers - (1 if self.lora else 0)) * self._pre_norm()
         return branches + norms + self._head(kept > 0)
 
+    def recompute_peak_per_token_at(self, kept: float) -> float:
+        """With checkpointing, one block's recomputed activations at share ``kept`` (both branches kept: the most a
+        block can hold); 0 without."""
+        if not self.checkpointing or kept <= 0:
+            return 0.0
+        return self._kept_attention() + self._kept_mlp() + 2 * self._pre_norm()
+
     def training_bytes(self, batch: int, seq_len: int, kept: float = 1.0, grad_bytes: int | None = None) -> float:
         """Predicted memory of a training step: :meth:`state_bytes` plus the activations saved at share ``kept`` of
-        the branches (what ``dropbp port`` sizes micro-batches by)."""
-        return self.state_bytes(grad_bytes) + batch * seq_len * self.saved_bytes_per_token_at(kept)
+        the branches, plus with checkpointing one block's recomputation (what ``dropbp port`` sizes micro-batches
+        by)."""
+        per_token = self.saved_bytes_per_token_at(kept) + self.recompute_peak_per_token_at(kept)
+        return self.state_bytes(grad_bytes) + batch * seq_len * per_token

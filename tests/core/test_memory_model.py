@@ -25,12 +25,17 @@ def _model(method: str, shape: dict):
     return (lora(model, rank=8) if method == "lora" else model).train()
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["gqa", "mha"])
-def test_predicted_saved_bytes_within_10_percent_at_every_drop_rate(method, shape):
+def test_predicted_saved_bytes_within_10_percent_at_every_drop_rate(method, shape, checkpointing):
     model = _model(method, shape)
+    if checkpointing:  # Hugging Face's non-reentrant checkpointing, as train.gradient_checkpointing sets it
+        base = model.get_base_model() if method == "lora" else model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dropbp = DropBP(model, 0.0, seq_len=48)
-    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if method == "lora" else 0)
+    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if method == "lora" else 0,
+                                       checkpointing=checkpointing)
     batch = torch.randint(0, shape["vocab_size"], (2, 48), generator=torch.Generator().manual_seed(0))
     for rate in (0.0, 0.25, 0.5, 0.75, 0.875):
         pool = PoolSampler([rate] * len(dropbp.branches), dropbp.flops, seed=0, size=8)
@@ -71,3 +76,16 @@ def test_meter_counts_nothing_for_dropped_branches_at_any_depth():
         with dropbp.forced_mask("all"):
             saved.append(saved_activation_bytes(model, batch))
     assert saved[0] == saved[1] > 0  # only the head and the embedding's ids remain
+
+
+def test_checkpointing_keeps_block_inputs_and_one_block_is_recomputed_at_a_time():
+    plain = MemoryModel(hidden=64, intermediate=176, layers=8, heads=4, kv_heads=2, vocab=256)
+    checkpointed = MemoryModel(hidden=64, intermediate=176, layers=8, heads=4, kv_heads=2, vocab=256,
+                               checkpointing=True)
+    everything, first_block_dropped = [False] * 16, [True, True] + [False] * 14
+    assert checkpointed.saved_bytes_per_token(everything) - checkpointed.saved_bytes_per_token(
+        first_block_dropped) == 64 * 4  # a block whose branches are all dropped keeps not even its input
+    assert checkpointed.recompute_peak_per_token(everything) == pytest.approx(
+        (plain.saved_bytes_per_token(everything) - plain.saved_bytes_per_token([True] * 16)) / 8)
+    assert plain.recompute_peak_per_token(everything) == 0.0
+    assert checkpointed.training_bytes(2, 64) < plain.training_bytes(2, 64)
