@@ -21,9 +21,12 @@ from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_fits,
                             check_non_negative, check_number, check_positive, check_seq_len, option_name,
-                            pool_size_field, resolve_sampler, sampler_field, setting)
+                            pool_size_field, resolve_sampler, sampler_field, set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
+
+#: Label prefix of the configurations timed with activation checkpointing on.
+CHECKPOINTED = "checkpointing "
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ThroughputSettings(ModelBenchSettings):
     sampler: str = sampler_field()
     pool_size: int = pool_size_field()
     compile: bool = setting(False, "torch.compile the model and report graph compiles")
+    checkpointing: bool = setting(False, "also time activation checkpointing alone and with DropBP at each rate "
+                                         "(non-reentrant; eager only)")
     compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)")
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)")
     lr: float = setting(1e-5, "AdamW learning rate of the timed steps")
@@ -50,6 +55,8 @@ class ThroughputSettings(ModelBenchSettings):
             p.check(check_positive, self, key, naming=name)
         p.check(check_non_negative, self, "warmup", naming=name)
         p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
+        if self.checkpointing and self.compile:
+            p.add(f"{name('checkpointing')} times eager steps; it cannot be combined with {name('compile')}.")
         if self.model != "auto" and not p.items:
             p.check(check_seq_len, self.model, self.seq_len, name("seq_len"), **self.model_overrides)
 
@@ -72,6 +79,7 @@ class _Config:
     label: str
     drop_rate: float | None           # None: the unwrapped baseline
     masks: Callable[[int], Any]       # step -> mask spec for DropBP.begin_step
+    checkpointing: bool = False       # activation checkpointing on for this configuration
     times: list[float] = field(default_factory=list)
     phases: list[tuple[float, float, float]] = field(default_factory=list)  # (forward, backward, optimizer) s
     peaks: list[int] = field(default_factory=list)
@@ -88,6 +96,9 @@ def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
                                settings.seed, settings.pool_size)
         configs.append(_Config(f"dropbp p={rate:g}", rate, lambda step, s=sampler: s.mask(step).tolist()))
     configs.append(_Config("all dropped", 1.0, lambda step: "all"))
+    if settings.checkpointing:
+        configs += [_Config(CHECKPOINTED + c.label.replace("baseline", "alone"), c.drop_rate, c.masks, True)
+                    for c in configs if c.label != "all dropped" and c.drop_rate != 0.0]
     return configs
 
 
@@ -96,6 +107,7 @@ def _run_step(config: _Config, step: int, runners: dict[bool, StepRunner], dropb
     """One timed training step; returns its (forward, backward, optimizer) seconds, the device synchronised
     between phases so each phase's queued work is counted in it."""
     baseline = config.drop_rate is None
+    set_checkpointing(runners[False].model, config.checkpointing)
     if baseline and not compiled:
         dropbp.remove()  # eager: the baseline is the model with no hooks at all
     else:
@@ -116,6 +128,7 @@ def _saved_bytes(config: _Config, steps: Sequence[int], model: torch.nn.Module, 
                  batch: torch.Tensor) -> tuple[float, float]:
     """Mean saved-activation bytes over the masks of ``steps`` (forward only), and their mean drop fraction."""
     values, fractions = [], []
+    set_checkpointing(model, config.checkpointing)
     for step in steps:
         if config.drop_rate is None:
             dropbp.remove()
@@ -227,6 +240,9 @@ def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, config
     compiles_reported = settings.compile or backend.compiles_per_mask
     entries = {c.label: _entry(c, settings, saved[c.label], dropbp.flops, compiles_reported) for c in configs}
     baseline, all_dropped = entries.pop("baseline"), entries.pop("all dropped")
+    checkpointed = [{**entry, "throughput_increase": baseline["step_time_s"] / entry["step_time_s"] - 1.0,
+                     "saved_activation_vs_baseline": entry["saved_activation_bytes"] / baseline["saved_activation_bytes"]}
+                    for label, entry in list(entries.items()) if label.startswith(CHECKPOINTED) and entries.pop(label)]
     runs = []
     for entry in entries.values():
         q = entry["realized_drop_fraction"]
@@ -258,6 +274,7 @@ def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, config
         "baseline": baseline,
         "all_dropped": all_dropped,
         "runs": runs,
+        "checkpointed": checkpointed,
         "paper_reference": PAPER_THROUGHPUT,
     }
 

@@ -61,6 +61,30 @@ def phase_table(result: dict[str, Any]) -> str:
                            "total (ms)", "reduction"], rows)
 
 
+def checkpointing_section(result: dict[str, Any]) -> list[str]:
+    """With checkpointing timed: every choice's step time and saved activations against the baseline, and the
+    fastest choice that saves no more than checkpointing alone (the pair a user short of memory decides between)."""
+    checkpointed = result.get("checkpointed") or []
+    if not checkpointed:
+        return []
+    base = result["baseline"]
+    choices = [*checkpointed, *result["runs"]]
+    rows = [[c["label"], f"{c['step_time_s']:.4f}", f"{c['throughput_increase']:+.1%}",
+             f"{mib(c['saved_activation_bytes']):.1f}", f"{c['saved_activation_bytes'] / base['saved_activation_bytes']:.0%}",
+             mib(c["peak_mem_bytes"])] for c in choices]
+    alone = next(c for c in checkpointed if c["drop_rate"] is None)
+    fits = [c for c in choices if c["saved_activation_bytes"] <= alone["saved_activation_bytes"] and c is not alone]
+    verdict = (f"At checkpointing's saved activations ({mib(alone['saved_activation_bytes']):.1f} MiB) or less, the "
+               f"fastest choice is {fits and min(fits, key=lambda c: c['step_time_s'])['label'] or 'checkpointing alone'}"
+               + (f", {alone['step_time_s'] / min(c['step_time_s'] for c in fits) - 1:+.0%} throughput against "
+                  "checkpointing alone." if fits else "."))
+    return ["", "With activation checkpointing (non-reentrant), beside DropBP alone; saved activations as the "
+            "saved-tensor hooks count them (with checkpointing: each block's input; the recomputation of one block "
+            "during the backward is not in this column):", "",
+            markdown_table(["config", "step (s)", "vs baseline", "saved act (MiB)", "of baseline's", "peak (MiB)"],
+                           rows), "", verdict]
+
+
 def throughput_markdown(result: dict[str, Any]) -> str:
     """The whole Markdown report: settings line, table, paper reference."""
     shape = result["model_shape"]
@@ -85,6 +109,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         "synchronisation after it):",
         "",
         phase_table(result),
+        *checkpointing_section(result),
         "",
         paper_line(paper),
     ]

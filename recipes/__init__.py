@@ -38,7 +38,7 @@ EXPORTS: dict[str, str] = {
     **_names(_PRESETS, "PRESETS", "METHODS", "check_method", "check_model", "check_seq_len", "llama_config"),
     # models and data
     **_names(_BUILD, "build_model", "apply_method", "build_recipe_model", "check_fits", "check_cpu_4bit_shapes",
-             "quantize_4bit", "load_4bit", "DEFAULT_LORA_RANK"),
+             "quantize_4bit", "load_4bit", "DEFAULT_LORA_RANK", "set_checkpointing"),
     **_names(_CORPUS, "VOCAB_SIZE", "batch_at", "split_corpus", "stdlib_corpus"),
     **_names(_INSTRUCT, "IGNORE", "load_records", "to_windows", "tokenize", "load_data"),
     **_names("dropbp.recipes.data.tasks", "TASK_DATA", "family_folder"),

@@ -29,6 +29,7 @@ ALLOWED: dict[str, str] = {
     "warmup": "integer >= 0",
     "steps": POSITIVE,
     "compile_steps": POSITIVE,
+    "checkpointing": "flag",
     "sampler": "one of the listed samplers",
     "pool_size": POSITIVE,
     "compile": "flag",

@@ -155,6 +155,14 @@ def enable_checkpointing(model: nn.Module) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """:func:`enable_checkpointing`, or turn it off again (the benchmarks switch it between contenders)."""
+    if on:
+        enable_checkpointing(model)
+    else:
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).gradient_checkpointing_disable()
+
+
 def model_vocab_size(spec: ModelSection) -> int | None:
     """The vocabulary size the model will have, where it is known without loading weights."""
     if spec.name in PRESETS:

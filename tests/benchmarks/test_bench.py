@@ -188,6 +188,28 @@ def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp
     assert "| baseline" in capsys.readouterr().out
 
 
+def test_throughput_times_checkpointing_alone_and_with_dropbp(tmp_path, capsys):
+    from dropbp.benchmarks import throughput
+
+    settings = throughput.ThroughputSettings(device="cpu", model="tiny", method="full", drop_rates=(0.75,), seq_len=32,
+                                             batch_size=2, warmup=0, steps=2, memory_masks=1, checkpointing=True,
+                                             model_overrides=SMALL, out=tmp_path / "res")
+    result = throughput.main(settings, progress=False)
+    checkpointed = {c["label"]: c for c in result["checkpointed"]}
+    assert set(checkpointed) == {"checkpointing alone", "checkpointing dropbp p=0.75"}
+    plain = {r["label"]: r for r in result["runs"]}
+    # checkpointing keeps each block's input only: far less than the baseline, and dropping keeps less still
+    alone, both = checkpointed["checkpointing alone"], checkpointed["checkpointing dropbp p=0.75"]
+    assert alone["saved_activation_bytes"] < 0.5 * result["baseline"]["saved_activation_bytes"]
+    assert both["saved_activation_bytes"] < alone["saved_activation_bytes"]
+    assert both["step_times_s"] is not plain["dropbp p=0.75"]["step_times_s"]  # timed on their own
+    assert "fastest choice is" in capsys.readouterr().out
+    from dropbp.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be combined with --compile"):
+        throughput.ThroughputSettings(device="cpu", checkpointing=True, compile=True).validate()
+
+
 @pytest.mark.parametrize("argv,module,settings_class", [
     (["bench", "throughput"], "dropbp.benchmarks.throughput", "ThroughputSettings"),
     (["bench", "memory"], "dropbp.benchmarks.memory_search", "MemorySettings"),
