@@ -17,15 +17,16 @@ import torch
 
 from dropbp.backends import Backend
 from dropbp.core.allocation import uniform_rates
+from dropbp.core.branches import find_blocks
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
-from dropbp.core.memory import saved_activation_bytes
+from dropbp.core.memory import saved_activation_bytes, saved_bytes_by_module
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
 from dropbp.recipes import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model, check_fits,
                             check_positive, environment, markdown_table, mib, option_name, pool_size_field, pyplot,
-                            setting)
+                            set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
@@ -43,6 +44,8 @@ class MemorySettings(ModelBenchSettings):
     batch_size: int = setting(1, "sequences per step")
     max_seq_len: int = setting(65536, "upper end of the search")
     pool_size: int = pool_size_field()
+    checkpointing: bool = setting(False, "also search activation checkpointing alone and with DropBP at each rate "
+                                         "(non-reentrant; on the CPU its peak adds one block's recomputation)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
@@ -95,9 +98,11 @@ class _Prober:
     """Answers "does a step at this length fit?" for one drop rate (None: the unwrapped baseline)."""
 
     def __init__(self, model, dropbp: DropBP, backend, rate: float | None, budget: int | None, pool_size: int,
-                 seed: int, vocab: int, predictor: MemoryModel, autocast: torch.dtype | None = None) -> None:
+                 seed: int, vocab: int, predictor: MemoryModel, autocast: torch.dtype | None = None,
+                 checkpointing: bool = False) -> None:
         self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
-        self.predictor = predictor
+        self.predictor, self.checkpointing = predictor, checkpointing
+        self.blocks = [module for _, module in find_blocks(model)] if checkpointing else []
         self.vocab, self.seed = vocab, seed
         self.masks: list[list[bool]] = [[False] * len(dropbp.branches)]
         if rate is not None and rate > 0:
@@ -118,13 +123,24 @@ class _Prober:
         else:
             self.dropbp.attach()
 
-    def _saved(self, mask: list[bool], batch: torch.Tensor) -> int:
+    def _saved(self, mask: list[bool], batch: torch.Tensor) -> tuple[int, int]:
+        """Saved-activation bytes of a forward under ``mask``, and with checkpointing the largest block's
+        recomputation (what that block saves in a forward without checkpointing), held during its backward."""
         self._wrap()
         with self.dropbp.forced_mask(mask):
-            return saved_activation_bytes(self.model, batch)
+            set_checkpointing(self.model, self.checkpointing)
+            saved = saved_activation_bytes(self.model, batch)
+            set_checkpointing(self.model, False)
+            recompute = max(saved_bytes_by_module(self.model, batch, self.blocks)) if self.checkpointing else 0
+        return saved, recompute
+
+    def _predicted(self, mask: list[bool], batch_size: int, seq_len: int) -> float:
+        return (self.predictor.saved_bytes(mask, batch_size, seq_len)
+                + self.predictor.recompute_peak_per_token(mask) * batch_size * seq_len)
 
     def _device_step(self, mask: list[bool], batch: torch.Tensor) -> tuple[bool, int | None]:
         self._wrap()
+        set_checkpointing(self.model, self.checkpointing)
         self.backend.reset_peak_memory()
         try:
             self.runner.step(0, [batch], mask=None if self.rate is None else mask)
@@ -148,17 +164,18 @@ class _Prober:
             return ok
         saved = {i: self._saved(self.masks[i], batch) for i in indices}
         if self.worst is None:
-            self.worst = max(saved, key=saved.get)
-        used = state + max(saved.values())
-        predicted = self.predictor.saved_bytes(self.masks[self.worst], batch_size, seq_len)
+            self.worst = max(saved, key=lambda i: sum(saved[i]))
+        used = state + sum(saved[self.worst])
+        predicted = self._predicted(self.masks[self.worst], batch_size, seq_len)
         self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used,
-                            "saved_bytes": saved[self.worst], "predicted_saved_bytes": predicted})
+                            "saved_bytes": sum(saved[self.worst]), "recompute_bytes": saved[self.worst][1],
+                            "predicted_saved_bytes": predicted})
         return used <= self.budget
 
     def predicted_longest(self, budget: int, state: int, batch_size: int, upper: int) -> int:
         """The memory model's longest fitting length (same granularity), for the mask the search used."""
         mask = self.masks[self.worst if self.worst is not None else 0]
-        return longest_fitting(lambda s: state + self.predictor.saved_bytes(mask, batch_size, s) <= budget, upper)
+        return longest_fitting(lambda s: state + self._predicted(mask, batch_size, s) <= budget, upper)
 
 
 def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
@@ -180,21 +197,28 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     dropbp = DropBP(model, 0.0, seed=settings.seed)
     width = torch.finfo(dtype).bits // 8
     act_width = torch.finfo(autocast or dtype).bits // 8  # activations are in the autocast dtype
-    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=DEFAULT_LORA_RANK if settings.method != "full" else 0,
-                                       act_bytes=act_width, weight_bytes=width)
+    predictors = {checkpointing: MemoryModel.from_shape(
+        dropbp.shape, lora_rank=DEFAULT_LORA_RANK if settings.method != "full" else 0, act_bytes=act_width,
+        weight_bytes=width, checkpointing=checkpointing) for checkpointing in (False, True)}
+    predictor = predictors[False]
     state = state_bytes(model)
     if budget is not None and state >= budget:
         raise ConfigError(f"--budget-gb {budget / 2**30:g} is smaller than the model's weights and optimizer state "
                           f"({state / 2**30:.3f} GiB); raise it.")
     entries = []
-    bar = progress_bar(total=len(rates) + 1, desc="bench memory", enabled=progress)
-    for rate in [None, *rates]:
+    contenders = [(rate, False) for rate in [None, *rates]]
+    contenders += [(rate, True) for rate in [None, *rates]] if settings.checkpointing else []
+    bar = progress_bar(total=len(contenders), desc="bench memory", enabled=progress)
+    for rate, checkpointing in contenders:
         prober = _Prober(model, dropbp, backend, rate, budget, settings.pool_size, settings.seed,
-                         dropbp.shape.vocab or 256, predictor, autocast)
+                         dropbp.shape.vocab or 256, predictors[checkpointing], autocast, checkpointing)
         best = longest_fitting(lambda s: prober.fits(s, settings.batch_size, state), settings.max_seq_len,
                                on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
-        entry = {"label": "baseline" if rate is None else f"dropbp p={rate:g}", "drop_rate": rate,
-                 "max_seq_len": best, "probes": prober.probes}
+        label = "baseline" if rate is None else f"dropbp p={rate:g}"
+        if checkpointing:
+            label = "checkpointing alone" if rate is None else f"checkpointing + {label}"
+        entry = {"label": label, "drop_rate": rate, "checkpointing": checkpointing, "max_seq_len": best,
+                 "probes": prober.probes}
         if budget is not None:
             entry["predicted_max_seq_len"] = prober.predicted_longest(budget, state, settings.batch_size,
                                                                       settings.max_seq_len)
@@ -216,6 +240,21 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
             "state_bytes": state, "predicted_state_bytes": predictor.state_bytes(), "granularity": GRANULARITY,
             "max_seq_len_searched": settings.max_seq_len,
             "results": entries, "paper_reference": PAPER_MEMORY}
+
+
+def checkpointing_verdict(entries: list[dict[str, Any]]) -> str:
+    """With checkpointing searched: how far checkpointing alone reaches against DropBP alone at its highest rate
+    and both together (empty otherwise)."""
+    alone = next((e for e in entries if e.get("checkpointing") and e["drop_rate"] is None), None)
+    dropbp = [e for e in entries if not e.get("checkpointing") and e["drop_rate"] is not None]
+    both = [e for e in entries if e.get("checkpointing") and e["drop_rate"] is not None]
+    if alone is None or not dropbp or not both:
+        return ""
+    top, top_both = dropbp[-1], both[-1]
+    return (f"\n\nIn this budget checkpointing alone reaches {alone['max_seq_len']} tokens, {top['label']} "
+            f"{top['max_seq_len']}, and both together ({top_both['label']}) {top_both['max_seq_len']}. On the CPU a "
+            "checkpointed step counts the saved block inputs plus the largest block's recomputation (what that "
+            "block saves without checkpointing), which its backward holds for a moment.")
 
 
 def memory_markdown(result: dict[str, Any]) -> str:
@@ -240,6 +279,7 @@ def memory_markdown(result: dict[str, Any]) -> str:
                                            "hit search limit"], rows)
             + "\n\nPredictions are the analytic memory model's (dropbp.core.memory_model), made from the shape alone; "
               "the error compares its saved-activation bytes with the measured ones at every probe."
+            + checkpointing_verdict(result["results"])
             + f"\n\nPaper, for reference (not measured here): {paper['max_seq_len_ratio']}x at p={paper['drop_rate']} "
               f"({paper['setting']}).")
 

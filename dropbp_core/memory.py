@@ -9,12 +9,13 @@ from torch import nn
 
 
 class _Saved:
-    """A box around one saved tensor; autograd holds the box, we hold only a weak reference to it."""
+    """A box around one saved tensor; autograd holds the box, we hold only a weak reference to it. ``label`` is the
+    meter's label when the tensor was saved (which module saved it)."""
 
-    __slots__ = ("tensor", "__weakref__")
+    __slots__ = ("tensor", "label", "__weakref__")
 
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
+    def __init__(self, tensor: torch.Tensor, label: object = None) -> None:
+        self.tensor, self.label = tensor, label
 
 
 class SavedActivationMeter:
@@ -35,6 +36,10 @@ class SavedActivationMeter:
         self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self.bytes = 0
         self.tensors = 0
+        #: Set while a module runs (see :func:`saved_bytes_by_module`); each saved storage counts under the label
+        #: in force when it was first saved, in :attr:`by_label`.
+        self.label: object = None
+        self.by_label: dict[object, int] = {}
 
     @staticmethod
     def _key(tensor: torch.Tensor) -> tuple[str, int]:
@@ -54,7 +59,7 @@ class SavedActivationMeter:
         # The box holds a detached alias (same storage, no grad_fn): holding the tensor itself would close a cycle
         # through C++ (a saved output -> its grad_fn -> the box -> the output) that no collector can free, keeping
         # alive what autograd would have freed at once, e.g. the graph of a pre-norm feeding a dropped branch.
-        box = _Saved(tensor.detach())
+        box = _Saved(tensor.detach(), self.label)
         self._boxes.append(weakref.ref(box))
         return box
 
@@ -73,6 +78,7 @@ class SavedActivationMeter:
         assert self._hooks is not None
         self._hooks.__exit__(exc_type, exc, tb)
         seen: dict[tuple[str, int], int] = {}
+        labels: dict[tuple[str, int], object] = {}
         for ref in self._boxes:
             box = ref()
             if box is None:
@@ -80,8 +86,12 @@ class SavedActivationMeter:
             key = self._key(box.tensor)
             if key not in self._excluded:
                 seen[key] = self._nbytes(box.tensor)
+                labels.setdefault(key, box.label)
         self.bytes = sum(seen.values())
         self.tensors = len(seen)
+        self.by_label = {}
+        for key, size in seen.items():
+            self.by_label[labels[key]] = self.by_label.get(labels[key], 0) + size
         self._boxes.clear()
 
 
@@ -91,3 +101,22 @@ def saved_activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
         loss = model(input_ids=batch, labels=batch).loss
     del loss
     return meter.bytes
+
+
+def saved_bytes_by_module(model: nn.Module, batch: torch.Tensor, modules: list[nn.Module]) -> list[int]:
+    """The saved-activation bytes of one forward pass (as :func:`saved_activation_bytes`) that each of ``modules``
+    (e.g. the decoder blocks, which do not nest) saved while it ran: with activation checkpointing, what recomputing
+    that block holds during its backward."""
+    with SavedActivationMeter(exclude=model) as meter:
+        handles = []
+        for index, module in enumerate(modules):
+            handles.append(module.register_forward_pre_hook(lambda *args, index=index: setattr(meter, "label", index)))
+            handles.append(module.register_forward_hook(lambda *args: setattr(meter, "label", None),
+                                                        always_call=True))
+        try:
+            loss = model(input_ids=batch, labels=batch).loss
+        finally:
+            for handle in handles:
+                handle.remove()
+    del loss
+    return [meter.by_label.get(index, 0) for index in range(len(modules))]

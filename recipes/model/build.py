@@ -152,15 +152,20 @@ def enable_checkpointing(model: nn.Module) -> None:
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
                           "checkpointing; turn it off.")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.24; the older name is deprecated there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def set_checkpointing(model: nn.Module, on: bool) -> None:
     """:func:`enable_checkpointing`, or turn it off again (the benchmarks switch it between contenders)."""
     if on:
         enable_checkpointing(model)
-    else:
-        (model.get_base_model() if hasattr(model, "get_base_model") else model).gradient_checkpointing_disable()
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
 
 
 def model_vocab_size(spec: ModelSection) -> int | None:

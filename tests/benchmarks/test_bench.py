@@ -167,6 +167,23 @@ def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["memory.json", "memory.md", "memory.png"]
 
 
+@pytest.mark.slow
+def test_memory_bench_searches_checkpointing_alone_and_with_dropbp(tmp_path):
+    out = tmp_path / "mem"
+    assert main(["bench", "memory", "--device", "cpu", "--budget-gb", "0.08", "--drop-rates", "0.875",
+                 "--max-seq-len", "1024", "--checkpointing", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "memory.json").read_text())
+    found = {e["label"]: e for e in result["results"]}
+    assert list(found) == ["baseline", "dropbp p=0.875", "checkpointing alone", "checkpointing + dropbp p=0.875"]
+    base, alone = found["baseline"]["max_seq_len"], found["checkpointing alone"]["max_seq_len"]
+    assert 0 < base < alone <= found["checkpointing + dropbp p=0.875"]["max_seq_len"]
+    probes = found["checkpointing alone"]["probes"]
+    assert all(p["recompute_bytes"] > 0 for p in probes)  # one block's recomputation counted in each probe
+    for entry in result["results"]:
+        assert entry["prediction_max_error"] <= 0.10, entry["label"]
+    assert "checkpointing alone reaches" in (out / "memory.md").read_text()
+
+
 def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp_path, monkeypatch, capsys):
     import argparse
 

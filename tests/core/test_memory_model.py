@@ -32,7 +32,7 @@ def test_predicted_saved_bytes_within_10_percent_at_every_drop_rate(method, shap
     model = _model(method, shape)
     if checkpointing:  # Hugging Face's non-reentrant checkpointing, as train.gradient_checkpointing sets it
         base = model.get_base_model() if method == "lora" else model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     dropbp = DropBP(model, 0.0, seq_len=48)
     predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if method == "lora" else 0,
                                        checkpointing=checkpointing)
@@ -89,3 +89,23 @@ def test_checkpointing_keeps_block_inputs_and_one_block_is_recomputed_at_a_time(
         (plain.saved_bytes_per_token(everything) - plain.saved_bytes_per_token([True] * 16)) / 8)
     assert plain.recompute_peak_per_token(everything) == 0.0
     assert checkpointed.training_bytes(2, 64) < plain.training_bytes(2, 64)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_per_block_saved_bytes_match_the_predicted_recomputation(method):
+    """What each block saves in a forward without checkpointing is what recomputing it holds with checkpointing:
+    the meter's per-block attribution against the model's largest block, within 10%."""
+    from dropbp.core.branches import find_blocks
+    from dropbp.core.memory import saved_bytes_by_module
+
+    model = _model(method, SHAPES[0])
+    dropbp = DropBP(model, 0.0, seq_len=48)
+    predictor = MemoryModel.from_shape(dropbp.shape, lora_rank=8 if method == "lora" else 0, checkpointing=True)
+    batch = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+    blocks = [module for _, module in find_blocks(model)]
+    for mask in ([False] * 12, [True, False] * 6, [True] * 6 + [False] * 6):
+        with dropbp.forced_mask(mask):
+            per_block = saved_bytes_by_module(model, batch, blocks)
+            total = saved_activation_bytes(model, batch)
+        assert sum(per_block) <= total
+        assert max(per_block) == pytest.approx(predictor.recompute_peak_per_token(mask) * 2 * 48, rel=0.10), mask
