@@ -11,7 +11,13 @@ prints beside its measurements): weights (4-bit NF4 for QLoRA: 0.5 per parameter
 moments of what trains (every weight for full fine-tuning; the adapters for LoRA), and per token the activations
 saved for backward: each kept branch's share, each branch's pre-norm, and the head. The share kept is ``1 - drop_rate``
 with the ``pool`` sampler (every mask drops its share); with ``bernoulli`` a step may keep every branch, so no
-saving is counted. 15% is kept free. It is an estimate for sizing, not a measurement (``dropbp bench memory``).
+saving is counted. With ``train.gradient_checkpointing`` a block keeps only its input, plus one block's
+recomputation during the backward. 15% is kept free. It is an estimate for sizing, not a measurement (``dropbp
+bench memory``).
+
+Fallbacks change the workload, so they are taken only when asked (``allow_fallback``, names separated by commas):
+``lora`` moves a QLoRA recipe to hardware without 4-bit kernels as LoRA; ``checkpointing`` turns on activation
+checkpointing when the recipe would not fit one device without it (otherwise the error says that it would fit).
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ HUB_SHAPES = {"llama-2-7b": "llama2-7b", "llama-2-13b": "llama2-13b", "llama-2-7
               "meta-llama-3-8b": "llama3-8b", "llama-3.1-8b": "llama3-8b"}
 HEADROOM = 0.85
 MAX_MICRO_BATCH = 64
+FALLBACKS = ("lora", "checkpointing")
 
 
 @dataclass
@@ -80,11 +87,25 @@ def memory_bytes(recipe: Recipe, shape: dict[str, int], micro_batch: int, device
     method = recipe.model.method
     act_width = torch.finfo(autocast or weights).bits // 8
     model = MemoryModel.from_shape(shape, lora_rank=0 if method == "full" else recipe.model.lora_rank,
-                                   act_bytes=act_width, weight_bytes=0.5 * 1.06 if method == "qlora" else width)
+                                   act_bytes=act_width, weight_bytes=0.5 * 1.06 if method == "qlora" else width,
+                                   checkpointing=recipe.train.gradient_checkpointing)
     sampler = recipe.dropbp.sampler
     pool = sampler == "pool" or (sampler == "auto" and compiles_per_mask)  # auto is pool where masks compile
     kept = 1.0 - recipe.dropbp.drop_rate if pool else 1.0
     return model.training_bytes(micro_batch, recipe.data.seq_len, kept, grad_bytes=width)
+
+
+def _fallbacks(allow_fallback: str | None) -> set[str]:
+    chosen = {name.strip() for name in (allow_fallback or "").split(",") if name.strip()}
+    unknown = sorted(chosen - set(FALLBACKS))
+    if unknown:
+        raise ConfigError(f"--allow-fallback takes {' and/or '.join(FALLBACKS)} (comma-separated), got "
+                          f"{allow_fallback!r}.")
+    return chosen
+
+
+def _with_checkpointing(recipe: Recipe) -> Recipe:
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, gradient_checkpointing=True))
 
 
 def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterProfile, *, nodes: int = 1,
@@ -93,6 +114,7 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
     reason when it cannot move."""
     if not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"--nodes must be an integer >= 1, got {nodes!r}.")
+    fallbacks = _fallbacks(allow_fallback)
     changes: list[Change] = []
     model, train, dropbp = recipe.model, recipe.train, recipe.dropbp
 
@@ -101,15 +123,13 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
             changes.append(Change(key, before, after, reason))
 
     if model.method == "qlora" and not target.qlora:
-        if allow_fallback != "lora":
+        if "lora" not in fallbacks:
             raise ConfigError(f"{recipe.name} uses QLoRA (bitsandbytes 4-bit kernels), which {target.name} does not "
                               f"have; it cannot move as it is. --allow-fallback lora ports it with LoRA on bf16 "
                               f"weights instead (the change is listed).")
         model = dataclasses.replace(model, method="lora")
         change("model.method", "qlora", "lora", f"no bitsandbytes 4-bit kernels on {target.name} (--allow-fallback "
                                                 "lora)")
-    elif allow_fallback not in (None, "lora"):
-        raise ConfigError(f"--allow-fallback must be lora, got {allow_fallback!r}.")
     precision = train.precision
     if precision not in ("auto", *target.precisions):
         precision = "mixed-bf16" if "mixed-bf16" in target.precisions else "fp32"
@@ -143,9 +163,23 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
         micro = min(train.micro_batch_size, per_rank)
         reason = "model shape unknown without its weights: the micro-batch is kept, not sized"
     else:
-        fitting = [b for b in range(1, min(per_rank, MAX_MICRO_BATCH) + 1)
-                   if per_rank % b == 0
-                   and memory_bytes(ported, shape, b, target.device, target.compiles_per_mask) <= budget]
+        def fitting_batches(candidate: Recipe) -> list[int]:
+            return [b for b in range(1, min(per_rank, MAX_MICRO_BATCH) + 1) if per_rank % b == 0
+                    and memory_bytes(candidate, shape, b, target.device, target.compiles_per_mask) <= budget]
+
+        fitting = fitting_batches(ported)
+        checkpointed = _with_checkpointing(ported)
+        if not fitting and not ported.train.gradient_checkpointing and fitting_batches(checkpointed):
+            need = memory_bytes(checkpointed, shape, 1, target.device, target.compiles_per_mask) / 1e9
+            if "checkpointing" not in fallbacks:
+                raise ConfigError(
+                    f"{recipe.name} ({ported.model.method}) does not fit one {target.name} device as it is, but would "
+                    f"with activation checkpointing (about {need:.1f} GB at micro-batch 1 against "
+                    f"{target.memory_gb:g} GB): --allow-fallback checkpointing ports it so (about one more forward "
+                    "per step; the change is listed), or set train.gradient_checkpointing=true yourself.")
+            ported, fitting = checkpointed, fitting_batches(checkpointed)
+            change("train.gradient_checkpointing", False, True, f"the recipe does not fit one {target.name} device "
+                                                                "without it (--allow-fallback checkpointing)")
         if not fitting:
             need = memory_bytes(ported, shape, 1, target.device, target.compiles_per_mask) / 1e9
             raise ConfigError(f"{recipe.name} ({ported.model.method}) does not fit one {target.name} device: about "

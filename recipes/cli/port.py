@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", help="a recipe file or a shipped recipe's name")
     parser.add_argument("--to", required=True, choices=cluster_names(), help="target cluster profile")
     parser.add_argument("--nodes", type=int, default=1, help="nodes of the target cluster (default: 1)")
-    parser.add_argument("--allow-fallback", choices=("lora",), default=None,
-                        help="let a QLoRA recipe move to hardware without 4-bit kernels as LoRA")
+    parser.add_argument("--allow-fallback", default=None, metavar="lora,checkpointing",
+                        help="changes to the workload port may make, comma-separated: lora (a QLoRA recipe moves to "
+                             "hardware without 4-bit kernels as LoRA), checkpointing (activation checkpointing where "
+                             "the recipe would not fit one device without it)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the ported recipe here (default: "
                                                                         "print it)")
     parser.set_defaults(run=run)

@@ -83,6 +83,29 @@ def test_qlora_to_gaudi2_needs_the_explicit_fallback():
     assert any(c.key == "model.method" and "fallback" in c.reason for c in changes)
 
 
+def test_checkpointing_is_suggested_where_it_makes_a_recipe_fit_and_taken_only_when_allowed(capsys):
+    recipe = load_recipe(shipped()["paper/llama2-7b-lora-alpaca"], ["data.seq_len=8192", "dropbp.drop_rate=0"],
+                         for_run=False)
+    a100 = load_cluster("a100-80g")
+    with pytest.raises(ConfigError, match="would with activation checkpointing .*--allow-fallback checkpointing"):
+        port_recipe(recipe, None, a100)
+    ported, changes = port_recipe(recipe, None, a100, allow_fallback="checkpointing")
+    assert ported.train.gradient_checkpointing and ported.train.micro_batch_size >= 1
+    assert any(c.key == "train.gradient_checkpointing" and "--allow-fallback checkpointing" in c.reason
+               for c in changes)
+    assert port_recipe(recipe, None, a100, allow_fallback="lora,checkpointing")[0] == ported
+    # a recipe that asks for checkpointing itself is sized with it: a larger micro-batch than without
+    short = load_recipe(shipped()["paper/llama2-7b-lora-alpaca"], ["data.seq_len=1024"], for_run=False)
+    plain = port_recipe(short, None, a100)[0].train.micro_batch_size
+    checkpointed = port_recipe(dataclasses.replace(short, train=dataclasses.replace(
+        short.train, gradient_checkpointing=True)), None, a100)[0].train.micro_batch_size
+    assert checkpointed > plain
+    with pytest.raises(ConfigError, match="--allow-fallback takes lora and/or checkpointing"):
+        port_recipe(recipe, None, a100, allow_fallback="offload")
+    assert main(["port", "tiny-tasks", "--to", "gaudi2", "--allow-fallback", "everything"]) == 2
+    assert "--allow-fallback takes" in capsys.readouterr().err
+
+
 def test_port_command_writes_a_valid_recipe_and_refuses_cleanly(tmp_path, capsys):
     out = tmp_path / "gaudi2.yaml"
     assert main(["port", "tiny-tasks", "--to", "gaudi2", "-o", str(out)]) == 0
