@@ -75,26 +75,38 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that recompute their forward in the backward (Hugging Face's ``gradient_checkpointing`` flag):
+    the recomputation runs forward hooks a second time, which a measurement by hooks must not see."""
+    return [module for module in model.modules() if getattr(module, "gradient_checkpointing", None) is True]
+
+
 @contextlib.contextmanager
 def isolated(model: nn.Module, dropbp: DropBP | None = None, seed: int = 0) -> Iterator[list[nn.Parameter]]:
     """Inside: trainable parameters with no gradient, the model in train mode, the DropBP hooks attached,
-    generators forked and seeded. Afterwards: the gradients, the train/eval state, whether the hooks were attached
-    and every generator's state are what they were."""
+    activation checkpointing off (the measurement's one backward keeps its activations), generators forked and
+    seeded. Afterwards: the gradients, the train/eval state, whether the hooks were attached, checkpointing and
+    every generator's state are what they were."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
     training = model.training
     was_attached = dropbp is None or dropbp.attached
     if dropbp is not None:
         dropbp.attach()
+    recomputing = checkpointed_layers(model)
     with seeded(seed, _device(model)):
         for param in params:
             param.grad = None
+        for layer in recomputing:
+            layer.gradient_checkpointing = False
         model.train()
         try:
             yield params
         finally:
             for param, grad in zip(params, saved):
                 param.grad = grad
+            for layer in recomputing:
+                layer.gradient_checkpointing = True
             model.train(training)
             if not was_attached:
                 dropbp.remove()
@@ -327,6 +339,10 @@ class OnlineSensitivity:
         _check_batch(sample_batch)
         if not 0 <= decay < 1:
             raise ConfigError(f"decay must be in [0, 1), got {decay}.")
+        if checkpointed_layers(model):
+            raise ConfigError("online sensitivity reads the gradients of ordinary training steps, which activation "
+                              "checkpointing recomputes out of its sight; use allocation sensitivity (measured once, "
+                              "with checkpointing paused) or turn checkpointing off.")
         self.model, self.dropbp, self.decay = model, dropbp, decay
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.probe = GradientProbe(model, dropbp, find_pre_norms(model, dropbp, sample_batch))

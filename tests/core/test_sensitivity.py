@@ -12,7 +12,7 @@ from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, 
 from dropbp.core.errors import AllocationError, ConfigError
 from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
-from ..conftest import source_text_tokens, text_windows, tiny_model
+from ..conftest import source_text_tokens, text_windows, tiny_model, token_batch
 
 LAYERS = 4
 
@@ -116,3 +116,24 @@ def test_sensitivity_schedule_at_ten_percent(text):
         schedule.before_step(step, batch)
     assert [e["step"] for e in schedule.events] == [2]
     assert abs(schedule.events[0]["drop_fraction"] - 0.875) < 1e-6
+
+
+@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])
+def test_activation_checkpointing_is_paused_for_the_measurement_and_refused_online(method):
+    """Checkpointing reruns forward hooks in the backward: measured as it is, fast sensitivity came out different
+    (by half, on the first branch of a QLoRA model). Paused during the measurement, every estimate is the same, and
+    checkpointing is back on afterwards; the online estimate, which reads ordinary steps, refuses it."""
+    from dropbp.core.sensitivity import checkpointed_layers
+
+    model = tiny_model("llama", method, layers=3)
+    dropbp = DropBP(model, 0.5)
+    batch = token_batch()
+    plain = [fast_sensitivity(model, dropbp, batch).values, exact_sensitivity(model, dropbp, batch).values]
+    base = model.get_base_model() if method == "lora" else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = checkpointed_layers(model)
+    assert len(layers) == 4  # the three decoder layers and the model that holds them (its flag as well)
+    assert [fast_sensitivity(model, dropbp, batch).values, exact_sensitivity(model, dropbp, batch).values] == plain
+    assert checkpointed_layers(model) == layers
+    with pytest.raises(ConfigError, match="online sensitivity .* activation checkpointing"):
+        OnlineSensitivity(model, dropbp, batch)

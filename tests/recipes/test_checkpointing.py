@@ -58,23 +58,23 @@ def test_recomputation_follows_the_mask():
     assert recomputed == [0, 0, 1, 1, 1, 1]  # the dropped attention of block 1 reruns only because its MLP needs it
 
 
-@pytest.mark.slow  # two 20-step tiny-tasks runs; the fast lane keeps the gradient and recomputation tests
-def test_a_recipe_with_checkpointing_trains_with_the_same_losses():
-    def losses(out, *extra):
-        recipe = load_recipe(shipped()["tiny-tasks"], ["train.steps=20", "train.eval_every=0", "train.exact_match=0",
-                                                       *extra], device="cpu")
-        job = FineTune(recipe, out, progress=False)
-        job.setup()
-        try:
-            return [float(r["loss"]) for r in job.train()["rows"] if r["loss"]]
-        finally:
-            job.cleanup()
+def _recipe_losses(name, out, *extra):
+    recipe = load_recipe(shipped()[name], ["train.steps=20", "train.eval_every=0", "train.exact_match=0", *extra],
+                         device="cpu")
+    job = FineTune(recipe, out, progress=False)
+    job.setup()
+    try:
+        return [float(r["loss"]) for r in job.train()["rows"] if r["loss"]]
+    finally:
+        job.cleanup()
 
-    import tempfile
-    from pathlib import Path
 
-    with tempfile.TemporaryDirectory() as folder:
-        plain = losses(Path(folder) / "a")
-        checkpointed = losses(Path(folder) / "b", "train.gradient_checkpointing=true")
+@pytest.mark.slow  # two 20-step runs per recipe; the fast lane keeps the gradient and recomputation tests
+@pytest.mark.parametrize("name", ["tiny-tasks", "tiny-tasks-qlora"])
+def test_a_recipe_with_checkpointing_trains_with_the_same_losses(tmp_path, name):
+    """The tiny-tasks recipe (its own method) and its QLoRA variant (NF4 base weights through bitsandbytes on the CPU): checkpointing changes
+    memory, not the run."""
+    plain = _recipe_losses(name, tmp_path / "a")
+    checkpointed = _recipe_losses(name, tmp_path / "b", "train.gradient_checkpointing=true")
     assert len(plain) == 20
     torch.testing.assert_close(torch.tensor(checkpointed), torch.tensor(plain), rtol=1e-5, atol=0)
