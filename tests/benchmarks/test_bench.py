@@ -171,7 +171,7 @@ def test_memory_bench_end_to_end_longer_sequences_when_dropping(tmp_path):
 def test_memory_bench_searches_checkpointing_alone_and_with_dropbp(tmp_path):
     out = tmp_path / "mem"
     assert main(["bench", "memory", "--device", "cpu", "--budget-gb", "0.08", "--drop-rates", "0.875",
-                 "--max-seq-len", "1024", "--checkpointing", "--out", str(out), "--quiet"]) == 0
+                 "--max-seq-len", "512", "--checkpointing", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "memory.json").read_text())
     found = {e["label"]: e for e in result["results"]}
     assert list(found) == ["baseline", "dropbp p=0.875", "checkpointing alone", "checkpointing + dropbp p=0.875"]
