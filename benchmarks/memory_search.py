@@ -20,7 +20,7 @@ from dropbp.core.allocation import uniform_rates
 from dropbp.core.branches import find_blocks
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
-from dropbp.core.memory import saved_activation_bytes, saved_bytes_by_module
+from dropbp.core.memory import captured_block_inputs, rerun_saved_bytes, saved_activation_bytes
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
@@ -66,28 +66,54 @@ def state_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def longest_fitting(fits: Callable[[int], bool], upper: int, start: int = 256, on_probe=None) -> int:
-    """Largest multiple of ``GRANULARITY`` up to ``upper`` for which ``fits`` holds (0 if none), by doubling from
-    ``start`` and then bisecting. ``fits`` must be monotone (longer never fits where shorter does not)."""
-    lo, hi = 0, None
-    probe = min(start, upper)
-    while hi is None:
+def longest_fitting(fits: Callable[[int], bool], upper: int, start: int = 256, on_probe=None,
+                    guess: int | None = None) -> int:
+    """Largest multiple of ``GRANULARITY`` up to ``upper`` for which ``fits`` holds (0 if none). Without ``guess``,
+    by doubling from ``start`` and then bisecting; with one (e.g. the memory model's answer), by stepping out from
+    it until the answer is bracketed, then bisecting, which spends fewer of the probes at long lengths, the costly
+    ones. ``fits`` must be monotone (longer never fits where shorter does not); both ways give the same answer."""
+    def probe(length: int) -> bool:
         if on_probe:
-            on_probe(probe)
-        if fits(probe):
-            lo = probe
-            if probe >= upper:
-                return lo
-            probe = min(probe * 2, upper)
+            on_probe(length)
+        return fits(length)
+
+    lo, hi = 0, None
+    if guess is None:
+        length = min(start, upper)
+        while hi is None:
+            if probe(length):
+                lo = length
+                if length >= upper:
+                    return lo
+                length = min(length * 2, upper)
+            else:
+                hi = length
+    else:
+        step = max(GRANULARITY, guess // 16 // GRANULARITY * GRANULARITY)
+        length = min(max(guess // GRANULARITY * GRANULARITY, GRANULARITY), upper)
+        if probe(length):
+            lo = length
+            while hi is None:
+                if lo >= upper:
+                    return lo
+                length, step = min(lo + step, upper), step * 2
+                if probe(length):
+                    lo = length
+                else:
+                    hi = length
         else:
-            hi = probe
+            hi = length
+            while (length := (hi - step) // GRANULARITY * GRANULARITY) >= GRANULARITY:
+                step *= 2
+                if probe(length):
+                    lo = length
+                    break
+                hi = length
     while hi - lo > GRANULARITY:
         mid = (lo + hi) // 2 // GRANULARITY * GRANULARITY
         if mid <= lo:
             break
-        if on_probe:
-            on_probe(mid)
-        if fits(mid):
+        if probe(mid):
             lo = mid
         else:
             hi = mid
@@ -102,13 +128,13 @@ class _Prober:
                  checkpointing: bool = False) -> None:
         self.model, self.dropbp, self.backend, self.rate, self.budget = model, dropbp, backend, rate, budget
         self.predictor, self.checkpointing = predictor, checkpointing
-        self.blocks = [module for _, module in find_blocks(model)] if checkpointing else []
+        self.blocks = [module for _, module in find_blocks(model)]
         self.vocab, self.seed = vocab, seed
         self.masks: list[list[bool]] = [[False] * len(dropbp.branches)]
         if rate is not None and rate > 0:
             pool = PoolSampler(uniform_rates(len(dropbp.branches), rate), dropbp.flops, seed, pool_size)
             self.masks = [row.tolist() for row in pool.pool]
-        self.worst: int | None = None  # index of the pool entry that saved the most at the first probe
+        self.worst: int | None = None  # index of the pool entry that saves the most (see choose_worst)
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         self.runner = StepRunner(model, backend, self.optimizer, None if rate is None else dropbp, autocast)
         self.probes: list[dict[str, Any]] = []
@@ -123,16 +149,37 @@ class _Prober:
         else:
             self.dropbp.attach()
 
+    def _recomputed_blocks(self, mask: list[bool]) -> list[torch.nn.Module]:
+        """For each distinct set of branches ``mask`` keeps in a block, the deepest block that keeps it: blocks
+        alike in what they keep save alike, so measuring these bounds the largest recomputation."""
+        layers = sorted({branch.layer for branch in self.dropbp.branches})
+        deepest: dict[tuple[bool, ...], torch.nn.Module] = {}
+        for layer, block in zip(layers, self.blocks):
+            deepest[tuple(drop for drop, branch in zip(mask, self.dropbp.branches) if branch.layer == layer)] = block
+        return list(deepest.values())
+
     def _saved(self, mask: list[bool], batch: torch.Tensor) -> tuple[int, int]:
         """Saved-activation bytes of a forward under ``mask``, and with checkpointing the largest block's
-        recomputation (what that block saves in a forward without checkpointing), held during its backward."""
+        recomputation (what that block saves run again without checkpointing), held during its backward."""
         self._wrap()
         with self.dropbp.forced_mask(mask):
-            set_checkpointing(self.model, self.checkpointing)
-            saved = saved_activation_bytes(self.model, batch)
-            set_checkpointing(self.model, False)
-            recompute = max(saved_bytes_by_module(self.model, batch, self.blocks)) if self.checkpointing else 0
-        return saved, recompute
+            if not self.checkpointing:
+                return saved_activation_bytes(self.model, batch), 0
+            blocks = self._recomputed_blocks(mask)
+            set_checkpointing(self.model, True)
+            try:
+                with captured_block_inputs(blocks) as inputs:
+                    saved = saved_activation_bytes(self.model, batch)
+            finally:
+                set_checkpointing(self.model, False)
+            return saved, max(rerun_saved_bytes(self.model, blocks[i], *inputs[i]) for i in inputs)
+
+    def choose_worst(self, batch_size: int, seq_len: int = 256) -> None:
+        """Find the pool entry that saves the most, at a short length (cheap; saved bytes grow with the length
+        alike for every entry). Only the CPU's counted budget uses it: a device probe runs every entry."""
+        batch = self._batch(seq_len, batch_size)
+        saved = [sum(self._saved(mask, batch)) for mask in self.masks]
+        self.worst = max(range(len(saved)), key=saved.__getitem__)
 
     def _predicted(self, mask: list[bool], batch_size: int, seq_len: int) -> float:
         return (self.predictor.saved_bytes(mask, batch_size, seq_len)
@@ -155,20 +202,19 @@ class _Prober:
 
     def fits(self, seq_len: int, batch_size: int, state: int) -> bool:
         batch = self._batch(seq_len, batch_size)
-        indices = range(len(self.masks)) if self.worst is None else [self.worst]
         if self.budget is None:  # device memory: a real step must not run out of memory
-            results = [self._device_step(self.masks[i], batch) for i in indices]
+            results = [self._device_step(mask, batch) for mask in self.masks]
             ok = all(r[0] for r in results)
             self.probes.append({"seq_len": seq_len, "fits": ok, "peak_mem_bytes": max(
                 (r[1] for r in results if r[1] is not None), default=None)})
             return ok
-        saved = {i: self._saved(self.masks[i], batch) for i in indices}
         if self.worst is None:
-            self.worst = max(saved, key=lambda i: sum(saved[i]))
-        used = state + sum(saved[self.worst])
+            self.choose_worst(batch_size)
+        saved = self._saved(self.masks[self.worst], batch)
+        used = state + sum(saved)
         predicted = self._predicted(self.masks[self.worst], batch_size, seq_len)
         self.probes.append({"seq_len": seq_len, "fits": used <= self.budget, "bytes": used,
-                            "saved_bytes": sum(saved[self.worst]), "recompute_bytes": saved[self.worst][1],
+                            "saved_bytes": sum(saved), "recompute_bytes": saved[1],
                             "predicted_saved_bytes": predicted})
         return used <= self.budget
 
@@ -212,8 +258,12 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
     for rate, checkpointing in contenders:
         prober = _Prober(model, dropbp, backend, rate, budget, settings.pool_size, settings.seed,
                          dropbp.shape.vocab or 256, predictors[checkpointing], autocast, checkpointing)
+        guess = None
+        if budget is not None:  # start the search at the memory model's answer, for the mask that saves the most
+            prober.choose_worst(settings.batch_size)
+            guess = prober.predicted_longest(budget, state, settings.batch_size, settings.max_seq_len)
         best = longest_fitting(lambda s: prober.fits(s, settings.batch_size, state), settings.max_seq_len,
-                               on_probe=lambda s: bar.set_postfix(rate=rate, seq=s))
+                               on_probe=lambda s: bar.set_postfix(rate=rate, seq=s), guess=guess or None)
         label = "baseline" if rate is None else f"dropbp p={rate:g}"
         if checkpointing:
             label = "checkpointing alone" if rate is None else f"checkpointing + {label}"

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,3 +123,38 @@ def saved_bytes_by_module(model: nn.Module, batch: torch.Tensor, modules: list[n
                 handle.remove()
     del loss
     return [meter.by_label.get(index, 0) for index in range(len(modules))]
+
+
+_CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "layer_past")
+BlockInputs = dict[int, tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+@contextmanager
+def captured_block_inputs(blocks: Sequence[nn.Module]) -> Iterator[BlockInputs]:
+    """Inside the block, the positional and keyword arguments each of ``blocks`` is first called with, by index."""
+    captured: BlockInputs = {}
+
+    def capture(index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.setdefault(index, (args, dict(kwargs)))
+        return hook
+
+    handles = [block.register_forward_pre_hook(capture(index), with_kwargs=True) for index, block in enumerate(blocks)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def rerun_saved_bytes(model: nn.Module, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """What ``block`` saves for backward when it runs again on the inputs it had (see
+    :func:`captured_block_inputs`), with no key/value cache. With activation checkpointing switched off for the
+    rerun, that is what recomputing the block holds during its backward; the caller switches it."""
+    kwargs = {**kwargs, **{name: None for name in _CACHE_ARGUMENTS if name in kwargs}}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    with torch.enable_grad(), SavedActivationMeter(exclude=model) as meter:
+        out = block(*args, **kwargs)
+    del out
+    return meter.bytes

@@ -5,8 +5,13 @@ import copy
 
 import pytest
 import torch
+from hypothesis import settings
 
 from dropbp.core.seeding import seeded
+
+# Property tests draw the same examples on every run (CI must be deterministic) and keep no example database.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 VOCAB = 64
 

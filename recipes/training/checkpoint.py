@@ -89,7 +89,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save(rng, staging / "rng.pt")
         (staging / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
-        (staging / MANIFEST).write_text(json.dumps(manifest(staging), indent=2) + "\n")
+        (staging / MANIFEST).write_text(manifest_text(manifest(staging)), encoding="utf-8")
         _fsync_tree(staging)
         if final.exists():  # the same step saved again (e.g. the end of a run that was saved at that step)
             shutil.rmtree(final)
@@ -125,6 +125,12 @@ def manifest(folder: Path) -> dict[str, Any]:
                       for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}}
 
 
+def manifest_text(table: dict[str, Any]) -> str:
+    """The one way a manifest is written, so that reading it back can check it is byte for byte what was written
+    (a manifest cut short by its last newline still parses, but is damaged all the same)."""
+    return json.dumps(table, indent=2) + "\n"
+
+
 def verify_checkpoint(folder: Path) -> str | None:
     """None when every file of the checkpoint matches its manifest; else what is wrong, in a few words (a checkpoint
     without a manifest cannot be verified, so it counts as damaged)."""
@@ -132,9 +138,13 @@ def verify_checkpoint(folder: Path) -> str | None:
     if not path.is_file() or path.is_symlink():
         return f"{MANIFEST} is missing"
     try:
-        expected = json.loads(path.read_text(encoding="utf-8"))["files"]
+        text = path.read_text(encoding="utf-8")
+        table = json.loads(text)
+        expected = table["files"]
         if not isinstance(expected, dict):
             return "its manifest is not a file table"
+        if manifest_text(table) != text:
+            return f"its {MANIFEST} was changed after it was written"
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"its {MANIFEST} does not read ({type(err).__name__})"
     for name, facts in sorted(expected.items()):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from dropbp import backends
 from dropbp.benchmarks.convergence import ConvergenceSettings, run_convergence
@@ -97,6 +100,21 @@ def test_memory_search_bisection():
     probes = []
     longest_fitting(lambda s: s <= 5000, upper=65536, on_probe=probes.append)
     assert len(probes) < 20
+
+
+@given(limit=st.integers(0, 20000), upper=st.integers(1, 20000), guess=st.integers(1, 30000))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_memory_search_from_a_guess_finds_what_doubling_finds(limit, upper, guess):
+    """Starting at a guess (the memory model's answer) changes which lengths are probed, never the answer."""
+    fits = lambda s: s <= limit  # noqa: E731
+    assert longest_fitting(fits, upper, guess=guess) == longest_fitting(fits, upper)
+
+
+def test_memory_search_from_a_close_guess_probes_fewer_long_lengths():
+    plain, guessed = [], []
+    longest_fitting(lambda s: s <= 11000, 16384, on_probe=plain.append)
+    longest_fitting(lambda s: s <= 11000, 16384, on_probe=guessed.append, guess=10500)
+    assert sum(s >= 4096 for s in guessed) < sum(s >= 4096 for s in plain)
 
 
 def test_throughput_splits_forward_backward_and_optimizer(small_result):

@@ -174,6 +174,15 @@ def test_random_damage_to_a_checkpoint_is_always_detected(saved_checkpoint, tmp_
     shutil.rmtree(folder)
 
 
+def test_a_manifest_cut_by_its_last_newline_is_damaged(saved_checkpoint, tmp_path):
+    """Found by the property test above: such a manifest still parses to the same table."""
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(saved_checkpoint, folder)
+    manifest = folder / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:-1])
+    assert verify_checkpoint(folder) == "its manifest.json was changed after it was written"
+
+
 def test_the_divergence_guard_stops_non_finite_and_exploding_losses():
     guard = DivergenceGuard(factor=10)
     for step, loss in enumerate([3.0, 2.5, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.01, 0.3], 1):
