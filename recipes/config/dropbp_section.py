@@ -39,11 +39,15 @@ class DropScheduleSection:
                                        "continuous with bernoulli); adaptive: its rates from 0 to drop_rate "
                                        "(none: 4)")
     window: int = setting(20, "adaptive: optimizer steps per decision (the loss is averaged over a window)")
+    confidence: float = setting(2.0, "adaptive: a probe to a higher rate is adopted only when it learns more per unit "
+                                     "of compute by this many standard errors (0: any gain, which loss noise alone "
+                                     "can give)")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
         p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
         _int(p, "dropbp.schedule.window", self.window, 1)
+        p.check(check_number, "dropbp.schedule.confidence", self.confidence, low=0)
         p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
         _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
         _int(p, "dropbp.schedule.stages", self.stages, 2)

@@ -24,7 +24,8 @@ def rate_schedule(section: DropScheduleSection, total_steps: int, sampler: str,
     cost, made only for it), or a fixed schedule (linear and cosine quantised to 4 rates with the pool sampler unless
     ``levels`` says otherwise, so the masks stay bounded)."""
     if section.kind == "adaptive":
-        return AdaptiveRate(window=section.window, levels=section.levels or 4, step_cost=flops())
+        return AdaptiveRate(window=section.window, levels=section.levels or 4, confidence=section.confidence,
+                            step_cost=flops())
     if section.is_constant:
         return None
     levels = section.levels

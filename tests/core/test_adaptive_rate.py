@@ -52,10 +52,41 @@ def test_the_probe_window_runs_at_the_probe_level():
     assert seen == [0.0] * W + [0.5] * W + [0.0] * W  # level 0, probe 1 (of 0..2), level 0
 
 
+def probing(controller: AdaptiveRate) -> bool:
+    """Whether the next window is a probe."""
+    return controller.phase == 1 and not controller.wait
+
+
+def feed_windows(controller: AdaptiveRate, windows: int, per_step, noise: float = 0.0, seed: int = 0) -> None:
+    """``windows`` windows, each with losses falling by ``per_step(probe)`` per step (probe: whether it is a probe
+    window), plus uniform noise of half-width ``noise``."""
+    import random
+
+    draw, loss, step = random.Random(seed), 10.0, controller._next_step
+    for _ in range(windows):
+        fall = per_step(probing(controller))
+        for _ in range(controller.window):
+            controller.observe(step, loss + draw.uniform(-noise, noise))
+            loss -= fall
+            step += 1
+
+
 def test_a_rising_loss_never_raises_the_rate():
     controller = AdaptiveRate(window=W, levels=4)
-    feed(controller, [0.1, -0.2, 0.1] * 4)
+    feed_windows(controller, 40, lambda probe: -0.2 if probe else 0.1)
     assert controller.level == 0 and not any(entry["moved"] for entry in controller.history)
+
+
+def test_noise_alone_does_not_raise_the_rate_and_refused_probes_come_ever_rarer():
+    """Windows at any rate learn alike, under loss noise far larger than the window's fall: a controller without
+    the confidence gate climbs on the noise, the gated one stays at exact backprop, probing less and less often."""
+    gated, ungated = AdaptiveRate(window=20, levels=4), AdaptiveRate(window=20, levels=4, confidence=0.0)
+    for controller in (gated, ungated):
+        feed_windows(controller, 120, lambda probe: 0.01, noise=0.5, seed=3)
+    assert any(entry["moved"] for entry in ungated.history)
+    assert gated.level == 0 and not any(entry["moved"] for entry in gated.history)
+    assert len(gated.history) < len(ungated.history) / 2  # it waited between its refused probes
+    assert gated.patience == gated.max_wait
 
 
 def test_decisions_are_deterministic_and_resume_exactly():
