@@ -22,13 +22,18 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/dropbp bench throughput --device auto
 
+# Tests run on one worker per core (at most 4; pytest-xdist), one PyTorch thread each, a test file per worker at a
+# time (so module fixtures are built once). PYTEST_WORKERS=0 runs them in this process instead.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
+
 # The architecture check (layers only import downward), then every test. This is what CI runs.
 test: $(STAMP) lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
-# The inner loop: the architecture check and every test not marked slow (under a minute on 2 cores).
+# The inner loop: the architecture check and every test not marked slow.
 test-fast: $(STAMP) lint-imports
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports --no-cache

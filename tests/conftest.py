@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ from dropbp.core.seeding import seeded
 # Property tests draw the same examples on every run (CI must be deterministic) and keep no example database.
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.load_profile("deterministic")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one PyTorch thread each (their subprocesses too), not two per core.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 VOCAB = 64
 
