@@ -62,8 +62,9 @@ def phase_table(result: dict[str, Any]) -> str:
 
 
 def checkpointing_section(result: dict[str, Any]) -> list[str]:
-    """With checkpointing timed: every choice's step time and saved activations against the baseline, and the
-    fastest choice that saves no more than checkpointing alone (the pair a user short of memory decides between)."""
+    """With checkpointing timed: every choice's step time and saved activations against the baseline; the fastest
+    choice that saves no more than checkpointing alone (equal memory), and the one that saves least among those at
+    least as fast as the baseline (equal speed): the pairs a user short of memory decides between."""
     checkpointed = result.get("checkpointed") or []
     if not checkpointed:
         return []
@@ -78,6 +79,12 @@ def checkpointing_section(result: dict[str, Any]) -> list[str]:
                f"fastest choice is {fits and min(fits, key=lambda c: c['step_time_s'])['label'] or 'checkpointing alone'}"
                + (f", {alone['step_time_s'] / min(c['step_time_s'] for c in fits) - 1:+.0%} throughput against "
                   "checkpointing alone." if fits else "."))
+    quick = [c for c in choices if c["step_time_s"] <= base["step_time_s"]]
+    if quick:  # the other pair: as fast as the baseline, which choice keeps the least
+        least = min(quick, key=lambda c: c["saved_activation_bytes"])
+        verdict += (f" At the baseline's step time or faster, the least memory is {least['label']}: "
+                    f"{least['saved_activation_bytes'] / base['saved_activation_bytes']:.0%} of the baseline's saved "
+                    f"activations, {least['throughput_increase']:+.0%} throughput.")
     return ["", "With activation checkpointing (non-reentrant), beside DropBP alone; saved activations as the "
             "saved-tensor hooks count them (with checkpointing: each block's input; the recomputation of one block "
             "during the backward is not in this column):", "",

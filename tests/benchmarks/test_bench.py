@@ -223,6 +223,25 @@ def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp
     assert "| baseline" in capsys.readouterr().out
 
 
+def test_the_checkpointing_section_names_the_pairs_at_equal_memory_and_at_equal_speed():
+    from dropbp.benchmarks.throughput_report import checkpointing_section
+
+    def choice(label, rate, step, saved):
+        return {"label": label, "drop_rate": rate, "step_time_s": step, "throughput_increase": 10.0 / step - 1,
+                "saved_activation_bytes": saved * 2**20, "peak_mem_bytes": None}
+
+    result = {"baseline": choice("baseline", None, 10.0, 100),
+              "runs": [choice("dropbp p=0.5", 0.5, 7.0, 50), choice("dropbp p=0.875", 0.875, 4.0, 12)],
+              "checkpointed": [choice("checkpointing alone", None, 13.0, 5),
+                               choice("checkpointing dropbp p=0.5", 0.5, 9.0, 4),
+                               choice("checkpointing dropbp p=0.875", 0.875, 5.0, 1)]}
+    verdict = checkpointing_section(result)[-1]
+    assert "(5.0 MiB) or less, the fastest choice is checkpointing dropbp p=0.875, +160% throughput" in verdict
+    assert "the least memory is checkpointing dropbp p=0.875: 1% of the baseline's saved activations, +100%" in verdict
+    result["checkpointed"][2]["step_time_s"] = 11.0  # now slower than the baseline: not in the equal-speed pair
+    assert "the least memory is checkpointing dropbp p=0.5: 4%" in checkpointing_section(result)[-1]
+
+
 def test_throughput_times_checkpointing_alone_and_with_dropbp(tmp_path, capsys):
     from dropbp.benchmarks import throughput
 
