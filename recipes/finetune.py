@@ -115,7 +115,7 @@ class FineTune:
                                                                    / per_step))
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         if recipe.train.gradient_checkpointing:
-            enable_checkpointing(self.model)
+            enable_checkpointing(self.model, reentrant=recipe.train.checkpointing_reentrant)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
         self.schedule: AllocationSchedule | None = None
         self.technique: Applied | None = None

@@ -168,6 +168,10 @@ class TrainSection:
     gradient_checkpointing: bool = setting(False, "recompute each block's activations in the backward instead of "
                                                   "keeping them (non-reentrant; with DropBP, dropped branches stay "
                                                   "dropped); less memory, about one more forward")
+    checkpointing_reentrant: bool = setting(False, "with gradient_checkpointing: PyTorch's reentrant variant instead "
+                                                   "(it recomputes a whole block whenever a gradient passes it, even "
+                                                   "one whose branches are all dropped; for models or wrappers that "
+                                                   "need it)")
     divergence_factor: float = setting(10.0, "exit 3 when a loss is not finite, or over this many times its running "
                                              "mean and the run's first losses (0: non-finite only)")
 

@@ -145,18 +145,22 @@ def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype,
     return add_adapters(model, spec, seed)
 
 
-def enable_checkpointing(model: nn.Module) -> None:
-    """Hugging Face activation checkpointing, non-reentrant (it recomputes only what a kept path unpacks, and
-    needs no input that requires a gradient), on the base model under any PEFT wrapper."""
+def enable_checkpointing(model: nn.Module, reentrant: bool = False) -> None:
+    """Hugging Face activation checkpointing on the base model under any PEFT wrapper: non-reentrant by default (it
+    recomputes only what a kept path unpacks, and needs no input that requires a gradient); the reentrant variant
+    on request, with the embeddings' output made to require a gradient (else, with frozen embeddings as under
+    LoRA, no gradient would reach a checkpointed block)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
                           "checkpointing; turn it off.")
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": reentrant}
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.24; the older name is deprecated there
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if reentrant:
+        base.enable_input_require_grads()
 
 
 def set_checkpointing(model: nn.Module, on: bool) -> None:

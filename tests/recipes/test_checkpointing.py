@@ -12,20 +12,21 @@ from dropbp.recipes.model.build import apply_method, build_model, enable_checkpo
 SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
 
 
-def model_with(method: str, checkpointing: bool) -> torch.nn.Module:
+def model_with(method: str, checkpointing: bool, reentrant: bool = False) -> torch.nn.Module:
     model = apply_method(build_model("tiny", seed=3, **SHAPE), method, lora_rank=4, seed=3)
     if checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, reentrant=reentrant)
     return model.train()
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_checkpointing_gives_the_gradients_of_no_checkpointing_under_random_masks(method):
+def test_checkpointing_gives_the_gradients_of_no_checkpointing_under_random_masks(method, reentrant):
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     masks = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) < 0.5
     grads = {}
     for checkpointing in (False, True):
-        model = model_with(method, checkpointing)
+        model = model_with(method, checkpointing, reentrant)
         dropbp = DropBP(model, drop_rate=0.5, seed=0)
         grads[checkpointing] = []
         for mask in masks.tolist():
