@@ -226,9 +226,10 @@ def study_schedule(kind: str, total: int) -> RateSchedule:
 
 
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
-    """The cache folder's key: every setting but the results folder, the device and the threads a run actually
-    uses (every wall time depends on them)."""
-    return cache_key({**settings.to_dict(), "out": None, "device": backend.name,
+    """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
+    names its contender, so a study of fewer contenders reuses the runs it shares with a larger one), the device
+    and the threads a run actually uses (every wall time depends on them)."""
+    return cache_key({**settings.to_dict(), "out": None, "contenders": None, "device": backend.name,
                       "torch_threads": torch.get_num_threads()})
 
 

@@ -71,6 +71,9 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     again = run_regime(small(), cpu, progress=False)
     assert again["pretrain"]["from_cache"] is True
     assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
+    fewer = run_regime(small(contenders=("baseline", "dropbp")), cpu, progress=False)  # a subset: nothing trains
+    assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
+    assert fewer["runs"][:2] == again["runs"][:2]
     table = regime_markdown(again)
     for row in again["summary"]:  # every contender has its row, with its chosen learning rate
         assert f"| {row['label']} " in table and f"| {row['lr']:g} " in table
