@@ -168,8 +168,8 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
                     and memory_bytes(candidate, shape, b, target.device, target.compiles_per_mask) <= budget]
 
         fitting = fitting_batches(ported)
-        checkpointed = _with_checkpointing(ported)
-        if not fitting and not ported.train.gradient_checkpointing and fitting_batches(checkpointed):
+        checkpointed = None if fitting or ported.train.gradient_checkpointing else _with_checkpointing(ported)
+        if checkpointed is not None and (fitting_checkpointed := fitting_batches(checkpointed)):
             need = memory_bytes(checkpointed, shape, 1, target.device, target.compiles_per_mask) / 1e9
             if "checkpointing" not in fallbacks:
                 raise ConfigError(
@@ -177,7 +177,7 @@ def port_recipe(recipe: Recipe, source: ClusterProfile | None, target: ClusterPr
                     f"with activation checkpointing (about {need:.1f} GB at micro-batch 1 against "
                     f"{target.memory_gb:g} GB): --allow-fallback checkpointing ports it so (about one more forward "
                     "per step; the change is listed), or set train.gradient_checkpointing=true yourself.")
-            ported, fitting = checkpointed, fitting_batches(checkpointed)
+            ported, fitting = checkpointed, fitting_checkpointed
             change("train.gradient_checkpointing", False, True, f"the recipe does not fit one {target.name} device "
                                                                 "without it (--allow-fallback checkpointing)")
         if not fitting:
