@@ -54,12 +54,14 @@ class RecipeLoader(yaml.SafeLoader):
 
 def quote_key(key: Any) -> str:
     """A key as an error message quotes it: as it is when it looks like a key (letters, digits, ``_.-``, at most
-    :data:`QUOTED_KEY` characters), else the repr of its first 12 characters (an error never echoes a line of a
-    file given by mistake, such as a password file)."""
+    :data:`QUOTED_KEY` characters), else the repr of its key-like start (at most 12 characters, up to the first
+    other character) and "...": an error never echoes a line of a file given by mistake, such as the hash field of
+    a password file."""
     text = str(key)
     if re.fullmatch(rf"[A-Za-z0-9_.\-]{{1,{QUOTED_KEY}}}", text):
         return text
-    return repr(text[:12]) + ("..." if len(text) > 12 else "")
+    start = re.match(r"[A-Za-z0-9_.\-]{0,12}", text).group(0)
+    return repr(start) + "..."
 
 
 def _check_size(data: Any, source: str) -> None:

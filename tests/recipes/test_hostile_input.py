@@ -54,7 +54,7 @@ def test_a_file_given_by_mistake_is_not_echoed(tmp_path, capsys):
     path = tmp_path / "shadow"
     path.write_text(secret + "\n")
     err = refused(capsys, "recipes", "validate", str(path))
-    assert "Zq9AbCdEfGhIjKlMnOp" not in err and "unknown key 'root:$6$Zq9A'..." in err
+    assert "Zq9A" not in err and "$6$" not in err and "unknown key 'root'..." in err
 
 
 def test_non_utf8_files_are_named(tmp_path, capsys):
