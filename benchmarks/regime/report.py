@@ -22,6 +22,7 @@ class RegimeRun(TrainRun):
     seed: int = 0
     epochs: float = 1.0
     time_to_target_s: float | None = None
+    measured_time_s: float | None = None  # the step clock's total where the times are a step-time model's
 
     @property
     def final_exact_match(self) -> float:

@@ -13,23 +13,19 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.progress import progress_bar
-from dropbp.core.adaptive_rate import AdaptiveRate
-from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
-from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.seeding import seeded
-from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import DROPBP_TECHNIQUES, apply_technique
-from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, apply_method, family_folder, batch_at, build_model,
-                            environment, load_records, lr_scheduler, quantize_4bit, stdlib_corpus, step_costs,
-                            teacher_forced_exact_match, to_windows, tokenize, write_text_atomic)
+from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, family_folder, batch_at, build_model,
+                            environment, load_records, lr_scheduler, stdlib_corpus, teacher_forced_exact_match,
+                            to_windows, tokenize, write_text_atomic)
 
 from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE
 from .report import RegimeRun, summarise
-from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings, plan
+from .step_time import cached_calibration, modelled
+from .settings import Contender, RegimeSettings, plan
+from .trainer import batch_indices, prepare
 
 #: The tasks the learn regime pre-trains on (strings; the numbers family is wholly new to it).
 PRETRAIN_TASKS = ("Repeat the word.", "Write the word in capitals.")
@@ -136,100 +132,54 @@ def _pretrained_state(settings: RegimeSettings, backend: Backend,
     return cached_pretraining("regime-pretrained", described, model, pretrain)
 
 
-def _build(settings: RegimeSettings, state: dict[str, torch.Tensor], seed: int, backend: Backend) -> torch.nn.Module:
-    model = build_model("tiny", seed=1234, **settings.model_overrides)
-    model.load_state_dict(state, strict=False)
-    if settings.method == "qlora":
-        model = quantize_4bit(model, backend)
-    return apply_method(model, "lora", lora_rank=settings.lora_rank, seed=seed).train()
-
-
 def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettings, state: dict[str, torch.Tensor],
               data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> RegimeRun:
     """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
-    summary."""
-    model = _build(settings, state, seed, backend)
-    flops_model = StepFlops(model, settings.seq_len, backward=1.0)  # LoRA/QLoRA: input gradients only
+    summary (its time measured by the step clock; the study replaces it by the step-time model's)."""
     epochs = settings.epochs if epochs is None else epochs
     total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
-    applied = None
-    if contender.family != "baseline":
-        technique = "dropbp" if contender.family in DROPBP_FAMILIES else contender.family
-        options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
-        if technique in DROPBP_TECHNIQUES:
-            options["seq_len"] = settings.seq_len
-        if contender.family == "schedule":
-            options["schedule"] = study_schedule(contender.schedule, total)
-        if contender.family.startswith("adaptive"):
-            options["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
-        applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
-    policy = None if applied is None else applied.policy
-    trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
-    schedule = None
-    if contender.family in ("sensitivity", "adaptive-sensitivity"):
-        schedule = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate, total_steps=total,
-                                      allocate_at=0.1, seed=seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    runner = StepRunner(model, backend, optimizer, policy,
-                        scheduler=lr_scheduler(optimizer, settings.warmup_steps, total, "cosine"))
+    trainer = prepare(contender, lr, seed, settings, state, backend, total)
     order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
-    loss0, acc0 = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
+    loss0, acc0 = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
     curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
     elapsed = flops = 0.0
     clock, _ = step_clock(backend)
     bar = progress_bar(range(total), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
     for step in bar:
-        start_index = step * settings.batch_size
-        index = torch.tensor([int(order[(start_index + k) % len(order)]) for k in range(settings.batch_size)])
-        ids, labels = data.train_ids[index], data.train_labels[index]
+        index = batch_indices(order, step, settings.batch_size)
         backend.synchronize()
         start = clock()
-        if schedule is not None:
-            schedule.before_step(step, {"input_ids": ids, "labels": labels})
-        loss = runner.step(step, [(ids, labels)]).loss
-        if isinstance(policy, DropBP) and isinstance(policy.schedule, AdaptiveRate):
-            policy.schedule.observe(step, loss)
+        _, step_flops = trainer.step(step, data.train_ids[index], data.train_labels[index])
         backend.synchronize()
         elapsed += clock() - start
-        tokens = ids.numel()
-        if isinstance(policy, DropBP):  # a freeze-dropbp engine covers the top blocks only: the bottom are frozen
-            mask = (False,) * (len(flops_model.names) - len(policy.mask)) + policy.mask
-            flops += flops_model.step(tokens, no_backward=mask, trained_from=trained_from)
-        elif contender.family in ("layerdrop", "pld"):
-            flops += flops_model.step(tokens, skipped_blocks=policy.mask)
-        else:
-            flops += flops_model.step(tokens, trained_from=trained_from)
+        flops += step_flops
         if (step + 1) % settings.eval_every == 0 or step + 1 == total:
-            val_loss, accuracy = teacher_forced_exact_match(model, data.val_ids, data.val_labels)
+            val_loss, accuracy = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
             curve.append(CurvePoint(step=step + 1, examples=(step + 1) * settings.batch_size, time_s=elapsed,
                                     flops=flops, val_loss=val_loss, exact_match=accuracy))
             bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
     bar.close()
-    realized = policy.realized_drop_fraction() if policy is not None else 0.0
-    if applied is not None:
-        applied.remove()
+    realized = trainer.close()
     return RegimeRun(label=contender.label, steps=total, train_time_s=elapsed, train_flops=flops, curve=curve,
                      realized_drop_fraction=realized, family=contender.family, rate=contender.rate, lr=lr, seed=seed,
                      epochs=epochs)
 
 
-#: Contender families that are DropBP with some rate policy.
-DROPBP_FAMILIES = ("sensitivity", "schedule", "adaptive", "adaptive-sensitivity")
-
-
-def study_schedule(kind: str, total: int) -> RateSchedule:
-    """A schedule contender's drop-rate schedule over ``total`` steps: a decay to 0 (cosine, linear, steps), or
-    ``warmup``: exact backprop for the first quarter, then the asked rate."""
-    if kind == "warmup":
-        return RateSchedule("constant", total_steps=total, warmup_steps=total // 4)
-    return RateSchedule(kind, total_steps=total, end=0.0)
+def clock_description(backend: Backend, time_model: Any) -> str:
+    """How the study's times were taken, for the report."""
+    measured = step_clock(backend)[1]
+    if time_model is None:
+        return measured
+    return (f"step-time model's ({time_model.per_step_s * 1e3:.1f} ms per step + {time_model.per_flop_s * 1e12:.2f} "
+            f"s per TFLOP, fitted to {len(time_model.points)} configurations timed in interleaved rounds by the "
+            f"{measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
 
 
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
     """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
     names its contender, so a study of fewer contenders reuses the runs it shares with a larger one), the device
     and the threads a run actually uses (every wall time depends on them)."""
-    return cache_key({**settings.to_dict(), "out": None, "contenders": None, "device": backend.name,
+    return cache_key({**settings.to_dict(), "out": None, "contenders": None, "time_model": None, "device": backend.name,
                       "torch_threads": torch.get_num_threads()})
 
 
@@ -265,6 +215,11 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     for contender in contenders:
         for seed in settings.seeds:
             runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
+    time_model = None
+    if settings.time_model:
+        time_model = cached_calibration(folder, settings, state, data, backend, contenders)
+        runs = [modelled(r, time_model) for r in runs]
+        sweep = {label: [modelled(r, time_model) for r in mine] for label, mine in sweep.items()}
     equal_time: list[RegimeRun] = []
     if settings.equal_time:
         base_time = statistics.fmean(r.train_time_s for r in runs if r.family == "baseline")
@@ -273,8 +228,9 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
             epochs = round(settings.epochs * base_time / own, 2)
             if epochs <= settings.epochs * 1.05:
                 continue  # no faster than the baseline: nothing to add
-            equal_time += [_cached_run(folder, contender, chosen[contender.label], seed, *args, epochs=epochs)
-                           for seed in settings.seeds]
+            longer = [_cached_run(folder, contender, chosen[contender.label], seed, *args, epochs=epochs)
+                      for seed in settings.seeds]
+            equal_time += [modelled(r, time_model) for r in longer] if time_model else longer
     rows = summarise(runs, contenders, equal_time)
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
             "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
@@ -282,6 +238,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
             "sweep": {label: [{"lr": r.lr, "final_val_loss": r.final_val_loss,
                                "final_exact_match": r.final_exact_match} for r in runs]
                       for label, runs in sweep.items()},
-            "clock": step_clock(backend)[1], "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
+            "clock": clock_description(backend, time_model),
+            "step_time_model": None if time_model is None else time_model.to_dict(), "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
             "equal_time_runs": [r.to_dict() for r in equal_time], "cache": str(folder),
             "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}

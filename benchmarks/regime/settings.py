@@ -64,6 +64,10 @@ class RegimeSettings(BenchSettings):
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)")
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training")
     threads: int = setting(1, "CPU threads for every run (0: PyTorch's default)")
+    time_model: bool = setting(True, "read every run's time through a step-time model (seconds = a + b * FLOPs per "
+                                     "step) fitted to the study's configurations timed in interleaved rounds, so "
+                                     "machine load during one run does not move its time; false: each run's own "
+                                     "step clock")
     equal_time: bool = setting(True, "then train each contender faster than the baseline for the baseline's wall "
                                      "time (more epochs at its own speed, same learning rate) and compare there too")
     model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,

@@ -69,6 +69,7 @@ ALLOWED: dict[str, str] = {
     "pld_gamma_scale": "finite number >= 0",
     "threads": "integer >= 0",
     "equal_time": "flag",
+    "time_model": "flag",
     "recipe": "a shipped recipe (dropbp recipes ls) or a recipe file",
     "overrides": "comma-separated key=value, each a recipe field (docs/OPTIONS.md, dropbp train)",
     "loss_margin": "finite number >= 0",

@@ -8,7 +8,8 @@ import pytest
 from dropbp import backends
 from dropbp.core.step_flops import StepFlops
 from dropbp.benchmarks.regime import RegimeSettings, plan, regime_figure, regime_markdown, run_regime, task_data
-from dropbp.benchmarks.regime.run import pretrain_stream, pretrain_text, study_schedule
+from dropbp.benchmarks.regime.run import pretrain_stream, pretrain_text
+from dropbp.benchmarks.regime.trainer import study_schedule
 from dropbp.core.errors import ConfigError
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -73,7 +74,18 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
     fewer = run_regime(small(contenders=("baseline", "dropbp")), cpu, progress=False)  # a subset: nothing trains
     assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
-    assert fewer["runs"][:2] == again["runs"][:2]
+    def trained(run):  # what training produced; the times are the study's step-time model's
+        return [(p["step"], p["flops"], p["val_loss"]) for p in run["curve"]], run["measured_time_s"]
+
+    assert [trained(r) for r in fewer["runs"][:2]] == [trained(r) for r in again["runs"][:2]]
+    model = again["step_time_model"]
+    assert model["per_flop_s"] > 0 and {p["label"] for p in model["points"]} >= {"baseline", "DropBP p=0.5"}
+    for run in again["runs"] + again["equal_time_runs"]:  # every time is the model's reading of steps and FLOPs
+        for point in run["curve"]:
+            assert point["time_s"] == pytest.approx(model["per_step_s"] * point["step"]
+                                                    + model["per_flop_s"] * point["flops"])
+        assert run["measured_time_s"] > 0
+    assert len(list((tmp_path / "cache").glob("regime-runs-*/step-time-*.json"))) == 2  # full study, subset
     table = regime_markdown(again)
     for row in again["summary"]:  # every contender has its row, with its chosen learning rate
         assert f"| {row['label']} " in table and f"| {row['lr']:g} " in table

@@ -1,0 +1,90 @@
+"""The regime study's clock: a step-time model (seconds = a + b * FLOPs per step) fitted to the study's own
+configurations timed in interleaved rounds, and each run's times read through it.
+
+Every DropBP contender, whatever its rate policy (uniform, sensitivity, schedules, adaptive), is timed as uniform
+DropBP at the rates it can use, the baseline as itself, and every other technique (freezing, freezing + DropBP,
+LayerDrop, PLD) as itself: their time per FLOP may differ from DropBP's. A run's time at step ``s`` of its curve is
+then ``a * s + b * (its FLOPs so far)``, where its FLOPs come from the FLOPs model step by step (the masks it drew,
+the rates it used).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropbp.backends import Backend
+from dropbp.recipes import write_text_atomic
+
+from ..harness import step_clock
+from ..step_time_model import StepTimeModel, fit_step_time, time_interleaved
+from .report import RegimeRun
+from .settings import Contender, RegimeSettings
+from .trainer import DROPBP_FAMILIES, batch_indices, prepare
+
+#: Uniform DropBP rates timed for the study's DropBP contenders (with their own rates added).
+CALIBRATION_RATES = (0.25, 0.5, 0.75)
+
+
+def calibration_contenders(contenders: list[Contender]) -> list[Contender]:
+    """What is timed: the baseline, uniform DropBP at :data:`CALIBRATION_RATES` and every DropBP contender's rate,
+    and each contender of another technique as itself."""
+    rates = set(CALIBRATION_RATES)
+    others = []
+    for contender in contenders:
+        if contender.family in ("dropbp", *DROPBP_FAMILIES):
+            rates.add(contender.rate)
+        elif contender.family != "baseline":
+            others.append(contender)
+    dropbp = [Contender(f"DropBP p={rate:g}", "dropbp", rate) for rate in sorted(rates) if rate > 0]
+    return [Contender("baseline", "baseline"), *dropbp, *others]
+
+
+def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any, backend: Backend,
+              contenders: list[Contender], *, rounds: int = 5, steps: int = 6) -> StepTimeModel:
+    """Time every calibration configuration (seed 0, the sweep's middle learning rate) in interleaved rounds and
+    fit the step-time model to the medians."""
+    lr = sorted(settings.lrs)[len(settings.lrs) // 2]
+    total = rounds * steps + 2
+    order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(0))
+    trainers = {c.label: prepare(c, lr, 0, settings, state, backend, total) for c in calibration_contenders(contenders)}
+
+    def stepper(trainer: Any) -> Any:
+        def run(step: int) -> float:
+            index = batch_indices(order, step, settings.batch_size)
+            return trainer.step(step, data.train_ids[index], data.train_labels[index])[1]
+        return run
+
+    clock, _ = step_clock(backend)
+    points = time_interleaved({label: stepper(t) for label, t in trainers.items()}, clock, rounds=rounds,
+                              steps=steps, synchronize=backend.synchronize)
+    for trainer in trainers.values():
+        trainer.close()
+    return fit_step_time(points)
+
+
+def cached_calibration(folder: Path, settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any,
+                       backend: Backend, contenders: list[Contender]) -> StepTimeModel:
+    """:func:`calibrate`, once per study: kept in the run cache beside the runs, keyed by what is timed (so a
+    study of fewer contenders times again only when it times something else)."""
+    labels = "|".join(c.label for c in calibration_contenders(contenders))
+    path = folder / f"step-time-{hashlib.sha256(labels.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return StepTimeModel.from_dict(json.loads(path.read_text()))
+    model = calibrate(settings, state, data, backend, contenders)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(model.to_dict()))
+    return model
+
+
+def modelled(run: RegimeRun, model: StepTimeModel) -> RegimeRun:
+    """``run`` with its times read through ``model`` (every curve point and the total); the step clock's total is
+    kept as ``measured_time_s``."""
+    curve = [dataclasses.replace(point, time_s=model.seconds(point.step, point.flops)) for point in run.curve]
+    measured = run.measured_time_s if run.measured_time_s is not None else run.train_time_s
+    return dataclasses.replace(run, curve=curve, train_time_s=model.seconds(run.steps, run.train_flops),
+                               measured_time_s=measured)
