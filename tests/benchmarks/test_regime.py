@@ -167,9 +167,12 @@ def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
     base = [run("baseline", "baseline", s, [2.0, 1.0, 0.5], [0.0, 0.5, 0.9]) for s in (0, 1)]
     quick = [run("q", "dropbp", 0, [2.0, 0.5, 0.4], [0.0, 0.9, 0.95]),  # reaches 0.5 at 10 s, not 20: 2x
              run("q", "dropbp", 1, [2.0, 1.5, 0.6], [0.0, 0.5, 0.85])]  # +20% loss, -5 points: does not hold
+    quick[0]["realized_drop_fraction"], quick[1]["realized_drop_fraction"] = 0.5, 0.25
     result = {"settings": {"regime": "adapt", "family": "numbers"}, "runs": base + quick, "equal_time_runs": [],
               "summary": [{"label": "baseline", "family": "baseline"}, {"label": "q", "family": "dropbp"}]}
     (row,) = study_rows(result)
     assert row["holds"] == 1 and row["loss_speedup"] == [2.0] and row["match_speedup"] == [2.0]
     assert row["loss_ratio"] == pytest.approx((0.8 + 1.2) / 2)
+    assert row["drop"] == pytest.approx(0.375)
     assert "| adapt, numbers | q " in verdict_markdown([result]) and "2.00x (1/2)" in verdict_markdown([result])
+    assert "| 0.38 " in verdict_markdown([result])  # the realised drop column
