@@ -178,9 +178,16 @@ def clock_description(backend: Backend, time_model: Any) -> str:
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
     """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
     names its contender, so a study of fewer contenders reuses the runs it shares with a larger one), the device
-    and the threads a run actually uses (every wall time depends on them)."""
-    return cache_key({**settings.to_dict(), "out": None, "contenders": None, "time_model": None, "device": backend.name,
+    and the threads a run actually uses (every wall time depends on them). :data:`READING_SETTINGS` are left out
+    altogether (not even as None), so adding one keeps every run cached before it."""
+    described = {k: v for k, v in settings.to_dict().items() if k not in READING_SETTINGS}
+    return cache_key({**described, "out": None, "contenders": None, "device": backend.name,
                       "torch_threads": torch.get_num_threads()})
+
+
+#: Settings that change how finished runs are read, or only add runs of their own key (``equal_time``), not what
+#: any run trains: not part of the run cache's key.
+READING_SETTINGS = ("time_model", "equal_time")
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,

@@ -101,6 +101,15 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     assert all(r["epochs"] > 0.02 and r["steps"] > again["steps_per_run"] for r in longer)
 
 
+def test_the_run_cache_key_ignores_settings_that_only_read_runs():
+    from dropbp.benchmarks.regime import runs_key
+
+    cpu = backends.get("cpu")
+    key = runs_key(small(), cpu)
+    assert runs_key(small(time_model=False, equal_time=False, contenders=("baseline",)), cpu) == key
+    assert runs_key(small(epochs=0.03), cpu) != key
+
+
 def test_regimes_differ_in_what_pretraining_saw_and_families_in_what_is_fine_tuned():
     strings, numbers = task_data(40, "strings"), task_data(48, "numbers")
     assert len(strings.train_ids) == 5888 and len(numbers.train_ids) == 3800
