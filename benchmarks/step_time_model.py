@@ -47,14 +47,17 @@ class StepTimeModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StepTimeModel":
-        """The model back from :meth:`to_dict`."""
-        return cls(float(data["per_step_s"]), float(data["per_flop_s"]), tuple(dict(p) for p in data["points"]))
+        """The model fitted again to the measurements :meth:`to_dict` kept (so a kept calibration is read by
+        today's fit)."""
+        return fit_step_time([dict(p) for p in data["points"]])
 
 
 def fit_step_time(points: list[dict[str, Any]]) -> StepTimeModel:
-    """Least-squares line through ``points`` (each with ``flops`` and ``seconds`` per step), both coefficients kept
-    non-negative (a step never costs less than nothing); one point, or points of one FLOPs count, give a model
-    proportional to FLOPs."""
+    """Least-squares line through ``points`` (each with ``flops`` and ``seconds`` per step). The intercept may be
+    negative: every step runs a whole forward, so a step's FLOPs never fall near 0, and a backward FLOP often costs
+    more time than a forward one (a line through the measured steps then meets 0 seconds at a positive FLOPs count).
+    The line must rise with FLOPs and give every measured configuration a positive time; otherwise time is taken
+    proportional to FLOPs. One point, or points of one FLOPs count, give the proportional model."""
     if not points:
         raise ValueError("fit_step_time needs at least one measured configuration.")
     xs, ys = [float(p["flops"]) for p in points], [float(p["seconds"]) for p in points]
@@ -63,13 +66,11 @@ def fit_step_time(points: list[dict[str, Any]]) -> StepTimeModel:
     if spread > 0:
         slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread
         intercept = mean_y - slope * mean_x
-        if slope >= 0 and intercept >= 0:
+        if slope >= 0 and intercept + slope * min(xs) > 0:
             return StepTimeModel(intercept, slope, tuple(points))
-        if slope < 0:  # time does not grow with FLOPs here: a constant per step
-            return StepTimeModel(mean_y, 0.0, tuple(points))
-    # through the origin: time proportional to FLOPs
-    slope = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs) if any(xs) else 0.0
-    return StepTimeModel(0.0 if any(xs) else mean_y, slope, tuple(points))
+    if not any(xs):
+        return StepTimeModel(mean_y, 0.0, tuple(points))
+    return StepTimeModel(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), tuple(points))
 
 
 def time_interleaved(steppers: dict[str, Stepper], clock: Callable[[], float], *, rounds: int, steps: int,

@@ -170,8 +170,8 @@ def clock_description(backend: Backend, time_model: Any) -> str:
     measured = step_clock(backend)[1]
     if time_model is None:
         return measured
-    return (f"step-time model's ({time_model.per_step_s * 1e3:.1f} ms per step + {time_model.per_flop_s * 1e12:.2f} "
-            f"s per TFLOP, fitted to {len(time_model.points)} configurations timed in interleaved rounds by the "
+    return (f"step-time model's (seconds per step = {time_model.per_step_s:+.4f} + {time_model.per_flop_s * 1e9:.4f} "
+            f"x GFLOPs of the step, fitted to {len(time_model.points)} configurations timed in interleaved rounds by the "
             f"{measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
 
 

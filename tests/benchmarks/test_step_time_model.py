@@ -21,11 +21,13 @@ def test_a_line_is_recovered_exactly(intercept, slope, flops):
     assert model.worst_error() < 1e-6
 
 
-def test_the_fit_never_gives_a_step_negative_cost():
-    rising_steeply = fit_step_time(points([(1.0, 0.1), (2.0, 1.0)]))  # the line would cross below zero at 0 FLOPs
-    assert rising_steeply.per_step_s == 0 and rising_steeply.per_flop_s > 0
-    falling = fit_step_time(points([(1.0, 1.0), (2.0, 0.5)]))  # time falls with FLOPs: a constant per step
-    assert falling.per_flop_s == 0 and falling.per_step_s == pytest.approx(0.75)
+def test_the_fit_gives_every_measured_step_a_positive_time():
+    backward_dear = fit_step_time(points([(2.0, 0.2), (3.0, 1.0)]))  # meets 0 s at 1.75 FLOPs: kept as it is
+    assert backward_dear.per_step_s < 0 and backward_dear.seconds(1, 2.0) == pytest.approx(0.2)
+    too_steep = fit_step_time(points([(1.0, 0.01), (2.0, 0.01), (3.0, 3.0)]))  # the line is below 0 at 1 FLOP
+    assert too_steep.per_step_s == 0 and too_steep.per_flop_s > 0
+    falling = fit_step_time(points([(1.0, 1.0), (2.0, 0.5)]))  # time falls with FLOPs: proportional instead
+    assert falling.per_step_s == 0 and falling.per_flop_s > 0
     single = fit_step_time(points([(4.0, 2.0)]))  # one configuration: proportional to FLOPs
     assert single.seconds(3, 12.0) == pytest.approx(6.0)
     with pytest.raises(ValueError):
