@@ -25,8 +25,15 @@ SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_laye
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0"]
 
 
+#: tiny-tasks as these tests were written for: DropBP at a constant 0.5 (the recipe ships the adaptive rate, which
+#: starts at 0 and would leave a short run's masks all kept; other techniques take no drop-rate schedule).
+CONSTANT = ["dropbp.drop_rate=0.5", "dropbp.schedule.kind=constant"]
+TINY = [*SMALL, *CONSTANT]
+
+
 def run(name: str, out: Path, *overrides: str, resume: bool = False) -> dict:
-    recipe = load_recipe(shipped()[name], [*SMALL, *overrides], device="cpu")
+    recipe = load_recipe(shipped()[name], [*SMALL, *(CONSTANT if name == "tiny-tasks" else []), *overrides],
+                         device="cpu")
     job = FineTune(recipe, out, resume=resume, progress=False)
     job.setup()
     try:
@@ -192,7 +199,7 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
         "dropbp.allocation=uniform")
     lines = (out / "masks-rank0.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["0", "1", "2"]  # one mask per optimizer step, not per micro
-    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL], device="cpu")
+    recipe = load_recipe(shipped()["tiny-tasks"], TINY, device="cpu")
     from dropbp.recipes.model.build import build_model
 
     engine = DropBP(build_model("tiny", **recipe.model.config), recipe.dropbp.drop_rate, seed=recipe.masks_seed())
@@ -210,7 +217,7 @@ def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, t
     out = tmp_path / "run"
     summary = run("tiny-tasks", out, "train.steps=6", "train.eval_every=0", "train.log_masks=true",
                   f"dropbp.technique={technique}", *extra)
-    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, f"dropbp.technique={technique}", *extra], device="cpu")
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, f"dropbp.technique={technique}", *extra], device="cpu")
     model = build_model("tiny", **recipe.model.config)
     engine = (LayerDrop(model, 0.5, seed=recipe.masks_seed()) if technique == "layerdrop" else
               LayerDrop.progressive(model, theta_bar=0.5, gamma=0.5, seed=recipe.masks_seed()))
@@ -222,7 +229,7 @@ def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, t
 
 
 def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
-    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, "train.steps=3", "train.eval_every=0", "train.save_every=0",
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "train.steps=3", "train.eval_every=0", "train.save_every=0",
                                                    "dropbp.technique=freeze", "dropbp.train_top_layers=1"],
                          device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)
@@ -241,7 +248,7 @@ def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
 def test_recipe_with_more_top_layers_than_the_model_has_names_the_field_and_writes_nothing(tmp_path):
     from dropbp.core.errors import ConfigError
 
-    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, "dropbp.technique=freeze", "dropbp.train_top_layers=9"],
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "dropbp.technique=freeze", "dropbp.train_top_layers=9"],
                          device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match=r"dropbp.train_top_layers must be an integer in 1..2"):
@@ -253,14 +260,14 @@ def test_recipe_refuses_sensitivity_allocation_with_another_technique():
     from dropbp.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="dropbp.allocation sensitivity needs dropbp.technique dropbp or freeze-dropbp"):
-        load_recipe(shipped()["tiny-tasks"], ["dropbp.technique=layerdrop", "dropbp.allocation=sensitivity"],
+        load_recipe(shipped()["tiny-tasks"], [*CONSTANT, "dropbp.technique=layerdrop", "dropbp.allocation=sensitivity"],
                     device="cpu")
 
 
 def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
     four = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, "
             "num_key_value_heads: 2}"]
-    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, *four, "train.steps=4", "train.eval_every=0",
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, *four, "train.steps=4", "train.eval_every=0",
                                                    "train.save_every=0", "train.log_masks=true",
                                                    "dropbp.technique=freeze-dropbp", "dropbp.train_top_layers=2",
                                                    "dropbp.drop_rate=0.5"], device="cpu")

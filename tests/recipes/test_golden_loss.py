@@ -12,8 +12,9 @@ from dropbp.recipes.finetune import FineTune
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
 
-#: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1 dropbp.allocation=uniform`` (DropBP 0.5,
-#: Bernoulli masks, seed 0; uniform rates, so the curve guards the step itself, not the sensitivity measurement).
+#: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1 dropbp.drop_rate=0.5
+#: dropbp.schedule.kind=constant dropbp.allocation=uniform`` (DropBP 0.5, Bernoulli masks, seed 0; uniform rates, so
+#: the curve guards the step itself, not the sensitivity measurement or the adaptive rate).
 GOLDEN = [5.520637035369873, 5.486528396606445, 5.243840217590332, 4.970015525817871, 4.738493919372559,
           4.518105983734131, 4.3438920974731445, 4.215924263000488, 3.9547033309936523, 3.845505952835083,
           3.5636558532714844, 3.3144307136535645, 3.039586305618286, 2.876966714859009, 2.6809537410736084,
@@ -22,7 +23,8 @@ GOLDEN = [5.520637035369873, 5.486528396606445, 5.243840217590332, 4.97001552581
 
 def test_tiny_tasks_losses_equal_the_committed_curve(tmp_path):
     overrides = ["train.steps=20", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
-                 "train.exact_match=0", "dropbp.allocation=uniform"]
+                 "train.exact_match=0", "dropbp.drop_rate=0.5", "dropbp.schedule.kind=constant",
+                 "dropbp.allocation=uniform"]
     job = FineTune(load_recipe(shipped()["tiny-tasks"], overrides, device="cpu"), tmp_path / "run", progress=False)
     job.setup()
     try:

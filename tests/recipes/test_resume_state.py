@@ -23,9 +23,9 @@ CASES = {
     "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
                         "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
     "dropbp-adaptive": ["dropbp.drop_rate=0.75", "dropbp.schedule.kind=adaptive", "dropbp.schedule.window=3"],
-    "layerdrop": ["dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
-    "pld": ["dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
-    "freeze": ["dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
+    "layerdrop": ["dropbp.schedule.kind=constant", "dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
+    "pld": ["dropbp.schedule.kind=constant", "dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
+    "freeze": ["dropbp.schedule.kind=constant", "dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
 }
 
 
