@@ -84,8 +84,8 @@ def verdict_markdown(results: list[dict[str, Any]]) -> str:
         f"{MATCH_MARGIN * 100:g} points below. *Sooner*: the baseline's time to its own final validation loss (exact "
         "match) over the contender's, mean over the seeds that reach it. The paper reports the same loss 1.5x "
         "sooner.", "",
-        markdown_table(["study", "contender", "epochs", "realised drop", "val loss vs baseline", "exact match (pts)", "holds",
-                        "sooner to the baseline's loss", "sooner to its exact match"], table), ""])
+        markdown_table(["study", "contender", "epochs", "realised drop", "val loss vs baseline", "exact match (pts)",
+                        "holds", "sooner to the baseline's loss", "sooner to its exact match"], table), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
