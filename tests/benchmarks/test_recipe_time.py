@@ -17,7 +17,8 @@ def test_recipe_time_compares_at_the_baselines_time(tmp_path):
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
     (row,) = result["seeds"]
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
-    assert base["drop_rate"] == 0 and same["drop_rate"] == 0.5 and base["steps"] == same["steps"] == 6
+    assert base["drop_rate"] == 0 and same["drop_rate"] == 0.75 and base["steps"] == same["steps"] == 6
+    assert same["schedule"] == "adaptive"  # the recipe as shipped
     assert timed["steps"] == max(1, round(6 * base["time_s"] / same["time_s"]))
     within = timed["val_loss"] <= base["val_loss"] * 1.03 and timed["exact_match"] >= base["exact_match"] - 0.02
     assert row["within"] == within and result["within"] == int(within)

@@ -15,7 +15,8 @@ SMALL = ("model.config={hidden_size: 64, intermediate_size: 128, num_hidden_laye
 # packed windows without prompt masking: every rank's batch has the same number of loss tokens, so the average of
 # the ranks' mean losses is the mean loss of the global batch (the quantity one process computes)
 COMMON = ["tiny-tasks", SMALL, "data.packing=true", "data.mask_prompt=false", "train.steps=10", "train.eval_every=0",
-          "train.exact_match=0", "train.log_masks=true", "dropbp.allocation=uniform", "--device", "cpu", "--quiet"]
+          "train.exact_match=0", "train.log_masks=true", "dropbp.allocation=uniform", "dropbp.drop_rate=0.5",
+          "dropbp.schedule.kind=constant", "--device", "cpu", "--quiet"]
 
 
 def losses(out: Path) -> list[float]:

@@ -16,16 +16,19 @@ from ..conftest import logged_losses
 SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0",
          "train.steps=20", "train.eval_every=0", "train.save_every=0", "train.log_every=1"]
+#: tiny-tasks ships the adaptive rate; every case but the schedule and adaptive ones pins a constant rate.
+CONSTANT = "dropbp.schedule.kind=constant"
 CASES = {
-    "dropbp-uniform": ["dropbp.drop_rate=0.5", "dropbp.allocation=uniform"],
-    "dropbp-sensitivity": ["dropbp.drop_rate=0.5", "dropbp.allocation=sensitivity", "dropbp.allocate_at=0.1"],
-    "dropbp-online": ["dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
+    "dropbp-uniform": [CONSTANT, "dropbp.drop_rate=0.5", "dropbp.allocation=uniform"],
+    "dropbp-sensitivity": [CONSTANT, "dropbp.drop_rate=0.5", "dropbp.allocation=sensitivity",
+                           "dropbp.allocate_at=0.1"],
+    "dropbp-online": [CONSTANT, "dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
     "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
                         "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
     "dropbp-adaptive": ["dropbp.drop_rate=0.75", "dropbp.schedule.kind=adaptive", "dropbp.schedule.window=3"],
-    "layerdrop": ["dropbp.schedule.kind=constant", "dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
-    "pld": ["dropbp.schedule.kind=constant", "dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
-    "freeze": ["dropbp.schedule.kind=constant", "dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
+    "layerdrop": [CONSTANT, "dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
+    "pld": [CONSTANT, "dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
+    "freeze": [CONSTANT, "dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
 }
 
 
