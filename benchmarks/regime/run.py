@@ -185,9 +185,9 @@ def runs_key(settings: RegimeSettings, backend: Backend) -> str:
                       "torch_threads": torch.get_num_threads()})
 
 
-#: Settings that change how finished runs are read, or only add runs of their own key (``equal_time``), not what
-#: any run trains: not part of the run cache's key.
-READING_SETTINGS = ("time_model", "equal_time")
+#: Settings that change how finished runs are read, or only choose which contenders run (each run's own key names
+#: its contender in full: family, rate, schedule), not what any run trains: not part of the run cache's key.
+READING_SETTINGS = ("time_model", "equal_time", "drop_rates", "schedules")
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,

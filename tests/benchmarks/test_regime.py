@@ -106,7 +106,8 @@ def test_the_run_cache_key_ignores_settings_that_only_read_runs():
 
     cpu = backends.get("cpu")
     key = runs_key(small(), cpu)
-    assert runs_key(small(time_model=False, equal_time=False, contenders=("baseline",)), cpu) == key
+    assert runs_key(small(time_model=False, equal_time=False, contenders=("baseline",), drop_rates=(0.01,),
+                          schedules=("linear",)), cpu) == key
     assert runs_key(small(epochs=0.03), cpu) != key
 
 
