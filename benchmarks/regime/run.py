@@ -224,7 +224,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
             runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
     time_model = None
     if settings.time_model:
-        time_model = cached_calibration(folder, settings, state, data, backend, contenders)
+        time_model = cached_calibration(folder, settings, state, data, backend, total)
         runs = [modelled(r, time_model) for r in runs]
         sweep = {label: [modelled(r, time_model) for r in mine] for label, mine in sweep.items()}
     equal_time: list[RegimeRun] = []

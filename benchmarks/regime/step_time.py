@@ -1,9 +1,9 @@
 """The regime study's clock: a step-time model (seconds = a + b * FLOPs per step) fitted to the study's own
 configurations timed in interleaved rounds, and each run's times read through it.
 
-Every DropBP contender, whatever its rate policy (uniform, sensitivity, schedules, adaptive), is timed as uniform
-DropBP at the rates it can use, the baseline as itself, and every other technique (freezing, freezing + DropBP,
-LayerDrop, PLD) as itself: their time per FLOP may differ from DropBP's. A run's time at step ``s`` of its curve is
+The baseline is timed as itself, DropBP as uniform DropBP at a few rates (every DropBP contender, whatever its
+rate policy, is read by its FLOPs), and every other technique (freezing, freezing + DropBP, LayerDrop, PLD) as
+itself: their time per FLOP may differ from DropBP's. A run's time at step ``s`` of its curve is
 then ``a * s + b * (its FLOPs so far)``, where its FLOPs come from the FLOPs model step by step (the masks it drew,
 the rates it used).
 """
@@ -23,35 +23,32 @@ from dropbp.recipes import write_text_atomic
 from ..harness import step_clock
 from ..step_time_model import StepTimeModel, fit_step_time, time_interleaved
 from .report import RegimeRun
-from .settings import Contender, RegimeSettings
+from .settings import FAMILIES, Contender, RegimeSettings, plan
 from .trainer import DROPBP_FAMILIES, batch_indices, prepare
 
-#: Uniform DropBP rates timed for the study's DropBP contenders (with their own rates added).
+#: Uniform DropBP rates timed: every DropBP contender is read between (or beyond) them by its FLOPs.
 CALIBRATION_RATES = (0.25, 0.5, 0.75)
 
 
-def calibration_contenders(contenders: list[Contender]) -> list[Contender]:
-    """What is timed: the baseline, uniform DropBP at :data:`CALIBRATION_RATES` and every DropBP contender's rate,
-    and each contender of another technique as itself."""
-    rates = set(CALIBRATION_RATES)
-    others = []
-    for contender in contenders:
-        if contender.family in ("dropbp", *DROPBP_FAMILIES):
-            rates.add(contender.rate)
-        elif contender.family != "baseline":
-            others.append(contender)
-    dropbp = [Contender(f"DropBP p={rate:g}", "dropbp", rate) for rate in sorted(rates) if rate > 0]
+def calibration_contenders(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:
+    """What is timed: the baseline, uniform DropBP at :data:`CALIBRATION_RATES`, and every other technique the
+    study could run (freezing, freezing + DropBP, LayerDrop, PLD, at ``contender_rate``) as itself. The list
+    depends only on settings that key the run cache, not on which contenders a study names, so a study of fewer
+    contenders reads its runs through the same model and reuses every run it shares with a larger one."""
+    every = plan(dataclasses.replace(settings, contenders=FAMILIES), num_layers, total_steps)
+    others = [c for c in every if c.family not in ("baseline", "dropbp", *DROPBP_FAMILIES)]
+    dropbp = [Contender(f"DropBP p={rate:g}", "dropbp", rate) for rate in CALIBRATION_RATES]
     return [Contender("baseline", "baseline"), *dropbp, *others]
 
 
 def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any, backend: Backend,
               contenders: list[Contender], *, rounds: int = 5, steps: int = 6) -> StepTimeModel:
-    """Time every calibration configuration (seed 0, the sweep's middle learning rate) in interleaved rounds and
-    fit the step-time model to the medians."""
+    """Time every one of ``contenders`` (seed 0, the sweep's middle learning rate) in interleaved rounds and fit
+    the step-time model to the medians."""
     lr = sorted(settings.lrs)[len(settings.lrs) // 2]
     total = rounds * steps + 2
     order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(0))
-    trainers = {c.label: prepare(c, lr, 0, settings, state, backend, total) for c in calibration_contenders(contenders)}
+    trainers = {c.label: prepare(c, lr, 0, settings, state, backend, total) for c in contenders}
 
     def stepper(trainer: Any) -> Any:
         def run(step: int) -> float:
@@ -68,10 +65,11 @@ def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: An
 
 
 def cached_calibration(folder: Path, settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any,
-                       backend: Backend, contenders: list[Contender]) -> StepTimeModel:
-    """:func:`calibrate`, once per study: kept in the run cache beside the runs, keyed by what is timed (so a
-    study of fewer contenders times again only when it times something else)."""
-    labels = "|".join(c.label for c in calibration_contenders(contenders))
+                       backend: Backend, total_steps: int) -> StepTimeModel:
+    """:func:`calibrate` over :func:`calibration_contenders`, once per run cache (kept beside the runs, keyed by
+    what is timed)."""
+    contenders = calibration_contenders(settings, settings.model_overrides["num_hidden_layers"], total_steps)
+    labels = "|".join(c.label for c in contenders)
     path = folder / f"step-time-{hashlib.sha256(labels.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return StepTimeModel.from_dict(json.loads(path.read_text()))
