@@ -59,6 +59,9 @@ def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: An
     clock, _ = step_clock(backend)
     points = time_interleaved({label: stepper(t) for label, t in trainers.items()}, clock, rounds=rounds,
                               steps=steps, synchronize=backend.synchronize)
+    dropbp = {c.label for c in contenders if c.family in ("baseline", "dropbp")}
+    for point in points:  # the line is DropBP's; every other technique gets its own factor on it
+        point["own_scale"] = point["label"] not in dropbp
     for trainer in trainers.values():
         trainer.close()
     return fit_step_time(points)
@@ -82,7 +85,8 @@ def cached_calibration(folder: Path, settings: RegimeSettings, state: dict[str, 
 def modelled(run: RegimeRun, model: StepTimeModel) -> RegimeRun:
     """``run`` with its times read through ``model`` (every curve point and the total); the step clock's total is
     kept as ``measured_time_s``."""
-    curve = [dataclasses.replace(point, time_s=model.seconds(point.step, point.flops)) for point in run.curve]
+    curve = [dataclasses.replace(point, time_s=model.seconds(point.step, point.flops, run.label))
+             for point in run.curve]
     measured = run.measured_time_s if run.measured_time_s is not None else run.train_time_s
-    return dataclasses.replace(run, curve=curve, train_time_s=model.seconds(run.steps, run.train_flops),
+    return dataclasses.replace(run, curve=curve, train_time_s=model.seconds(run.steps, run.train_flops, run.label),
                                measured_time_s=measured)

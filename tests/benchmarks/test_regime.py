@@ -81,10 +81,12 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     model = again["step_time_model"]
     assert model["per_flop_s"] > 0 and {p["label"] for p in model["points"]} >= {"baseline", "DropBP p=0.5"}
     assert fewer["step_time_model"] == model  # the subset reads its runs through the same model
+    assert {"LayerDrop", "freeze"} <= {label.split(" ")[0].rstrip(":") for label in model["scales"]}
     for run in again["runs"] + again["equal_time_runs"]:  # every time is the model's reading of steps and FLOPs
+        scale = model["scales"].get(run["label"], 1.0)  # LayerDrop, PLD, freezing: their own factor
         for point in run["curve"]:
-            assert point["time_s"] == pytest.approx(model["per_step_s"] * point["step"]
-                                                    + model["per_flop_s"] * point["flops"])
+            assert point["time_s"] == pytest.approx(scale * (model["per_step_s"] * point["step"]
+                                                             + model["per_flop_s"] * point["flops"]))
         assert run["measured_time_s"] > 0
     assert len(list((tmp_path / "cache").glob("regime-runs-*/step-time-*.json"))) == 1  # one for any subset
     table = regime_markdown(again)

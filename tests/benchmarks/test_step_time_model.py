@@ -34,6 +34,19 @@ def test_the_fit_gives_every_measured_step_a_positive_time():
         fit_step_time([])
 
 
+def test_a_technique_off_the_line_gets_its_own_factor():
+    measured = points([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]) + [
+        {"label": "skips blocks", "flops": 2.0, "seconds": 1.5, "own_scale": True}]
+    model = fit_step_time(measured)
+    assert model.per_step_s == pytest.approx(0.0, abs=1e-12) and model.per_flop_s == pytest.approx(1.0)
+    assert model.scales == {"skips blocks": pytest.approx(0.75)}
+    assert model.seconds(10, 20.0, "skips blocks") == pytest.approx(15.0)  # its measured time per step, exactly
+    assert model.seconds(10, 20.0, "c1") == pytest.approx(20.0) and "skips blocks" not in model.errors()
+    assert StepTimeModel.from_dict(model.to_dict()) == model
+    steep = points([(2.0, 0.2), (3.0, 1.0)]) + [{"label": "low", "flops": 1.0, "seconds": 0.1, "own_scale": True}]
+    assert fit_step_time(steep).per_step_s == 0  # the line would be negative where "low" sits: proportional
+
+
 def test_errors_and_round_trip():
     model = fit_step_time(points([(1.0, 1.0), (2.0, 2.2), (3.0, 2.9)]))
     errors = model.errors()
