@@ -42,7 +42,7 @@ class StepTimeModel:
                 if p["label"] not in self.scales}
 
     def worst_error(self) -> float:
-        """The largest relative error of the fit over the measured configurations (0 without any)."""
+        """The largest relative error of the line over the configurations fitted to it (0 without any)."""
         return max((abs(e) for e in self.errors().values()), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:

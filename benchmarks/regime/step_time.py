@@ -3,9 +3,10 @@ configurations timed in interleaved rounds, and each run's times read through it
 
 The baseline is timed as itself, DropBP as uniform DropBP at a few rates (every DropBP contender, whatever its
 rate policy, is read by its FLOPs), and every other technique (freezing, freezing + DropBP, LayerDrop, PLD) as
-itself: their time per FLOP may differ from DropBP's. A run's time at step ``s`` of its curve is
-then ``a * s + b * (its FLOPs so far)``, where its FLOPs come from the FLOPs model step by step (the masks it drew,
-the rates it used).
+itself: their time per FLOP may differ from DropBP's, so the line is fitted to the baseline and DropBP and each of
+them gets its own factor on it. A run's time at step ``s`` of its curve is then ``a * s + b * (its FLOPs so far)``
+(times its technique's factor), where its FLOPs come from the FLOPs model step by step (the masks it drew, the
+rates it used).
 """
 from __future__ import annotations
 
