@@ -23,7 +23,7 @@ from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, family_folde
 from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE
 from .report import RegimeRun, summarise
-from .step_time import cached_calibration, modelled
+from .step_time import cached_calibration, clock_description, modelled
 from .settings import Contender, RegimeSettings, plan
 from .trainer import batch_indices, prepare
 
@@ -165,29 +165,19 @@ def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettin
                      epochs=epochs)
 
 
-def clock_description(backend: Backend, time_model: Any) -> str:
-    """How the study's times were taken, for the report."""
-    measured = step_clock(backend)[1]
-    if time_model is None:
-        return measured
-    return (f"step-time model's (seconds per step = {time_model.per_step_s:+.4f} + {time_model.per_flop_s * 1e9:.4f} "
-            f"x GFLOPs of the step, fitted to {len(time_model.points)} configurations timed in interleaved rounds "
-            f"by the {measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
-
-
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
     """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
     names its contender, so a study of fewer contenders reuses the runs it shares with a larger one), the device
-    and the threads a run actually uses (every wall time depends on them). :data:`READING_SETTINGS` are left out
+    and the threads a run actually uses (every wall time depends on them). :data:`UNKEYED_SETTINGS` are left out
     altogether (not even as None), so adding one keeps every run cached before it."""
-    described = {k: v for k, v in settings.to_dict().items() if k not in READING_SETTINGS}
+    described = {k: v for k, v in settings.to_dict().items() if k not in UNKEYED_SETTINGS}
     return cache_key({**described, "out": None, "contenders": None, "device": backend.name,
                       "torch_threads": torch.get_num_threads()})
 
 
 #: Settings that change how finished runs are read, or only choose which contenders run (each run's own key names
 #: its contender in full: family, rate, schedule), not what any run trains: not part of the run cache's key.
-READING_SETTINGS = ("time_model", "equal_time", "drop_rates", "schedules")
+UNKEYED_SETTINGS = ("time_model", "equal_time", "drop_rates", "schedules")
 
 
 def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,
@@ -225,8 +215,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     time_model = None
     if settings.time_model:
         time_model = cached_calibration(folder, settings, state, data, backend, total)
-        runs = [modelled(r, time_model) for r in runs]
-        sweep = {label: [modelled(r, time_model) for r in mine] for label, mine in sweep.items()}
+        runs = [modelled(r, time_model) for r in runs]  # the sweep reports final losses only: left as it is
     equal_time: list[RegimeRun] = []
     if settings.equal_time:
         base_time = statistics.fmean(r.train_time_s for r in runs if r.family == "baseline")
@@ -246,6 +235,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
                                "final_exact_match": r.final_exact_match} for r in runs]
                       for label, runs in sweep.items()},
             "clock": clock_description(backend, time_model),
-            "step_time_model": None if time_model is None else time_model.to_dict(), "chosen_lr": chosen, "summary": rows, "runs": [r.to_dict() for r in runs],
+            "step_time_model": None if time_model is None else time_model.to_dict(), "chosen_lr": chosen,
+            "summary": rows, "runs": [r.to_dict() for r in runs],
             "equal_time_runs": [r.to_dict() for r in equal_time], "cache": str(folder),
             "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}

@@ -42,6 +42,16 @@ def calibration_contenders(settings: RegimeSettings, num_layers: int, total_step
     return [Contender("baseline", "baseline"), *dropbp, *others]
 
 
+def clock_description(backend: Backend, time_model: StepTimeModel | None) -> str:
+    """How the study's times were taken, for the report."""
+    measured = step_clock(backend)[1]
+    if time_model is None:
+        return measured
+    return (f"step-time model's (seconds per step = {time_model.per_step_s:+.4f} + {time_model.per_flop_s * 1e9:.4f} "
+            f"x GFLOPs of the step, fitted to {len(time_model.points)} configurations timed in interleaved rounds "
+            f"by the {measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
+
+
 def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any, backend: Backend,
               contenders: list[Contender], *, rounds: int = 5, steps: int = 6) -> StepTimeModel:
     """Time every one of ``contenders`` (seed 0, the sweep's middle learning rate) in interleaved rounds and fit
