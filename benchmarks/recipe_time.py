@@ -1,17 +1,22 @@
 """``dropbp bench recipe-time``: a shipped recipe's DropBP setting against the same recipe with DropBP off, at the
 baseline's training time, over seeds: does the setting a user gets by default lose anything in the same time?
 
-Per seed: the baseline (``dropbp.drop_rate=0``) trains the recipe's steps; the recipe as written (the contender)
-trains the same steps, which gives its time per step; then the contender trains again for the baseline's time (its
-steps scaled by the ratio of the two times, its learning-rate and drop-rate schedules spanning the longer run). The
+Per seed: the baseline (DropBP off) trains the recipe's steps; the recipe as written (the contender) trains the
+same steps, which gives its time per step; then the contender trains again for the baseline's time (its steps
+scaled by the ratio of the two times, its learning-rate and drop-rate schedules spanning the longer run). The
 verdict per seed is whether it ends within ``loss_margin`` of the baseline's validation loss and ``match_margin``
-of its exact match. Validation runs only at the start and the end, so evaluation costs every run alike; on the CPU
-with one thread, times are the training thread's CPU time (:func:`~dropbp.benchmarks.harness.step_clock`).
+of its exact match.
+
+Times leave evaluation out. By default they are read through a step-time model (:mod:`.recipe_runs`): short runs
+of DropBP off and uniform DropBP, timed in interleaved rounds before the comparison, fix seconds per step as
+``a + b x FLOPs``, and each run's time is its steps and training FLOPs (at the rates it realised) through it. So a
+run that trained while the machine was busy gets the same time as on a quiet machine, and a rerun gives the same
+steps. ``time_model: false`` sums the step clock instead (:func:`~dropbp.benchmarks.harness.step_clock`: on the
+CPU with one thread, the training thread's CPU time).
 """
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +25,12 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes import (FineTune, Naming, Problems, check_non_negative, check_number, check_seed, environment,
-                            find_recipe, load_recipe, markdown_table, option_name, pyplot, setting)
+from dropbp.recipes import (Naming, Problems, check_non_negative, check_number, check_seed, environment,
+                            markdown_table, option_name, pyplot, setting)
 
 from .harness import BenchSettings, run_benchmark, step_clock
+from .recipe_runs import DROPBP_OFF, calibrate_recipe, own_label, train_recipe
+from .step_time_model import StepTimeModel
 
 
 @dataclass
@@ -37,6 +44,9 @@ class RecipeTimeSettings(BenchSettings):
                                        "(relative)")
     match_margin: float = setting(0.02, "and this much below its exact match (absolute)")
     threads: int = setting(1, "CPU threads (0: PyTorch's default)")
+    time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
+                                     "FLOPs), fitted to short runs of DropBP off and uniform DropBP timed in "
+                                     "interleaved rounds; false: the step clock's sum over the run's steps")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
@@ -52,40 +62,30 @@ class RecipeTimeSettings(BenchSettings):
         p.check(check_non_negative, self, "threads", naming=name)
 
 
-def _train(settings: RecipeTimeSettings, seed: int, extra: list[str], backend: Backend) -> dict[str, Any]:
-    """One run of the recipe (progress off, validation at the start and the end only); its final validation loss,
-    exact match, steps, training time and the technique's verdict."""
-    overrides = [*settings.overrides, f"train.seed={seed}", "train.eval_every=0", "train.save_every=0", *extra]
-    recipe = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name)
-    clock, _ = step_clock(backend)
-    with tempfile.TemporaryDirectory(prefix="dropbp-recipe-time-") as folder:
-        job = FineTune(recipe, Path(folder) / "run", progress=False)
-        job.setup()
-        try:
-            start = clock()
-            summary = job.train()
-            took = clock() - start
-        finally:
-            job.cleanup()
-    last = summary["rows"][-1]
-    match = float(last["exact_match"]) if last.get("exact_match") else None
-    return {"steps": summary["steps"], "time_s": took, "val_loss": float(last["val_loss"]), "exact_match": match,
-            "verdict": summary["verdict"], "drop_rate": recipe.dropbp.drop_rate,
-            "schedule": recipe.dropbp.schedule.kind, "technique": recipe.dropbp.technique}
-
-
 def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """Per seed: baseline, contender at equal steps, contender at the baseline's time."""
+    """Per seed: baseline, contender at equal steps, contender at the baseline's time (times from the step-time
+    model unless ``time_model`` is off)."""
     settings.validate()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
+    overrides = list(settings.overrides)
+    model = calibrate_recipe(settings.recipe, overrides, backend) if settings.time_model else None
+    own = own_label(settings.recipe, overrides, backend)
+
+    def train(seed: int, extra: list[str], label: str | None) -> dict[str, Any]:
+        run = train_recipe(settings.recipe, [*overrides, f"train.seed={seed}", "train.eval_every=0",
+                                             "train.save_every=0", *extra], backend)
+        run["time_s"] = (run["measured_time_s"] if model is None
+                         else model.seconds(run["steps"], run["flops"], label))
+        return run
+
     seeds = []
     for seed in settings.seeds:
-        base = _train(settings, seed, ["dropbp.drop_rate=0"], backend)
-        same = _train(settings, seed, [], backend)
+        base = train(seed, list(DROPBP_OFF), None)
+        same = train(seed, [], own)
         steps = max(1, round(base["steps"] * base["time_s"] / same["time_s"]))
-        timed = _train(settings, seed, [f"train.steps={steps}"], backend)
+        timed = train(seed, [f"train.steps={steps}"], own)
         within = (timed["val_loss"] <= base["val_loss"] * (1 + settings.loss_margin)
                   and (base["exact_match"] is None
                        or timed["exact_match"] >= base["exact_match"] - settings.match_margin))
@@ -94,9 +94,24 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
             print(f"seed {seed}: baseline {base['val_loss']:.4f}/{base['exact_match']} in {base['time_s']:.1f} s; "
                   f"contender {timed['val_loss']:.4f}/{timed['exact_match']} in {timed['steps']} steps "
                   f"({'within' if within else 'outside'} the margins)", flush=True)
+    for row in seeds:  # per-step times were read; the report keeps their sums
+        for run in ("baseline", "equal_steps", "equal_time"):
+            row[run].pop("step_times_s")
     return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
-            "clock": step_clock(backend)[1], "seeds": seeds, "within": sum(s["within"] for s in seeds),
-            "total_time_s": time.perf_counter() - started}
+            "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
+            "seeds": seeds, "within": sum(s["within"] for s in seeds), "total_time_s": time.perf_counter() - started}
+
+
+def times_description(result: dict[str, Any]) -> str:
+    """How the report's times were taken: the step-time model and its fit, or the step clock."""
+    if not result.get("time_model"):
+        return f"the {result['clock']} summed over each run's steps (evaluation left out)"
+    model = StepTimeModel.from_dict(result["time_model"])
+    fitted = ", ".join(f"{p['label']} {p['seconds'] * 1e3:.1f} ms" for p in model.points)
+    return (f"a step-time model's (seconds per step = {model.per_step_s:+.4f} + {model.per_flop_s * 1e9:.4f} x "
+            f"GFLOPs of the step; median step times by the {result['clock']}, timed in interleaved rounds: "
+            f"{fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
+            "*measured* is the step clock's sum during the run itself")
 
 
 def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
@@ -110,7 +125,8 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
     """Per seed and in the mean: validation loss, exact match, steps and time of the three runs."""
     s, rows = result["settings"], result["seeds"]
     contender = rows[0]["equal_steps"]
-    table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}", f"{r[run]['val_loss']:.4f}",
+    table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
+              f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
               "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
               ("yes" if r["within"] else "no") if run == "equal_time" else "")
              for r in rows for run, label in (("baseline", "DropBP off"), ("equal_steps", "recipe, equal steps"),
@@ -122,12 +138,14 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
         f"# {s['recipe']}: the recipe's DropBP setting against DropBP off, at equal time, on {result['device_name']} "
         f"({result['device']})", "",
         f"Contender: the recipe as shipped (technique {contender['technique']}, drop rate {contender['drop_rate']}, "
-        f"schedule {contender['schedule']}); baseline: the same with dropbp.drop_rate=0. Overrides: "
-        f"{', '.join(s['overrides']) or 'none'}. Times: {result['clock']}. Margins: validation loss at most "
+        f"schedule {contender['schedule']}); baseline: the same with DropBP off (dropbp.technique=dropbp, "
+        f"dropbp.drop_rate=0). Overrides: {', '.join(s['overrides']) or 'none'}. Times: {times_description(result)}. "
+        f"Margins: validation loss at most "
         f"+{s['loss_margin'] * 100:g}% and exact match at least -{s['match_margin'] * 100:g} points against the "
         f"baseline of the same seed, at the baseline's time.", "",
         f"**Within the margins in {result['within']} of {len(rows)} seeds.**", "",
-        markdown_table(["seed", "run", "steps", "time (s)", "val loss", "exact match", "within"], table), "",
+        markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "exact match", "within"],
+                       table), "",
         "Mean ± standard deviation over seeds:", "",
         markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
         f"Last verdict line of the recipe's run: {rows[-1]['equal_time']['verdict']}", "",

@@ -15,6 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Uniform DropBP rates a study times beside exact backprop: every DropBP run, whatever its rate policy, is read
+#: between (or beyond) them by its FLOPs.
+CALIBRATION_RATES = (0.25, 0.5, 0.75)
+
 #: A configuration to time: runs optimizer step ``step`` and returns that step's training FLOPs (FLOPs model).
 Stepper = Callable[[int], float]
 

@@ -48,6 +48,7 @@ EXPORTS: dict[str, str] = {
              "write_text_atomic"),
     **_names("dropbp.recipes.report.tables", "markdown_table"),
     **_names("dropbp.recipes.report.plots", "plot_training_curve"),
+    **_names("dropbp.recipes.report.verdict", "training_flops"),
     # training
     **TRAINING_EXPORTS,
 }

@@ -22,13 +22,10 @@ from dropbp.backends import Backend
 from dropbp.recipes import write_text_atomic
 
 from ..harness import step_clock
-from ..step_time_model import StepTimeModel, fit_step_time, time_interleaved
+from ..step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time, time_interleaved
 from .report import RegimeRun
 from .settings import FAMILIES, Contender, RegimeSettings, plan
 from .trainer import DROPBP_FAMILIES, batch_indices, prepare
-
-#: Uniform DropBP rates timed: every DropBP contender is read between (or beyond) them by its FLOPs.
-CALIBRATION_RATES = (0.25, 0.5, 0.75)
 
 
 def calibration_contenders(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:

@@ -1,30 +1,70 @@
-"""The recipe-time benchmark on a few steps: three runs per seed, equal time from measured times, the verdict."""
+"""The recipe-time benchmark on a few steps: three runs per seed, equal time from the step-time model (or the step
+clock), the verdict; and the recipe's step-time calibration."""
 from __future__ import annotations
 
 import pytest
 
 from dropbp import backends
+from dropbp.benchmarks.recipe_runs import calibrate_recipe
 from dropbp.benchmarks.recipe_time import RecipeTimeSettings, recipe_time_figure, recipe_time_markdown, run_recipe_time
+from dropbp.benchmarks.step_time_model import StepTimeModel
 from dropbp.core.errors import ConfigError
 
 SMALL = ("model.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
          "num_key_value_heads: 1}", "train.steps=6", "train.exact_match=4", "train.micro_batch_size=8")
+FREEZE = (*SMALL, "dropbp.technique=freeze", "dropbp.train_top_layers=1", "dropbp.schedule.kind=constant")
+
+
+def within_margins(row: dict) -> bool:
+    base, timed = row["baseline"], row["equal_time"]
+    return timed["val_loss"] <= base["val_loss"] * 1.03 and timed["exact_match"] >= base["exact_match"] - 0.02
 
 
 @pytest.mark.slow
-def test_recipe_time_compares_at_the_baselines_time(tmp_path):
+def test_recipe_time_compares_at_the_baselines_time_read_through_the_step_time_model(tmp_path):
     settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
     (row,) = result["seeds"]
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
     assert base["drop_rate"] == 0 and same["drop_rate"] == 0.75 and base["steps"] == same["steps"] == 6
     assert same["schedule"] == "adaptive"  # the recipe as shipped
+    model = StepTimeModel.from_dict(result["time_model"])
+    assert [p["label"] for p in model.points] == ["DropBP off", "DropBP p=0.25", "DropBP p=0.5", "DropBP p=0.75"]
+    assert base["flops"] == pytest.approx(6 * model.points[0]["flops"])  # exact backprop: the same FLOPs per step
+    for run in (base, same, timed):  # each time is the run's steps and FLOPs through the model
+        assert run["time_s"] == model.seconds(run["steps"], run["flops"]) and run["measured_time_s"] > 0
     assert timed["steps"] == max(1, round(6 * base["time_s"] / same["time_s"]))
-    within = timed["val_loss"] <= base["val_loss"] * 1.03 and timed["exact_match"] >= base["exact_match"] - 0.02
-    assert row["within"] == within and result["within"] == int(within)
+    assert row["within"] == within_margins(row) and result["within"] == int(within_margins(row))
     table = recipe_time_markdown(result)
-    assert f"Within the margins in {int(within)} of 1 seeds" in table and "recipe, baseline's time" in table
+    assert f"Within the margins in {int(within_margins(row))} of 1 seeds" in table and "step-time model" in table
     assert len(recipe_time_figure(result).axes) == 2
+
+
+@pytest.mark.slow
+def test_recipe_time_on_the_step_clock_with_another_technique_against_exact_backprop(tmp_path):
+    settings = RecipeTimeSettings(device="cpu", overrides=FREEZE, seeds=(1,), out=tmp_path, time_model=False)
+    result = run_recipe_time(settings, backends.get("cpu"), progress=False)
+    (row,) = result["seeds"]
+    base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
+    assert base["technique"] == "dropbp" and base["drop_rate"] == 0  # the baseline freezes nothing
+    assert same["technique"] == "freeze" and same["flops"] < base["flops"]
+    assert result["time_model"] is None
+    for run in (base, same, timed):
+        assert run["time_s"] == run["measured_time_s"]
+    assert timed["steps"] == max(1, round(6 * base["time_s"] / same["time_s"]))
+    assert "summed over each run's steps" in recipe_time_markdown(result)
+
+
+@pytest.mark.slow
+def test_the_calibration_times_exact_backprop_uniform_dropbp_and_another_technique_as_itself():
+    model = calibrate_recipe("tiny-tasks", list(FREEZE), backends.get("cpu"), rounds=2, steps=2, warmup=1)
+    labels = [p["label"] for p in model.points]
+    assert labels == ["DropBP off", "DropBP p=0.25", "DropBP p=0.5", "DropBP p=0.75", "recipe (freeze)"]
+    assert all(p["seconds"] > 0 and p["timed_steps"] == 4 for p in model.points)
+    assert set(model.scales) == {"recipe (freeze)"}  # off the line, met exactly by its own factor
+    frozen = model.points[-1]
+    assert model.seconds(1, frozen["flops"], "recipe (freeze)") == pytest.approx(frozen["seconds"])
+    assert frozen["flops"] < model.points[0]["flops"]
 
 
 def test_recipe_time_settings_are_checked():

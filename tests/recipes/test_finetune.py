@@ -3,6 +3,7 @@ QLoRA trains with DropBP, checkpoints survive a SIGKILL and load with plain PEFT
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from dropbp.core import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.recipes.training.checkpoint import latest_checkpoint, load_checkpoint
+from dropbp.recipes import training_flops
 from dropbp.recipes.finetune import FineTune
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
@@ -226,6 +228,27 @@ def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, t
                                                       for s in range(6)]
     assert any("1" in line.split(",")[1] for line in lines)
     assert summary["finished"]
+
+
+def test_each_step_is_timed_by_the_runs_clock_and_the_runs_flops_follow_the_rates_it_realised(tmp_path):
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "train.steps=4", "train.eval_every=0",
+                                                   "dropbp.allocation=uniform"], device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    ticks = itertools.count()
+    job.clock = lambda: float(next(ticks))
+    job.setup()
+    try:
+        job.train()
+        tokens = 8 * 40
+        flops, full = (training_flops(technique, job.flops_model, tokens, 4) for technique in (job.technique, None))
+        realised = job.dropbp.report()["realized_drop_fraction"]
+    finally:
+        job.cleanup()
+    assert job.step_times == [1.0] * 4  # read once before and once after each step; evaluation left out
+    model = job.flops_model
+    assert full == 4 * model.step(tokens)
+    backward_share = sum(model.flops) * model.backward / model.step(1)
+    assert 0 < realised < 1 and 1 - flops / full == pytest.approx(realised * backward_share, rel=1e-9)
 
 
 def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
