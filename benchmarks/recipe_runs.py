@@ -1,17 +1,21 @@
-"""Training a recipe for a benchmark, with each step timed and the run's training FLOPs counted; and a step-time
-model of the recipe (seconds per step = a + b x FLOPs), fitted to short runs of DropBP off and uniform DropBP timed
-in interleaved rounds, so that "the baseline's time" does not depend on how busy the machine was during each run.
+"""Training a recipe for a benchmark, with each step timed and the run's training FLOPs counted; a step-time model
+of the recipe (seconds per step = a + b x FLOPs), fitted to short runs of DropBP off and uniform DropBP timed in
+interleaved rounds, so that "the baseline's time" does not depend on how busy the machine was during each run; and
+the adaptive rate's own cost per step.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from dropbp.backends import Backend
+from dropbp.core import AdaptiveRate
 from dropbp.recipes import FineTune, find_recipe, load_recipe, training_flops
 
 from .harness import step_clock
@@ -77,3 +81,17 @@ def calibrate_recipe(recipe_name: str, overrides: list[str], backend: Backend, *
     return fit_step_time([{"label": label, "flops": statistics.fmean(flops[label]),
                            "seconds": statistics.median(seconds[label]), "timed_steps": rounds * steps,
                            "own_scale": scaled} for label, (_, scaled) in configs.items()])
+
+
+def adaptive_overhead_s(steps: int = 5000) -> float:
+    """Seconds per step the adaptive rate's own work costs (the engine's :meth:`~AdaptiveRate.factor` query and
+    the driver's :meth:`~AdaptiveRate.observe`, window scoring and decisions included), timed by this thread's CPU
+    clock over ``steps`` steps of a falling, noisy loss made beforehand."""
+    rng = random.Random(0)
+    losses = [2.0 / (1.0 + step / 200) + rng.gauss(0.0, 0.05) for step in range(steps)]
+    controller = AdaptiveRate()
+    start = time.thread_time()
+    for step, loss in enumerate(losses):
+        controller.factor(step, 1.0)
+        controller.observe(step, loss)
+    return (time.thread_time() - start) / steps

@@ -29,7 +29,7 @@ from dropbp.recipes import (Naming, Problems, check_non_negative, check_number, 
                             markdown_table, option_name, pyplot, setting)
 
 from .harness import BenchSettings, run_benchmark, step_clock
-from .recipe_runs import DROPBP_OFF, calibrate_recipe, own_label, train_recipe
+from .recipe_runs import DROPBP_OFF, adaptive_overhead_s, calibrate_recipe, own_label, train_recipe
 from .step_time_model import StepTimeModel
 
 
@@ -97,8 +97,10 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
     for row in seeds:  # per-step times were read; the report keeps their sums
         for run in ("baseline", "equal_steps", "equal_time"):
             row[run].pop("step_times_s")
+    adaptive = seeds[0]["equal_steps"]["schedule"] == "adaptive"
     return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
             "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
+            "adaptive_overhead_s": adaptive_overhead_s() if adaptive else None,
             "seeds": seeds, "within": sum(s["within"] for s in seeds), "total_time_s": time.perf_counter() - started}
 
 
@@ -112,6 +114,17 @@ def times_description(result: dict[str, Any]) -> str:
             f"GFLOPs of the step; median step times by the {result['clock']}, timed in interleaved rounds: "
             f"{fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
             "*measured* is the step clock's sum during the run itself")
+
+
+def overhead_lines(result: dict[str, Any]) -> list[str]:
+    """The adaptive rate's own cost per step against the baseline's mean step time (none for other settings)."""
+    overhead = result.get("adaptive_overhead_s")
+    if overhead is None:
+        return []
+    base = statistics.fmean(r["baseline"]["time_s"] / r["baseline"]["steps"] for r in result["seeds"])
+    return [f"The adaptive rate's own work (choosing each step's rate, scoring windows, deciding): "
+            f"{overhead * 1e6:.1f} µs per step, {overhead / base * 100:.3f}% of the baseline's mean step time "
+            f"({base * 1e3:.1f} ms).", ""]
 
 
 def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
@@ -149,6 +162,7 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
         "Mean ± standard deviation over seeds:", "",
         markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
         f"Last verdict line of the recipe's run: {rows[-1]['equal_time']['verdict']}", "",
+        *overhead_lines(result),
         f"Total benchmark time: {result['total_time_s'] / 60:.0f} min.",
     ])
 

@@ -37,6 +37,7 @@ def test_recipe_time_compares_at_the_baselines_time_read_through_the_step_time_m
     assert row["within"] == within_margins(row) and result["within"] == int(within_margins(row))
     table = recipe_time_markdown(result)
     assert f"Within the margins in {int(within_margins(row))} of 1 seeds" in table and "step-time model" in table
+    assert 0 < result["adaptive_overhead_s"] < base["time_s"] / 6 and "µs per step" in table
     assert len(recipe_time_figure(result).axes) == 2
 
 
@@ -48,7 +49,7 @@ def test_recipe_time_on_the_step_clock_with_another_technique_against_exact_back
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
     assert base["technique"] == "dropbp" and base["drop_rate"] == 0  # the baseline freezes nothing
     assert same["technique"] == "freeze" and same["flops"] < base["flops"]
-    assert result["time_model"] is None
+    assert result["time_model"] is None and result["adaptive_overhead_s"] is None
     for run in (base, same, timed):
         assert run["time_s"] == run["measured_time_s"]
     assert timed["steps"] == max(1, round(6 * base["time_s"] / same["time_s"]))
