@@ -123,7 +123,7 @@ def overhead_lines(result: dict[str, Any]) -> list[str]:
         return []
     base = statistics.fmean(r["baseline"]["time_s"] / r["baseline"]["steps"] for r in result["seeds"])
     return [f"The adaptive rate's own work (choosing each step's rate, scoring windows, deciding): "
-            f"{overhead * 1e6:.1f} µs per step, {overhead / base * 100:.3f}% of the baseline's mean step time "
+            f"{overhead * 1e6:.1f} µs per step, {overhead / base * 100:.2g}% of the baseline's mean step time "
             f"({base * 1e3:.1f} ms).", ""]
 
 
