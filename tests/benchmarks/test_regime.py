@@ -187,5 +187,7 @@ def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
     assert row["holds"] == 1 and row["loss_speedup"] == [2.0] and row["match_speedup"] == [2.0]
     assert row["loss_ratio"] == pytest.approx((0.8 + 1.2) / 2)
     assert row["drop"] == pytest.approx(0.375)
-    assert "| adapt, numbers | q " in verdict_markdown([result]) and "2.00x (1/2)" in verdict_markdown([result])
-    assert "| 0.38 " in verdict_markdown([result])  # the realised drop column
+    assert "| adapt, numbers | step clock | q " in verdict_markdown([result])
+    assert "2.00x (1/2)" in verdict_markdown([result]) and "| 0.38 " in verdict_markdown([result])  # realised drop
+    result["settings"]["seeds"], result["step_time_model"] = [3, 4], {"per_step_s": 0.0}
+    assert "| adapt, numbers, seeds 3, 4 | model | q " in verdict_markdown([result])
