@@ -92,8 +92,9 @@ def verdict_markdown(results: list[dict[str, Any]]) -> str:
         "match) over the contender's, mean over the seeds that reach it. The paper reports the same loss 1.5x "
         "sooner. *Times*: read through the study's step-time model, or each run's own step clock (the first "
         "studies, before the model).", "",
-        markdown_table(["study", "times", "contender", "epochs", "realised drop", "val loss vs baseline", "exact match (pts)",
-                        "holds", "sooner to the baseline's loss", "sooner to its exact match"], table), ""])
+        markdown_table(["study", "times", "contender", "epochs", "realised drop", "val loss vs baseline",
+                        "exact match (pts)", "holds", "sooner to the baseline's loss", "sooner to its exact match"],
+                       table), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
