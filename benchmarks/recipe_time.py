@@ -110,9 +110,8 @@ def times_description(result: dict[str, Any]) -> str:
         return f"the {result['clock']} summed over each run's steps (evaluation left out)"
     model = StepTimeModel.from_dict(result["time_model"])
     fitted = ", ".join(f"{p['label']} {p['seconds'] * 1e3:.1f} ms" for p in model.points)
-    return (f"a step-time model's (seconds per step = {model.per_step_s:+.4f} + {model.per_flop_s * 1e9:.4f} x "
-            f"GFLOPs of the step; median step times by the {result['clock']}, timed in interleaved rounds: "
-            f"{fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
+    return (f"a step-time model's ({model.formula()}; median step times by the {result['clock']}, timed in "
+            f"interleaved rounds: {fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
             "*measured* is the step clock's sum during the run itself")
 
 

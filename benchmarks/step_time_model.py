@@ -40,6 +40,10 @@ class StepTimeModel:
         ``label``, where it has its own factor)."""
         return (self.per_step_s * steps + self.per_flop_s * flops) * self.scales.get(label, 1.0)
 
+    def formula(self) -> str:
+        """The line, for reports: ``seconds per step = a + b x GFLOPs of the step``."""
+        return f"seconds per step = {self.per_step_s:+.4f} + {self.per_flop_s * 1e9:.4f} x GFLOPs of the step"
+
     def errors(self) -> dict[str, float]:
         """Per configuration on the line: the line's relative error against its median step time."""
         return {p["label"]: self.seconds(1, p["flops"]) / p["seconds"] - 1 for p in self.points

@@ -44,9 +44,8 @@ def clock_description(backend: Backend, time_model: StepTimeModel | None) -> str
     measured = step_clock(backend)[1]
     if time_model is None:
         return measured
-    return (f"step-time model's (seconds per step = {time_model.per_step_s:+.4f} + {time_model.per_flop_s * 1e9:.4f} "
-            f"x GFLOPs of the step, fitted to {len(time_model.points)} configurations timed in interleaved rounds "
-            f"by the {measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
+    return (f"step-time model's ({time_model.formula()}, fitted to {len(time_model.points)} configurations timed "
+            f"in interleaved rounds by the {measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
 
 
 def calibrate(settings: RegimeSettings, state: dict[str, torch.Tensor], data: Any, backend: Backend,
