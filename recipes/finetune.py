@@ -51,7 +51,8 @@ from dropbp.recipes.training.rates import rate_schedule, step_costs
 from dropbp.recipes.training.run_folder import (DATA_KEY, check_run_folder, check_same_data, resume_point,
                                                 resumed_step, trim_masks_log)
 from dropbp.recipes.training.run_lock import RunLock
-from dropbp.recipes.training.step import StepRunner
+from dropbp.recipes.training.labelled_head import choose_loss, head_fraction
+from dropbp.recipes.training.step import LossFn, StepRunner
 from dropbp.recipes.training.stop_signals import StopSignals
 
 METRICS = ("step", "loss", "lr", "tokens_per_s", "realized_drop_fraction", "val_loss", "val_ppl", "exact_match")
@@ -106,7 +107,7 @@ class FineTune:
         spec = recipe.model
         if spec.trust_remote_code:  # said before the tokenizer or the model can run any of it
             print(f"model.trust_remote_code is on: code shipped with {spec.name} will run.", flush=True)
-        self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.name, is_preset=spec.name in PRESETS,
+        self.tokenizer: Tokenizer = load_tokenizer(spec.tokenizer, spec.source, is_preset=spec.name in PRESETS,
                                                    local_only=not downloads_allowed(),
                                                    trust_remote_code=spec.trust_remote_code)
         vocab = model_vocab_size(spec)
@@ -120,6 +121,8 @@ class FineTune:
         self.model: nn.Module = build_recipe_model(spec, self.backend, self.weights_dtype, recipe.train.seed)
         if recipe.train.gradient_checkpointing:
             enable_checkpointing(self.model, reentrant=recipe.train.checkpointing_reentrant)
+        self.loss_fn: LossFn = choose_loss(recipe.train.head_positions, self.model, self.data.train_ids,
+                                           self.data.train_labels)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
         self.schedule: AllocationSchedule | None = None
         self.technique: Applied | None = None
@@ -151,7 +154,7 @@ class FineTune:
                                       recipe.optim.schedule)
         scaler = torch.amp.GradScaler(self.backend.device.type) if self.autocast == torch.float16 else None
         self.runner = StepRunner(self.forward_model, self.backend, self.optimizer, self.policy, self.autocast, scaler,
-                                 recipe.optim.max_grad_norm, self.scheduler)
+                                 recipe.optim.max_grad_norm, self.scheduler, self.loss_fn)
         self.start_step = 0
         self.rows: list[dict[str, Any]] = []
         if self.resume:
@@ -188,9 +191,9 @@ class FineTune:
 
     @functools.cached_property
     def flops_model(self) -> StepFlops:
-        """Training FLOPs per step (a backward costs two forwards in full fine-tuning, one with adapters); made when
-        first needed, so a run without a technique never needs the model's branches."""
-        return StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0)
+        """Training FLOPs per step (a backward: two forwards in full fine-tuning, one with adapters), made on first use."""
+        head = head_fraction(self.loss_fn, self.data.train_labels)
+        return StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0, head)
 
     @property
     def adaptive(self) -> AdaptiveRate | None:
@@ -225,7 +228,7 @@ class FineTune:
     def validation_loss(self) -> float:
         """Token-weighted mean loss over the validation windows (eval mode: nothing dropped)."""
         return validation_loss(self.model, self.data.val_ids, self.data.val_labels, self.recipe.train.micro_batch_size,
-                               self.backend.device, self._autocast, self.recipe.train.eval_batches)
+                               self.backend.device, self._autocast, self.recipe.train.eval_batches, self.loss_fn)
 
     def exact_match(self) -> float | None:
         """Share of held-out prompts whose greedy answer equals the reference answer exactly (None when off)."""

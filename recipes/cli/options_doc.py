@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 from dropbp.backends import DEVICE_CHOICES
+from dropbp.recipes.config.gguf_source import NAMED_MODELS
 from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
 from dropbp.recipes.config.fields import cli_fields, default_of, format_value, option_name
 
@@ -19,8 +20,9 @@ ALLOWED: dict[str, str] = {
     "device": f"one of {', '.join(DEVICE_CHOICES)}; the device must be present",
     "seed": "integer in [0, 2**32)",
     "out": "a folder that exists and is writable, or can be created",
-    "model": f"a preset ({', '.join(PRESETS)}), `auto` where offered, a local folder with a Hugging Face model, "
-             f"or hf:org/name (fetched only with {ENV_ALLOW_DOWNLOADS}=1)",
+    "model": f"a preset ({', '.join(PRESETS)}), `auto` where offered, a named model ({', '.join(NAMED_MODELS)}), a "
+             f"local folder with a Hugging Face model, gguf:PATH/TO/FILE.gguf, or hf:org/name (fetched only with "
+             f"{ENV_ALLOW_DOWNLOADS}=1)",
     "method": "one of the listed methods",
     "drop_rate": RATE,
     "drop_rates": f"comma-separated, at least one, each a {RATE}",
@@ -75,6 +77,8 @@ ALLOWED: dict[str, str] = {
     "loss_margin": "finite number >= 0",
     "match_margin": "finite number >= 0",
     "dirs": "one or more folders, each holding a throughput.json from dropbp bench throughput",
+    "answer_tokens": "integer in 1..seq_len-1, or none",
+    "head_positions": "one of the listed choices",
 }
 
 

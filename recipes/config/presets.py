@@ -8,6 +8,8 @@ from typing import Any
 
 
 from dropbp.core.errors import ConfigError
+from dropbp.recipes.config.gguf_source import (GGUF_PREFIX, NAMED_MODELS, cached_source, check_gguf, gguf_source,
+                                               is_gguf)
 
 # Llama-architecture shapes. 'tiny' is sized to be compute-bound on a 2-core CPU; the others are the real shapes
 # of the models in the paper (random weights: timing and memory depend on shape, not on the values).
@@ -101,8 +103,11 @@ def hub_id(name: str) -> str | None:
     return name[len(HUB_PREFIX):] if isinstance(name, str) and name.startswith(HUB_PREFIX) else None
 
 
-def source_of(name: str) -> str:
-    """What ``from_pretrained`` is given for a model, tokenizer or dataset name: the Hub id or the local path."""
+def source_of(name: str, gguf_file: str | None = None) -> str:
+    """What ``from_pretrained`` is given for a model, tokenizer or dataset name: the Hub id, the converted folder of
+    a GGUF model (converted on first use; a folder plus ``gguf_file`` is one too), or the local path."""
+    if is_gguf(name) or gguf_file:
+        return gguf_source(name, gguf_file)
     return hub_id(name) or name
 
 
@@ -114,22 +119,27 @@ def check_hub_access(name: str, field: str) -> None:
 
 
 def check_model(name: Any, field: str = "--model", *, for_run: bool = True) -> None:
-    """A preset, ``auto``, a local folder, or a Hub reference ``hf:org/name`` (used only with downloads allowed;
-    ``for_run=False`` checks the spelling alone). Refused at once otherwise."""
+    """A preset, ``auto``, a named model, ``gguf:FILE``, a local folder, or a Hub reference ``hf:org/name`` (used
+    only with downloads allowed; ``for_run=False`` checks the spelling alone). Refused at once otherwise."""
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{field} must be a preset ({', '.join(PRESETS)}) or a folder, got {name!r}.")
+        raise ConfigError(f"{field} must be a preset ({', '.join(PRESETS)}), a named model ({', '.join(NAMED_MODELS)}) "
+                          f"or a folder, got {name!r}.")
     if hub_id(name) is not None:
         if not hub_id(name):
             raise ConfigError(f"{field} {name!r} names no Hub repository; write hf:org/name.")
         if for_run:
             check_hub_access(name, field)
         return
+    if is_gguf(name):
+        check_gguf(name, None, field, for_run=for_run)
+        return
     if name in PRESETS or name == "auto" or Path(name).is_dir():
         return
     raise ConfigError(
-        f"{field} must be a preset ({', '.join(PRESETS)}) or a local folder holding a Hugging Face model; {name!r} "
-        f"is neither (no such folder). For a model on the Hugging Face Hub write hf:{name} and set "
-        f"{ENV_ALLOW_DOWNLOADS}=1 to allow the download."
+        f"{field} must be a preset ({', '.join(PRESETS)}), a named model ({', '.join(NAMED_MODELS)}), a local folder "
+        f"holding a Hugging Face model, or {GGUF_PREFIX}PATH/TO/FILE.gguf; {name!r} is none of these (no such "
+        f"folder). "
+        f"For a model on the Hugging Face Hub write hf:{name} and set {ENV_ALLOW_DOWNLOADS}=1 to allow the download."
     )
 
 
@@ -138,7 +148,10 @@ def max_positions(name: str, **overrides: Any) -> int | None:
     without loading weights: a preset, or a local folder's ``config.json``; None otherwise."""
     if name in PRESETS:
         return int(llama_config(name, **overrides).max_position_embeddings)
-    config = Path(name) / "config.json"
+    folder = cached_source(name) if is_gguf(name) else Path(name)
+    if folder is None:
+        return None
+    config = folder / "config.json"
     if config.is_file():
         try:
             value = json.loads(config.read_text()).get("max_position_embeddings")

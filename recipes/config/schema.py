@@ -16,16 +16,18 @@ from dropbp import backends
 from dropbp.core.checks import check_int, check_seed
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
+from dropbp.recipes.config.gguf_source import NAMED_MODELS, check_gguf
 from dropbp.recipes.config.presets import (METHODS, PRESETS, check_hub_access, check_model, check_preset_config, hub_id,
-                                           max_positions)
+                                           max_positions, source_of)
 from dropbp.recipes.config.dropbp_section import DropBPSection
 from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, check_run_name, setting
 
 DATA_FORMATS = ("alpaca", "chat", "text")
-TEMPLATES = ("alpaca", "plain")
+TEMPLATES = ("alpaca", "plain", "chat")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
+HEAD_POSITIONS = ("auto", "labelled", "all")
 BYTE_TOKENIZER = "byte"
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 
@@ -38,8 +40,12 @@ def _int(p: Problems, name: str, value: Any, low: int, high: int | None = None) 
 class ModelSection:
     """Which model, and how it is trained."""
 
-    name: str = setting("tiny", f"a preset ({', '.join(PRESETS)}; random weights), a local folder with a Hugging "
-                                "Face model, or hf:org/name on the Hub (fetched only with DROPBP_ALLOW_DOWNLOADS=1)")
+    name: str = setting("tiny", f"a preset ({', '.join(PRESETS)}; random weights), a named pre-trained model "
+                                f"({', '.join(NAMED_MODELS)}; from its installed package), a local folder with a "
+                                "Hugging Face model, gguf:PATH/TO/FILE.gguf, or hf:org/name on the Hub (fetched only "
+                                "with DROPBP_ALLOW_DOWNLOADS=1)")
+    gguf_file: str | None = setting(None, "with a folder as model.name: the GGUF file in it to load (converted once to "
+                                          "a Hugging Face folder in the cache, DROPBP_CACHE or ~/.cache/dropbp)")
     method: str = setting("lora", "full fine-tuning, LoRA, or QLoRA (4-bit NF4 base weights, bitsandbytes)",
                           choices=METHODS)
     config: dict[str, Any] = setting(help="preset fields to change, e.g. {hidden_size: 128, num_hidden_layers: 4}",
@@ -54,9 +60,17 @@ class ModelSection:
     lora_targets: tuple[str, ...] = setting(("all-linear",), "modules that get adapters (PEFT target_modules; "
                                                              "all-linear = every linear layer but the head)")
 
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` is given for this model (see :func:`source_of`; GGUF models are converted once)."""
+        return source_of(self.name, self.gguf_file)
+
     def check(self, p: Problems, for_run: bool = True) -> None:
         """Record every problem of this section (``for_run``: also whether Hub references may be fetched)."""
-        p.check(check_model, self.name, "model.name", for_run=for_run)
+        if self.gguf_file is not None:
+            p.check(check_gguf, self.name, self.gguf_file, "model.gguf_file", for_run=for_run)
+        else:
+            p.check(check_model, self.name, "model.name", for_run=for_run)
         if for_run and self.tokenizer not in ("auto", BYTE_TOKENIZER):
             p.check(check_hub_access, self.tokenizer, "model.tokenizer")
         p.check(check_choice, "model.method", self.method, METHODS)
@@ -86,8 +100,13 @@ class DataSection:
     split_seed: int = setting(42, "seed of the held-out split (the paper's is 42)")
     columns: dict[str, Any] = setting(help="rename record fields to the format's names, e.g. {input: context, "
                                            "output: response} for Dolly", default_factory=dict)
-    template: str = setting("alpaca", "prompt template of alpaca data: alpaca (the Stanford Alpaca prompt) or plain "
-                                      "(instruction, a newline, the input)", choices=TEMPLATES)
+    template: str = setting("alpaca", "prompt template of alpaca data: alpaca (the Stanford Alpaca prompt), plain "
+                                      "(instruction, a newline, the input) or chat (instruction and input as the user's "
+                                      "turn of the tokenizer's chat template, the output as the assistant's)",
+                            choices=TEMPLATES)
+    system_prompt: str | None = setting(None, "with template chat: the system message (none: the chat template's own "
+                                              "default, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM'; "
+                                              "a short one makes shorter sequences)")
     mask_prompt: bool = setting(False, "leave the prompt out of the loss (the paper's Alpaca runs did not)")
     seq_len: int = setting(512, "tokens per sequence")
     packing: bool = setting(False, "pack examples back to back into seq_len windows; false: one example per "
@@ -172,6 +191,10 @@ class TrainSection:
                                                    "(it recomputes a whole block whenever a gradient passes it, even "
                                                    "one whose branches are all dropped; for models or wrappers that "
                                                    "need it)")
+    head_positions: str = setting("auto", "where the LM head and the loss run: labelled (only where the next token "
+                                          "has a label: prompt and padding cost nothing there; the same loss and "
+                                          "gradients), all (every position), or auto (labelled where a check on the "
+                                          "first batch finds it exact)", choices=HEAD_POSITIONS)
     divergence_factor: float = setting(10.0, "exit 3 when a loss is not finite, or over this many times its running "
                                              "mean and the run's first losses (0: non-finite only)")
 
@@ -193,6 +216,7 @@ class TrainSection:
             _int(p, "train.stop_after_steps", self.stop_after_steps, 1)
         p.check(check_number, "train.divergence_factor", self.divergence_factor, low=0)
         p.check(check_choice, "train.precision", self.precision, PRECISIONS)
+        p.check(check_choice, "train.head_positions", self.head_positions, HEAD_POSITIONS)
         p.check(check_seed, self.seed, "train.seed")
 
 

@@ -78,6 +78,18 @@ def _text(record: dict[str, Any], key: str, field: str, *, optional: bool = Fals
     return str(value)
 
 
+def chat_prompt(user: str, spec: DataSection, tokenizer: Tokenizer) -> str:
+    """One user turn through the tokenizer's chat template, opening the assistant's turn (after the recipe's system
+    message, where it gives one; else the template's own default)."""
+    system = [] if spec.system_prompt is None else [{"role": "system", "content": spec.system_prompt}]
+    prompt = tokenizer.chat(system + [{"role": "user", "content": user}], add_generation_prompt=True)
+    if prompt is None:
+        raise ConfigError("data.template chat needs a tokenizer with a chat template, and this one has none (a "
+                          "preset's byte-level tokenizer never has one); use template alpaca or plain, or a model "
+                          "whose tokenizer has a chat template.")
+    return prompt
+
+
 def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, field: str) -> tuple[str, str]:
     """(prompt, answer) text of one record in the recipe's format."""
     if spec.columns:
@@ -90,6 +102,8 @@ def render(record: dict[str, Any], spec: DataSection, tokenizer: Tokenizer, fiel
         instruction = _text(record, "instruction", field)
         if spec.template == "plain":
             prompt = f"{instruction}\n{extra}\n" if extra else f"{instruction}\n"
+        elif spec.template == "chat":
+            prompt = chat_prompt(f"{instruction}\n{extra}" if extra else instruction, spec, tokenizer)
         else:
             template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
             prompt = template.format(instruction=instruction, input=extra)

@@ -20,8 +20,9 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``."""
 
-    def chat(self, messages: list[dict[str, str]]) -> str | None:
-        """The conversation rendered with the tokenizer's chat template, or None where it has none."""
+    def chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str | None:
+        """The conversation rendered with the tokenizer's chat template (``add_generation_prompt``: followed by the
+        opening of an assistant turn), or None where it has none."""
 
 
 class ByteTokenizer:
@@ -39,7 +40,7 @@ class ByteTokenizer:
         """Bytes back to text (invalid sequences replaced)."""
         return bytes(i for i in ids if 0 < i < 256).decode("utf-8", errors="replace")
 
-    def chat(self, messages: list[dict[str, str]]) -> str | None:
+    def chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str | None:
         """No chat template: conversations are rendered by the data pipeline's plain format."""
         return None
 
@@ -65,11 +66,12 @@ class HFTokenizer:
         """Text of ``ids``, special tokens dropped."""
         return str(self.inner.decode(ids, skip_special_tokens=True))
 
-    def chat(self, messages: list[dict[str, str]]) -> str | None:
+    def chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str | None:
         """The tokenizer's chat template applied to ``messages``, or None where it has none."""
         if not getattr(self.inner, "chat_template", None):
             return None
-        return str(self.inner.apply_chat_template(messages, tokenize=False))
+        return str(self.inner.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt))
 
 
 def load_tokenizer(spec: str, model_name: str, *, is_preset: bool, local_only: bool,

@@ -79,7 +79,7 @@ def load_4bit(spec: ModelSection, backend: Backend, seed: int) -> nn.Module:
         check_cpu_4bit_shapes(spec.name, spec.config)
     if spec.name in PRESETS:  # random weights, quantized on load like any checkpoint
         return quantize_4bit(build_model(spec.name, seed=seed, **spec.config), backend)
-    return _from_pretrained_4bit(source_of(spec.name), backend, **_load_kwargs(spec))
+    return _from_pretrained_4bit(spec.source, backend, **_load_kwargs(spec))
 
 
 CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU NF4 kernels: output features in blocks of 32, input features of 64
@@ -116,11 +116,12 @@ def _preset(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int)
 
 
 def _pretrained(spec: ModelSection, backend: Backend, dtype: torch.dtype, seed: int) -> nn.Module | None:
-    """A local folder holding a Hugging Face model, or ``hf:org/name`` (fetched only with downloads allowed)."""
+    """A local folder holding a Hugging Face model, a GGUF model (converted once), or ``hf:org/name`` (fetched only
+    with downloads allowed)."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source_of(spec.name), dtype=dtype, **_load_kwargs(spec))
+        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **_load_kwargs(spec))
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name {spec.name!r} could not be loaded: {str(err).splitlines()[0]}") from None
     return model.to(backend.device)
@@ -179,7 +180,7 @@ def model_vocab_size(spec: ModelSection) -> int | None:
     from transformers import AutoConfig
 
     try:
-        return int(AutoConfig.from_pretrained(source_of(spec.name), **_load_kwargs(spec)).vocab_size)
+        return int(AutoConfig.from_pretrained(spec.source, **_load_kwargs(spec)).vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 

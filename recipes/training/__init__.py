@@ -7,6 +7,7 @@ from dropbp.recipes.lazy import lazy_exports
 _STEP, _LR, _EVAL = "dropbp.recipes.training.step", "dropbp.recipes.training.lr", "dropbp.recipes.training.evaluation"
 _CHECKPOINT = "dropbp.recipes.training.checkpoint"
 _DISTRIBUTED = "dropbp.recipes.training.distributed"
+_HEAD = "dropbp.recipes.training.labelled_head"
 EXPORTS: dict[str, str] = {
     "StepRunner": _STEP, "StepResult": _STEP, "causal_lm_loss": _STEP,
     "lr_factor": _LR, "lr_scheduler": _LR, "SCHEDULES": _LR,
@@ -16,6 +17,8 @@ EXPORTS: dict[str, str] = {
     "World": _DISTRIBUTED, "world_from_environment": _DISTRIBUTED,
     "DropBPCallback": "dropbp.recipes.training.hf_trainer",
     "rate_schedule": "dropbp.recipes.training.rates", "step_costs": "dropbp.recipes.training.rates",
+    "labelled_positions_loss": _HEAD, "head_is_exact": _HEAD, "choose_loss": _HEAD, "labelled_fraction": _HEAD,
+    "HEAD_POSITIONS": "dropbp.recipes.config.schema",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

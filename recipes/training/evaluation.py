@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dropbp.recipes.data.instruct import IGNORE
+from dropbp.recipes.training.step import LossFn, causal_lm_loss
 
 #: Runs the forward under the precision's autocast (``backend.autocast(dtype)``).
 Autocast = Callable[[], Any]
@@ -22,8 +23,10 @@ Autocast = Callable[[], Any]
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                    device: torch.device, autocast: Autocast, max_batches: int | None = None) -> float:
-    """Token-weighted mean loss over answer tokens of the validation windows (``labels`` -100 elsewhere)."""
+                    device: torch.device, autocast: Autocast, max_batches: int | None = None,
+                    loss_fn: LossFn = causal_lm_loss) -> float:
+    """Token-weighted mean loss over answer tokens of the validation windows (``labels`` -100 elsewhere), each
+    batch's mean from ``loss_fn`` (the model's own loss, or the labelled-positions one: the same value)."""
     model.eval()
     batches = range(0, len(ids), batch_size)
     if max_batches is not None:
@@ -36,7 +39,7 @@ def validation_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, b
         if tokens == 0:
             continue
         with autocast():
-            loss = model(input_ids=window, labels=target).loss
+            loss = loss_fn(model, (window, target))
         total += float(loss) * tokens
         count += tokens
     model.train()

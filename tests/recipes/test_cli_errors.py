@@ -53,7 +53,7 @@ MATRIX = [
     (["bench", "throughput"], ["--seed", "-1"], "--seed must be an integer in [0, 2**32)"),
     *[(command, ["--out", "/proc/dropbp-results"], "cannot be written") for command in
       (["allocate"], ["bench", "throughput"], ["bench", "memory"], ["bench", "convergence"], ["bench", "compiles"])],
-    *[(command, ["--model", "llama9-1b"], "is neither (no such folder)") for command in
+    *[(command, ["--model", "llama9-1b"], "is none of these (no such folder)") for command in
       (["allocate"], ["bench", "throughput"], ["bench", "memory"])],
     (["bench", "convergence"], ["--model", "llama9-1b"], "only 'tiny' is allowed"),
     *[(command, ["--drop-rate", "nan"], "--drop-rate must be a number in [0, 1)") for command in
@@ -77,7 +77,7 @@ MATRIX = [
     # dropbp train takes a recipe and key=value overrides
     (["train", "tiny-tasks"], [f"train.seed={HUGE_SEED}"], "train.seed must be an integer in [0, 2**32)"),
     (["train", "tiny-tasks"], ["train.seed=-1"], "train.seed must be an integer in [0, 2**32)"),
-    (["train", "tiny-tasks"], ["model.name=llama9-1b", "model.config={}"], "is neither (no such folder)"),
+    (["train", "tiny-tasks"], ["model.name=llama9-1b", "model.config={}"], "is none of these (no such folder)"),
     (["train", "tiny-tasks"], ["dropbp.drop_rate=nan"], "dropbp.drop_rate must be a number in [0, 1)"),
     *[(["train", "tiny-tasks"], [f"optim.lr={value}"], "optim.lr must be a finite number in (0, inf)")
       for value in ("nan", "-1", "inf")],
