@@ -92,6 +92,18 @@ def checkpointing_section(result: dict[str, Any]) -> list[str]:
                            rows), "", verdict]
 
 
+def head_line(result: dict[str, Any]) -> list[str]:
+    """What share of a step the LM head and the loss take (FLOPs model), which DropBP cannot drop."""
+    head = result.get("head")
+    if not head:
+        return []
+    where = ("every position" if head["positions"] == "all" else
+             f"labelled positions only ({head['fraction_of_positions']:.1%} of them)")
+    at = "; ".join(f"{label}: {share:.1%}" for label, share in head["share_at"].items())
+    return ["", f"The LM head and the loss (on {where}) take {head['share_baseline']:.1%} of the baseline step's "
+                f"training FLOPs (FLOPs model), and more of what DropBP leaves ({at}); DropBP cannot drop them."]
+
+
 def throughput_markdown(result: dict[str, Any]) -> str:
     """The whole Markdown report: settings line, table, paper reference."""
     shape = result["model_shape"]
@@ -110,6 +122,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
         "",
         "increase = T(baseline)/T - 1; ideal step = T(all dropped) + (1 - q) * (T(baseline) - T(all dropped)); "
         "efficiency = ideal / measured.",
+        *head_line(result),
         "",
         "Per-iteration split (means over the measured rounds, so the phases add up to the total; the device is "
         "synchronised between phases, so on lazy-mode Gaudi the forward graph runs, and is counted, at the "

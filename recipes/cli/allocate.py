@@ -14,12 +14,14 @@ from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
                                           setting)
 from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
-from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
+from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len
+from dropbp.recipes.config.registry import find_recipe
 
 EXAMPLES = """examples:
   dropbp allocate --model tiny --method lora --drop-rate 0.875 --sensitivity fast --allocator paper
   dropbp allocate --sensitivity fast --compare exact --seed 1
-  dropbp allocate --allocator optimal --cap 0.95 --out results/alloc"""
+  dropbp allocate --allocator optimal --cap 0.95 --out results/alloc
+  dropbp allocate --model smollm2-135m-instruct --data smollm2-tasks --batch-size 16"""
 
 
 @dataclass
@@ -36,6 +38,10 @@ class AllocateSettings:
     cap: float = setting(0.9, "highest rate of any branch")
     compare: str | None = setting(None, "also compute exact sensitivity; report Spearman and the cost of both",
                                   choices=("exact",))
+    data: str = setting("corpus", "what sensitivity is measured on: corpus (the Python standard library's source as "
+                                  "bytes, for the byte-level presets), or a shipped recipe or recipe file (the first "
+                                  "batch of its training data through the model's own tokenizer, with the recipe's "
+                                  "labels; seq_len is the recipe's), e.g. smollm2-tasks")
     seq_len: int = setting(256, "tokens per sequence")
     batch_size: int = setting(4, "sequences in the batch")
     seed: int = setting(0, "seed for the weights and the batch")
@@ -54,6 +60,8 @@ class AllocateSettings:
         check_seed(self.seed, "--seed")
         check_output_dir("--out", self.out if self.out is not None else Path("results"))
         check_seq_len(self.model, self.seq_len)
+        if self.data != "corpus":
+            find_recipe(self.data)
         check_number("--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
         if self.allocator != "uniform":
             check_feasible(self.drop_rate, self.cap)
@@ -67,12 +75,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "FLOPs budget; print the table and write JSON + a plot of the rates per layer.")
 
 
+def measurement_batch(settings: AllocateSettings, device: torch.device) -> dict[str, torch.Tensor]:
+    """``input_ids`` (and ``labels``) of the batch sensitivity is measured on: windows of the standard library's
+    source as bytes, or the first training windows of a recipe's data through the model's tokenizer."""
+    if settings.data == "corpus":
+        from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
+
+        ids = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len, settings.seed)
+        return {"input_ids": ids.to(device)}
+    from dropbp.recipes.config.presets import downloads_allowed
+    from dropbp.recipes.config.schema import ModelSection, load_recipe
+    from dropbp.recipes.data.instruct import load_data
+    from dropbp.recipes.data.tokenizers import load_tokenizer
+
+    recipe = load_recipe(find_recipe(settings.data))
+    tokenizer = load_tokenizer("auto", ModelSection(name=settings.model).source, is_preset=settings.model in PRESETS,
+                               local_only=not downloads_allowed(), trust_remote_code=False)
+    data = load_data(recipe.data, recipe.base_dir, tokenizer, settings.seed)
+    return {"input_ids": data.train_ids[:settings.batch_size].to(device),
+            "labels": data.train_labels[:settings.batch_size].to(device)}
+
+
 def run(settings: AllocateSettings) -> int:
     """Validate, measure, allocate, write, print."""
     from dropbp.core.engine import DropBP
     from dropbp.core.sensitivity import compute_sensitivity, spearman
     from dropbp.recipes.report.allocation import allocation_figure, allocation_markdown
-    from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
     from dropbp.recipes.model.build import apply_method, build_model, check_fits
     from dropbp.recipes.report.publish import environment, publish, results_folder
 
@@ -84,8 +112,7 @@ def run(settings: AllocateSettings) -> int:
     model = apply_method(build_model(settings.model, device=backend.device, seed=settings.seed), settings.method,
                          seed=settings.seed)
     dropbp = DropBP(model, 0.0, seed=settings.seed, seq_len=settings.seq_len)
-    batch = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len,
-                     settings.seed).to(backend.device)
+    batch = measurement_batch(settings, backend.device)
     sensitivity = compute_sensitivity(settings.sensitivity, model, dropbp, batch, seed=settings.seed, progress=True)
     rates = allocate(settings.allocator, dropbp.flops, sensitivity.values, settings.drop_rate, cap=settings.cap)
     total = sum(dropbp.flops)
@@ -93,7 +120,8 @@ def run(settings: AllocateSettings) -> int:
                 for b, s, r in zip(dropbp.branches, sensitivity.values, rates)]
     result = {"command": "allocate", **environment(backend), "model": settings.model, "method": settings.method,
               "model_shape": dropbp.shape.to_dict(), "drop_rate": settings.drop_rate, "allocator": settings.allocator,
-              "cap": settings.cap, "seq_len": settings.seq_len, "batch_size": settings.batch_size,
+              "cap": settings.cap, "seq_len": int(batch["input_ids"].shape[1]), "batch_size": settings.batch_size,
+              "data": settings.data,
               "seed": settings.seed,
               "sensitivity": sensitivity.to_dict(), "drop_fraction": drop_fraction(dropbp.flops, rates),
               "branches": branches}

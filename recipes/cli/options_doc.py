@@ -78,6 +78,7 @@ ALLOWED: dict[str, str] = {
     "match_margin": "finite number >= 0",
     "dirs": "one or more folders, each holding a throughput.json from dropbp bench throughput",
     "answer_tokens": "integer in 1..seq_len-1, or none",
+    "data": "corpus, a shipped recipe (dropbp recipes ls) or a recipe file",
     "head_positions": "one of the listed choices",
 }
 

@@ -142,3 +142,16 @@ def test_ctrl_c_during_import_and_during_work_exits_130_without_traceback(tmp_pa
             assert any((tmp_path / "run" / "checkpoints").iterdir())
         else:
             assert "interrupted" in err, err
+
+
+def test_allocate_measures_on_a_recipes_labelled_batch(tmp_path, capsys):
+    out = tmp_path / "a"
+    assert main(["allocate", "--model", "tiny", "--method", "lora", "--data", "tiny-tasks", "--batch-size", "2",
+                 "--out", str(out)]) == 0
+    import json
+
+    result = json.loads((out / "allocate.json").read_text())
+    assert result["data"] == "tiny-tasks" and result["seq_len"] == 40  # the recipe's windows, not --seq-len
+    assert len(result["branches"]) == 8 and any(b["sensitivity"] > 0 for b in result["branches"])
+    assert main(["allocate", "--data", "no-such-recipe", "--out", str(tmp_path / "b")]) == 2
+    assert "recipe 'no-such-recipe' is neither a file nor a shipped recipe" in capsys.readouterr().err
