@@ -138,8 +138,8 @@ def check_model(name: Any, field: str = "--model", *, for_run: bool = True) -> N
     raise ConfigError(
         f"{field} must be a preset ({', '.join(PRESETS)}), a named model ({', '.join(NAMED_MODELS)}), a local folder "
         f"holding a Hugging Face model, or {GGUF_PREFIX}PATH/TO/FILE.gguf; {name!r} is none of these (no such "
-        f"folder). "
-        f"For a model on the Hugging Face Hub write hf:{name} and set {ENV_ALLOW_DOWNLOADS}=1 to allow the download."
+        f"folder). For a model on the Hugging Face Hub write hf:{name} and set {ENV_ALLOW_DOWNLOADS}=1 to allow the "
+        "download."
     )
 
 

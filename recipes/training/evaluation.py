@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,18 +56,41 @@ def greedy_exact_match(model: nn.Module, prompts: Sequence[list[int]], answers: 
     model.eval()
     hits = 0
     for ids, answer in zip(prompts, answers):
-        produced: list[int] = []
-        for _ in range(max_new_tokens):
-            window = torch.tensor([(list(ids) + produced)[-seq_len:]], device=device)
-            with autocast():
-                logits = model(input_ids=window).logits
-            token = int(logits[0, -1].argmax())
-            if token == eos_token_id:
-                break
-            produced.append(token)
+        produced = greedy_answer(model, list(ids), eos_token_id, seq_len=seq_len, max_new_tokens=max_new_tokens,
+                                 device=device, autocast=autocast)
         hits += decode(produced).strip() == answer.strip()
     model.train()
     return hits / max(len(prompts), 1)
+
+
+@torch.no_grad()
+def greedy_answer(model: nn.Module, ids: list[int], eos_token_id: int | None, *, seq_len: int, max_new_tokens: int,
+                  device: torch.device, autocast: Autocast) -> list[int]:
+    """The greedy continuation of ``ids`` (without the end of sequence), each step seeing the last ``seq_len``
+    tokens. While they all fit, the model's key-value cache carries the prefix and only the new token is run
+    (a forward over the whole window otherwise); the head runs on the last position only."""
+    produced: list[int] = []
+    past = None
+    last_only = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
+    cache = "cache" if accepts(model, "cache") else "past_key_values"  # the name since transformers 5.2x, and before
+    for _ in range(max_new_tokens):
+        cached = past is not None and len(ids) + len(produced) <= seq_len
+        inputs = torch.tensor([produced[-1:] if cached else (ids + produced)[-seq_len:]], device=device)
+        with autocast():
+            out = model(input_ids=inputs, use_cache=True, **{cache: past if cached else None}, **last_only)
+        past = getattr(out, cache)
+        token = int(out.logits[0, -1].argmax())
+        if token == eos_token_id:
+            break
+        produced.append(token)
+    return produced
+
+
+def accepts(model: nn.Module, argument: str) -> bool:
+    """Whether the forward of ``model`` (under any PEFT or DDP wrapper) takes ``argument``."""
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return argument in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()

@@ -82,11 +82,12 @@ def head_fraction(loss_fn: Any, labels: torch.Tensor) -> float:
 def choose_loss(setting: str, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> Any:
     """The loss function ``train.head_positions`` asks for: ``all`` the model's own; ``labelled`` the
     labelled-positions loss (refused where :func:`head_is_exact` fails on the first two windows of ``ids`` and
-    ``labels``); ``auto`` labelled where it is exact, else the model's own."""
+    ``labels`` that have a label); ``auto`` labelled where it is exact, else the model's own."""
     if setting == "all":
         return causal_lm_loss
     device = next(model.parameters()).device
-    batch = (ids[:2].to(device), labels[:2].to(device))
+    rows = (labels[:, 1:] != IGNORE).any(1).nonzero().flatten()[:2]  # windows with a label: a loss to compare
+    batch = (ids[rows].to(device), labels[rows].to(device))
     if head_is_exact(model, batch):
         return labelled_positions_loss
     if setting == "labelled":

@@ -73,3 +73,26 @@ def test_exactness_probe_accepts_a_standard_head_and_refuses_a_changed_one():
     assert model.training  # the probe leaves the mode as it found it
     model.lm_head.register_forward_hook(lambda _m, _args, out: out.flip(1))  # a head whose rows depend on position
     assert not head_is_exact(model, batch)
+
+
+def test_cached_greedy_decoding_gives_the_uncached_tokens():
+    """The exact-match decode carries the prefix in the key-value cache; it produces the tokens a full forward per
+    token produces, also once the window is full and it slides."""
+    from contextlib import nullcontext
+
+    from dropbp.recipes.training.evaluation import greedy_answer
+
+    model = seeded_model(tiny_config("llama")).eval()
+    ids = token_batch(3, batch=1, seq=10)[0].tolist()
+
+    def uncached(seq_len: int, steps: int) -> list[int]:
+        produced = []
+        for _ in range(steps):
+            logits = model(input_ids=torch.tensor([(ids + produced)[-seq_len:]])).logits
+            produced.append(int(logits[0, -1].argmax()))
+        return produced
+
+    for seq_len in (16, 12):  # room for every new token; a window that fills after two
+        got = greedy_answer(model, ids, None, seq_len=seq_len, max_new_tokens=6, device=torch.device("cpu"),
+                            autocast=nullcontext)
+        assert got == uncached(seq_len, 6)
