@@ -9,6 +9,7 @@ into place only when it is complete, so a failed or interrupted one leaves nothi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -108,19 +109,31 @@ def cache_root() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """The first 16 hex digits of the file's SHA-256 (the cache key: a changed file is converted again)."""
+    """The first 16 hex digits of the file's SHA-256 (the cache key: a changed file is converted again); read once
+    per process while the file's size and modification time stay the same."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def cache_folder(path: Path) -> Path:
+    """Where the conversion of GGUF file ``path`` is kept (made or not)."""
+    return cache_root() / "gguf" / f"{path.stem}-{file_digest(path)}"
 
 
 def converted_folder(path: Path, field: str = "model.name") -> Path:
     """The Hugging Face folder converted from GGUF file ``path`` (made on first use; see the module's docstring).
     A file transformers cannot read (truncated, damaged, an unsupported architecture) gets one ConfigError naming the
     file and the cause."""
-    target = cache_root() / "gguf" / f"{path.stem}-{file_digest(path)}"
+    target = cache_folder(path)
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
@@ -193,7 +206,7 @@ def cached_source(name: str, gguf_file: str | None = None) -> Path | None:
         path = gguf_path(name, gguf_file)
         if not path.is_file():
             return None
-        folder = cache_root() / "gguf" / f"{path.stem}-{file_digest(path)}"
+        folder = cache_folder(path)
     except (ConfigError, OSError):
         return None
     return folder if (folder / "config.json").is_file() else None

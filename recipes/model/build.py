@@ -146,12 +146,18 @@ def build_recipe_model(spec: ModelSection, backend: Backend, dtype: torch.dtype,
     return add_adapters(model, spec, seed)
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model under any DistributedDataParallel or PEFT wrapper."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
 def enable_checkpointing(model: nn.Module, reentrant: bool = False) -> None:
     """Hugging Face activation checkpointing on the base model under any PEFT wrapper: non-reentrant by default (it
     recomputes only what a kept path unpacks, and needs no input that requires a gradient); the reentrant variant
     on request, with the embeddings' output made to require a gradient (else, with frozen embeddings as under
     LoRA, no gradient would reach a checkpointed block)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
                           "checkpointing; turn it off.")
@@ -169,7 +175,7 @@ def set_checkpointing(model: nn.Module, on: bool) -> None:
     if on:
         enable_checkpointing(model)
         return
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
 
 

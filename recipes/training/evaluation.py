@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dropbp.recipes.data.instruct import IGNORE
+from dropbp.recipes.model.build import base_model
 from dropbp.recipes.training.step import LossFn, causal_lm_loss
 
 #: Runs the forward under the precision's autocast (``backend.autocast(dtype)``).
@@ -88,9 +89,7 @@ def greedy_answer(model: nn.Module, ids: list[int], eos_token_id: int | None, *,
 
 def accepts(model: nn.Module, argument: str) -> bool:
     """Whether the forward of ``model`` (under any PEFT or DDP wrapper) takes ``argument``."""
-    inner = getattr(model, "module", model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return argument in inspect.signature(base.forward).parameters
+    return argument in inspect.signature(base_model(model).forward).parameters
 
 
 @torch.no_grad()

@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dropbp.recipes.data.instruct import IGNORE
+from dropbp.recipes.model.build import base_model
 from dropbp.recipes.training.step import Batch, causal_lm_loss, input_and_labels
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
     """The module that maps hidden states to the vocabulary, under any DDP or PEFT wrapper; None if there is none."""
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    getter = getattr(base, "get_output_embeddings", None)
+    getter = getattr(base_model(model), "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     return head if isinstance(head, nn.Module) else None
 
