@@ -22,8 +22,8 @@ from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
 from dropbp.recipes import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
                             check_choice, check_fits, check_int, check_non_negative, check_number, check_positive,
-                            check_seq_len, labelled_fraction, labelled_positions_loss, option_name, pool_size_field, resolve_sampler,
-                            sampler_field, set_checkpointing, setting)
+                            check_seq_len, head_fraction, labelled_positions_loss, option_name, pool_size_field,
+                            resolve_sampler, sampler_field, set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 
@@ -219,15 +219,14 @@ def run_throughput(settings: ThroughputSettings, backend: Backend, *, progress: 
     dropbp.remove()
     result = summarise(settings, backend, dropbp, configs, saved, dtype)
     result["warmup_rounds"] = warmup
-    result["head"] = head_shares(eager_model, settings, batch[1], result)
+    result["head"] = head_shares(eager_model, settings, head_fraction(loss_fn, batch[1]), result)
     return result
 
 
-def head_shares(model: torch.nn.Module, settings: ThroughputSettings, labels: torch.Tensor,
+def head_shares(model: torch.nn.Module, settings: ThroughputSettings, fraction: float,
                 result: dict[str, Any]) -> dict[str, Any]:
     """The share of a step's training FLOPs the LM head and the loss take (DropBP cannot drop it), at the baseline
-    and at each run's realised drop fraction, with the head where this run put it (all or labelled positions)."""
-    fraction = labelled_fraction(labels) if settings.head_positions == "labelled" else 1.0
+    and at each run's realised drop fraction, with the head on ``fraction`` of the positions."""
     flops = StepFlops(model, settings.seq_len, 2.0 if settings.method == "full" else 1.0, fraction)
     rates = {r["label"]: r["realized_drop_fraction"] for r in result["runs"]}
     return {"positions": settings.head_positions, "fraction_of_positions": fraction,

@@ -191,7 +191,7 @@ class FineTune:
 
     @functools.cached_property
     def flops_model(self) -> StepFlops:
-        """Training FLOPs per step (a backward: two forwards in full fine-tuning, one with adapters), made on first use."""
+        """Training FLOPs per step (a backward: two forwards in full, one with adapters), made on first use."""
         head = head_fraction(self.loss_fn, self.data.train_labels)
         return StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0, head)
 

@@ -101,8 +101,8 @@ class DataSection:
     columns: dict[str, Any] = setting(help="rename record fields to the format's names, e.g. {input: context, "
                                            "output: response} for Dolly", default_factory=dict)
     template: str = setting("alpaca", "prompt template of alpaca data: alpaca (the Stanford Alpaca prompt), plain "
-                                      "(instruction, a newline, the input) or chat (instruction and input as the user's "
-                                      "turn of the tokenizer's chat template, the output as the assistant's)",
+                                      "(instruction, a newline, the input) or chat (instruction and input as the "
+                                      "user's turn of the tokenizer's chat template, the output as the assistant's)",
                             choices=TEMPLATES)
     system_prompt: str | None = setting(None, "with template chat: the system message (none: the chat template's own "
                                               "default, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM'; "

@@ -18,6 +18,7 @@ EXPORTS: dict[str, str] = {
     "DropBPCallback": "dropbp.recipes.training.hf_trainer",
     "rate_schedule": "dropbp.recipes.training.rates", "step_costs": "dropbp.recipes.training.rates",
     "labelled_positions_loss": _HEAD, "head_is_exact": _HEAD, "choose_loss": _HEAD, "labelled_fraction": _HEAD,
+    "head_fraction": _HEAD,
     "HEAD_POSITIONS": "dropbp.recipes.config.schema",
 }
 __all__ = sorted(EXPORTS)
