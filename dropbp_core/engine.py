@@ -14,6 +14,7 @@ on the last (:class:`~dropbp.core.branches.BranchParts`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -72,7 +73,8 @@ class DropBP:
 
     One engine per model: wrapping a model (or any module inside it) that an attached engine already wraps is
     refused; :meth:`DropBP.of` finds that engine. A step counts towards :meth:`report` only when its mask can take
-    effect (hooks attached, model in training mode); other ``begin_step`` calls are counted as ``uncounted_steps``.
+    effect: hooks attached, the branches' own modules in training mode (not just a wrapper around them); a branch
+    in eval mode is never dropped nor counted so, and a step where none can drop is an ``uncounted_steps`` (warned).
     ``copy.deepcopy(model)`` gives a copy that carries its own engine (``DropBP.of(copy)``), independent of this
     one; ``pickle``/``torch.save(model)`` save the model unwrapped (its hooks become inert no-ops).
     """
@@ -101,7 +103,6 @@ class DropBP:
         self.shape = found.shape
         self.model_type = found.model_type
         self.flops: list[int] = found.flops
-        self.drop_rate = drop_rate
         self.rates = (validate_rates(rates, len(self.branches)) if rates is not None
                       else uniform_rates(len(self.branches), drop_rate))
         self.seed = check_seed(seed)
@@ -127,6 +128,7 @@ class DropBP:
         #: Called as ``callback(dropbp, backward_ran)`` after each :meth:`backward` (e.g. online sensitivity).
         self.after_backward_callbacks: list[AfterBackward] = []
         self.step: int | None = None
+        self._warned_uncounted = False
         self.reset_counters()
         self.attach()
 
@@ -197,10 +199,14 @@ class DropBP:
         step = next_step(step, self.step)
         chosen = self.sampler_at(step).mask(step).tolist() if mask is None else self.parse_mask(mask)
         self._recover()
-        self._mask = tuple(bool(m) for m in chosen)
+        live = [module.training for module in self._modules]  # the branch hooks drop only modules in train mode
+        self._mask = tuple(bool(m) and is_live for m, is_live in zip(chosen, live))
         self.step = step
-        if not (self.attached and self._model.training):
-            self.uncounted_steps += 1  # the mask cannot take effect: no hooks, or eval mode (nothing is dropped)
+        if not (self.attached and any(live)):
+            self.uncounted_steps += 1  # the mask cannot take effect: nothing is dropped
+            self._warn_uncounted("its hooks are detached (attach() or `with dropbp:`)" if not self.attached else
+                                 "the model's decoder blocks are in eval mode; call model.train() before training "
+                                 "(from_pretrained and PEFT return models in eval mode)")
             return self._mask
         self.steps_counted += 1
         self.scheduled_sum += self.scheduled_drop_fraction(step)
@@ -212,6 +218,12 @@ class DropBP:
         if all(self._mask):
             self.all_dropped_steps += 1
         return self._mask
+
+    def _warn_uncounted(self, cause: str) -> None:
+        if not self._warned_uncounted:
+            self._warned_uncounted = True
+            warnings.warn(f"DropBP step {self.step} cannot drop anything: {cause}. Such steps drop nothing and are "
+                          "reported as uncounted_steps.", RuntimeWarning, stacklevel=3)
 
     @property
     def asked_drop_fraction(self) -> float:

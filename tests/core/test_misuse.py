@@ -144,3 +144,30 @@ def test_a_saved_and_loaded_model_is_unwrapped():
 def test_rates_must_be_a_list(rates):
     with pytest.raises(ConfigError, match="rates must be a list of 4 numbers"):
         DropBP(tiny_model("llama"), rates=rates)
+
+
+def test_a_train_mode_wrapper_around_eval_mode_blocks_counts_nothing_and_warns_once_naming_model_train():
+    """A PEFT model from ``from_pretrained`` is a wrapper in train mode around blocks in eval mode: the branch hooks
+    drop nothing there, so the engine must not report drops (the README's loop, without ``model.train()``)."""
+    model = tiny_model("llama", "lora")
+    model.eval()
+    model.training = True  # the wrapper alone, as PEFT's from_pretrained leaves it
+    dropbp = DropBP(model, 0.5)
+    with pytest.warns(RuntimeWarning, match=r"eval mode; call model\.train\(\)") as caught:
+        for step in range(3):
+            dropbp.begin_step(step, mask="all")
+            _, grads = loss_and_grads(model, token_batch())
+    assert len([w for w in caught if "cannot drop" in str(w.message)]) == 1
+    assert all(g is not None for g in grads.values())  # every LoRA weight got its gradient: nothing was dropped
+    report = dropbp.report()
+    assert report["steps"] == 0 and report["uncounted_steps"] == 3 and report["realized_drop_fraction"] == 0.0
+    model.train()
+    assert dropbp.begin_step(3, mask="all") == (True,) * 4 and dropbp.report()["steps"] == 1
+
+
+def test_branches_in_eval_mode_are_neither_dropped_nor_counted_as_dropped():
+    model = tiny_model("llama", "full")
+    dropbp = DropBP(model, 0.5)
+    model.model.layers[0].eval()  # the first block's two branches cannot drop
+    assert dropbp.begin_step(0, mask="all") == (False, False, True, True)
+    assert dropbp.realized_rates() == [0.0, 0.0, 1.0, 1.0]
