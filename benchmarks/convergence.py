@@ -20,6 +20,7 @@ from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.techniques import Technique
 from dropbp.recipes import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
                             check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
                             environment, markdown_table, method_field, model_field, option_name, pool_size_field,
@@ -139,10 +140,10 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
                     seed=settings.seed, seq_len=settings.seq_len)
     if rate is None:
         dropbp.remove()  # the baseline is the unwrapped model; dropbp stays only for its FLOPs model
-    schedule = None
-    if rate is not None and allocation != "uniform":
+    technique = None if rate is None else Technique("dropbp", policy=dropbp)
+    if technique is not None and allocation != "uniform":
         # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
-        schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
+        technique.allocation = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
                                       allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
     flops_model = StepFlops(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
@@ -156,12 +157,13 @@ def _run(label: str, rate: float | None, sampler: str, allocation: str, base_sta
         batch = batch_at(tokens, step, settings.batch_size, settings.seq_len, settings.seed + 2).to(backend.device)
         backend.synchronize()
         start = time.perf_counter()
-        if schedule is not None:
-            schedule.before_step(step, batch)
+        if technique is not None:
+            technique.before_step(step, batch)
         runner.step(step, [batch])
         backend.synchronize()
         elapsed += time.perf_counter() - start
-        flops += flops_model.step(batch.numel(), no_backward=dropbp.mask if rate is not None else ())
+        flops += flops_model.step(batch.numel(), **({} if technique is None else
+                                                    technique.step_effect(flops_model.names)))
         step += 1
         bar.update(1)
         if step % settings.eval_every == 0:

@@ -27,6 +27,19 @@ class AllocationSchedule:
     def __init__(self, model: nn.Module, dropbp: DropBP, *, mode: str = "uniform", drop_rate: float,
                  total_steps: int, allocate_at: float = 0.1, sensitivity: str = "fast", allocator: str = "paper",
                  cap: float = 0.9, every: int = 50, seed: int = 0) -> None:
+        self.check_settings(mode, allocate_at=allocate_at, sensitivity=sensitivity, allocator=allocator, every=every)
+        self.model, self.dropbp, self.mode = model, dropbp, mode
+        self.drop_rate, self.allocator, self.cap, self.sensitivity, self.seed = drop_rate, allocator, cap, sensitivity, seed
+        self.allocate_step = int(round(allocate_at * total_steps))
+        self.every = every
+        self.online: OnlineSensitivity | None = None
+        self._online_state: dict[str, Any] | None = None  # loaded before the estimator exists (it needs a batch)
+        self.events: list[dict[str, Any]] = []
+
+    @staticmethod
+    def check_settings(mode: str, *, allocate_at: float = 0.1, sensitivity: str = "fast", allocator: str = "paper",
+                   every: int = 50) -> None:
+        """Refuse settings the schedule cannot run, naming the setting and what it allows."""
         if mode not in ALLOCATION_MODES:
             raise ConfigError(f"allocation must be one of {', '.join(ALLOCATION_MODES)}, got {mode!r}.")
         if sensitivity not in SENSITIVITY_METHODS:
@@ -38,13 +51,6 @@ class AllocationSchedule:
             raise ConfigError(f"allocate_at must be a fraction of training in [0, 1), got {allocate_at}.")
         if every < 1:
             raise ConfigError(f"every must be a positive number of steps, got {every}.")
-        self.model, self.dropbp, self.mode = model, dropbp, mode
-        self.drop_rate, self.allocator, self.cap, self.sensitivity, self.seed = drop_rate, allocator, cap, sensitivity, seed
-        self.allocate_step = int(round(allocate_at * total_steps))
-        self.every = every
-        self.online: OnlineSensitivity | None = None
-        self._online_state: dict[str, Any] | None = None  # loaded before the estimator exists (it needs a batch)
-        self.events: list[dict[str, Any]] = []
 
     def _apply(self, step: int, values: list[float], cost: float | None) -> None:
         rates = allocate(self.allocator, self.dropbp.flops, values, self.drop_rate, cap=self.cap)

@@ -241,10 +241,8 @@ class DropBP:
         if self.schedule is None:
             return self.sampler
         factor = self.schedule.factor(step, self._asked)
-        if factor == 1.0:
-            return self.sampler
-        if factor in self._scaled:
-            return self._scaled[factor]
+        if factor == 1.0 or factor in self._scaled:
+            return self._scaled.get(factor, self.sampler)
         sampler = make_sampler(self.sampler.name, [r * factor for r in self.rates], self.flops, self.seed,
                                self.pool_size)
         if sampler.name == "pool":
@@ -252,11 +250,9 @@ class DropBP:
         return sampler
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
-        """``loss.backward(**kwargs)``, unless this step left nothing to train.
-
-        When every trainable path was dropped (e.g. LoRA with all branches dropped) the loss needs no gradient:
-        the backward is skipped and counted in ``skipped_backward_steps``. Returns whether a backward ran.
-        """
+        """``loss.backward(**kwargs)`` unless this step left nothing to train (every trainable path dropped, e.g.
+        LoRA with all branches dropped): then it is skipped and counted in ``skipped_backward_steps``. Returns whether
+        a backward ran."""
         ran = bool(loss.requires_grad) and self.has_trainable_path()
         if ran:
             loss.backward(**kwargs)
@@ -316,6 +312,11 @@ class DropBP:
         """Per-branch fraction of counted steps in which the branch was dropped."""
         steps = max(self.steps_counted, 1)
         return [c / steps for c in self.drop_counts]
+
+    def step_effect(self, names: Sequence[str], realised: bool = False) -> dict[str, list[float]]:
+        """This step's mask (``realised``: the realised rates so far) as :meth:`StepFlops.step`'s ``no_backward``."""
+        values = dict(zip((b.name for b in self.branches), self.realized_rates() if realised else self._mask))
+        return {"no_backward": [float(values.get(name, 0.0)) for name in names]}
 
     def realized_drop_fraction(self) -> float:
         """FLOPs-weighted fraction of branch compute whose backward was dropped over the counted steps."""

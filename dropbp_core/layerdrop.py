@@ -11,7 +11,7 @@ Which blocks drop is a pure function of ``(seed, step)``, like DropBP's masks: e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -161,6 +161,11 @@ class LayerDrop:
     def realized_drop_fraction(self) -> float:
         """Fraction of blocks dropped over the counted steps."""
         return self.dropped_blocks / max(1, self.steps_counted * len(self.blocks))
+
+    def step_effect(self, names: Sequence[str], realised: bool = False) -> dict[str, list[float]]:
+        """This step's skipped blocks (``realised``: the realised share, every block alike) as :meth:`StepFlops.step`'s
+        ``skipped_blocks``; ``names`` (the branches) are not needed."""
+        return {"skipped_blocks": [self.realized_drop_fraction() if realised else float(m) for m in self._mask]}
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: the method, the seed, the step counts and the fraction of blocks dropped."""

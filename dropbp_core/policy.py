@@ -1,6 +1,7 @@
 """What a training driver needs from a per-step method that changes the backward pass (DropBP, LayerDrop, PLD)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -22,6 +23,11 @@ class StepPolicy(Protocol):
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> bool:
         """Run the backward unless the step left nothing to train; returns whether it ran."""
+        ...
+
+    def step_effect(self, names: Sequence[str], realised: bool = False) -> dict[str, list[float]]:
+        """What this step left out (``realised``: what the steps so far left out on average), as the keyword
+        arguments of :meth:`~dropbp.core.step_flops.StepFlops.step` over the branches ``names``."""
         ...
 
     def realized_drop_fraction(self) -> float:

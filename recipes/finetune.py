@@ -30,7 +30,7 @@ from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import DROPBP_TECHNIQUES, Applied, apply_technique
+from dropbp.core.techniques import DROPBP_TECHNIQUES, Technique, apply_technique
 from dropbp.recipes.config.loader import dump_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
@@ -124,8 +124,7 @@ class FineTune:
         self.loss_fn: LossFn = choose_loss(recipe.train.head_positions, self.model, self.data.train_ids,
                                            self.data.train_labels)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
-        self.schedule: AllocationSchedule | None = None
-        self.technique: Applied | None = None
+        self.technique: Technique | None = None
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
             sampler = resolve_sampler(options.sampler, self.backend)
@@ -140,7 +139,7 @@ class FineTune:
                 train_top_layers=options.train_top_layers, option_prefix="dropbp.", **dropbp_options)
         if self.dropbp is not None:
             mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
-            self.schedule = AllocationSchedule(self.model, self.dropbp, mode=mode,
+            self.technique.allocation = AllocationSchedule(self.model, self.dropbp, mode=mode,
                                                drop_rate=options.drop_rate, total_steps=self.total_steps,
                                                allocate_at=options.allocate_at, sensitivity=options.sensitivity,
                                                allocator=options.allocator, every=options.reallocate_every,
@@ -195,15 +194,11 @@ class FineTune:
         head = head_fraction(self.loss_fn, self.data.train_labels)
         return StepFlops(self.model, self.recipe.data.seq_len, 2.0 if self.recipe.model.method == "full" else 1.0, head)
 
-    @property
-    def adaptive(self) -> AdaptiveRate | None:
-        """The adaptive rate controller, when the recipe asks for one (it is fed each step's loss)."""
-        controller = self.dropbp.schedule if self.dropbp is not None else None
-        return controller if isinstance(controller, AdaptiveRate) else None
-
     def _stateful(self) -> dict[str, Any]:
         """The run's parts that own state beyond weights, optimizer and schedule, by checkpoint key."""
-        return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.schedule, RATE_KEY: self.adaptive}
+        technique = self.technique
+        return {POLICY_KEY: self.policy, ALLOCATION_KEY: technique and technique.allocation,
+                RATE_KEY: technique and technique.adaptive}
 
     def _restore(self) -> None:
         """Continue from the newest intact checkpoint (none yet: from step 0)."""
@@ -252,13 +247,15 @@ class FineTune:
                 for micro in range(train.grad_accum)]
 
     def _before_step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Re-derive the drop rates when the allocation schedule says so; every rank measures on rank 0's windows."""
-        if self.schedule is None:
+        """The technique's work before the step (allocation by sensitivity, measured on the recipe's labels); every
+        rank measures on rank 0's first micro-batch."""
+        if self.technique is None:
             return
         train, world = self.recipe.train, self.world
-        first = batches[0][0] if world.rank == 0 else self.data.batch(step, 0, train.grad_accum,
-                                                                      train.micro_batch_size, 0, world.size)[0]
-        self.schedule.before_step(step, first.to(self.backend.device))
+        ids, labels = batches[0] if world.rank == 0 else self.data.batch(step, 0, train.grad_accum,
+                                                                         train.micro_batch_size, 0, world.size)
+        device = self.backend.device
+        self.technique.before_step(step, {"input_ids": ids.to(device), "labels": labels.to(device)})
 
     def _log_mask(self, step: int) -> None:
         if self.recipe.train.log_masks and self.policy is not None:
@@ -337,8 +334,8 @@ class FineTune:
                 bar.close()
                 self._write_metrics()
                 raise
-            if self.adaptive is not None:  # the mean over ranks: every rank takes the same decision
-                self.adaptive.observe(step, loss)
+            if self.technique is not None:  # the mean loss over ranks: every rank takes the same decision
+                self.technique.after_step(step, loss)
             drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:
@@ -385,8 +382,6 @@ class FineTune:
         """Close the logs, draw ``loss.png``, detach the engine, release the run folder."""
         if self.writer is not None:
             self.writer.close()
-        if self.schedule is not None:
-            self.schedule.close()
         if self.technique is not None:
             self.technique.remove()
         if self.world.is_main:

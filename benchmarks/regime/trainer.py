@@ -10,10 +10,9 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.allocation_schedule import AllocationSchedule
-from dropbp.core.engine import DropBP
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import DROPBP_TECHNIQUES, apply_technique
+from dropbp.core.techniques import DROPBP_TECHNIQUES, Technique, apply_technique
 from dropbp.recipes import StepRunner, apply_method, build_model, lr_scheduler, quantize_4bit, step_costs
 
 from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings
@@ -33,11 +32,9 @@ class ContenderTrainer:
 
     contender: Contender
     model: torch.nn.Module
-    applied: Any
+    applied: Technique | None
     runner: StepRunner
     flops_model: StepFlops
-    allocation: AllocationSchedule | None
-    trained_from: int
 
     @property
     def policy(self) -> Any:
@@ -46,19 +43,14 @@ class ContenderTrainer:
 
     def step(self, step: int, ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         """Optimizer step ``step`` on one batch; its training loss and its training FLOPs (FLOPs model)."""
-        policy, family = self.policy, self.contender.family
-        if self.allocation is not None:
-            self.allocation.before_step(step, {"input_ids": ids, "labels": labels})
+        if self.applied is not None:
+            self.applied.before_step(step, {"input_ids": ids, "labels": labels})
         loss = self.runner.step(step, [(ids, labels)]).loss
-        if isinstance(policy, DropBP) and isinstance(policy.schedule, AdaptiveRate):
-            policy.schedule.observe(step, loss)
-        tokens = ids.numel()
-        if isinstance(policy, DropBP):  # a freeze-dropbp engine covers the top blocks only: the bottom are frozen
-            mask = (False,) * (len(self.flops_model.names) - len(policy.mask)) + policy.mask
-            return loss, self.flops_model.step(tokens, no_backward=mask, trained_from=self.trained_from)
-        if family in ("layerdrop", "pld"):
-            return loss, self.flops_model.step(tokens, skipped_blocks=policy.mask)
-        return loss, self.flops_model.step(tokens, trained_from=self.trained_from)
+        effect: dict[str, Any] = {}
+        if self.applied is not None:
+            self.applied.after_step(step, loss)
+            effect = self.applied.step_effect(self.flops_model.names)
+        return loss, self.flops_model.step(ids.numel(), **effect)
 
     def close(self) -> float:
         """Remove the technique; the realised drop fraction of the run."""
@@ -86,15 +78,13 @@ def prepare(contender: Contender, lr: float, seed: int, settings: RegimeSettings
             options["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
         applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
     policy = None if applied is None else applied.policy
-    trained_from = len(applied.frozen.frozen_blocks) if applied is not None and applied.frozen is not None else 0
-    allocation = None
     if contender.family in ("sensitivity", "adaptive-sensitivity"):
-        allocation = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate,
-                                        total_steps=total, allocate_at=0.1, seed=seed)
+        applied.allocation = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate,
+                                                total_steps=total, allocate_at=0.1, seed=seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     runner = StepRunner(model, backend, optimizer, policy,
                         scheduler=lr_scheduler(optimizer, settings.warmup_steps, total, "cosine"))
-    return ContenderTrainer(contender, model, applied, runner, flops_model, allocation, trained_from)
+    return ContenderTrainer(contender, model, applied, runner, flops_model)
 
 
 def batch_indices(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:

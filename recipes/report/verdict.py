@@ -6,29 +6,22 @@ from typing import Any
 
 from dropbp.core.engine import DropBP
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import Applied
+from dropbp.core.techniques import Technique
 
 
-def realised_savings(technique: Applied, flops: StepFlops) -> dict[str, Any]:
-    """What ``technique`` has left out so far, as :meth:`StepFlops.step`'s arguments: the frozen bottom blocks, and
-    DropBP's realised rate per branch (``no_backward``) or the share of blocks skipped (LayerDrop, PLD)."""
-    frozen, policy = technique.frozen, technique.policy
-    what: dict[str, Any] = {"trained_from": len(frozen.frozen_blocks) if frozen is not None else 0}
-    if isinstance(policy, DropBP):
-        realized = dict(zip((b.name for b in policy.branches), policy.realized_rates()))
-        what["no_backward"] = [realized.get(name, 0.0) for name in flops.names]
-    elif policy is not None:
-        what["skipped_blocks"] = [policy.realized_drop_fraction()] * len(set(flops.position))
-    return what
+def realised_savings(technique: Technique, flops: StepFlops) -> dict[str, Any]:
+    """What ``technique`` has left out so far, as :meth:`StepFlops.step`'s arguments (see
+    :meth:`Technique.step_effect`)."""
+    return technique.step_effect(flops.names, realised=True)
 
 
-def training_flops(technique: Applied | None, flops: StepFlops, tokens: int, steps: int) -> float:
+def training_flops(technique: Technique | None, flops: StepFlops, tokens: int, steps: int) -> float:
     """Training FLOPs (FLOPs model) of ``steps`` optimizer steps of ``tokens`` tokens each, at what ``technique``
     (None: exact backprop everywhere) realised over them."""
     return flops.step(tokens, **(realised_savings(technique, flops) if technique is not None else {})) * steps
 
 
-def technique_verdict(technique: Applied, flops: StepFlops) -> str:
+def technique_verdict(technique: Technique, flops: StepFlops) -> str:
     """What ``technique`` dropped so far and about how much of the training FLOPs that saves (FLOPs model: a
     backward costs two forwards in full fine-tuning, one with adapters); wall time is what ``dropbp bench``
     measures."""
@@ -41,5 +34,5 @@ def technique_verdict(technique: Applied, flops: StepFlops) -> str:
         done = f"{policy.realized_drop_fraction():.2f} of the blocks skipped"
     else:
         done = f"{what['trained_from']} bottom blocks frozen"
-    return (f"{technique.technique}: {done}; about {flops.saved_fraction(**what):.0%} of the training FLOPs saved "
+    return (f"{technique.name}: {done}; about {flops.saved_fraction(**what):.0%} of the training FLOPs saved "
             "(FLOPs model; dropbp bench throughput measures wall time)")

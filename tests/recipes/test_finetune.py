@@ -310,3 +310,31 @@ def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
                  "model.embed_tokens.weight"):
         assert torch.equal(trained[name], initial[name]), name
     assert not torch.equal(trained["lm_head.weight"], initial["lm_head.weight"])
+
+
+def test_sensitivity_is_measured_on_the_recipes_labels_not_on_prompt_and_padding_tokens(tmp_path, monkeypatch):
+    """``dropbp train`` hands the allocation the step's ids *and* labels: prompt and padding positions carry -100,
+    so they do not enter the loss the sensitivities are measured on (as in training)."""
+    from dropbp.core import allocation_schedule
+
+    seen = []
+    measure = allocation_schedule.compute_sensitivity
+
+    def recording(method, model, dropbp, batch, **kwargs):
+        seen.append({key: value.clone() for key, value in batch.items()})
+        return measure(method, model, dropbp, batch, **kwargs)
+
+    monkeypatch.setattr(allocation_schedule, "compute_sensitivity", recording)
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, *CONSTANT, "dropbp.allocation=sensitivity",
+                                                   "dropbp.allocate_at=0.25", "train.steps=4"], device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    job.setup()
+    try:
+        job.train()
+        ids, labels = job.data.batch(1, 0, recipe.train.grad_accum, recipe.train.micro_batch_size, 0, 1)
+    finally:
+        job.cleanup()
+    assert len(seen) == 1 and set(seen[0]) == {"input_ids", "labels"}
+    assert torch.equal(seen[0]["input_ids"], ids) and torch.equal(seen[0]["labels"], labels)
+    ignored = seen[0]["labels"] == -100
+    assert ignored.any() and (~ignored).any()  # prompt and padding positions are out of the measured loss

@@ -38,9 +38,11 @@ def run(out: Path, overrides: list[str], resume: bool = False) -> dict:
     job.setup()
     try:
         job.train()
+        technique = job.technique
+        allocation, adaptive = (None, None) if technique is None else (technique.allocation, technique.adaptive)
         return {"report": None if job.policy is None else job.policy.report(),
-                "schedule": None if job.schedule is None else job.schedule.state_dict(),
-                "adaptive": None if job.adaptive is None else job.adaptive.state_dict()}
+                "schedule": None if allocation is None else allocation.state_dict(),
+                "adaptive": None if adaptive is None else adaptive.state_dict()}
     finally:
         job.cleanup()
 

@@ -67,3 +67,67 @@ def test_trainer_under_torchrun_two_cpu_ranks_agree(tmp_path):
     assert ranks[0]["masks"] == ranks[1]["masks"]
     assert ranks[0]["report"] == ranks[1]["report"] > 0  # steps with no trainable path ran on both ranks
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def _trainer(tmp_path, callback, steps: int):
+    """A seeded Trainer on a tiny full-fine-tuned Llama and the periodic data, with ``callback``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
+
+    from dropbp.core.seeding import seeded
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    with seeded(0):
+        model = AutoModelForCausalLM.from_config(config)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
+                             learning_rate=3e-3, logging_steps=steps, report_to=[], save_strategy="no", use_cpu=True,
+                             seed=0, disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0)
+    return Trainer(model=model, args=args, train_dataset=periodic_data(128), callbacks=[callback])
+
+
+def test_callback_feeds_the_adaptive_rate_each_step_and_adopts_a_winning_probe(tmp_path):
+    from dropbp.core import AdaptiveRate
+
+    # Dropping is made almost free in the cost model, so a probe up wins as soon as it learns at all.
+    adaptive = AdaptiveRate(window=3, confidence=0.0, margin=0.0, step_cost=lambda factor: 1.0 - 0.99 * factor)
+    callback = DropBPCallback(drop_rate=0.5, seed=1, schedule=adaptive)
+    _trainer(tmp_path, callback, 24).train()
+    assert callback.technique.adaptive is adaptive
+    assert adaptive.level_in_force() > 0  # the rate moved up from exact backprop during the run
+    assert callback.dropbp.report()["scheduled_drop_fraction"] > 0
+
+
+def test_callback_without_losses_refuses_the_adaptive_rate(tmp_path):
+    from dropbp.core import AdaptiveRate
+
+    callback = DropBPCallback(drop_rate=0.5, schedule=AdaptiveRate(window=3))
+    callback._losses = []
+    callback.technique = type("T", (), {"adaptive": object()})()
+    with pytest.raises(Exception, match="adaptive rate needs each step's loss"):
+        callback.on_step_end(None, None, None)
+
+
+def test_callback_allocates_by_sensitivity_on_the_batch_the_trainer_feeds(tmp_path, monkeypatch):
+    from dropbp.core import allocation_schedule
+
+    seen = []
+    measure = allocation_schedule.compute_sensitivity
+
+    def recording(method, model, dropbp, batch, **kwargs):
+        seen.append(sorted(batch))
+        return measure(method, model, dropbp, batch, **kwargs)
+
+    monkeypatch.setattr(allocation_schedule, "compute_sensitivity", recording)
+    callback = DropBPCallback(drop_rate=0.5, seed=1, allocation="sensitivity", allocate_at=0.25)
+    _trainer(tmp_path, callback, 8).train()
+    events = callback.technique.allocation.events
+    assert [event["step"] for event in events] == [2] and len(seen) == 1 and {"input_ids", "labels"} <= set(seen[0])
+    rates = callback.dropbp.rates
+    assert len(set(rates)) > 1 and callback.dropbp.asked_drop_fraction == pytest.approx(0.5, abs=0.05)
+
+
+def test_callback_refuses_an_unknown_allocation():
+    from dropbp.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allocation must be one of uniform, sensitivity, online"):
+        DropBPCallback(drop_rate=0.5, allocation="by-hand")
