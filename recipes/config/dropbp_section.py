@@ -28,8 +28,10 @@ class DropScheduleSection:
     """How the drop rate moves over training (``dropbp.schedule.*``): from ``dropbp.drop_rate`` at the start."""
 
     kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
-                                    "(stages plateaus from drop_rate down to end_rate); adaptive (0 while the loss "
-                                    "falls steeply, up to drop_rate as it flattens, decided every window steps)",
+                                    "(stages plateaus from drop_rate down to end_rate); adaptive (starts at 0; in "
+                                    "triples of windows it probes one rate level up or down and keeps a higher "
+                                    "rate only when the probe's loss slope per unit of compute wins by confidence "
+                                    "standard errors; up to drop_rate)",
                         choices=SCHEDULE_KINDS)
     end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
     warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
@@ -38,7 +40,8 @@ class DropScheduleSection:
                                        "sampler, so compiled graphs stay at most pool_size * levels + 1; "
                                        "continuous with bernoulli); adaptive: its rates from 0 to drop_rate "
                                        "(none: 4)")
-    window: int = setting(20, "adaptive: optimizer steps per decision (the loss is averaged over a window)")
+    window: int = setting(20, "adaptive: optimizer steps per window (a window's loss slope is fitted by least "
+                                   "squares; three windows make one decision)")
     confidence: float = setting(2.0, "adaptive: a probe to a higher rate is adopted only when it learns more per unit "
                                      "of compute by this many standard errors (0: any gain, which loss noise alone "
                                      "can give)")
@@ -64,9 +67,9 @@ class DropScheduleSection:
 class DropBPSection:
     """Dropping backward propagation: the target rate, how masks are drawn and how rates are allocated."""
 
-    drop_rate: float = setting(0.0, "target average drop rate in [0, 1) (a FLOPs budget); 0, the default, turns "
-                                    "DropBP off: no setting the regime studies measured never costs accuracy "
-                                    "(README, 'Which setting should I use')")
+    drop_rate: float = setting(0.0, "target average drop rate in [0, 1) (a FLOPs budget); 0, the default, is DropBP "
+                                    "off, the one setting that lost accuracy in none of the studies (README, "
+                                    "'Choose a setting')")
     sampler: str = setting("auto", "bernoulli (independent draws, as the paper), pool (K fixed masks: exact rates, "
                                    "at most K compiled graphs), auto (pool on Gaudi, bernoulli elsewhere)",
                            choices=("auto", *SAMPLERS))

@@ -22,9 +22,23 @@ QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is no
                  "'dropbp[qlora]' (or pip install bitsandbytes), or use method lora.")
 
 
+def quiet_peft_import() -> None:
+    """Import PEFT without the warning bitsandbytes logs when PEFT imports it (PEFT imports bitsandbytes whenever it is
+    installed, even for LoRA, which uses no 4-bit layer): bitsandbytes' CPU fallback is what runs, and a LoRA user
+    should not see a 4-bit kernel warning as the first line of a run."""
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import peft  # noqa: F401
+    finally:
+        quiet.setLevel(level)
+
+
 def lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str, ...] | list[str],
                 task_type: str | None = "CAUSAL_LM") -> Any:
     """A PEFT ``LoraConfig`` (``all-linear``: every linear layer but the head)."""
+    quiet_peft_import()
     from peft import LoraConfig
 
     target: Any = "all-linear" if list(targets) == ["all-linear"] else list(targets)
