@@ -12,12 +12,12 @@ from .memory_model import MemoryModel
 from .adaptive_rate import AdaptiveRate
 from .rate_schedule import RATE_SCHEDULES, RateSchedule
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
-from .techniques import TECHNIQUES, apply_technique
+from .techniques import Technique, apply_technique, register_technique, technique_names
 
 __version__ = "0.1.0"
 
 __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fraction", "greedy_paper_rates", "uniform_rates",
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
-           "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "TECHNIQUES",
-           "apply_technique", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "AdaptiveRate", "__version__"]
+           "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "Technique",
+           "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "AdaptiveRate", "__version__"]

@@ -1,8 +1,9 @@
 """A technique on a model (DropBP, or LayerDrop, PLD, layer freezing to compare it with) and what happens around\nits every step, in one place for every driver; one entry point that applies a technique by name."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -18,9 +19,60 @@ from .layerdrop import LayerDrop
 from .policy import StepPolicy
 from .sensitivity import Batch
 
-TECHNIQUES: tuple[str, ...] = ("dropbp", "layerdrop", "pld", "freeze", "freeze-dropbp")
-#: The techniques whose policy is a :class:`DropBP` engine (drop rates, samplers, schedules and allocation apply).
-DROPBP_TECHNIQUES: tuple[str, ...] = ("dropbp", "freeze-dropbp")
+#: ``build(model, drop_rate, options, context) -> Technique``: a technique's builder (see :func:`register_technique`).
+Builder = Callable[[nn.Module, float, Any, "BuildContext"], "Technique"]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every builder gets besides its own options: the masks' seed, DropBP's engine options (sampler,
+    pool_size, seq_len, schedule) for techniques that make an engine, and how errors call the options."""
+
+    seed: int = 0
+    dropbp_options: dict[str, Any] = field(default_factory=dict)
+    option_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered technique: its options dataclass (fields with defaults; ``metadata["help"]`` documents one),
+    its builder, and whether it makes a DropBP engine (then drop rates, samplers, schedules and allocation apply)."""
+
+    name: str
+    options: type
+    build: Builder
+    uses_dropbp: bool = False
+
+
+_REGISTRY: dict[str, Registered] = {}
+
+
+def register_technique(name: str, options: type, build: Builder, *, uses_dropbp: bool = False) -> None:
+    """Make ``name`` a technique that ``dropbp train`` (``dropbp.technique: NAME``, options under ``technique:``),
+    the studies and :func:`apply_technique` can run: ``options`` is a dataclass whose fields all have defaults,
+    ``build(model, drop_rate, options, context)`` returns the :class:`Technique` on the model."""
+    if not (dataclasses.is_dataclass(options) and all(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in dataclasses.fields(options))):
+        raise ConfigError(f"technique {name!r}: its options must be a dataclass whose fields all have defaults.")
+    _REGISTRY[name] = Registered(name, options, build, uses_dropbp)
+
+
+def technique_names() -> tuple[str, ...]:
+    """Every registered technique, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def registered(name: str, option_prefix: str = "") -> Registered:
+    """The registered technique ``name`` (an unknown name is refused, naming the registered ones)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"{option_prefix}technique must be one of {', '.join(_REGISTRY)}, got {name!r}.")
+    return _REGISTRY[name]
+
+
+def uses_dropbp(name: str) -> bool:
+    """Whether technique ``name`` makes a DropBP engine (False for an unknown name)."""
+    return name in _REGISTRY and _REGISTRY[name].uses_dropbp
 
 
 @dataclass
@@ -90,38 +142,83 @@ class Technique:
 
 
 def apply_technique(model: nn.Module, technique: str, drop_rate: float, *, seed: int = 0,
-                    pld_theta_bar: float = 0.5, pld_gamma: float = 0.001, train_top_layers: int | None = None,
-                    option_prefix: str = "", **dropbp_options: Any) -> Technique:
-    """Apply ``technique`` to ``model``:
+                    options: Mapping[str, Any] | Any = None, option_prefix: str = "",
+                    **dropbp_options: Any) -> Technique:
+    """Apply the registered ``technique`` to ``model`` at ``drop_rate`` (DropBP's rate, and the budget others are
+    sized by), with its ``options`` (its options dataclass, or a mapping of its fields; none: the defaults) and,
+    for a technique that makes an engine, DropBP's ``dropbp_options`` (sampler, pool_size, seq_len, schedule).
+    Errors name the options with ``option_prefix`` in front."""
+    entry = registered(technique, option_prefix)
+    if options is None or isinstance(options, Mapping):
+        names = {f.name for f in dataclasses.fields(entry.options)}
+        unknown = sorted(set(options or {}) - names)
+        if unknown:
+            raise ConfigError(f"unknown {option_prefix}technique option(s) {', '.join(unknown)} for {technique}; it "
+                              f"takes: {', '.join(sorted(names)) or 'none'}.")
+        options = entry.options(**(options or {}))
+    context = BuildContext(seed, dict(dropbp_options) if entry.uses_dropbp else {}, option_prefix)
+    return entry.build(model, drop_rate, options, context)
 
-    - ``dropbp``: :class:`DropBP` at ``drop_rate`` (``dropbp_options``: sampler, pool_size, seq_len, ...);
-    - ``layerdrop``: :class:`LayerDrop`, each block skipped with probability ``drop_rate``;
-    - ``pld``: :meth:`LayerDrop.progressive` with ``pld_theta_bar`` and ``pld_gamma``;
-    - ``freeze``: :func:`freeze_bottom_layers`, training ``train_top_layers`` top blocks (default: as many as give
-      the backward FLOPs of DropBP at ``drop_rate``);
-    - ``freeze-dropbp``: both at once: the bottom blocks frozen, :class:`DropBP` at ``drop_rate`` on the branches of
-      the ``train_top_layers`` trained top blocks (default: the top half).
 
-    Errors name the options with ``option_prefix`` in front (``"dropbp."`` for a recipe's section).
-    """
-    if technique == "dropbp":
-        return Technique(technique, policy=DropBP(model, drop_rate, seed=seed, **dropbp_options))
-    if technique == "layerdrop":
-        return Technique(technique, policy=LayerDrop(model, drop_rate, seed=seed))
-    if technique == "pld":
-        return Technique(technique, policy=LayerDrop.progressive(model, theta_bar=pld_theta_bar, gamma=pld_gamma,
-                                                               seed=seed))
-    if technique == "freeze":
-        if train_top_layers is None:
-            train_top_layers = blocks_for_backward_budget(len(find_blocks(model)), drop_rate)
-        return Technique(technique, frozen=freeze_bottom_layers(model, train_top_layers,
-                                                              name=f"{option_prefix}train_top_layers"))
-    if technique == "freeze-dropbp":
-        blocks = [name for name, _ in find_blocks(model)]
-        top = check_int(f"{option_prefix}train_top_layers", max(1, len(blocks) // 2) if train_top_layers is None
-                        else train_top_layers, 1, len(blocks), meaning="the model's decoder blocks")
-        trained = [layer_index(name + ".") for name in blocks[len(blocks) - top:]]  # a block name ends in its index
-        policy = DropBP(model, drop_rate, seed=seed, layers=trained, **dropbp_options)  # validated before freezing
-        return Technique(technique, policy=policy, frozen=freeze_bottom_layers(model, top,
-                                                                             name=f"{option_prefix}train_top_layers"))
-    raise ConfigError(f"{option_prefix}technique must be one of {', '.join(TECHNIQUES)}, got {technique!r}.")
+# -- the built-in techniques: each an options dataclass, a builder and one registration line --------------------
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class NoOptions:
+    """A technique with no options of its own."""
+
+
+@dataclass
+class PLDOptions:
+    """Progressive Layer Dropping's schedule."""
+
+    theta_bar: float = _help("the keep probability the schedule falls to (deepest block)", 0.5)
+    gamma: float = _help("how fast the keep probability falls (per step)", 0.001)
+
+
+@dataclass
+class FreezeOptions:
+    """How many top blocks train."""
+
+    train_top_layers: int | None = _help("blocks trained from the top (none: for freeze, as many as give the backward "
+                                         "FLOPs of DropBP at dropbp.drop_rate; for freeze-dropbp, the top half)")
+
+
+def _dropbp(model: nn.Module, rate: float, options: NoOptions, context: BuildContext) -> Technique:
+    return Technique("dropbp", policy=DropBP(model, rate, seed=context.seed, **context.dropbp_options))
+
+
+def _layerdrop(model: nn.Module, rate: float, options: NoOptions, context: BuildContext) -> Technique:
+    return Technique("layerdrop", policy=LayerDrop(model, rate, seed=context.seed))
+
+
+def _pld(model: nn.Module, rate: float, options: PLDOptions, context: BuildContext) -> Technique:
+    return Technique("pld", policy=LayerDrop.progressive(model, theta_bar=options.theta_bar, gamma=options.gamma,
+                                                         seed=context.seed))
+
+
+def _freeze(model: nn.Module, rate: float, options: FreezeOptions, context: BuildContext) -> Technique:
+    top = options.train_top_layers
+    if top is None:
+        top = blocks_for_backward_budget(len(find_blocks(model)), rate)
+    return Technique("freeze", frozen=freeze_bottom_layers(model, top,
+                                                           name=f"{context.option_prefix}train_top_layers"))
+
+
+def _freeze_dropbp(model: nn.Module, rate: float, options: FreezeOptions, context: BuildContext) -> Technique:
+    blocks = [name for name, _ in find_blocks(model)]
+    name = f"{context.option_prefix}train_top_layers"
+    top = check_int(name, max(1, len(blocks) // 2) if options.train_top_layers is None else options.train_top_layers,
+                    1, len(blocks), meaning="the model's decoder blocks")
+    trained = [layer_index(block + ".") for block in blocks[len(blocks) - top:]]  # a block name ends in its index
+    policy = DropBP(model, rate, seed=context.seed, layers=trained, **context.dropbp_options)  # checked before freezing
+    return Technique("freeze-dropbp", policy=policy, frozen=freeze_bottom_layers(model, top, name=name))
+
+
+register_technique("dropbp", NoOptions, _dropbp, uses_dropbp=True)
+register_technique("layerdrop", NoOptions, _layerdrop)
+register_technique("pld", PLDOptions, _pld)
+register_technique("freeze", FreezeOptions, _freeze)
+register_technique("freeze-dropbp", FreezeOptions, _freeze_dropbp, uses_dropbp=True)

@@ -30,7 +30,7 @@ from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import DROPBP_TECHNIQUES, Technique, apply_technique
+from dropbp.core.techniques import Technique, apply_technique
 from dropbp.recipes.config.loader import dump_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
@@ -130,13 +130,10 @@ class FineTune:
             sampler = resolve_sampler(options.sampler, self.backend)
             schedule = rate_schedule(options.schedule, self.total_steps, sampler,
                                      lambda: step_costs(self.flops_model, options.drop_rate))
-            dropbp_options = ({"sampler": sampler, "pool_size": options.pool_size, "seq_len": recipe.data.seq_len,
-                               "schedule": schedule}
-                              if options.technique in DROPBP_TECHNIQUES else {})
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
-                pld_theta_bar=options.pld_theta_bar, pld_gamma=options.pld_gamma,
-                train_top_layers=options.train_top_layers, option_prefix="dropbp.", **dropbp_options)
+                options=recipe.technique_options(), option_prefix="technique.", sampler=sampler,
+                pool_size=options.pool_size, seq_len=recipe.data.seq_len, schedule=schedule)
         if self.dropbp is not None:
             mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
             self.technique.allocation = AllocationSchedule(self.model, self.dropbp, mode=mode,

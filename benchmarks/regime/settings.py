@@ -113,8 +113,8 @@ class Contender:
     schedule: str = ""
 
 
-#: Contender.extra's names (part of each cached run's key) -> apply_technique's options.
-TECHNIQUE_OPTIONS = {"theta_bar": "pld_theta_bar", "gamma": "pld_gamma", "train_top": "train_top_layers"}
+#: Contender.extra's names (part of each cached run's key) -> the technique's option names.
+TECHNIQUE_OPTIONS = {"theta_bar": "theta_bar", "gamma": "gamma", "train_top": "train_top_layers"}
 
 
 def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:

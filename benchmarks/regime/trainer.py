@@ -12,7 +12,7 @@ from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import DROPBP_TECHNIQUES, Technique, apply_technique
+from dropbp.core.techniques import Technique, apply_technique
 from dropbp.recipes import StepRunner, apply_method, build_model, lr_scheduler, quantize_4bit, step_costs
 
 from .settings import TECHNIQUE_OPTIONS, Contender, RegimeSettings
@@ -69,14 +69,13 @@ def prepare(contender: Contender, lr: float, seed: int, settings: RegimeSettings
     applied = None
     if contender.family != "baseline":
         technique = "dropbp" if contender.family in DROPBP_FAMILIES else contender.family
-        options: dict[str, Any] = {TECHNIQUE_OPTIONS[k]: int(v) if k == "train_top" else v for k, v in contender.extra}
-        if technique in DROPBP_TECHNIQUES:
-            options["seq_len"] = settings.seq_len
+        options = {TECHNIQUE_OPTIONS.get(k, k): int(v) if k == "train_top" else v for k, v in contender.extra}
+        engine: dict[str, Any] = {"seq_len": settings.seq_len}
         if contender.family == "schedule":
-            options["schedule"] = study_schedule(contender.schedule, total)
+            engine["schedule"] = study_schedule(contender.schedule, total)
         if contender.family.startswith("adaptive"):
-            options["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
-        applied = apply_technique(model, technique, contender.rate, seed=seed, **options)
+            engine["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
+        applied = apply_technique(model, technique, contender.rate, seed=seed, options=options, **engine)
     policy = None if applied is None else applied.policy
     if contender.family in ("sensitivity", "adaptive-sensitivity"):
         applied.allocation = AllocationSchedule(model, policy, mode="sensitivity", drop_rate=contender.rate,

@@ -11,7 +11,7 @@ from dropbp.core.checks import check_int, check_seed
 from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.core.techniques import DROPBP_TECHNIQUES, TECHNIQUES
+from dropbp.core.techniques import technique_names, uses_dropbp
 from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, setting
 from dropbp.recipes.config.loader import Problems
 
@@ -84,17 +84,12 @@ class DropBPSection:
     allocator: str = setting("paper", "paper (greedy, steps of 0.1) or optimal", choices=("paper", "optimal"))
     reallocate_every: int = setting(50, "steps between re-allocations with allocation online")
     seed: int | None = setting(None, "seed of the masks (none: train.seed)")
-    technique: str = setting("dropbp", "dropbp (drop the backward of branches); or an alternative to compare with: "
-                                       "layerdrop (skip whole blocks, forward and backward, with probability "
-                                       "drop_rate), pld (progressive layer dropping: pld_theta_bar, pld_gamma), "
-                                       "freeze (train only the top train_top_layers blocks), freeze-dropbp (both: "
-                                       "the bottom frozen, DropBP at drop_rate on the train_top_layers above)",
-                           choices=TECHNIQUES)
-    pld_theta_bar: float = setting(0.5, "pld: the keep probability the schedule falls to (deepest block)")
-    pld_gamma: float = setting(0.001, "pld: how fast the keep probability falls (per step)")
-    train_top_layers: int | None = setting(None, "freeze and freeze-dropbp: blocks trained from the top (none: for "
-                                                 "freeze, as many as give the backward FLOPs of DropBP at drop_rate; "
-                                                 "for freeze-dropbp, the top half)")
+    technique: str = setting("dropbp", "the technique: dropbp (drop the backward of branches); or one to compare with, "
+                                       "its options under the recipe's technique section: layerdrop (skip whole "
+                                       "blocks, forward and backward, with probability drop_rate), pld (progressive "
+                                       "layer dropping: technique.theta_bar, technique.gamma), freeze (train only the "
+                                       "top technique.train_top_layers blocks), freeze-dropbp (both: the bottom "
+                                       "frozen, DropBP at drop_rate above); or any registered technique")
     schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
 
     @property
@@ -102,7 +97,7 @@ class DropBPSection:
         """The allocation in force: ``auto`` is sensitivity for DropBP techniques, uniform for the others."""
         if self.allocation != "auto":
             return self.allocation
-        return "sensitivity" if self.technique in DROPBP_TECHNIQUES else "uniform"
+        return "sensitivity" if uses_dropbp(self.technique) else "uniform"
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
@@ -116,17 +111,13 @@ class DropBPSection:
         _int(p, "dropbp.reallocate_every", self.reallocate_every, 1)
         if self.seed is not None:
             p.check(check_seed, self.seed, "dropbp.seed")
-        p.check(check_choice, "dropbp.technique", self.technique, TECHNIQUES)
-        p.check(check_number, "dropbp.pld_theta_bar", self.pld_theta_bar, low=0, high=1)
-        p.check(check_number, "dropbp.pld_gamma", self.pld_gamma, low=0)
-        if self.train_top_layers is not None:
-            _int(p, "dropbp.train_top_layers", self.train_top_layers, 1)
+        p.check(check_choice, "dropbp.technique", self.technique, technique_names())
         self.schedule.check(p)
-        if self.technique not in DROPBP_TECHNIQUES and not self.schedule.is_constant:
-            p.add(f"dropbp.schedule applies to dropbp.technique {' or '.join(DROPBP_TECHNIQUES)}, got technique "
-                  f"{self.technique}; leave the "
-                  "schedule constant (kind constant, warmup_steps 0).")
-        if self.technique not in DROPBP_TECHNIQUES and self.allocation not in ("auto", "uniform"):
-            p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique {' or '.join(DROPBP_TECHNIQUES)} "
-                  "(sensitivities are DropBP's), "
-                  f"got technique {self.technique}; use allocation uniform.")
+        engines = " or ".join(name for name in technique_names() if uses_dropbp(name))
+        if self.technique in technique_names() and not uses_dropbp(self.technique):
+            if not self.schedule.is_constant:
+                p.add(f"dropbp.schedule applies to dropbp.technique {engines}, got technique {self.technique}; leave "
+                      "the schedule constant (kind constant, warmup_steps 0).")
+            if self.allocation not in ("auto", "uniform"):
+                p.add(f"dropbp.allocation {self.allocation} needs dropbp.technique {engines} (sensitivities are "
+                      f"DropBP's), got technique {self.technique}; use allocation uniform.")

@@ -15,6 +15,7 @@ from typing import Any
 from dropbp import backends
 from dropbp.core.checks import check_int, check_seed
 from dropbp.core.errors import ConfigError
+from dropbp.core.techniques import registered, technique_names
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.config.gguf_source import NAMED_MODELS, check_gguf
 from dropbp.recipes.config.presets import (METHODS, PRESETS, check_hub_access, check_model, check_preset_config, hub_id,
@@ -237,6 +238,9 @@ class Recipe:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     dropbp: DropBPSection = field(default_factory=DropBPSection)
+    technique: dict[str, Any] = setting(help="the options of dropbp.technique, by name (pld: theta_bar, gamma; "
+                                             "freeze, freeze-dropbp: train_top_layers; a registered technique: its "
+                                             "options dataclass's fields)", default_factory=dict)
     #: The folder relative data paths are resolved against (the recipe file's folder); not part of the file.
     base_dir: Path = field(default=Path("."), metadata={"cli": False})
 
@@ -255,6 +259,8 @@ class Recipe:
         self.optim.check(p)
         self.train.check(p)
         self.dropbp.check(p)
+        if self.dropbp.technique in technique_names():
+            self.technique_options(p)
         if self.model.method == "qlora" and self.device == "hpu":
             p.add("model.method qlora needs bitsandbytes 4-bit kernels, which Intel Gaudi does not have; use method "
                   "lora there (dropbp port --allow-fallback lora does this for a whole recipe).")
@@ -295,6 +301,15 @@ class Recipe:
                  if getattr(data, name) and hub_id(getattr(data, name)) is None}
         return dataclasses.replace(self, data=dataclasses.replace(data, **files))
 
+    def technique_options(self, p: Problems | None = None) -> Any:
+        """The options of ``dropbp.technique`` as its registered options dataclass, built from the ``technique``
+        section (problems, when ``p`` is given, are recorded there by their ``technique.KEY`` names)."""
+        problems = p or Problems("recipe")
+        options = build(registered(self.dropbp.technique).options, self.technique, problems, "technique")
+        if p is None:
+            problems.raise_if_any()
+        return options
+
     def masks_seed(self) -> int:
         """The seed of the drop masks."""
         return self.train.seed if self.dropbp.seed is None else self.dropbp.seed
@@ -304,6 +319,24 @@ def resolve_data_path(value: str, base: Path) -> Path:
     """A data path as written in a recipe: absolute, or relative to the recipe's folder."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+#: Keys that moved out of the ``dropbp`` section, and their new spelling.
+MOVED_KEYS = {"pld_theta_bar": "technique.theta_bar", "pld_gamma": "technique.gamma",
+              "train_top_layers": "technique.train_top_layers"}
+
+
+def _refuse_moved_keys(data: dict[str, Any], problems: Problems) -> dict[str, Any]:
+    """Refuse (and drop, so that checking goes on) the technique options that used to live in ``dropbp``."""
+    section = data.get("dropbp")
+    if isinstance(section, dict):
+        for old, new in MOVED_KEYS.items():
+            if old in section:
+                problems.add(f"dropbp.{old} has moved: a technique's options live in the technique section; write "
+                             f"{new}={section[old]!r} instead.")
+                data = {**data, "dropbp": {k: v for k, v in section.items() if k != old}}
+                section = data["dropbp"]
+    return data
 
 
 def load_recipe(source: Path | str | dict[str, Any], overrides: tuple[str, ...] | list[str] = (),
@@ -321,6 +354,7 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: tuple[str, ...] 
         data = apply_overrides(data, overrides)
     except ConfigError as err:  # an override error is one more problem, reported with the rest
         problems.add(str(err))
+    data = _refuse_moved_keys(data, problems)
     recipe = build(Recipe, data, problems)
     recipe = dataclasses.replace(recipe, base_dir=base)
     if device is not None:

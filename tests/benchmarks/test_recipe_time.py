@@ -12,7 +12,7 @@ from dropbp.core.errors import ConfigError
 
 SMALL = ("model.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
          "num_key_value_heads: 1}", "train.steps=6", "train.exact_match=4", "train.micro_batch_size=8")
-FREEZE = (*SMALL, "dropbp.technique=freeze", "dropbp.train_top_layers=1", "dropbp.schedule.kind=constant")
+FREEZE = (*SMALL, "dropbp.technique=freeze", "technique.train_top_layers=1", "dropbp.schedule.kind=constant")
 
 
 def within_margins(row: dict) -> bool:

@@ -174,7 +174,7 @@ def test_freeze_dropbp_freezes_the_bottom_and_drops_branches_above(method):
     from dropbp.core import apply_technique
 
     model = tiny_model("llama", method, layers=4)
-    applied = apply_technique(model, "freeze-dropbp", 0.5, train_top_layers=2)
+    applied = apply_technique(model, "freeze-dropbp", 0.5, options={"train_top_layers": 2})
     assert "the top 2 of 4 blocks" in applied.describe() and "DropBP(4 branches" in applied.describe()
     assert [b.layer for b in applied.policy.branches] == [2, 2, 3, 3]
     applied.policy.begin_step(0, mask=[True, False, False, False])  # layer 2's attention dropped
@@ -189,4 +189,4 @@ def test_freeze_dropbp_freezes_the_bottom_and_drops_branches_above(method):
     applied.remove()
     assert all(p.requires_grad for p in applied.frozen.frozen_parameters) and not applied.policy.attached
     with pytest.raises(ConfigError, match="train_top_layers must be an integer in 1..4"):
-        apply_technique(tiny_model(layers=4), "freeze-dropbp", 0.5, train_top_layers=5, option_prefix="dropbp.")
+        apply_technique(tiny_model(layers=4), "freeze-dropbp", 0.5, options={"train_top_layers": 5}, option_prefix="dropbp.")

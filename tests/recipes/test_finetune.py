@@ -210,7 +210,7 @@ def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
 
 
 @pytest.mark.parametrize("technique,extra", [("layerdrop", ["dropbp.drop_rate=0.5"]),
-                                             pytest.param("pld", ["dropbp.pld_theta_bar=0.5", "dropbp.pld_gamma=0.5"],
+                                             pytest.param("pld", ["technique.theta_bar=0.5", "technique.gamma=0.5"],
                                                           marks=pytest.mark.slow)])
 def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, technique, extra):
     from dropbp.core.layerdrop import LayerDrop
@@ -253,7 +253,7 @@ def test_each_step_is_timed_by_the_runs_clock_and_the_runs_flops_follow_the_rate
 
 def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
     recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "train.steps=3", "train.eval_every=0", "train.save_every=0",
-                                                   "dropbp.technique=freeze", "dropbp.train_top_layers=1"],
+                                                   "dropbp.technique=freeze", "technique.train_top_layers=1"],
                          device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)
     job.setup()
@@ -271,10 +271,10 @@ def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
 def test_recipe_with_more_top_layers_than_the_model_has_names_the_field_and_writes_nothing(tmp_path):
     from dropbp.core.errors import ConfigError
 
-    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "dropbp.technique=freeze", "dropbp.train_top_layers=9"],
+    recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "dropbp.technique=freeze", "technique.train_top_layers=9"],
                          device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match=r"dropbp.train_top_layers must be an integer in 1..2"):
+    with pytest.raises(ConfigError, match=r"technique.train_top_layers must be an integer in 1..2"):
         job.setup()
     assert not (tmp_path / "run").exists()
 
@@ -292,7 +292,7 @@ def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
             "num_key_value_heads: 2}"]
     recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, *four, "train.steps=4", "train.eval_every=0",
                                                    "train.save_every=0", "train.log_masks=true",
-                                                   "dropbp.technique=freeze-dropbp", "dropbp.train_top_layers=2",
+                                                   "dropbp.technique=freeze-dropbp", "technique.train_top_layers=2",
                                                    "dropbp.drop_rate=0.5"], device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)
     job.setup()

@@ -27,7 +27,7 @@ CASES = {
                         "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
     "dropbp-adaptive": ["dropbp.drop_rate=0.75", "dropbp.schedule.kind=adaptive", "dropbp.schedule.window=3"],
     "layerdrop": [CONSTANT, "dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
-    "pld": [CONSTANT, "dropbp.technique=pld", "dropbp.drop_rate=0.3", "dropbp.pld_gamma=0.05"],
+    "pld": [CONSTANT, "dropbp.technique=pld", "dropbp.drop_rate=0.3", "technique.gamma=0.05"],
     "freeze": [CONSTANT, "dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
 }
 
