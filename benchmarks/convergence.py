@@ -26,7 +26,7 @@ from dropbp.recipes import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_meth
                             environment, markdown_table, method_field, model_field, option_name, pool_size_field,
                             pyplot, setting, split_corpus, stdlib_corpus)
 
-from .harness import BenchSettings, CurvePoint, TrainRun, cached_pretraining, time_to, run_benchmark
+from .harness import BenchSettings, CurvePoint, TrainRun, cached_pretraining, speedup_to, time_to, run_benchmark
 from .paper import PAPER_CONVERGENCE
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
@@ -206,8 +206,7 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
     for run in runs:
         run.time_to_target_s = time_to(run.curve, target, "time_s")
         run.flops_to_target = time_to(run.curve, target, "flops")
-        base_time = runs[0].time_to_target_s
-        run.time_to_target_speedup = base_time / run.time_to_target_s if run.time_to_target_s and base_time else None
+        run.time_to_target_speedup = speedup_to(run.curve, runs[0].curve, target)
     return {"benchmark": "convergence", **environment(backend), "model": "tiny", "method": settings.method,
             "settings": settings.to_dict(), "data": "Python standard library source (byte tokens): 50% pre-train, "
             "40% fine-tune, 10% validation", "pretrain": pretrain_info, "target_val_loss": target,

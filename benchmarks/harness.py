@@ -194,6 +194,27 @@ def time_to(curve: list[CurvePoint], target: float, axis: str = "time_s", metric
     return None
 
 
+#: A contender *holds* when it ends at most this much above the baseline's validation loss (relative) and this much
+#: below its exact match (absolute): the one definition every time-to-accuracy study uses.
+HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN = 0.03, 0.02
+
+
+def holds(loss: float, base_loss: float, match: float | None = None, base_match: float | None = None, *,
+          loss_margin: float = HOLDS_LOSS_MARGIN, match_margin: float = HOLDS_MATCH_MARGIN) -> bool:
+    """Whether a run that ended at ``loss`` (and exact match ``match``, when measured) holds against a baseline that
+    ended at ``base_loss`` (``base_match``)."""
+    matched = match is None or base_match is None or match >= base_match - match_margin
+    return loss <= base_loss * (1 + loss_margin) and matched
+
+
+def speedup_to(curve: list[CurvePoint], base_curve: list[CurvePoint], target: float, metric: str = "val_loss",
+               lower_is_better: bool = True) -> float | None:
+    """How many times sooner than the baseline a run reaches ``target`` on ``metric``: the baseline's time to it
+    over the run's (None when either never reaches it)."""
+    mine, theirs = (time_to(c, target, "time_s", metric, lower_is_better) for c in (curve, base_curve))
+    return theirs / mine if mine and theirs else None
+
+
 @dataclasses.dataclass
 class TrainRun:
     """One training run of a benchmark: its label, totals and learning curve. Benchmarks subclass it with what

@@ -22,7 +22,7 @@ from .harness import step_clock
 from .step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
 
 #: Overrides that turn a recipe's technique off (exact backprop on every branch).
-DROPBP_OFF = ("dropbp.technique=dropbp", "dropbp.drop_rate=0")
+DROPBP_OFF = ("dropbp.technique=dropbp", "technique={}", "dropbp.drop_rate=0")
 
 
 def train_recipe(recipe_name: str, overrides: list[str], backend: Backend) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def calibrate_recipe(recipe_name: str, overrides: list[str], backend: Backend, *
     is fitted to them. The short runs print nothing."""
     configs: dict[str, tuple[list[str], bool]] = {"DropBP off": (list(DROPBP_OFF), False)}
     for rate in CALIBRATION_RATES:
-        configs[f"DropBP p={rate:g}"] = (["dropbp.technique=dropbp", f"dropbp.drop_rate={rate}",
+        configs[f"DropBP p={rate:g}"] = (["dropbp.technique=dropbp", "technique={}", f"dropbp.drop_rate={rate}",
                                           "dropbp.schedule.kind=constant", "dropbp.allocation=uniform"], False)
     own = own_label(recipe_name, overrides, backend)
     if own is not None:

@@ -28,7 +28,7 @@ from dropbp.backends import Backend
 from dropbp.recipes import (Naming, Problems, check_non_negative, check_number, check_seed, environment,
                             markdown_table, option_name, pyplot, setting)
 
-from .harness import BenchSettings, run_benchmark, step_clock
+from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, BenchSettings, holds, run_benchmark, step_clock
 from .recipe_runs import DROPBP_OFF, adaptive_overhead_s, calibrate_recipe, own_label, train_recipe
 from .step_time_model import StepTimeModel
 
@@ -40,9 +40,9 @@ class RecipeTimeSettings(BenchSettings):
     recipe: str = setting("tiny-tasks", "a shipped recipe or a recipe file; its dropbp section is the contender")
     overrides: tuple[str, ...] = setting((), "key=value changes to the recipe for every run (e.g. train.steps=400)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison")
-    loss_margin: float = setting(0.03, "the contender may end this much above the baseline's validation loss "
-                                       "(relative)")
-    match_margin: float = setting(0.02, "and this much below its exact match (absolute)")
+    loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
+                                                    "validation loss (relative)")
+    match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)")
     threads: int = setting(1, "CPU threads (0: PyTorch's default)")
     time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
                                      "FLOPs), fitted to short runs of DropBP off and uniform DropBP timed in "
@@ -86,9 +86,8 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
         same = train(seed, [], own)
         steps = max(1, round(base["steps"] * base["time_s"] / same["time_s"]))
         timed = train(seed, [f"train.steps={steps}"], own)
-        within = (timed["val_loss"] <= base["val_loss"] * (1 + settings.loss_margin)
-                  and (base["exact_match"] is None
-                       or timed["exact_match"] >= base["exact_match"] - settings.match_margin))
+        within = holds(timed["val_loss"], base["val_loss"], timed["exact_match"], base["exact_match"],
+                       loss_margin=settings.loss_margin, match_margin=settings.match_margin)
         seeds.append({"seed": seed, "baseline": base, "equal_steps": same, "equal_time": timed, "within": within})
         if progress:
             print(f"seed {seed}: baseline {base['val_loss']:.4f}/{base['exact_match']} in {base['time_s']:.1f} s; "

@@ -7,7 +7,7 @@ from typing import Any
 
 from dropbp.recipes import markdown_table, pyplot
 
-from ..harness import TrainRun, time_to
+from ..harness import TrainRun, speedup_to, time_to
 from .settings import Contender
 
 
@@ -44,12 +44,10 @@ def _speedups(mine: list[RegimeRun], baseline: dict[int, RegimeRun]) -> list[flo
     speedups = []
     for run in mine:
         base = baseline[run.seed]
-        target = base.final_val_loss
-        took = time_to(run.curve, target, "time_s")
-        base_took = time_to(base.curve, target, "time_s")
-        run.time_to_target_s = took
-        if took is not None and base_took:
-            speedups.append(base_took / took)
+        run.time_to_target_s = time_to(run.curve, base.final_val_loss, "time_s")
+        speedup = speedup_to(run.curve, base.curve, base.final_val_loss)
+        if speedup is not None:
+            speedups.append(speedup)
     return speedups
 
 

@@ -17,16 +17,14 @@ from typing import Any
 
 from dropbp.recipes import markdown_table
 
-from ..harness import CurvePoint, time_to
-
-LOSS_MARGIN, MATCH_MARGIN = 0.03, 0.02
+from ..harness import HOLDS_LOSS_MARGIN as LOSS_MARGIN
+from ..harness import HOLDS_MATCH_MARGIN as MATCH_MARGIN
+from ..harness import CurvePoint, holds, speedup_to
 
 
 def _speedup(run: dict[str, Any], base: dict[str, Any], key: str, lower_is_better: bool) -> float | None:
-    target = base["curve"][-1][key]
-    mine, theirs = (time_to([CurvePoint(**point) for point in r["curve"]], target, "time_s", key, lower_is_better)
-                    for r in (run, base))
-    return None if not mine or not theirs else theirs / mine
+    curve, base_curve = ([CurvePoint(**point) for point in r["curve"]] for r in (run, base))
+    return speedup_to(curve, base_curve, base["curve"][-1][key], key, lower_is_better)
 
 
 def study_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -39,19 +37,20 @@ def study_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         if row["family"] == "baseline":
             continue
         runs = [longer.get((row["label"], r["seed"]), r) for r in result["runs"] if r["label"] == row["label"]]
-        ratios, gaps, holds, loss_up, match_up = [], [], 0, [], []
+        ratios, gaps, held, loss_up, match_up = [], [], 0, [], []
         for run in runs:
             base = baseline[run["seed"]]
             ratio = run["final_val_loss"] / base["final_val_loss"]
             gap = run["final_exact_match"] - base["final_exact_match"]
             ratios.append(ratio)
             gaps.append(gap)
-            holds += ratio <= 1 + LOSS_MARGIN and gap >= -MATCH_MARGIN
+            held += holds(run["final_val_loss"], base["final_val_loss"], run["final_exact_match"],
+                          base["final_exact_match"])
             for out, key, lower in ((loss_up, "val_loss", True), (match_up, "exact_match", False)):
                 value = _speedup(run, base, key, lower)
                 if value is not None:
                     out.append(value)
-        rows.append({"label": row["label"], "family": row["family"], "seeds": len(runs), "holds": holds,
+        rows.append({"label": row["label"], "family": row["family"], "seeds": len(runs), "holds": held,
                      "loss_ratio": statistics.fmean(ratios), "match_gap": statistics.fmean(gaps),
                      "epochs": statistics.fmean(r.get("epochs", 1.0) for r in runs),
                      "drop": statistics.fmean(r.get("realized_drop_fraction", 0.0) for r in runs),
