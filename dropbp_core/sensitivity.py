@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -287,7 +288,9 @@ def fast_sensitivity(model: nn.Module, dropbp: DropBP, batch: Batch, *, seed: in
             reseed(seed, _device(model))
             loss = _loss(model, batch)
             if loss.requires_grad:
-                loss.backward()
+                with warnings.catch_warnings():  # frozen layers' pre-norms have no input gradient: expected here
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
         grad_sq = _grad_norms(params) ** 2
         values = [float(v) for v in probe.estimate(params, grad_sq)]
     ids = batch["input_ids"] if isinstance(batch, Mapping) else batch

@@ -305,7 +305,13 @@ class Recipe:
         """The options of ``dropbp.technique`` as its registered options dataclass, built from the ``technique``
         section (problems, when ``p`` is given, are recorded there by their ``technique.KEY`` names)."""
         problems = p or Problems("recipe")
-        options = build(registered(self.dropbp.technique).options, self.technique, problems, "technique")
+        options_class = registered(self.dropbp.technique).options
+        if self.technique and not dataclasses.fields(options_class):
+            problems.add(f"dropbp.technique {self.dropbp.technique} takes no options, but the technique section sets "
+                         f"{', '.join(sorted(map(str, self.technique)))}; remove them (technique={{}}).")
+            options = options_class()
+        else:
+            options = build(options_class, self.technique, problems, "technique")
         if p is None:
             problems.raise_if_any()
         return options

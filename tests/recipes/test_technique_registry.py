@@ -100,3 +100,8 @@ def test_a_registered_technique_in_your_own_loop(skip_top):
     technique.remove()
     with pytest.raises(ConfigError, match=r"unknown technique option\(s\) depth for skip-top; it takes: blocks"):
         apply_technique(model, skip_top, 0.0, options={"depth": 1})
+
+
+def test_a_technique_without_options_refuses_a_technique_section(capsys):
+    code = main(["train", "tiny-tasks", "--device", "cpu", "technique.depth=3"])
+    assert code == 2 and "dropbp.technique dropbp takes no options" in capsys.readouterr().err
