@@ -1,0 +1,36 @@
+"""The gradient-agreement diagnostic: exact at drop rate 0, and what DropBP does to a block's gradient at 0.5 is
+measured, not assumed (a block whose branches are dropped gets none; the top block, with nothing above it but the
+head, keeps the exact direction whenever it trains)."""
+from __future__ import annotations
+
+import pytest
+
+from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown
+from dropbp.recipes.training.step import causal_lm_loss
+
+from ..conftest import tiny_model, token_batch
+
+
+def test_block_of_reads_the_decoder_block_index():
+    assert block_of("base_model.model.model.layers.12.mlp.up_proj.lora_A.default.weight") == 12
+    assert block_of("model.embed_tokens.weight") == -1
+
+
+def test_nothing_dropped_is_the_exact_gradient():
+    rows = gradient_agreement(tiny_model("llama", "lora", layers=3), causal_lm_loss, token_batch(), 0.0, masks=2)
+    assert [r["block"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["masks_trained"] == 2
+        assert row["cos_when_trained"] == pytest.approx(1.0) and row["norm_ratio"] == pytest.approx(1.0)
+        assert row["mean_cos"] == pytest.approx(1.0) and row["mean_norm_ratio"] == pytest.approx(1.0)
+
+
+def test_dropping_changes_the_lower_blocks_gradient_and_the_table_says_so():
+    model = tiny_model("llama", "lora", layers=3)
+    rows = gradient_agreement(model, causal_lm_loss, token_batch(), 0.5, masks=6, seed=1)
+    assert all(0 <= r["masks_trained"] <= 6 for r in rows)
+    assert any(r["masks_trained"] < 6 for r in rows)  # some masks drop both of a block's branches
+    assert min(r["norm_ratio"] for r in rows) < 1.0
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+    result = {"recipe": "tiny", "method": "lora", "drop_rate": 0.5, "masks": 6, "blocks": rows}
+    assert "| block |" in markdown(result) and len(markdown(result).splitlines()) == 5 + len(rows) + 1
