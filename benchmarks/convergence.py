@@ -3,8 +3,8 @@
 The text is the Python standard library's own source (read at run time, never committed), as byte tokens. Like the
 paper's setting, a tiny Llama is first pre-trained on one part of the corpus (cached on disk), then fine-tuned on
 another part and validated on held-out text. The baseline runs a fixed number of steps; each DropBP run gets the
-same wall-clock training budget (so it may take more, cheaper steps), which is what "time to reach the baseline's
-final validation loss" compares.
+same training time (so it may take more, cheaper steps), by the one study runner's clock and equal-time rule, which is
+what "time to reach the baseline's final validation loss" compares.
 """
 from __future__ import annotations
 
@@ -16,25 +16,22 @@ import torch
 
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
-from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
-from dropbp.core.step_flops import StepFlops
-from dropbp.core.allocation_schedule import AllocationSchedule
-from dropbp.core.techniques import Technique
 from dropbp.recipes import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
                             check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
                             environment, markdown_table, method_field, model_field, option_name, pool_size_field,
                             pyplot, setting, split_corpus, stdlib_corpus)
 
-from .harness import BenchSettings, CurvePoint, TrainRun, cached_pretraining, speedup_to, time_to, run_benchmark
+from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE
+from .study import Contender, ContenderTrainer, StudyRun, Timer, Verdict, contender_trainer, run_study, trainer_timer
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
                        vocab_size=VOCAB_SIZE)
 
 
 @dataclass
-class ConvergenceSettings(BenchSettings):
+class ConvergenceSettings(StudySettings):
     """What a convergence run depends on; :meth:`validate` checks it before any work starts."""
 
     model: str = model_field("tiny")
@@ -45,7 +42,7 @@ class ConvergenceSettings(BenchSettings):
     sensitivity_allocators: tuple[str, ...] = setting(("paper", "optimal"), "allocators for the sensitivity runs, "
                                                                             "comma-separated (paper, optimal)")
     pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)")
-    steps: int = setting(150, "fine-tuning steps of the baseline; DropBP runs get its wall-clock time")
+    steps: int = setting(150, "fine-tuning steps of the baseline; DropBP runs get its time")
     max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps")
     batch_size: int = setting(8, "sequences per step")
     seq_len: int = setting(128, "tokens per sequence")
@@ -113,104 +110,110 @@ def validation_loss(model: torch.nn.Module, windows: torch.Tensor, backend, batc
     return sum(losses) / len(losses)
 
 
+def contenders(settings: ConvergenceSettings) -> list[Contender]:
+    """The baseline, uniform DropBP at each rate, the pool sampler and sensitivity-allocated rates where asked."""
+    out = [Contender("baseline")]
+    out += [Contender(f"dropbp p={r:g}", "dropbp", "dropbp", r) for r in settings.drop_rates]
+    if settings.compare_pool_at is not None:
+        rate = settings.compare_pool_at
+        out.append(Contender(f"dropbp p={rate:g} pool", "dropbp", "dropbp", rate, sampler="pool"))
+    if settings.sensitivity_at is not None:
+        rate = settings.sensitivity_at
+        out += [Contender(f"dropbp p={rate:g} sensitivity ({a})", "sensitivity", "dropbp", rate, allocation=a)
+                for a in settings.sensitivity_allocators]
+    return out
+
+
 @dataclass
-class ConvergenceRun(TrainRun):
-    """A convergence run: the baseline (``drop_rate`` None) or DropBP with its sampler and allocation, and how soon
-    it reached the baseline's final validation loss."""
+class TextWorkload:
+    """The convergence study's workload: the pre-trained tiny model fine-tuned (full or LoRA) on text, validated on
+    held-out windows every ``eval_every`` steps, at a constant learning rate."""
 
-    drop_rate: float | None = None
-    sampler: str | None = None
-    allocation: str | None = None
-    rates: list[float] | None = None
-    time_to_target_s: float | None = None
-    flops_to_target: float | None = None
-    time_to_target_speedup: float | None = None
+    settings: ConvergenceSettings
+    state: dict[str, torch.Tensor]
+    tokens: torch.Tensor
+    windows: torch.Tensor
+    backend: Backend
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "best_val_loss": self.best_val_loss}
+    def trainer(self, contender: Contender, lr: float, total: int) -> ContenderTrainer:
+        """The pre-trained model with the method and ``contender``'s technique over ``total`` steps."""
+        settings = self.settings
+        model = build_model("tiny", seed=settings.seed, device=self.backend.device, **settings.model_overrides)
+        model.load_state_dict(self.state, strict=False)  # a tied head is stored once, as the embedding
+        model = apply_method(model, settings.method, seed=settings.seed)
+        return contender_trainer(model, contender, lr, self.backend, total_steps=total, seq_len=settings.seq_len,
+                                 seed=settings.seed, backward=2.0 if settings.method == "full" else 1.0,
+                                 pool_size=settings.pool_size)
 
+    def _batch(self, step: int) -> tuple[torch.Tensor, None]:
+        s = self.settings
+        return batch_at(self.tokens, step, s.batch_size, s.seq_len, s.seed + 2).to(self.backend.device), None
 
-def _run(label: str, rate: float | None, sampler: str, allocation: str, base_state: dict[str, torch.Tensor],
-         settings: ConvergenceSettings, tokens: torch.Tensor, windows: torch.Tensor, backend,
-         time_budget: float | None, progress: bool) -> ConvergenceRun:
-    model = build_model("tiny", seed=settings.seed, device=backend.device, **settings.model_overrides)
-    model.load_state_dict(base_state, strict=False)  # a tied head is stored once, as the embedding
-    model = apply_method(model, settings.method, seed=settings.seed).train()
-    dropbp = DropBP(model, 0.0 if rate is None else rate, sampler=sampler, pool_size=settings.pool_size,
-                    seed=settings.seed, seq_len=settings.seq_len)
-    if rate is None:
-        dropbp.remove()  # the baseline is the unwrapped model; dropbp stays only for its FLOPs model
-    technique = None if rate is None else Technique("dropbp", policy=dropbp)
-    if technique is not None and allocation != "uniform":
-        # sensitivity measured at 10% of the baseline's step count (the DropBP runs' own length depends on time)
-        technique.allocation = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=rate, total_steps=settings.steps,
-                                      allocate_at=0.1, sensitivity="fast", allocator=allocation, seed=settings.seed)
-    flops_model = StepFlops(model, settings.seq_len, backward=2.0 if settings.method == "full" else 1.0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
-    runner = StepRunner(model, backend, optimizer, None if rate is None else dropbp)
-    max_steps = settings.steps if time_budget is None else int(settings.steps * settings.max_step_factor)
-    curve = [CurvePoint(step=0, time_s=0.0, flops=0.0, val_loss=validation_loss(model, windows, backend, 8))]
-    flops = elapsed = 0.0
-    step = 0
-    bar = progress_bar(total=max_steps, desc=label, enabled=progress)
-    while step < max_steps and (time_budget is None or elapsed < time_budget):
-        batch = batch_at(tokens, step, settings.batch_size, settings.seq_len, settings.seed + 2).to(backend.device)
-        backend.synchronize()
-        start = time.perf_counter()
-        if technique is not None:
-            technique.before_step(step, batch)
-        runner.step(step, [batch])
-        backend.synchronize()
-        elapsed += time.perf_counter() - start
-        flops += flops_model.step(batch.numel(), **({} if technique is None else
-                                                    technique.step_effect(flops_model.names)))
-        step += 1
-        bar.update(1)
-        if step % settings.eval_every == 0:
-            curve.append(CurvePoint(step=step, time_s=elapsed, flops=flops,
-                                    val_loss=validation_loss(model, windows, backend, 8)))
-            bar.set_postfix(val=f"{curve[-1].val_loss:.3f}")
-    bar.close()
-    if curve[-1].step != step:
-        curve.append(CurvePoint(step=step, time_s=elapsed, flops=flops,
-                                val_loss=validation_loss(model, windows, backend, 8)))
-    return ConvergenceRun(label=label, steps=step, train_time_s=elapsed, train_flops=flops, curve=curve,
-                          realized_drop_fraction=dropbp.realized_drop_fraction() if rate is not None else 0.0,
-                          drop_rate=rate, sampler=None if rate is None else sampler,
-                          allocation=None if rate is None else allocation,
-                          rates=None if rate is None else list(dropbp.rates))
+    def _point(self, model: torch.nn.Module, step: int, elapsed: float, flops: float) -> CurvePoint:
+        return CurvePoint(step=step, time_s=elapsed, flops=flops,
+                          val_loss=validation_loss(model, self.windows, self.backend, 8))
+
+    def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
+        """One fine-tuning run of ``contender`` for ``steps`` steps; its curve timed by the step clock."""
+        trainer = self.trainer(contender, float(lr), steps)
+        clock, _ = step_clock(self.backend)
+        curve = [self._point(trainer.model, 0, 0.0, 0.0)]
+        flops = elapsed = 0.0
+        bar = progress_bar(range(steps), desc=contender.label, enabled=progress)
+        for step in bar:
+            ids, _ = self._batch(step)
+            self.backend.synchronize()
+            start = clock()
+            flops += trainer.step(step, ids)[1]
+            self.backend.synchronize()
+            elapsed += clock() - start
+            if (step + 1) % self.settings.eval_every == 0 or step + 1 == steps:
+                curve.append(self._point(trainer.model, step + 1, elapsed, flops))
+                bar.set_postfix(val=f"{curve[-1].val_loss:.3f}")
+        bar.close()
+        policy = None if trainer.applied is None else trainer.applied.policy
+        notes = {"sampler": contender.sampler, "allocation": contender.allocation,
+                 "rates": list(getattr(policy, "rates", []))} if not contender.is_baseline else {}
+        return StudyRun(label=contender.label, steps=steps, train_time_s=elapsed, train_flops=flops, curve=curve,
+                        realized_drop_fraction=trainer.close(), kind=contender.kind, rate=contender.rate, lr=lr,
+                        seed=seed, notes=notes)
+
+    def timer(self, contender: Contender) -> Timer:
+        """Steps of ``contender`` for the study's clock."""
+        return trainer_timer(self.trainer(contender, self.settings.lr, self.settings.steps), self._batch,
+                             self.backend)
 
 
 def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """Pre-train (or load), then fine-tune the baseline and each DropBP configuration; return the result (nothing is
-    written; :func:`main` also publishes it)."""
+    """Pre-train (or load), then fine-tune the baseline and each DropBP configuration through the one study runner
+    (each DropBP run trained again for the baseline's time); return the result (nothing is written; :func:`main`
+    also publishes it)."""
     settings.validate()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     total_start = time.perf_counter()
     pretrain, finetune, validation = split_corpus(stdlib_corpus(settings.corpus_bytes), (0.5, 0.4, 0.1))
     windows = torch.stack([batch_at(validation, i, 1, settings.seq_len, settings.seed + 3)[0]
                            for i in range(settings.eval_windows)])
     base_state, pretrain_info = _pretrained(settings, pretrain, backend, progress)
-    plan: list[tuple[str, float | None, str, str]] = [("baseline", None, "bernoulli", "uniform")]
-    plan += [(f"dropbp p={r:g}", r, "bernoulli", "uniform") for r in settings.drop_rates]
-    if settings.compare_pool_at is not None:
-        plan.append((f"dropbp p={settings.compare_pool_at:g} pool", settings.compare_pool_at, "pool", "uniform"))
-    if settings.sensitivity_at is not None:
-        plan += [(f"dropbp p={settings.sensitivity_at:g} sensitivity ({a})", settings.sensitivity_at, "bernoulli", a)
-                 for a in settings.sensitivity_allocators]
-    runs: list[ConvergenceRun] = []
-    for label, rate, sampler, allocation in plan:
-        budget = None if rate is None else runs[0].train_time_s
-        runs.append(_run(label, rate, sampler, allocation, base_state, settings, finetune, windows, backend, budget,
-                         progress))
-    target = runs[0].final_val_loss
-    for run in runs:
-        run.time_to_target_s = time_to(run.curve, target, "time_s")
-        run.flops_to_target = time_to(run.curve, target, "flops")
-        run.time_to_target_speedup = speedup_to(run.curve, runs[0].curve, target)
+    workload = TextWorkload(settings, base_state, finetune, windows, backend)
+    study = run_study(workload, contenders(settings), steps=settings.steps, lrs=(settings.lr,), seeds=(settings.seed,),
+                      time_model=settings.time_model, max_factor=settings.max_step_factor, progress=progress)
+    baseline = study.baseline(settings.seed)
+    target = baseline.final_val_loss
+    runs = []
+    for run in study.equal_time_runs:
+        verdict = Verdict.of(run, baseline)
+        runs.append({**run.to_dict(), "drop_rate": None if run.kind == "baseline" else run.rate,
+                     **run.notes, "best_val_loss": run.best_val_loss,
+                     "time_to_target_s": time_to(run.curve, target, "time_s"),
+                     "flops_to_target": time_to(run.curve, target, "flops"),
+                     "time_to_target_speedup": 1.0 if run is baseline else verdict.loss_speedup})
     return {"benchmark": "convergence", **environment(backend), "model": "tiny", "method": settings.method,
             "settings": settings.to_dict(), "data": "Python standard library source (byte tokens): 50% pre-train, "
             "40% fine-tune, 10% validation", "pretrain": pretrain_info, "target_val_loss": target,
-            "runs": [run.to_dict() for run in runs],
+            "runs": runs, "equal_steps_runs": [r.to_dict() for r in study.runs],
+            "step_time_model": None if study.time_model is None else study.time_model.to_dict(),
             "total_time_s": time.perf_counter() - total_start, "paper_reference": PAPER_CONVERGENCE}
 
 

@@ -19,9 +19,9 @@ import torch
 from dropbp import backends
 from dropbp.backends import Backend
 from dropbp.recipes import (Naming, Problems, cache_root, check_choice, check_drop_rates, check_method, check_model,
-                            check_output_dir, check_seed, device_field, drop_rates_field, method_field, model_field,
+                            check_non_negative, check_output_dir, check_seed, device_field, drop_rates_field, method_field, model_field,
                             option_name, out_field, precision_field, publish, resolve_model, results_folder,
-                            seed_field, write_text_atomic)
+                            seed_field, setting, write_text_atomic)
 
 S = TypeVar("S", bound="BenchSettings")
 
@@ -59,6 +59,22 @@ class BenchSettings:
     def results_dir(self, backend_name: str) -> Path:
         """``out``, or ``results/<device>``; refused when it cannot hold results."""
         return results_folder(self.out, backend_name)
+
+
+@dataclasses.dataclass
+class StudySettings(BenchSettings):
+    """The fields of every time-to-accuracy study (the one study runner's clock and threads), declared once."""
+
+    threads: int = setting(1, "CPU threads for every run (0: PyTorch's default; 1 lets the step clock be the "
+                              "training thread's CPU time)")
+    time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
+                                     "FLOPs), fitted to the study's configurations timed in interleaved rounds, so "
+                                     "machine load during one run does not move its time; false: each run's own "
+                                     "step clock")
+
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(check_non_negative, self, "threads", naming=name)
 
 
 @dataclasses.dataclass

@@ -1,16 +1,14 @@
-"""Training a recipe for a benchmark, with each step timed and the run's training FLOPs counted; a step-time model
-of the recipe (seconds per step = a + b x FLOPs), fitted to short runs of DropBP off and uniform DropBP timed in
-interleaved rounds, so that "the baseline's time" does not depend on how busy the machine was during each run; and
-the adaptive rate's own cost per step.
+"""A recipe as a study's workload: training it for a benchmark, with each step timed and the run's training FLOPs
+counted; short runs of it timed for the study's clock; and the adaptive rate's own cost per step.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import random
-import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,8 @@ from dropbp.backends import Backend
 from dropbp.core import AdaptiveRate
 from dropbp.recipes import FineTune, find_recipe, load_recipe, training_flops
 
-from .harness import step_clock
-from .step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
+from .harness import CurvePoint, step_clock
+from .study import Contender, StudyRun, Timer
 
 #: Overrides that turn a recipe's technique off (exact backprop on every branch).
 DROPBP_OFF = ("dropbp.technique=dropbp", "technique={}", "dropbp.drop_rate=0")
@@ -38,49 +36,76 @@ def train_recipe(recipe_name: str, overrides: list[str], backend: Backend) -> di
             summary = job.train()
             tokens = recipe.train.micro_batch_size * recipe.train.grad_accum * recipe.data.seq_len
             flops = training_flops(job.technique, job.flops_model, tokens, summary["steps"])
+            policy = None if job.technique is None else job.technique.policy
+            realized = policy.realized_drop_fraction() if policy is not None else 0.0
         finally:
             job.cleanup()
     last = summary["rows"][-1]
     match = float(last["exact_match"]) if last.get("exact_match") else None
     return {"steps": summary["steps"], "measured_time_s": sum(job.step_times), "step_times_s": job.step_times,
+            "realized_drop_fraction": realized,
             "flops": flops, "val_loss": float(last["val_loss"]), "exact_match": match, "verdict": summary["verdict"],
             "drop_rate": recipe.dropbp.drop_rate, "schedule": recipe.dropbp.schedule.kind,
             "technique": recipe.dropbp.technique}
 
 
-def own_label(recipe_name: str, overrides: list[str], backend: Backend) -> str | None:
-    """The label the step-time model gives the recipe's own technique when that is not DropBP (timed as itself,
-    with its own factor on the line); None for DropBP, which is read off the line by its FLOPs."""
-    technique = load_recipe(find_recipe(recipe_name), overrides, device=backend.name).dropbp.technique
-    return None if technique == "dropbp" else f"recipe ({technique})"
+#: Overrides that make a contender uniform DropBP at a constant rate (``{rate}``, ``{sampler}`` filled in).
+UNIFORM_DROPBP = ("dropbp.technique=dropbp", "technique={{}}", "dropbp.drop_rate={rate}",
+                  "dropbp.schedule.kind=constant", "dropbp.allocation=uniform", "dropbp.sampler={sampler}")
 
 
-def calibrate_recipe(recipe_name: str, overrides: list[str], backend: Backend, *, rounds: int = 5, steps: int = 10,
-                     warmup: int = 2) -> StepTimeModel:
-    """Time ``rounds`` short runs (``warmup`` + ``steps`` steps, the first ``warmup`` untimed) of each configuration
-    in turn: DropBP off, uniform DropBP at :data:`CALIBRATION_RATES` with a constant rate, and the recipe itself when
-    its technique is not DropBP. A configuration's step time is the median over rounds of a round's mean step time
-    (a mean, as its FLOPs per step are: a random mask makes step times vary about their mean); the step-time model
-    is fitted to them. The short runs print nothing."""
-    configs: dict[str, tuple[list[str], bool]] = {"DropBP off": (list(DROPBP_OFF), False)}
-    for rate in CALIBRATION_RATES:
-        configs[f"DropBP p={rate:g}"] = (["dropbp.technique=dropbp", "technique={}", f"dropbp.drop_rate={rate}",
-                                          "dropbp.schedule.kind=constant", "dropbp.allocation=uniform"], False)
-    own = own_label(recipe_name, overrides, backend)
-    if own is not None:
-        configs[own] = ([], True)
-    seconds: dict[str, list[float]] = {label: [] for label in configs}
-    flops: dict[str, list[float]] = {label: [] for label in configs}
-    short = [f"train.steps={warmup + steps}", "train.exact_match=0", "train.seed=0"]
-    for _ in range(rounds):
-        for label, (extra, _) in configs.items():
+def recipe_contender(recipe_name: str, overrides: list[str], backend: Backend) -> Contender:
+    """The recipe as written (its own technique, rate and schedule), as a study contender of kind ``recipe``."""
+    recipe = load_recipe(find_recipe(recipe_name), overrides, device=backend.name)
+    technique = recipe.dropbp.technique
+    return Contender(f"recipe ({technique})", "recipe", technique, recipe.dropbp.drop_rate)
+
+
+@dataclass
+class RecipeWorkload:
+    """A shipped recipe (or recipe file) with ``overrides`` as a study's workload: a contender is the recipe as
+    written (kind ``recipe``), exact backprop, uniform DropBP, or whatever recipe keys its ``overrides`` set."""
+
+    recipe: str
+    overrides: list[str]
+    backend: Backend
+    warmup: int = 2
+
+    def contender_overrides(self, contender: Contender) -> list[str]:
+        """The recipe keys that make ``contender``."""
+        if contender.overrides or contender.kind == "recipe":
+            return list(contender.overrides)
+        if contender.is_baseline:
+            return list(DROPBP_OFF)
+        if contender.technique == "dropbp" and contender.schedule == "constant" and contender.allocation == "uniform":
+            return [o.format(rate=contender.rate, sampler=contender.sampler) for o in UNIFORM_DROPBP]
+        raise ValueError(f"a recipe study cannot make {contender!r} without recipe overrides.")
+
+    def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
+        """The recipe run for ``steps`` steps (no evaluation before the end, no checkpoints); its one curve point is
+        the end, timed by the step clock."""
+        extra = [f"train.seed={seed}", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0"]
+        if lr is not None:
+            extra.append(f"train.lr={lr}")
+        run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *extra], self.backend)
+        end = CurvePoint(step=steps, time_s=run["measured_time_s"], flops=run["flops"], val_loss=run["val_loss"],
+                         exact_match=run["exact_match"])
+        notes = {k: run[k] for k in ("verdict", "drop_rate", "schedule", "technique")}
+        return StudyRun(contender.label, steps, run["measured_time_s"], run["flops"], [end],
+                        run["realized_drop_fraction"], kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
+                        notes=notes)
+
+    def timer(self, contender: Contender) -> Timer:
+        """Each call a short run of the recipe (``warmup`` untimed steps, then the timed ones, seed 0, no
+        evaluation), printing nothing: its steps' times by the step clock, each at the run's mean FLOPs."""
+        def time_steps(count: int) -> list[tuple[float, float]]:
+            short = [f"train.steps={self.warmup + count}", "train.exact_match=0", "train.seed=0"]
             with contextlib.redirect_stdout(io.StringIO()):
-                run = train_recipe(recipe_name, [*overrides, *extra, *short], backend)
-            seconds[label].append(statistics.fmean(run["step_times_s"][warmup:]))
-            flops[label].append(run["flops"] / run["steps"])
-    return fit_step_time([{"label": label, "flops": statistics.fmean(flops[label]),
-                           "seconds": statistics.median(seconds[label]), "timed_steps": rounds * steps,
-                           "own_scale": scaled} for label, (_, scaled) in configs.items()])
+                run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *short],
+                                   self.backend)
+            return [(seconds, run["flops"] / run["steps"]) for seconds in run["step_times_s"][self.warmup:]]
+
+        return time_steps
 
 
 def adaptive_overhead_s(steps: int = 5000) -> float:

@@ -3,13 +3,13 @@ baseline's training time, over seeds: does the setting a user gets by default lo
 
 Per seed: the baseline (DropBP off) trains the recipe's steps; the recipe as written (the contender) trains the
 same steps, which gives its time per step; then the contender trains again for the baseline's time (its steps
-scaled by the ratio of the two times, its learning-rate and drop-rate schedules spanning the longer run). The
+scaled by the ratio of the two times, mean over seeds, its learning-rate and drop-rate schedules spanning the longer run). The
 verdict per seed is whether it ends within ``loss_margin`` of the baseline's validation loss and ``match_margin``
 of its exact match.
 
-Times leave evaluation out. By default they are read through a step-time model (:mod:`.recipe_runs`): short runs
-of DropBP off and uniform DropBP, timed in interleaved rounds before the comparison, fix seconds per step as
-``a + b x FLOPs``, and each run's time is its steps and training FLOPs (at the rates it realised) through it. So a
+Times leave evaluation out. By default they are read through the one study runner's step-time model
+(:mod:`.study`): short runs of DropBP off and uniform DropBP (and the recipe itself when its technique is not DropBP),
+timed in interleaved rounds, fix seconds per step as ``a + b x FLOPs``, and each run's time is its steps and training FLOPs (at the rates it realised) through it. So a
 run that trained while the machine was busy gets the same time as on a quiet machine, and a rerun gives the same
 steps. ``time_model: false`` sums the step clock instead (:func:`~dropbp.benchmarks.harness.step_clock`: on the
 CPU with one thread, the training thread's CPU time).
@@ -25,16 +25,17 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes import (Naming, Problems, check_non_negative, check_number, check_seed, environment,
+from dropbp.recipes import (Naming, Problems, check_number, check_seed, environment, find_recipe, load_recipe,
                             markdown_table, option_name, pyplot, setting)
 
-from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, BenchSettings, holds, run_benchmark, step_clock
-from .recipe_runs import DROPBP_OFF, adaptive_overhead_s, calibrate_recipe, own_label, train_recipe
+from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, run_benchmark, step_clock
+from .recipe_runs import RecipeWorkload, adaptive_overhead_s, recipe_contender
 from .step_time_model import StepTimeModel
+from .study import Contender, StudyRun, Verdict, run_study
 
 
 @dataclass
-class RecipeTimeSettings(BenchSettings):
+class RecipeTimeSettings(StudySettings):
     """What the recipe-time benchmark depends on."""
 
     recipe: str = setting("tiny-tasks", "a shipped recipe or a recipe file; its dropbp section is the contender")
@@ -43,11 +44,6 @@ class RecipeTimeSettings(BenchSettings):
     loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
                                                     "validation loss (relative)")
     match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)")
-    threads: int = setting(1, "CPU threads (0: PyTorch's default)")
-    time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
-                                     "FLOPs), fitted to short runs of DropBP off and uniform DropBP timed in "
-                                     "interleaved rounds; false: the step clock's sum over the run's steps")
-
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         if not self.seeds:
@@ -59,44 +55,43 @@ class RecipeTimeSettings(BenchSettings):
             p.add(f"{name('overrides')} must each look like key=value, got {', '.join(bad)}.")
         p.check(check_number, name("loss_margin"), self.loss_margin, low=0)
         p.check(check_number, name("match_margin"), self.match_margin, low=0)
-        p.check(check_non_negative, self, "threads", naming=name)
+
+
+def _row(run: StudyRun) -> dict[str, Any]:
+    """A run as the report lists it."""
+    return {"steps": run.steps, "time_s": run.train_time_s,
+            "measured_time_s": run.measured_time_s if run.measured_time_s is not None else run.train_time_s,
+            "flops": run.train_flops, "val_loss": run.final_val_loss, "exact_match": run.final_exact_match,
+            "realized_drop_fraction": run.realized_drop_fraction, **run.notes}
 
 
 def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """Per seed: baseline, contender at equal steps, contender at the baseline's time (times from the step-time
-    model unless ``time_model`` is off)."""
+    """Through the one study runner: per seed, the baseline, the recipe at equal steps and at the baseline's time
+    (times from the step-time model unless ``time_model`` is off)."""
     settings.validate()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     overrides = list(settings.overrides)
-    model = calibrate_recipe(settings.recipe, overrides, backend) if settings.time_model else None
-    own = own_label(settings.recipe, overrides, backend)
-
-    def train(seed: int, extra: list[str], label: str | None) -> dict[str, Any]:
-        run = train_recipe(settings.recipe, [*overrides, f"train.seed={seed}", "train.eval_every=0",
-                                             "train.save_every=0", *extra], backend)
-        run["time_s"] = (run["measured_time_s"] if model is None
-                         else model.seconds(run["steps"], run["flops"], label))
-        return run
-
+    workload = RecipeWorkload(settings.recipe, overrides, backend)
+    contender = recipe_contender(settings.recipe, overrides, backend)
+    steps = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name).train.steps
+    study = run_study(workload, [Contender("DropBP off"), contender], steps=steps, seeds=settings.seeds,
+                      time_model=settings.time_model, progress=progress)
     seeds = []
     for seed in settings.seeds:
-        base = train(seed, list(DROPBP_OFF), None)
-        same = train(seed, [], own)
-        steps = max(1, round(base["steps"] * base["time_s"] / same["time_s"]))
-        timed = train(seed, [f"train.steps={steps}"], own)
-        within = holds(timed["val_loss"], base["val_loss"], timed["exact_match"], base["exact_match"],
-                       loss_margin=settings.loss_margin, match_margin=settings.match_margin)
-        seeds.append({"seed": seed, "baseline": base, "equal_steps": same, "equal_time": timed, "within": within})
+        base = study.baseline(seed)
+        same = next(r for r in study.runs if r.label == contender.label and r.seed == seed)
+        timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
+        within = Verdict.of(timed, base, loss_margin=settings.loss_margin, match_margin=settings.match_margin).holds
+        seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": _row(same), "equal_time": _row(timed),
+                      "within": within})
         if progress:
-            print(f"seed {seed}: baseline {base['val_loss']:.4f}/{base['exact_match']} in {base['time_s']:.1f} s; "
-                  f"contender {timed['val_loss']:.4f}/{timed['exact_match']} in {timed['steps']} steps "
-                  f"({'within' if within else 'outside'} the margins)", flush=True)
-    for row in seeds:  # per-step times were read; the report keeps their sums
-        for run in ("baseline", "equal_steps", "equal_time"):
-            row[run].pop("step_times_s")
+            print(f"seed {seed}: baseline {base.final_val_loss:.4f}/{base.final_exact_match} in "
+                  f"{base.train_time_s:.1f} s; contender {timed.final_val_loss:.4f}/{timed.final_exact_match} in "
+                  f"{timed.steps} steps ({'within' if within else 'outside'} the margins)", flush=True)
     adaptive = seeds[0]["equal_steps"]["schedule"] == "adaptive"
+    model = study.time_model
     return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
             "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
             "adaptive_overhead_s": adaptive_overhead_s() if adaptive else None,

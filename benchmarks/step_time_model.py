@@ -11,17 +11,12 @@ measured configuration is part of the result.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 #: Uniform DropBP rates a study times beside exact backprop: every DropBP run, whatever its rate policy, is read
 #: between (or beyond) them by its FLOPs.
 CALIBRATION_RATES = (0.25, 0.5, 0.75)
-
-#: A configuration to time: runs optimizer step ``step`` and returns that step's training FLOPs (FLOPs model).
-Stepper = Callable[[int], float]
-
 
 @dataclass(frozen=True)
 class StepTimeModel:
@@ -94,28 +89,3 @@ def fit_line(points: list[dict[str, Any]], also_at: list[float] = ()) -> StepTim
     if not any(xs):
         return StepTimeModel(mean_y, 0.0, tuple(points))
     return StepTimeModel(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), tuple(points))
-
-
-def time_interleaved(steppers: dict[str, Stepper], clock: Callable[[], float], *, rounds: int, steps: int,
-                     warmup: int = 2, synchronize: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
-    """Time each configuration's optimizer steps in interleaved rounds (``warmup`` untimed steps each first, then
-    ``rounds`` times ``steps`` steps of every configuration in turn); per configuration the median seconds and the
-    median FLOPs of a step."""
-    seconds: dict[str, list[float]] = {label: [] for label in steppers}
-    flops: dict[str, list[float]] = {label: [] for label in steppers}
-    step = dict.fromkeys(steppers, 0)
-    for label, stepper in steppers.items():
-        for _ in range(warmup):
-            stepper(step[label])
-            step[label] += 1
-    for _ in range(rounds):
-        for label, stepper in steppers.items():
-            for _ in range(steps):
-                synchronize()
-                start = clock()
-                flops[label].append(stepper(step[label]))
-                synchronize()
-                seconds[label].append(clock() - start)
-                step[label] += 1
-    return [{"label": label, "flops": statistics.median(flops[label]), "seconds": statistics.median(seconds[label]),
-             "timed_steps": len(seconds[label])} for label in steppers]

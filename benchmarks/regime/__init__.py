@@ -18,9 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..harness import run_benchmark
-from .report import RegimeRun, regime_figure, regime_markdown, summarise
-from .run import run_regime, runs_key, task_data, train_run
-from .settings import FAMILIES, REGIME_MODEL, Contender, RegimeSettings, plan
+from .report import regime_figure, regime_markdown, summarise
+from .run import TaskWorkload, run_regime, runs_key, task_data
+from .settings import CONTENDER_KINDS, REGIME_MODEL, RegimeSettings, plan
+
 
 def main(settings: RegimeSettings, *, progress: bool = True) -> dict[str, Any]:
     """``dropbp bench regime``: validate, run (resuming from cached runs), write
@@ -29,5 +30,5 @@ def main(settings: RegimeSettings, *, progress: bool = True) -> dict[str, Any]:
                          progress=progress)
 
 
-__all__ = ["FAMILIES", "REGIME_MODEL", "Contender", "RegimeRun", "RegimeSettings", "main", "plan", "regime_figure",
-           "regime_markdown", "run_regime", "runs_key", "summarise", "task_data", "train_run"]
+__all__ = ["CONTENDER_KINDS", "REGIME_MODEL", "RegimeSettings", "TaskWorkload", "main", "plan", "regime_figure",
+           "regime_markdown", "run_regime", "runs_key", "summarise", "task_data"]

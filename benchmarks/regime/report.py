@@ -2,35 +2,11 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 from dropbp.recipes import markdown_table, pyplot
 
-from ..harness import TrainRun, speedup_to, time_to
-from .settings import Contender
-
-
-@dataclass
-class RegimeRun(TrainRun):
-    """A run of the regime study: which contender (family, rate), at which learning rate, seed and epochs, and its
-    time to the baseline's final validation loss (set by :func:`summarise`)."""
-
-    family: str = "baseline"
-    rate: float = 0.0
-    lr: float = 0.0
-    seed: int = 0
-    epochs: float = 1.0
-    time_to_target_s: float | None = None
-    measured_time_s: float | None = None  # the step clock's total where the times are a step-time model's
-
-    @property
-    def final_exact_match(self) -> float:
-        """The exact match at the last evaluation."""
-        return float(self.curve[-1].exact_match or 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "final_exact_match": self.final_exact_match}
+from ..study import Study, StudyRun, Verdict
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -38,51 +14,47 @@ def _spread(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def _speedups(mine: list[RegimeRun], baseline: dict[int, RegimeRun]) -> list[float]:
-    """Per run that reaches its seed's baseline final validation loss: the baseline's time to that loss over the
-    run's (``time_to_target_s`` is recorded on each run, None where not reached)."""
-    speedups = []
-    for run in mine:
-        base = baseline[run.seed]
-        run.time_to_target_s = time_to(run.curve, base.final_val_loss, "time_s")
-        speedup = speedup_to(run.curve, base.curve, base.final_val_loss)
-        if speedup is not None:
-            speedups.append(speedup)
-    return speedups
+def _speedups(runs: list[StudyRun], study: Study) -> list[float]:
+    """Per run that reaches its seed's baseline final validation loss: how many times sooner (the verdict's)."""
+    verdicts = [Verdict.of(run, study.baseline(run.seed)) for run in runs]
+    return [v.loss_speedup for v in verdicts if v.loss_speedup is not None]
 
 
-def summarise(runs: list[RegimeRun], contenders: list[Contender],
-              equal_time: list[RegimeRun] = ()) -> list[dict[str, Any]]:
+def summarise(study: Study) -> list[dict[str, Any]]:
     """Per contender, over seeds: final loss and accuracy, time, time saved and speed-up to the baseline's final
-    loss (each seed against the baseline of the same seed); with ``equal_time`` runs (the contender trained for the
-    baseline's wall time), their final loss, accuracy and speed-up too."""
-    baseline = {r.seed: r for r in runs if r.family == "baseline"}
+    loss (each seed against the baseline of the same seed); and the same at the baseline's time, where the
+    contender trained for another length."""
     rows = []
-    for contender in contenders:
-        mine = [r for r in runs if r.label == contender.label]
-        speedups = _speedups(mine, baseline)
-        reached = len(speedups)
-        longer = [r for r in equal_time if r.label == contender.label]
-        longer_speedups = _speedups(longer, baseline)
+    for contender in study.contenders:
+        mine = [r for r in study.runs if r.label == contender.label]
+        base = [study.baseline(r.seed) for r in mine]
+        speedups = _speedups(mine, study)
+        longer = [r for r in study.at_equal_time(contender.label) if r.steps != mine[0].steps]
+        longer_speedups = _speedups(longer, study)
         rows.append({
             "equal_time": None if not longer else {
-                "epochs": statistics.fmean(r.epochs for r in longer),
+                "epochs": statistics.fmean(r.notes.get("epochs", 1.0) for r in longer),
                 "final_val_loss": _spread([r.final_val_loss for r in longer]),
-                "final_exact_match": _spread([r.final_exact_match for r in longer]),
+                "final_exact_match": _spread([r.final_exact_match or 0.0 for r in longer]),
                 "train_time_s": _spread([r.train_time_s for r in longer]),
                 "reached_target": len(longer_speedups), "seeds": len(longer),
                 "speedup_to_target": _spread(longer_speedups) if longer_speedups else None},
-            "label": contender.label, "family": contender.family, "lr": mine[0].lr, "seeds": len(mine),
+            "label": contender.label, "kind": contender.kind, "lr": mine[0].lr, "seeds": len(mine),
             "final_val_loss": _spread([r.final_val_loss for r in mine]),
-            "final_exact_match": _spread([r.final_exact_match for r in mine]),
+            "final_exact_match": _spread([r.final_exact_match or 0.0 for r in mine]),
             "train_time_s": _spread([r.train_time_s for r in mine]),
-            "time_saved": _spread([1 - r.train_time_s / baseline[r.seed].train_time_s for r in mine]),
-            "flops_saved": _spread([1 - r.train_flops / baseline[r.seed].train_flops for r in mine]),
-            "accuracy_gap": _spread([r.final_exact_match - baseline[r.seed].final_exact_match
-                                     for r in mine]),
-            "reached_target": reached, "speedup_to_target": _spread(speedups) if speedups else None,
+            "time_saved": _spread([1 - r.train_time_s / b.train_time_s for r, b in zip(mine, base)]),
+            "flops_saved": _spread([1 - r.train_flops / b.train_flops for r, b in zip(mine, base)]),
+            "accuracy_gap": _spread([(r.final_exact_match or 0.0) - (b.final_exact_match or 0.0)
+                                     for r, b in zip(mine, base)]),
+            "reached_target": len(speedups), "speedup_to_target": _spread(speedups) if speedups else None,
         })
     return rows
+
+
+def _kind(row: dict[str, Any]) -> str:
+    """A row's or run's kind of contender (results written before the one study runner call it ``family``)."""
+    return row.get("kind", row.get("family", ""))
 
 
 def _pm(spread: dict[str, float] | None, fmt: str, scale: float = 1.0) -> str:
@@ -96,7 +68,7 @@ def regime_markdown(result: dict[str, Any]) -> str:
     rows = [(r["label"], f"{r['lr']:g}", _pm(r["final_val_loss"], ".4f"), _pm(r["final_exact_match"], ".1f", 100),
              _pm(r["accuracy_gap"], "+.1f", 100), _pm(r["time_saved"], "+.0f", 100), _pm(r["flops_saved"], ".0f", 100),
              f"{r['reached_target']}/{r['seeds']}",
-             "—" if r["family"] == "baseline" else _pm(r["speedup_to_target"], ".2f"))
+             "—" if _kind(r) == "baseline" else _pm(r["speedup_to_target"], ".2f"))
             for r in result["summary"]]
     equal_rows = [(r["label"], f"{r['equal_time']['epochs']:.2f}", _pm(r["equal_time"]["final_val_loss"], ".4f"),
                    _pm(r["equal_time"]["final_exact_match"], ".1f", 100),
@@ -104,8 +76,9 @@ def regime_markdown(result: dict[str, Any]) -> str:
                    _pm(r["equal_time"]["speedup_to_target"], ".2f"))
                   for r in result["summary"] if r.get("equal_time")]
     equal_table = [] if not equal_rows else [
-        "**Equal wall time.** Each contender that is faster than the baseline, trained again for the baseline's "
-        "wall time (more epochs at its own speed, its chosen learning rate, cosine over the longer run):", "",
+        "**Equal wall time.** Each contender whose time differs from the baseline's by more than 5%, trained again "
+        "for the baseline's time (more or fewer epochs at its own speed, its chosen learning rate, cosine over the "
+        "run):", "",
         markdown_table(["contender", "epochs", "final val loss", "exact match %", "reached target",
                         "speed-up to target"], equal_rows), ""]
     sweep_rows = [(label, *[f"{s['final_val_loss']:.4f}" for s in runs], f"{result['chosen_lr'][label]:g}")
@@ -158,17 +131,17 @@ def regime_figure(result: dict[str, Any]) -> Any:
     styles = {"baseline": "-", "dropbp": "-", "sensitivity": "--", "layerdrop": ":", "pld": ":", "freeze": "-.",
               "schedule": "--", "adaptive": "-", "adaptive-sensitivity": "--", "freeze-dropbp": "-."}
     palette = plt.get_cmap("tab10").colors
-    colours = {row["label"]: "k" if row["family"] == "baseline" else palette[i % len(palette)]
+    colours = {row["label"]: "k" if _kind(row) == "baseline" else palette[i % len(palette)]
                for i, row in enumerate(result["summary"])}
     for col, (source, axis, title) in enumerate(columns):
         for row in result["summary"]:
             mine = [r for r in result[source] if r["label"] == row["label"]]
-            if source != "runs" and row["family"] == "baseline":
-                mine = [r for r in result["runs"] if r["family"] == "baseline"]
+            if source != "runs" and _kind(row) == "baseline":
+                mine = [r for r in result["runs"] if _kind(r) == "baseline"]
             if not mine:
                 continue
             for ax, metric in ((axes[0][col], "val_loss"), (axes[1][col], "exact_match")):
-                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles[row["family"]], color=colours[row["label"]],
+                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles[_kind(row)], color=colours[row["label"]],
                         label=row["label"] if (ax is axes[0][0]) else None)
         axes[0][col].set_title(title)
         axes[0][col].set_yscale("log")

@@ -1,13 +1,11 @@
-"""Running the regime benchmark: the task data, pre-training (cached), one fine-tuning run per contender, learning
-rate and seed (each cached as JSON, so an interrupted study continues where it stopped), and the whole study."""
+"""Running the regime benchmark: the task data, pre-training (cached), and the workload the one study runner trains
+(each run cached as JSON, so an interrupted study continues where it stopped)."""
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,16 +14,17 @@ from dropbp.backends import Backend
 from dropbp.core.progress import progress_bar
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, family_folder, batch_at, build_model,
-                            environment, load_records, lr_scheduler, stdlib_corpus, teacher_forced_exact_match,
-                            to_windows, tokenize, write_text_atomic)
+from dropbp.recipes import (ByteTokenizer, DataSection, StepRunner, apply_method, batch_at, build_model, environment,
+                            family_folder, load_records, lr_scheduler, quantize_4bit, stdlib_corpus,
+                            teacher_forced_exact_match, to_windows, tokenize)
 
 from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE
-from .report import RegimeRun, summarise
-from .step_time import cached_calibration, clock_description, modelled
-from .settings import Contender, RegimeSettings, plan
-from .trainer import batch_indices, prepare
+from ..step_time_model import StepTimeModel
+from ..study import (Contender, ContenderTrainer, StudyRun, Timer, contender_trainer, run_study, study_dict,
+                     trainer_timer)
+from .report import summarise
+from .settings import CONTENDER_KINDS, RegimeSettings, plan
 
 #: The tasks the learn regime pre-trains on (strings; the numbers family is wholly new to it).
 PRETRAIN_TASKS = ("Repeat the word.", "Write the word in capitals.")
@@ -132,67 +131,107 @@ def _pretrained_state(settings: RegimeSettings, backend: Backend,
     return cached_pretraining("regime-pretrained", described, model, pretrain)
 
 
-def train_run(contender: Contender, lr: float, seed: int, settings: RegimeSettings, state: dict[str, torch.Tensor],
-              data: TaskData, backend: Backend, progress: bool, epochs: float | None = None) -> RegimeRun:
-    """One fine-tuning run of one contender (``epochs`` passes, default the settings'); returns its curve and
-    summary (its time measured by the step clock; the study replaces it by the step-time model's)."""
-    epochs = settings.epochs if epochs is None else epochs
-    total = max(1, round(epochs * len(data.train_ids) / settings.batch_size))
-    trainer = prepare(contender, lr, seed, settings, state, backend, total)
-    order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
-    loss0, acc0 = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
-    curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
-    elapsed = flops = 0.0
-    clock, _ = step_clock(backend)
-    bar = progress_bar(range(total), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
-    for step in bar:
-        index = batch_indices(order, step, settings.batch_size)
-        backend.synchronize()
-        start = clock()
-        _, step_flops = trainer.step(step, data.train_ids[index], data.train_labels[index])
-        backend.synchronize()
-        elapsed += clock() - start
-        flops += step_flops
-        if (step + 1) % settings.eval_every == 0 or step + 1 == total:
-            val_loss, accuracy = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
-            curve.append(CurvePoint(step=step + 1, examples=(step + 1) * settings.batch_size, time_s=elapsed,
-                                    flops=flops, val_loss=val_loss, exact_match=accuracy))
-            bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
-    bar.close()
-    realized = trainer.close()
-    return RegimeRun(label=contender.label, steps=total, train_time_s=elapsed, train_flops=flops, curve=curve,
-                     realized_drop_fraction=realized, family=contender.family, rate=contender.rate, lr=lr, seed=seed,
-                     epochs=epochs)
+@dataclass
+class TaskWorkload:
+    """The regime study's workload: the pre-trained tiny model with LoRA (or QLoRA) fine-tuned on a task family,
+    validated (loss and exact match) every ``eval_every`` steps."""
+
+    settings: RegimeSettings
+    state: dict[str, torch.Tensor]
+    data: TaskData
+    backend: Backend
+
+    def trainer(self, contender: Contender, lr: float, seed: int, total: int) -> ContenderTrainer:
+        """The pre-trained model with adapters and ``contender``'s technique over ``total`` steps, AdamW with the
+        study's warm-up and cosine decay."""
+        settings = self.settings
+        model = build_model("tiny", seed=1234, **settings.model_overrides)
+        model.load_state_dict(self.state, strict=False)
+        if settings.method == "qlora":
+            model = quantize_4bit(model, self.backend)
+        model = apply_method(model, "lora", lora_rank=settings.lora_rank, seed=seed)
+        return contender_trainer(model, contender, lr, self.backend, total_steps=total, seq_len=settings.seq_len,
+                                 seed=seed, warmup_steps=settings.warmup_steps)
+
+    def _batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = batch_indices(order, step, self.settings.batch_size)
+        return self.data.train_ids[index], self.data.train_labels[index]
+
+    def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
+        """One fine-tuning run of ``contender`` for ``steps`` steps; its curve timed by the step clock."""
+        settings, data = self.settings, self.data
+        trainer = self.trainer(contender, float(lr), seed, steps)
+        order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
+        loss0, acc0 = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
+        curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
+        elapsed = flops = 0.0
+        clock, _ = step_clock(self.backend)
+        bar = progress_bar(range(steps), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
+        for step in bar:
+            ids, labels = self._batch(order, step)
+            self.backend.synchronize()
+            start = clock()
+            _, step_flops = trainer.step(step, ids, labels)
+            self.backend.synchronize()
+            elapsed += clock() - start
+            flops += step_flops
+            if (step + 1) % settings.eval_every == 0 or step + 1 == steps:
+                val_loss, accuracy = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
+                curve.append(CurvePoint(step=step + 1, examples=(step + 1) * settings.batch_size, time_s=elapsed,
+                                        flops=flops, val_loss=val_loss, exact_match=accuracy))
+                bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
+        bar.close()
+        realized = trainer.close()
+        return StudyRun(label=contender.label, steps=steps, train_time_s=elapsed, train_flops=flops, curve=curve,
+                        realized_drop_fraction=realized, kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
+                        notes={"epochs": steps * settings.batch_size / len(data.train_ids)})
+
+    def timer(self, contender: Contender) -> Timer:
+        """Steps of ``contender`` (seed 0, the sweep's middle learning rate) for the study's clock."""
+        lrs = sorted(self.settings.lrs)
+        trainer = self.trainer(contender, lrs[len(lrs) // 2], 0, steps_per_run(self.settings, self.data))
+        order = torch.randperm(len(self.data.train_ids), generator=torch.Generator().manual_seed(0))
+        return trainer_timer(trainer, lambda step: self._batch(order, step), self.backend)
+
+
+def batch_indices(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
+    """The training examples of ``step``: the next ``batch_size`` of the seed's shuffled order, wrapping around."""
+    start = step * batch_size
+    return torch.tensor([int(order[(start + k) % len(order)]) for k in range(batch_size)])
+
+
+def steps_per_run(settings: RegimeSettings, data: TaskData) -> int:
+    """Optimizer steps of one run at equal epochs."""
+    return max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
 
 
 def runs_key(settings: RegimeSettings, backend: Backend) -> str:
     """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
-    names its contender, so a study of fewer contenders reuses the runs it shares with a larger one), the device
-    and the threads a run actually uses (every wall time depends on them). :data:`UNKEYED_SETTINGS` are left out
-    altogether (not even as None), so adding one keeps every run cached before it."""
+    names its contender in full, so a study of fewer contenders reuses the runs it shares with a larger one), the
+    device and the threads a run actually uses (every wall time depends on them). :data:`UNKEYED_SETTINGS` are left
+    out altogether (not even as None), so adding one keeps every run cached before it."""
     described = {k: v for k, v in settings.to_dict().items() if k not in UNKEYED_SETTINGS}
     return cache_key({**described, "out": None, "contenders": None, "device": backend.name,
-                      "torch_threads": torch.get_num_threads()})
+                      "torch_threads": torch.get_num_threads(), "runner": "study"})
 
 
 #: Settings that change how finished runs are read, or only choose which contenders run (each run's own key names
-#: its contender in full: family, rate, schedule), not what any run trains: not part of the run cache's key.
+#: its contender in full), not what any run trains: not part of the run cache's key.
 UNKEYED_SETTINGS = ("time_model", "equal_time", "drop_rates", "schedules")
 
 
-def _cached_run(folder: Path, contender: Contender, lr: float, seed: int, *args: Any,
-                epochs: float | None = None) -> RegimeRun:
-    key = f"{contender}|{lr!r}|{seed}" + ("" if epochs is None else f"|epochs={epochs!r}")
-    path = folder / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if path.exists():
-        return RegimeRun.from_dict(json.loads(path.read_text()))
-    run = train_run(contender, lr, seed, *args, epochs=epochs)
-    write_text_atomic(path, json.dumps(run.to_dict()))
-    return run
+def clock_description(backend: Backend, time_model: StepTimeModel | None) -> str:
+    """How the study's times were taken, for the report."""
+    measured = step_clock(backend)[1]
+    if time_model is None:
+        return measured
+    return (f"step-time model's ({time_model.formula()}, fitted to {len(time_model.points)} configurations timed "
+            f"in interleaved rounds by the {measured}; worst fit error {time_model.worst_error() * 100:.1f}%)")
 
 
 def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """Pre-train (or load), sweep learning rates, run the seeds; return the result (``main`` publishes it)."""
+    """Pre-train (or load), sweep learning rates, run the seeds, then at the baseline's time, through the one study
+    runner; return the result (``main`` publishes it)."""
     settings.validate()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -200,42 +239,17 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     with seeded(settings.seed):
         state, pretrain_info = _pretrained_state(settings, backend, progress)
     data = task_data(settings.seq_len, settings.family, settings.regime)
-    total = max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
-    contenders = plan(settings, settings.model_overrides["num_hidden_layers"], total)
+    total = steps_per_run(settings, data)
+    layers = settings.model_overrides["num_hidden_layers"]
+    contenders = plan(settings, layers, total)
+    every = plan(dataclasses.replace(settings, contenders=CONTENDER_KINDS), layers, total)  # one clock for any subset
     folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
-    args = (settings, state, data, backend, progress)
-    sweep: dict[str, list[RegimeRun]] = {}
-    for contender in contenders:
-        sweep[contender.label] = [_cached_run(folder, contender, lr, settings.seeds[0], *args) for lr in settings.lrs]
-    chosen = {label: min(runs, key=lambda r: r.final_val_loss).lr for label, runs in sweep.items()}
-    runs: list[RegimeRun] = []
-    for contender in contenders:
-        for seed in settings.seeds:
-            runs.append(_cached_run(folder, contender, chosen[contender.label], seed, *args))
-    time_model = None
-    if settings.time_model:
-        time_model = cached_calibration(folder, settings, state, data, backend, total)
-        runs = [modelled(r, time_model) for r in runs]  # the sweep reports final losses only: left as it is
-    equal_time: list[RegimeRun] = []
-    if settings.equal_time:
-        base_time = statistics.fmean(r.train_time_s for r in runs if r.family == "baseline")
-        for contender in contenders[1:]:
-            own = statistics.fmean(r.train_time_s for r in runs if r.label == contender.label)
-            epochs = round(settings.epochs * base_time / own, 2)
-            if epochs <= settings.epochs * 1.05:
-                continue  # no faster than the baseline: nothing to add
-            longer = [_cached_run(folder, contender, chosen[contender.label], seed, *args, epochs=epochs)
-                      for seed in settings.seeds]
-            equal_time += [modelled(r, time_model) for r in longer] if time_model else longer
-    rows = summarise(runs, contenders, equal_time)
+    study = run_study(TaskWorkload(settings, state, data, backend), contenders, steps=total, lrs=settings.lrs,
+                      seeds=settings.seeds, time_model=settings.time_model, equal_time=settings.equal_time,
+                      timed=every, cache=folder, progress=progress)
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
             "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
             "train_examples": len(data.train_ids), "validation_examples": len(data.val_ids), "steps_per_run": total,
-            "sweep": {label: [{"lr": r.lr, "final_val_loss": r.final_val_loss,
-                               "final_exact_match": r.final_exact_match} for r in runs]
-                      for label, runs in sweep.items()},
-            "clock": clock_description(backend, time_model),
-            "step_time_model": None if time_model is None else time_model.to_dict(), "chosen_lr": chosen,
-            "summary": rows, "runs": [r.to_dict() for r in runs],
-            "equal_time_runs": [r.to_dict() for r in equal_time], "cache": str(folder),
-            "total_time_s": time.perf_counter() - started, "paper_reference": PAPER_CONVERGENCE}
+            **study_dict(study), "clock": clock_description(backend, study.time_model),
+            "summary": summarise(study), "cache": str(folder), "total_time_s": time.perf_counter() - started,
+            "paper_reference": PAPER_CONVERGENCE}

@@ -9,13 +9,14 @@ from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
 from dropbp.recipes import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
                             check_non_negative, check_number, check_positive, check_seed, option_name, setting)
 
-from ..harness import BenchSettings
+from ..harness import StudySettings
+from ..study import Contender
 
-#: The contender families, in the order tables list them.
-FAMILIES = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "adaptive",
+#: The kinds of contender, in the order tables list them.
+CONTENDER_KINDS = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "adaptive",
             "adaptive-sensitivity", "freeze-dropbp")
-#: The families run unless the settings name others (the committed study's).
-DEFAULT_FAMILIES = FAMILIES[:6]
+#: The kinds run unless the settings name others (the committed study's).
+DEFAULT_KINDS = CONTENDER_KINDS[:6]
 REGIMES = ("learn", "adapt")
 SCHEDULES = ("cosine", "linear", "steps", "warmup")
 TASK_FAMILIES = ("strings", "numbers")
@@ -24,7 +25,7 @@ REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16,
 
 
 @dataclass
-class RegimeSettings(BenchSettings):
+class RegimeSettings(StudySettings):
     """What the regime benchmark depends on; :meth:`validate` checks it before any work starts."""
 
     regime: str = setting("learn", "learn: the fine-tuning teaches skills the pre-trained model lacks (pre-training "
@@ -49,7 +50,7 @@ class RegimeSettings(BenchSettings):
                                                       "contender_rate: cosine, linear or steps (decay to 0), "
                                                       "warmup (0 for the first quarter, then constant)",
                                          choices=SCHEDULES)
-    contenders: tuple[str, ...] = setting(DEFAULT_FAMILIES, f"families to run ({', '.join(FAMILIES)}; schedule: "
+    contenders: tuple[str, ...] = setting(DEFAULT_KINDS, f"kinds of contender to run ({', '.join(CONTENDER_KINDS)}; schedule: "
                                                             "DropBP under each of schedules; "
                                                             "adaptive: the adaptive rate up to contender_rate, "
                                                             "uniform or (adaptive-sensitivity) allocated; "
@@ -63,13 +64,9 @@ class RegimeSettings(BenchSettings):
     pld_gamma_scale: float = setting(10.0, "PLD's gamma times the run's step count (how fast keep probability falls)")
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)")
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training")
-    threads: int = setting(1, "CPU threads for every run (0: PyTorch's default)")
-    time_model: bool = setting(True, "read every run's time through a step-time model (seconds = a + b * FLOPs per "
-                                     "step) fitted to the study's configurations timed in interleaved rounds, so "
-                                     "machine load during one run does not move its time; false: each run's own "
-                                     "step clock")
-    equal_time: bool = setting(True, "then train each contender faster than the baseline for the baseline's wall "
-                                     "time (more epochs at its own speed, same learning rate) and compare there too")
+    equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more than "
+                                     "5% again for the baseline's time (steps scaled by the ratio of the times, same "
+                                     "learning rate) and compare there too")
     model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,
                                               default_factory=lambda: dict(REGIME_MODEL))
 
@@ -88,8 +85,8 @@ class RegimeSettings(BenchSettings):
             p.add(f"{name('lrs')} and {name('seeds')} need at least one value each.")
         for kind in self.schedules:
             p.check(check_choice, name("schedules"), kind, SCHEDULES)
-        for family in self.contenders:
-            p.check(check_choice, name("contenders"), family, FAMILIES)
+        for kind in self.contenders:
+            p.check(check_choice, name("contenders"), kind, CONTENDER_KINDS)
         if "baseline" not in self.contenders:
             p.add(f"{name('contenders')} must include baseline (every comparison is against it).")
         for field in ("lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps"):
@@ -98,23 +95,7 @@ class RegimeSettings(BenchSettings):
             p.check(check_seed, seed, name("seeds"))
         p.check(check_number, name("epochs"), self.epochs, low=0, low_open=True)
         p.check(check_number, name("pld_gamma_scale"), self.pld_gamma_scale, low=0)
-        for field in ("warmup_steps", "threads"):
-            p.check(check_non_negative, self, field, naming=name)
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One configuration of the comparison: its label, family and parameters."""
-
-    label: str
-    family: str
-    rate: float = 0.0
-    extra: tuple[tuple[str, float], ...] = ()
-    schedule: str = ""
-
-
-#: Contender.extra's names (part of each cached run's key) -> the technique's option names.
-TECHNIQUE_OPTIONS = {"theta_bar": "theta_bar", "gamma": "gamma", "train_top": "train_top_layers"}
+        p.check(check_non_negative, self, "warmup_steps", naming=name)
 
 
 def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:
@@ -123,29 +104,33 @@ def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Co
     rate = settings.contender_rate
     layerdrop = equal_flops_layerdrop_rate(rate, backward)
     gamma = settings.pld_gamma_scale / total_steps
-    out = [Contender("baseline", "baseline")]
-    families = settings.contenders
-    if "dropbp" in families:
-        out += [Contender(f"DropBP p={p:g}", "dropbp", p) for p in settings.drop_rates]
-    if "sensitivity" in families:
-        out += [Contender(f"DropBP p={p:g} sensitivity", "sensitivity", p) for p in settings.drop_rates]
-    if "layerdrop" in families:
-        out.append(Contender(f"LayerDrop p={layerdrop:.3g}", "layerdrop", layerdrop))
-    if "pld" in families:
+    out = [Contender("baseline")]
+    kinds = settings.contenders
+    if "dropbp" in kinds:
+        out += [Contender(f"DropBP p={p:g}", "dropbp", "dropbp", p) for p in settings.drop_rates]
+    if "sensitivity" in kinds:
+        out += [Contender(f"DropBP p={p:g} sensitivity", "sensitivity", "dropbp", p, allocation="paper")
+                for p in settings.drop_rates]
+    if "layerdrop" in kinds:
+        out.append(Contender(f"LayerDrop p={layerdrop:.3g}", "layerdrop", "layerdrop", layerdrop))
+    if "pld" in kinds:
         theta = pld_theta_for_drop(layerdrop, gamma, num_layers, total_steps)
-        out.append(Contender(f"PLD theta={theta:.2f}", "pld", layerdrop, (("theta_bar", theta), ("gamma", gamma))))
-    if "freeze" in families:
+        out.append(Contender(f"PLD theta={theta:.2f}", "pld", "pld", layerdrop,
+                             (("theta_bar", theta), ("gamma", gamma))))
+    if "freeze" in kinds:
         top = blocks_for_backward_budget(num_layers, rate)
-        out.append(Contender(f"freeze: top {top} of {num_layers}", "freeze", rate, (("train_top", float(top)),)))
-    if "schedule" in families:
+        out.append(Contender(f"freeze: top {top} of {num_layers}", "freeze", "freeze", rate,
+                             (("train_top_layers", top),)))
+    if "schedule" in kinds:
         out += [Contender(f"DropBP p={rate:g} after warm-up" if kind == "warmup" else f"DropBP {kind} {rate:g} -> 0",
-                          "schedule", rate, schedule=kind) for kind in settings.schedules]
-    if "adaptive" in families:
-        out.append(Contender(f"DropBP adaptive (max {rate:g})", "adaptive", rate))
-    if "adaptive-sensitivity" in families:
-        out.append(Contender(f"DropBP adaptive (max {rate:g}) sensitivity", "adaptive-sensitivity", rate))
-    if "freeze-dropbp" in families:
+                          "schedule", "dropbp", rate, schedule=kind) for kind in settings.schedules]
+    if "adaptive" in kinds:
+        out.append(Contender(f"DropBP adaptive (max {rate:g})", "adaptive", "dropbp", rate, schedule="adaptive"))
+    if "adaptive-sensitivity" in kinds:
+        out.append(Contender(f"DropBP adaptive (max {rate:g}) sensitivity", "adaptive-sensitivity", "dropbp", rate,
+                             allocation="paper", schedule="adaptive"))
+    if "freeze-dropbp" in kinds:
         half = max(1, num_layers // 2)
-        out.append(Contender(f"freeze: top {half} of {num_layers} + DropBP p={rate:g}", "freeze-dropbp", rate,
-                             (("train_top", float(half)),)))
+        out.append(Contender(f"freeze: top {half} of {num_layers} + DropBP p={rate:g}", "freeze-dropbp",
+                             "freeze-dropbp", rate, (("train_top_layers", half),)))
     return out

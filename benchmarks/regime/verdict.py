@@ -19,43 +19,34 @@ from dropbp.recipes import markdown_table
 
 from ..harness import HOLDS_LOSS_MARGIN as LOSS_MARGIN
 from ..harness import HOLDS_MATCH_MARGIN as MATCH_MARGIN
-from ..harness import CurvePoint, holds, speedup_to
-
-
-def _speedup(run: dict[str, Any], base: dict[str, Any], key: str, lower_is_better: bool) -> float | None:
-    curve, base_curve = ([CurvePoint(**point) for point in r["curve"]] for r in (run, base))
-    return speedup_to(curve, base_curve, base["curve"][-1][key], key, lower_is_better)
+from ..study import StudyRun, Verdict
 
 
 def study_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per contender of one study: seeds that hold, mean loss ratio and exact-match gap at the baseline's time, and
-    the speed-ups to the baseline's final loss and exact match (seeds that reach them)."""
-    baseline = {r["seed"]: r for r in result["runs"] if r["family"] == "baseline"}
-    longer = {(r["label"], r["seed"]): r for r in result.get("equal_time_runs", [])}
+    the speed-ups to the baseline's final loss and exact match (seeds that reach them), each seed's by
+    :meth:`Verdict.of <dropbp.benchmarks.study.Verdict.of>`."""
+    runs = [StudyRun.from_dict(r) for r in result["runs"]]
+    baseline = {r.seed: r for r in runs if r.kind == "baseline"}
+    longer = {(r["label"], r["seed"]): StudyRun.from_dict(r) for r in result.get("equal_time_runs", [])}
     rows = []
     for row in result["summary"]:
-        if row["family"] == "baseline":
+        if row.get("kind", row.get("family")) == "baseline":
             continue
-        runs = [longer.get((row["label"], r["seed"]), r) for r in result["runs"] if r["label"] == row["label"]]
-        ratios, gaps, held, loss_up, match_up = [], [], 0, [], []
-        for run in runs:
-            base = baseline[run["seed"]]
-            ratio = run["final_val_loss"] / base["final_val_loss"]
-            gap = run["final_exact_match"] - base["final_exact_match"]
-            ratios.append(ratio)
-            gaps.append(gap)
-            held += holds(run["final_val_loss"], base["final_val_loss"], run["final_exact_match"],
-                          base["final_exact_match"])
-            for out, key, lower in ((loss_up, "val_loss", True), (match_up, "exact_match", False)):
-                value = _speedup(run, base, key, lower)
-                if value is not None:
-                    out.append(value)
-        rows.append({"label": row["label"], "family": row["family"], "seeds": len(runs), "holds": held,
-                     "loss_ratio": statistics.fmean(ratios), "match_gap": statistics.fmean(gaps),
-                     "epochs": statistics.fmean(r.get("epochs", 1.0) for r in runs),
-                     "drop": statistics.fmean(r.get("realized_drop_fraction", 0.0) for r in runs),
-                     "loss_speedup": loss_up, "match_speedup": match_up})
+        mine = [longer.get((r.label, r.seed), r) for r in runs if r.label == row["label"]]
+        verdicts = [Verdict.of(run, baseline[run.seed]) for run in mine]
+        rows.append({"label": row["label"], "seeds": len(mine), "holds": sum(v.holds for v in verdicts),
+                     "loss_ratio": statistics.fmean(v.loss_ratio for v in verdicts),
+                     "match_gap": statistics.fmean(v.match_gap or 0.0 for v in verdicts),
+                     "epochs": statistics.fmean(_epochs(r) for r in mine),
+                     "drop": statistics.fmean(r.realized_drop_fraction for r in mine),
+                     "loss_speedup": [v.loss_speedup for v in verdicts if v.loss_speedup is not None],
+                     "match_speedup": [v.match_speedup for v in verdicts if v.match_speedup is not None]})
     return rows
+
+
+def _epochs(run: StudyRun) -> float:
+    return run.notes.get("epochs", 1.0)
 
 
 def _speedups(values: list[float], seeds: int) -> str:

@@ -1,12 +1,12 @@
 """The step-time model: its fit, its bounds and the interleaved timing it is fitted to."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 from hypothesis import given, strategies as st
 
-from dropbp.benchmarks.step_time_model import StepTimeModel, fit_step_time, time_interleaved
+from dropbp.benchmarks.step_time_model import StepTimeModel, fit_step_time
+from dropbp.benchmarks.study import calibrate, equal_time_steps
 
 
 def points(pairs):
@@ -55,24 +55,29 @@ def test_errors_and_round_trip():
     assert again == model and again.seconds(10, 5.0) == model.seconds(10, 5.0)
 
 
-def test_interleaved_timing_takes_medians_and_interleaves_rounds():
-    ticks = itertools.count()
+def test_the_study_clock_interleaves_rounds_and_takes_the_median_of_round_means():
     calls = []
 
-    def clock():
-        return float(next(ticks))
+    def timer(label, seconds_per_round):
+        rounds = iter(seconds_per_round)
 
-    def stepper(label, cost):
-        def run(step):
-            calls.append((label, step))
-            for _ in range(cost - 1):  # each tick of the clock is one unit of time
-                next(ticks)
-            return cost * 10.0
-        return run
+        def time_steps(count):
+            calls.append((label, count))
+            mean = next(rounds)
+            return [(mean - 0.5, 10.0), (mean + 0.5, 30.0)][:count]
+        return time_steps
 
-    measured = time_interleaved({"a": stepper("a", 1), "b": stepper("b", 3)}, clock, rounds=2, steps=2, warmup=1)
-    assert [(m["label"], m["seconds"], m["flops"], m["timed_steps"]) for m in measured] == [
-        ("a", 1.0, 10.0, 4), ("b", 3.0, 30.0, 4)]
-    timed = [label for label, _ in calls[2:]]  # after one warm-up step each: rounds alternate a, a, b, b
-    assert timed == ["a", "a", "b", "b", "a", "a", "b", "b"]
-    assert [step for label, step in calls if label == "a"] == list(range(5))  # steps continue across rounds
+    model = calibrate({"a": timer("a", [1.0, 9.0, 2.0]), "b": timer("b", [3.0, 4.0, 5.0]),
+                       "own": timer("own", [2.0, 2.0, 2.0])}, {"own"}, rounds=3, steps=2)
+    assert calls == [("a", 2), ("b", 2), ("own", 2)] * 3  # every configuration once per round, in turn
+    points = {p["label"]: p for p in model.points}
+    assert points["a"]["seconds"] == 2.0 and points["b"]["seconds"] == 4.0  # the busy round (9 s) does not count
+    assert points["a"]["flops"] == 20.0 and points["a"]["timed_steps"] == 6
+    assert set(model.scales) == {"own"}  # timed as itself: its own factor on the line
+
+
+def test_the_one_equal_time_rule():
+    assert equal_time_steps(100, base_time=60.0, own_time=40.0) == 150
+    assert equal_time_steps(100, base_time=60.0, own_time=40.0, max_factor=1.2) == 120
+    assert equal_time_steps(100, base_time=40.0, own_time=60.0) == 67  # a slower contender trains fewer steps
+    assert equal_time_steps(3, base_time=1.0, own_time=100.0) == 1

@@ -62,17 +62,16 @@ def test_moved_keys_are_refused_with_their_new_spelling(capsys):
     assert code == 2 and "write technique.gamma=0.01 instead" in capsys.readouterr().err
 
 
-def test_a_registered_technique_runs_in_the_regime_studys_trainer(skip_top):
-    from dropbp.benchmarks.regime import RegimeSettings
-    from dropbp.benchmarks.regime.settings import Contender
-    from dropbp.benchmarks.regime.trainer import prepare
+def test_a_registered_technique_runs_in_the_study_runners_trainer(skip_top):
+    from dropbp.benchmarks.regime import RegimeSettings, TaskWorkload
+    from dropbp.benchmarks.study import Contender
 
     settings = RegimeSettings(device="cpu", model_overrides=dict(hidden_size=32, intermediate_size=64,
                                                                  num_hidden_layers=4, num_attention_heads=4,
                                                                  num_key_value_heads=2, vocab_size=256),
                               warmup_steps=1, seq_len=16)
-    trainer = prepare(Contender("skip the top block", skip_top, 0.0, (("blocks", 1.0),)), 1e-3, 0, settings, {},
-                      backends.get("cpu"), total=4)
+    workload = TaskWorkload(settings, {}, None, backends.get("cpu"))
+    trainer = workload.trainer(Contender("skip the top block", "toy", skip_top, 0.0, (("blocks", 1),)), 1e-3, 0, 4)
     ids = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     full = StepFlops(trainer.model, 16).step(ids.numel())
     for step in range(2):

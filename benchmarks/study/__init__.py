@@ -1,0 +1,10 @@
+"""The one study runner of the time-to-accuracy benchmarks: contenders, the workload protocol, the clock, the
+equal-time rule and the verdict."""
+from .contender import (SCHEDULES, Contender, ContenderTrainer, attach, contender_trainer, study_schedule,
+                        trainer_timer)
+from .runner import (Study, StudyRun, Timer, Verdict, Workload, calibrate, calibration_contenders, equal_time_steps,
+                     modelled, run_study, study_dict)
+
+__all__ = ["SCHEDULES", "Contender", "ContenderTrainer", "Study", "StudyRun", "Timer", "Verdict", "Workload", "attach",
+           "calibrate", "calibration_contenders", "contender_trainer", "equal_time_steps", "modelled", "run_study",
+           "study_dict", "study_schedule", "trainer_timer"]
