@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes import add_command
+from dropbp.recipes.for_benchmarks import add_command
 
 from .registry import BENCHMARKS
 from .config_file import is_config_file, load_bench_config

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes import (Naming, Problems, check_output_dir, markdown_table, option_name, publish, pyplot,
+from dropbp.recipes.for_benchmarks import (Naming, Problems, check_output_dir, markdown_table, option_name, publish, pyplot,
                             results_folder, setting)
 
 from .paper import PAPER_THROUGHPUT

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes import Problems, apply_overrides, build, read_yaml, yaml_key
+from dropbp.recipes.for_benchmarks import Problems, apply_overrides, build, read_yaml, yaml_key
 
 from .registry import BENCHMARKS
 

@@ -88,7 +88,7 @@ def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tor
 
 def markdown(result: dict[str, Any]) -> str:
     """The per-block table of a result."""
-    from dropbp.recipes import markdown_table
+    from dropbp.recipes.for_benchmarks import markdown_table
 
     rows = [[str(r["block"]), f"{r['masks_trained']}/{r['masks']}",
              "-" if r["cos_when_trained"] is None else f"{r['cos_when_trained']:.3f}",
@@ -103,7 +103,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def figure(result: dict[str, Any]) -> Any:
     """Cosine with the exact gradient against block: per mask (when trained) and of the mean over masks."""
-    from dropbp.recipes import pyplot
+    from dropbp.recipes.for_benchmarks import pyplot
 
     plt = pyplot()
     blocks = [r for r in result["blocks"] if r["block"] >= 0]
@@ -120,7 +120,7 @@ def figure(result: dict[str, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure on a recipe's first training batch and publish the result set."""
-    from dropbp.recipes import FineTune, find_recipe, load_recipe, publish
+    from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, publish
 
     parser = argparse.ArgumentParser(prog="python -m dropbp.benchmarks.gradient_agreement", description=__doc__)
     parser.add_argument("recipe")

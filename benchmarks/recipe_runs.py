@@ -14,7 +14,7 @@ from typing import Any
 
 from dropbp.backends import Backend
 from dropbp.core import AdaptiveRate
-from dropbp.recipes import FineTune, find_recipe, load_recipe, training_flops
+from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, training_flops
 
 from .harness import CurvePoint, step_clock
 from .study import Contender, StudyRun, Timer

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes import (Naming, Problems, check_number, check_seed, environment, find_recipe, load_recipe,
+from dropbp.recipes.for_benchmarks import (Naming, Problems, check_number, check_seed, environment, find_recipe, load_recipe,
                             markdown_table, option_name, pyplot, setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, run_benchmark, step_clock

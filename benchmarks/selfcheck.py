@@ -22,7 +22,7 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core import DropBP
 from dropbp.core.exactness import check_masks
-from dropbp.recipes import Naming, Problems, build_model, check_positive, markdown_table, option_name, pyplot, setting
+from dropbp.recipes.for_benchmarks import Naming, Problems, build_model, check_positive, markdown_table, option_name, pyplot, setting
 
 from .compiles import count_compiles
 from .harness import BenchSettings, run_benchmark
@@ -107,7 +107,7 @@ def throughput_settings(settings: SelfcheckSettings, backend: Backend, sampler: 
 
 def run_selfcheck(settings: SelfcheckSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
     """The three parts; the JSON-ready result (nothing is written)."""
-    from dropbp.recipes import environment
+    from dropbp.recipes.for_benchmarks import environment
 
     engine = check_engine(backend, settings.seed)
     throughput = {}

@@ -20,7 +20,7 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
+from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
                             check_choice, check_fits, check_int, check_non_negative, check_number, check_positive,
                             check_seq_len, head_fraction, labelled_positions_loss, option_name, pool_size_field,
                             resolve_sampler, sampler_field, set_checkpointing, setting)
@@ -269,7 +269,7 @@ def summarise(settings: ThroughputSettings, backend: Any, dropbp: DropBP, config
               saved: dict[str, tuple[float, float]], dtype: torch.dtype) -> dict[str, Any]:
     """Turn raw timings into the result document: medians, increases, linear limits and efficiencies."""
     from dropbp.benchmarks.paper import PAPER_THROUGHPUT
-    from dropbp.recipes import environment
+    from dropbp.recipes.for_benchmarks import environment
 
     compiles_reported = settings.compile or backend.compiles_per_mask
     entries = {c.label: _entry(c, settings, saved[c.label], dropbp.flops, compiles_reported) for c in configs}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropbp.recipes import markdown_table, mib, pyplot
+from dropbp.recipes.for_benchmarks import markdown_table, mib, pyplot
 
 HEADERS = ["config", "drop rate", "realised q", "step (s)", "tokens/s", "increase", "ideal step (s)", "efficiency",
            "saved act (MiB)", "ideal saved (MiB)", "peak (MiB)", "compiles"]

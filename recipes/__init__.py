@@ -1,57 +1,47 @@
 """dropbp recipes: the application layer (recipes and cluster profiles, models, data, the training loop, checkpoints,
 porting, reports, the ``dropbp`` CLI).
 
-This module is the public surface: the benchmarks and your own code import from here (or from
-:mod:`dropbp.recipes.training`), never from the subpackages, which may move. Names load on first use.
+This module is the public API for your own code: run a recipe (``FineTune``, ``load_recipe``), use DropBP in a
+Hugging Face ``Trainer`` (``DropBPCallback``) or in your own loop (``StepRunner``), port a recipe. The training
+pieces (checkpoints, schedules, evaluation) are in :mod:`dropbp.recipes.training`; the benchmarks use
+:mod:`dropbp.recipes.for_benchmarks`. The subpackages may move. Names load on first use, so that the ``dropbp``
+console script installs its Ctrl-C handling before torch and transformers load; type checkers read the imports
+below.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dropbp.recipes.lazy import lazy_exports
-from dropbp.recipes.training import EXPORTS as TRAINING_EXPORTS
 
-_CONFIG = "dropbp.recipes.config."
-_FIELDS, _LOADER, _OPTIONS = _CONFIG + "fields", _CONFIG + "loader", _CONFIG + "options"
-_PRESETS, _SCHEMA = _CONFIG + "presets", _CONFIG + "schema"
-_BUILD, _CORPUS, _INSTRUCT = "dropbp.recipes.model.build", "dropbp.recipes.data.corpus", "dropbp.recipes.data.instruct"
-_PUBLISH = "dropbp.recipes.report.publish"
+if TYPE_CHECKING:
+    from dropbp.recipes.config.clusters import ClusterProfile, cluster_names, load_cluster
+    from dropbp.recipes.config.registry import find_recipe, shipped
+    from dropbp.recipes.config.schema import Recipe, load_recipe
+    from dropbp.recipes.data.instruct import load_data
+    from dropbp.recipes.data.tokenizers import load_tokenizer
+    from dropbp.recipes.finetune import FineTune
+    from dropbp.recipes.model.build import apply_method, build_model, build_recipe_model
+    from dropbp.recipes.port import port_recipe
+    from dropbp.recipes.report.plots import plot_training_curve
+    from dropbp.recipes.report.verdict import training_flops
+    from dropbp.recipes.training.hf_trainer import DropBPCallback
+    from dropbp.recipes.training.step import StepResult, StepRunner
 
-
-def _names(module: str, *names: str) -> dict[str, str]:
-    return dict.fromkeys(names, module)
-
-
+#: Public name -> the module it is defined in (the same as the imports above; a test keeps them equal).
 EXPORTS: dict[str, str] = {
-    # running recipes
-    **_names("dropbp.recipes.finetune", "FineTune"),
-    **_names(_SCHEMA, "Recipe", "load_recipe", "DataSection", "ModelSection"),
-    **_names(_CONFIG + "registry", "shipped", "find_recipe"),
-    **_names(_CONFIG + "clusters", "ClusterProfile", "load_cluster", "cluster_names"),
-    **_names("dropbp.recipes.port", "port_recipe"),
-    # settings of commands and benchmarks
-    **_names("dropbp.core.checks", "check_int", "check_seed"),
-    **_names(_FIELDS, "setting", "add_command", "from_args", "option_name", "yaml_key", "Naming",
-             "check_choice", "check_drop_rates",
-             "check_non_negative", "check_number", "check_output_dir", "check_positive"),
-    **_names(_LOADER, "Problems", "apply_overrides", "build", "read_yaml"),
-    **_names(_OPTIONS, "device_field", "drop_rates_field", "method_field", "model_field", "out_field",
-             "pool_size_field", "precision_field", "sampler_field", "seed_field", "resolve_model", "resolve_sampler"),
-    **_names(_PRESETS, "PRESETS", "METHODS", "check_method", "check_model", "check_seq_len", "llama_config"),
-    **_names(_CONFIG + "gguf_source", "NAMED_MODELS", "cache_root"),
-    # models and data
-    **_names(_BUILD, "build_model", "apply_method", "build_recipe_model", "check_fits", "check_cpu_4bit_shapes",
-             "quantize_4bit", "load_4bit", "DEFAULT_LORA_RANK", "set_checkpointing"),
-    **_names(_CORPUS, "VOCAB_SIZE", "batch_at", "split_corpus", "stdlib_corpus"),
-    **_names(_INSTRUCT, "IGNORE", "load_records", "to_windows", "tokenize", "load_data"),
-    **_names("dropbp.recipes.data.tasks", "TASK_DATA", "family_folder"),
-    **_names("dropbp.recipes.data.tokenizers", "ByteTokenizer", "load_tokenizer"),
-    # reports
-    **_names(_PUBLISH, "publish", "results_folder", "environment", "library_versions", "pyplot", "mib",
-             "write_text_atomic"),
-    **_names("dropbp.recipes.report.tables", "markdown_table"),
-    **_names("dropbp.recipes.report.plots", "plot_training_curve"),
-    **_names("dropbp.recipes.report.verdict", "training_flops"),
-    # training
-    **TRAINING_EXPORTS,
+    "FineTune": "dropbp.recipes.finetune",
+    "Recipe": "dropbp.recipes.config.schema", "load_recipe": "dropbp.recipes.config.schema",
+    "find_recipe": "dropbp.recipes.config.registry", "shipped": "dropbp.recipes.config.registry",
+    "ClusterProfile": "dropbp.recipes.config.clusters", "cluster_names": "dropbp.recipes.config.clusters",
+    "load_cluster": "dropbp.recipes.config.clusters",
+    "port_recipe": "dropbp.recipes.port",
+    "DropBPCallback": "dropbp.recipes.training.hf_trainer",
+    "StepRunner": "dropbp.recipes.training.step", "StepResult": "dropbp.recipes.training.step",
+    "build_model": "dropbp.recipes.model.build", "apply_method": "dropbp.recipes.model.build",
+    "build_recipe_model": "dropbp.recipes.model.build",
+    "load_data": "dropbp.recipes.data.instruct", "load_tokenizer": "dropbp.recipes.data.tokenizers",
+    "plot_training_curve": "dropbp.recipes.report.plots", "training_flops": "dropbp.recipes.report.verdict",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from dropbp.recipes import markdown_table, pyplot
+from dropbp.recipes.for_benchmarks import markdown_table, pyplot
 
 from ..study import Study, StudyRun, Verdict
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
+from dropbp.recipes.for_benchmarks import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
                             check_non_negative, check_number, check_positive, check_seed, option_name, setting)
 
 from ..harness import StudySettings

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dropbp.recipes import markdown_table
+from dropbp.recipes.for_benchmarks import markdown_table
 
 from ..harness import HOLDS_LOSS_MARGIN as LOSS_MARGIN
 from ..harness import HOLDS_MATCH_MARGIN as MATCH_MARGIN

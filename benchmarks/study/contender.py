@@ -14,7 +14,7 @@ from dropbp.core.allocation_schedule import AllocationSchedule
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import Technique, apply_technique
-from dropbp.recipes import StepRunner, lr_scheduler, step_costs
+from dropbp.recipes.for_benchmarks import StepRunner, lr_scheduler, step_costs
 
 from ..harness import step_clock
 

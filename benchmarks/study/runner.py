@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dropbp.recipes import write_text_atomic
+from dropbp.recipes.for_benchmarks import write_text_atomic
 
 from ..harness import TrainRun, holds, speedup_to
 from ..step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
