@@ -24,8 +24,10 @@ class CompareSettings:
     """The result folders to compare and where the comparison goes."""
 
     dirs: tuple[Path, ...] = setting((), "folders holding throughput.json (one per device or cluster)",
-                                     positional=True, metavar="DIR")
-    out: Path | None = setting(None, "where compare.{json,md,png} are written (default: results/compare)")
+                                     positional=True, metavar="DIR",
+                                     allowed='one or more folders, each holding a throughput.json from dropbp bench throughput')
+    out: Path | None = setting(None, "where compare.{json,md,png} are written (default: results/compare)",
+                               allowed='a folder that exists and is writable, or can be created')
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         """Record every problem in ``p`` (``name``: how errors call a field)."""
@@ -36,6 +38,8 @@ class CompareSettings:
             if not (Path(folder) / "throughput.json").is_file():
                 p.add(f"{dirs} {folder}: no throughput.json there; run 'dropbp bench throughput --out {folder}' on "
                       "that machine first (or copy its results folder here).")
+            else:
+                p.check(load_throughput, Path(folder))  # unreadable or foreign results, all reported together
         p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
 
     def validate(self, name: Naming = option_name) -> None:

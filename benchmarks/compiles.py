@@ -15,6 +15,7 @@ from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
+from dropbp.recipes.for_benchmarks import POSITIVE, RATE
 from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_positive,
                             environment, markdown_table, method_field, option_name, pool_size_field, pyplot, setting)
 
@@ -29,11 +30,12 @@ class CompilesSettings(BenchSettings):
     """What a graph-count run depends on; :meth:`validate` checks it before any work starts."""
 
     method: str = method_field("lora", ("full", "lora"))
-    drop_rate: float = setting(0.75, "drop rate in [0, 1)")
+    drop_rate: float = setting(0.75, "drop rate in [0, 1)", allowed=RATE)
     pool_size: int = pool_size_field()
-    steps: int = setting(200, "training steps")
+    steps: int = setting(200, "training steps", allowed=POSITIVE)
     compile_backend: str = setting("aot_eager", "dynamo backend; aot_eager traces forward and backward without code "
-                                                "generation, inductor also generates kernels (slow on the CPU)")
+                                                "generation, inductor also generates kernels (slow on the CPU)",
+                                   allowed='a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)')
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

@@ -55,16 +55,28 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
+def reach_rates(layers: Sequence[int], flops: Sequence[float], drop_rate: float, cap: float = 0.9) -> list[float]:
+    """Per-branch rates that spare the branches whose Jacobians the most gradients pass through. A branch in block
+    ``l`` sits on the backward path of every trainable block at or below ``l``; dropping it takes its Jacobian out
+    of all their gradients. Its cost is taken as ``l + 1`` (the blocks it reaches) in the allocator that minimises
+    ``sum cost_i p_i^2`` under the same FLOPs budget as uniform ``drop_rate``: low blocks drop often, the top rarely."""
+    from dropbp.core.allocation import optimal_rates
+
+    return optimal_rates(flops, [layer + 1.0 for layer in layers], drop_rate, cap=cap)
+
+
 def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
-                       drop_rate: float, masks: int = 8, seed: int = 0, seq_len: int = 2048) -> list[dict[str, Any]]:
-    """Per block: how DropBP's gradient at ``drop_rate`` (``masks`` masks drawn from ``seed``) agrees with the exact
-    gradient on ``batch`` (see the module docstring). The model is left without an engine and without gradients."""
+                       drop_rate: float, masks: int = 8, seed: int = 0, seq_len: int = 2048, *,
+                       rates: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Per block: how DropBP's gradient at ``drop_rate`` (or per-branch ``rates``; ``masks`` masks drawn from
+    ``seed``) agrees with the exact gradient on ``batch`` (see the module docstring). The last row, block ``"all"``,
+    is every trainable parameter together. The model is left without an engine and without gradients."""
     if DropBP.of(model) is not None:
         raise ValueError("gradient_agreement measures the exact gradient itself: remove the model's engine first.")
     model.train()
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     exact = _gradients(model, loss_fn, batch, params)
-    dropbp = DropBP(model, drop_rate, seed=seed, seq_len=seq_len)
+    dropbp = DropBP(model, drop_rate, rates=rates, seed=seed, seq_len=seq_len)
     try:
         sampled = []
         for step in range(masks):
@@ -72,74 +84,150 @@ def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tor
             sampled.append(_gradients(model, loss_fn, batch, params))
     finally:
         dropbp.remove()
-    rows = []
-    for block in sorted(exact):
-        full = exact[block]
-        grads = [grads[block] for grads in sampled]
-        trained = [g for g in grads if float(g.norm()) > 0]
-        mean = torch.stack(grads).mean(0)
-        norm = float(full.norm())
-        rows.append({"block": block, "masks_trained": len(trained), "masks": masks,
-                     "cos_when_trained": sum(_cos(g, full) for g in trained) / len(trained) if trained else None,
-                     "norm_ratio": sum(float(g.norm()) for g in grads) / masks / norm if norm else None,
-                     "mean_cos": _cos(mean, full), "mean_norm_ratio": float(mean.norm()) / norm if norm else None})
-    return rows
+    order = sorted(exact)
+    exact["all"] = torch.cat([exact[b] for b in order])
+    for grads in sampled:
+        grads["all"] = torch.cat([grads[b] for b in order])
+    return [_agreement(block, exact[block], [grads[block] for grads in sampled]) for block in (*order, "all")]
+
+
+def _agreement(block: int | str, full: torch.Tensor, grads: list[torch.Tensor]) -> dict[str, Any]:
+    trained = [g for g in grads if float(g.norm()) > 0]
+    mean = torch.stack(grads).mean(0)
+    norm = float(full.norm())
+    return {"block": block, "masks_trained": len(trained), "masks": len(grads),
+            "cos_when_trained": sum(_cos(g, full) for g in trained) / len(trained) if trained else None,
+            "norm_ratio": sum(float(g.norm()) for g in grads) / len(grads) / norm if norm else None,
+            "mean_cos": _cos(mean, full), "mean_norm_ratio": float(mean.norm()) / norm if norm else None}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The per-block table of a result."""
+    """A summary (whole model, lower and upper third of the blocks) per setting, then cosine per block."""
     from dropbp.recipes.for_benchmarks import markdown_table
 
-    rows = [[str(r["block"]), f"{r['masks_trained']}/{r['masks']}",
-             "-" if r["cos_when_trained"] is None else f"{r['cos_when_trained']:.3f}",
-             "-" if r["norm_ratio"] is None else f"{r['norm_ratio']:.3f}", f"{r['mean_cos']:.3f}",
-             "-" if r["mean_norm_ratio"] is None else f"{r['mean_norm_ratio']:.3f}"] for r in result["blocks"]]
-    head = (f"# DropBP's gradient against the exact one: {result['recipe']} ({result['method']}), drop rate "
-            f"{result['drop_rate']:g}, {result['masks']} masks, one batch\n\nBlock -1 is everything outside the "
-            "blocks (embeddings, head) that trains.\n")
-    return head + "\n" + markdown_table(["block", "masks that train it", "cos when trained", "norm ratio",
-                                         "cos of the mean", "norm of the mean"], rows)
+    settings = result["settings"]
+    layers = max(r["block"] for r in settings[0]["blocks"] if r["block"] != "all") + 1
+
+    def third_mean(rows: list[dict[str, Any]], low: int, high: int, key: str) -> str:
+        values = [r[key] for r in rows if r["block"] != "all" and low <= r["block"] < high and r[key] is not None]
+        return _fmt(sum(values) / len(values)) if values else "-"
+
+    summary = []
+    for s in settings:
+        whole = s["blocks"][-1]
+        summary.append([s["label"], f"{s['drop_fraction']:.3f}", _fmt(whole["cos_when_trained"]),
+                        _fmt(whole["mean_cos"]), _fmt(whole["norm_ratio"]),
+                        third_mean(s["blocks"], 0, layers // 3, "mean_cos"),
+                        third_mean(s["blocks"], layers - layers // 3, layers, "mean_cos")])
+    per_block = [[str(row["block"])] + [f"{_fmt(s['blocks'][i]['cos_when_trained'])} / {_fmt(s['blocks'][i]['mean_cos'])}"
+                                        for s in settings] for i, row in enumerate(settings[0]["blocks"])]
+    head = (f"# DropBP's gradient against the exact one: {result['recipe']} ({result['method']}), {result['masks']} "
+            f"masks, one batch after {result['after_steps']} exact training steps\n\n"
+            "Cosine with the exact gradient of the same batch: per mask (mean over the masks that train the part) and "
+            "of the mean over masks (what many steps average to). Block -1 is everything outside the blocks that "
+            "trains; `all` is every trainable parameter together.\n")
+    return (head + "\n" + markdown_table(["setting", "FLOPs-weighted drop", "all: cos per mask", "all: cos of mean",
+                                          "all: norm ratio", f"blocks 0-{layers // 3 - 1}: cos of mean",
+                                          f"blocks {layers - layers // 3}-{layers - 1}: cos of mean"], summary)
+            + "\n\n## Per block: cos per mask / cos of the mean\n\n"
+            + markdown_table(["block", *(s["label"] for s in settings)], per_block))
 
 
 def figure(result: dict[str, Any]) -> Any:
-    """Cosine with the exact gradient against block: per mask (when trained) and of the mean over masks."""
+    """Cosine with the exact gradient against block, one line per setting: per mask, and of the mean over masks."""
     from dropbp.recipes.for_benchmarks import pyplot
 
     plt = pyplot()
-    blocks = [r for r in result["blocks"] if r["block"] >= 0]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([r["block"] for r in blocks], [r["cos_when_trained"] or 0.0 for r in blocks], "o-",
-            label="one mask (when the block trains)")
-    ax.plot([r["block"] for r in blocks], [r["mean_cos"] for r in blocks], "s-",
-            label=f"mean of {result['masks']} masks")
-    ax.set(xlabel="decoder block (0 = nearest the input)", ylabel="cosine with the exact gradient", ylim=(-0.1, 1.05),
-           title=f"{result['recipe']}: DropBP p={result['drop_rate']:g} vs exact backprop")
-    ax.legend(loc="upper left", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for s in result["settings"]:
+        blocks = [r for r in s["blocks"] if r["block"] != "all" and r["block"] >= 0]
+        x = [r["block"] for r in blocks]
+        axes[0].plot(x, [r["cos_when_trained"] or 0.0 for r in blocks], "o-", ms=3, label=s["label"])
+        axes[1].plot(x, [r["mean_cos"] for r in blocks], "s-", ms=3, label=s["label"])
+    axes[0].set(xlabel="decoder block (0 = nearest the input)", ylabel="cosine with the exact gradient",
+                ylim=(-0.1, 1.05), title="one mask (when the block trains)")
+    axes[1].set(xlabel="decoder block (0 = nearest the input)", title=f"mean of {result['masks']} masks")
+    axes[1].legend(loc="lower right", fontsize=7)
+    fig.suptitle(f"{result['recipe']} ({result['method']}): DropBP vs exact backprop, after {result['after_steps']} "
+                 "exact steps", fontsize=10)
     return fig
 
 
+def settings_for(dropbp: DropBP, drop_rates: Sequence[float], allocations: Sequence[str]) -> list[dict[str, Any]]:
+    """``(label, allocation, drop rate, per-branch rates)`` for every allocation at every drop rate; an allocation
+    that names a JSON file (``dropbp allocate``'s result) is its branch rates, at the rate it was made for."""
+    import json
+
+    from dropbp.core.allocation import drop_fraction, uniform_rates
+
+    layers = [b.layer for b in dropbp.branches]
+    out = []
+    for allocation in allocations:
+        if allocation.endswith(".json"):
+            made = json.loads(Path(allocation).read_text())
+            rates = [b["rate"] for b in made["branches"]]
+            out.append({"label": f"{made['allocator']} allocation p={made['drop_rate']:g}", "allocation": allocation,
+                        "drop_rate": made["drop_rate"], "rates": rates})
+            continue
+        for p in drop_rates:
+            rates = (uniform_rates(len(layers), p) if allocation == "uniform"
+                     else reach_rates(layers, dropbp.flops, p))
+            out.append({"label": f"{allocation} p={p:g}", "allocation": allocation, "drop_rate": p, "rates": rates})
+    for s in out:
+        s["drop_fraction"] = drop_fraction(dropbp.flops, s["rates"])
+    return out
+
+
+ALLOCATIONS = ("uniform", "reach")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure on a recipe's first training batch and publish the result set."""
+    """Measure on a recipe's batch (after ``--after-steps`` exact training steps) and publish the result set."""
     from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, publish
 
-    parser = argparse.ArgumentParser(prog="python -m dropbp.benchmarks.gradient_agreement", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dropbp.benchmarks.gradient_agreement", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
-    parser.add_argument("--drop-rate", type=float, default=0.5)
+    parser.add_argument("--drop-rates", default="0.5", help="comma-separated rates in [0, 1)")
+    parser.add_argument("--allocations", default="uniform",
+                        help=f"comma-separated, each one of {', '.join(ALLOCATIONS)} or a dropbp allocate JSON result")
     parser.add_argument("--masks", type=int, default=8)
+    parser.add_argument("--after-steps", type=int, default=0, help="exact (DropBP off) training steps first")
     parser.add_argument("--out", type=Path, default=Path("results/cpu"))
     args = parser.parse_args(argv)
-    recipe = load_recipe(find_recipe(args.recipe), ["dropbp.drop_rate=0"], device="cpu")
+    drop_rates = [float(r) for r in args.drop_rates.split(",") if r.strip()]
+    allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
+    bad = [a for a in allocations if a not in ALLOCATIONS and not (a.endswith(".json") and Path(a).is_file())]
+    if bad or not drop_rates or any(not 0 <= r < 1 for r in drop_rates) or args.masks < 1 or args.after_steps < 0:
+        parser.error(f"--allocations must each be one of {', '.join(ALLOCATIONS)} or an existing allocate JSON file "
+                     f"(got {bad}); --drop-rates each in [0, 1); --masks >= 1; --after-steps >= 0.")
+    overrides = ["dropbp.drop_rate=0", "train.eval_every=0", "train.exact_match=0"]
+    if args.after_steps:  # the learning-rate schedule spans the recipe's steps, as in a real run
+        overrides.append(f"train.stop_after_steps={args.after_steps}")
+    recipe = load_recipe(find_recipe(args.recipe), overrides, device="cpu")
     with tempfile.TemporaryDirectory() as scratch:  # the recipe's run folder: nothing of it is kept
         job = FineTune(recipe, Path(scratch) / "run", progress=False)
         job.setup()
         try:
-            batch = job.data.batch(0, 0, 1, recipe.train.micro_batch_size, 0, 1)
-            blocks = gradient_agreement(job.model, job.loss_fn, batch, args.drop_rate, args.masks,
-                                        seq_len=recipe.data.seq_len)
+            if args.after_steps:
+                job.train()
+            batch = job.data.batch(args.after_steps, 0, 1, recipe.train.micro_batch_size, 0, 1)
+            probe = DropBP(job.model, 0.0, seq_len=recipe.data.seq_len)
+            settings = settings_for(probe, drop_rates, allocations)
+            probe.remove()
+            for s in settings:
+                s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], args.masks,
+                                                 seq_len=recipe.data.seq_len, rates=s["rates"])
         finally:
             job.cleanup()
     result = {"benchmark": "gradient-agreement", "recipe": args.recipe, "method": recipe.model.method,
-              "drop_rate": args.drop_rate, "masks": args.masks, "batch": list(batch[0].shape), "blocks": blocks}
+              "masks": args.masks, "after_steps": args.after_steps, "batch": list(batch[0].shape),
+              "command": "python -m dropbp.benchmarks.gradient_agreement " + " ".join(argv or __import__("sys").argv[1:]),
+              "settings": settings}
     publish(args.out, "gradient-agreement", result, markdown(result), figure(result))
     return result
 

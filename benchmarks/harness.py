@@ -66,7 +66,7 @@ class StudySettings(BenchSettings):
     """The fields of every time-to-accuracy study (the one study runner's clock and threads), declared once."""
 
     threads: int = setting(1, "CPU threads for every run (0: PyTorch's default; 1 lets the step clock be the "
-                              "training thread's CPU time)")
+                              "training thread's CPU time)", allowed='integer >= 0')
     time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
                                      "FLOPs), fitted to the study's configurations timed in interleaved rounds, so "
                                      "machine load during one run does not move its time; false: each run's own "

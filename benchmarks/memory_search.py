@@ -24,6 +24,7 @@ from dropbp.core.memory import captured_block_inputs, rerun_saved_bytes, saved_a
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
+from dropbp.recipes.for_benchmarks import POSITIVE
 from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model, check_fits,
                             check_positive, environment, markdown_table, mib, option_name, pool_size_field, pyplot,
                             set_checkpointing, setting)
@@ -40,9 +41,10 @@ class MemorySettings(ModelBenchSettings):
     """What a memory search depends on; :meth:`validate` checks it before any work starts."""
 
     budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
-                                            f"{DEFAULT_CPU_BUDGET_GB:g})")
-    batch_size: int = setting(1, "sequences per step")
-    max_seq_len: int = setting(65536, "upper end of the search")
+                                            f"{DEFAULT_CPU_BUDGET_GB:g})",
+                                      allowed='finite number > 0 (CPU only; on a device the budget is its memory)')
+    batch_size: int = setting(1, "sequences per step", allowed=POSITIVE)
+    max_seq_len: int = setting(65536, "upper end of the search", allowed=POSITIVE)
     pool_size: int = pool_size_field()
     checkpointing: bool = setting(False, "also search activation checkpointing alone and with DropBP at each rate "
                                          "(non-reentrant; on the CPU its peak adds one block's recomputation)")
@@ -292,7 +294,7 @@ def run_memory(settings: MemorySettings, backend: Backend, *, progress: bool = T
             "results": entries, "paper_reference": PAPER_MEMORY}
 
 
-def checkpointing_verdict(entries: list[dict[str, Any]]) -> str:
+def checkpointing_advice(entries: list[dict[str, Any]]) -> str:
     """With checkpointing searched: how far checkpointing alone reaches against DropBP alone at its highest rate
     and both together (empty otherwise)."""
     alone = next((e for e in entries if e.get("checkpointing") and e["drop_rate"] is None), None)
@@ -329,7 +331,7 @@ def memory_markdown(result: dict[str, Any]) -> str:
                                            "hit search limit"], rows)
             + "\n\nPredictions are the analytic memory model's (dropbp.core.memory_model), made from the shape alone; "
               "the error compares its saved-activation bytes with the measured ones at every probe."
-            + checkpointing_verdict(result["results"])
+            + checkpointing_advice(result["results"])
             + f"\n\nPaper, for reference (not measured here): {paper['max_seq_len_ratio']}x at p={paper['drop_rate']} "
               f"({paper['setting']}).")
 

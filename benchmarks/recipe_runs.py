@@ -26,7 +26,7 @@ DROPBP_OFF = ("dropbp.technique=dropbp", "technique={}", "dropbp.drop_rate=0")
 def train_recipe(recipe_name: str, overrides: list[str], backend: Backend) -> dict[str, Any]:
     """One run of a recipe with ``overrides`` (progress off, in a temporary folder): its final validation loss and
     exact match, steps, each step's time by the benchmark's step clock (evaluation left out), their sum as
-    ``measured_time_s``, its training FLOPs (FLOPs model, at the rates it realised) and the technique's verdict."""
+    ``measured_time_s``, its training FLOPs (FLOPs model, at the rates it realised) and the technique's savings line."""
     recipe = load_recipe(find_recipe(recipe_name), overrides, device=backend.name)
     with tempfile.TemporaryDirectory(prefix="dropbp-recipe-time-") as folder:
         job = FineTune(recipe, Path(folder) / "run", progress=False)
@@ -44,7 +44,7 @@ def train_recipe(recipe_name: str, overrides: list[str], backend: Backend) -> di
     match = float(last["exact_match"]) if last.get("exact_match") else None
     return {"steps": summary["steps"], "measured_time_s": sum(job.step_times), "step_times_s": job.step_times,
             "realized_drop_fraction": realized,
-            "flops": flops, "val_loss": float(last["val_loss"]), "exact_match": match, "verdict": summary["verdict"],
+            "flops": flops, "val_loss": float(last["val_loss"]), "exact_match": match, "savings": summary["savings"],
             "drop_rate": recipe.dropbp.drop_rate, "schedule": recipe.dropbp.schedule.kind,
             "technique": recipe.dropbp.technique}
 
@@ -90,7 +90,7 @@ class RecipeWorkload:
         run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *extra], self.backend)
         end = CurvePoint(step=steps, time_s=run["measured_time_s"], flops=run["flops"], val_loss=run["val_loss"],
                          exact_match=run["exact_match"])
-        notes = {k: run[k] for k in ("verdict", "drop_rate", "schedule", "technique")}
+        notes = {k: run[k] for k in ("savings", "drop_rate", "schedule", "technique")}
         return StudyRun(contender.label, steps, run["measured_time_s"], run["flops"], [end],
                         run["realized_drop_fraction"], kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
                         notes=notes)

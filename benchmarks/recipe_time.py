@@ -38,12 +38,16 @@ from .study import Contender, StudyRun, Verdict, run_study
 class RecipeTimeSettings(StudySettings):
     """What the recipe-time benchmark depends on."""
 
-    recipe: str = setting("tiny-tasks", "a shipped recipe or a recipe file; its dropbp section is the contender")
-    overrides: tuple[str, ...] = setting((), "key=value changes to the recipe for every run (e.g. train.steps=400)")
-    seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison")
+    recipe: str = setting("tiny-tasks", "a shipped recipe or a recipe file; its dropbp section is the contender",
+                          allowed='a shipped recipe (dropbp recipes ls) or a recipe file')
+    overrides: tuple[str, ...] = setting((), "key=value changes to the recipe for every run (e.g. train.steps=400)",
+                                         allowed='comma-separated key=value, each a recipe field (docs/OPTIONS.md, dropbp train)')
+    seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison",
+                                     allowed='comma-separated, at least one, each an integer in [0, 2**32)')
     loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
-                                                    "validation loss (relative)")
-    match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)")
+                                                    "validation loss (relative)", allowed='finite number >= 0')
+    match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)",
+                                  allowed='finite number >= 0')
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         if not self.seeds:
@@ -154,7 +158,7 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
                        table), "",
         "Mean ± standard deviation over seeds:", "",
         markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
-        f"Last verdict line of the recipe's run: {rows[-1]['equal_time']['verdict']}", "",
+        f"Last savings line of the recipe's run: {rows[-1]['equal_time'].get('savings', rows[-1]['equal_time'].get('verdict'))}", "",
         *overhead_lines(result),
         f"Total benchmark time: {result['total_time_s'] / 60:.0f} min.",
     ])

@@ -75,21 +75,21 @@ def checkpointing_section(result: dict[str, Any]) -> list[str]:
              mib(c["peak_mem_bytes"])] for c in choices]
     alone = next(c for c in checkpointed if c["drop_rate"] is None)
     fits = [c for c in choices if c["saved_activation_bytes"] <= alone["saved_activation_bytes"] and c is not alone]
-    verdict = (f"At checkpointing's saved activations ({mib(alone['saved_activation_bytes']):.1f} MiB) or less, the "
+    advice = (f"At checkpointing's saved activations ({mib(alone['saved_activation_bytes']):.1f} MiB) or less, the "
                f"fastest choice is {fits and min(fits, key=lambda c: c['step_time_s'])['label'] or 'checkpointing alone'}"
                + (f", {alone['step_time_s'] / min(c['step_time_s'] for c in fits) - 1:+.0%} throughput against "
                   "checkpointing alone." if fits else "."))
     quick = [c for c in choices if c["step_time_s"] <= base["step_time_s"]]
     if quick:  # the other pair: as fast as the baseline, which choice keeps the least
         least = min(quick, key=lambda c: c["saved_activation_bytes"])
-        verdict += (f" At the baseline's step time or faster, the least memory is {least['label']}: "
+        advice += (f" At the baseline's step time or faster, the least memory is {least['label']}: "
                     f"{least['saved_activation_bytes'] / base['saved_activation_bytes']:.0%} of the baseline's saved "
                     f"activations, {least['throughput_increase']:+.0%} throughput.")
     return ["", "With activation checkpointing (non-reentrant), beside DropBP alone; saved activations as the "
             "saved-tensor hooks count them (with checkpointing: each block's input; the recomputation of one block "
             "during the backward is not in this column):", "",
             markdown_table(["config", "step (s)", "vs baseline", "saved act (MiB)", "of baseline's", "peak (MiB)"],
-                           rows), "", verdict]
+                           rows), "", advice]
 
 
 def head_line(result: dict[str, Any]) -> list[str]:

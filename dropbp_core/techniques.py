@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .adaptive_rate import AdaptiveRate
-from .allocation_schedule import AllocationSchedule
+from .rate_allocation import RateAllocation
 from .branches import find_blocks, layer_index
 from .checks import check_int
 from .engine import DropBP
@@ -91,7 +91,7 @@ class Technique:
     name: str
     policy: StepPolicy | None = None
     frozen: FrozenLayers | None = None
-    allocation: AllocationSchedule | None = None
+    allocation: RateAllocation | None = None
 
     @property
     def engine(self) -> DropBP | None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from dropbp.recipes.model.build import apply_method, build_model, build_recipe_model
     from dropbp.recipes.port import port_recipe
     from dropbp.recipes.report.plots import plot_training_curve
-    from dropbp.recipes.report.verdict import training_flops
+    from dropbp.recipes.report.savings import training_flops
     from dropbp.recipes.training.hf_trainer import DropBPCallback
     from dropbp.recipes.training.step import StepResult, StepRunner
 
@@ -41,7 +41,7 @@ EXPORTS: dict[str, str] = {
     "build_model": "dropbp.recipes.model.build", "apply_method": "dropbp.recipes.model.build",
     "build_recipe_model": "dropbp.recipes.model.build",
     "load_data": "dropbp.recipes.data.instruct", "load_tokenizer": "dropbp.recipes.data.tokenizers",
-    "plot_training_curve": "dropbp.recipes.report.plots", "training_flops": "dropbp.recipes.report.verdict",
+    "plot_training_curve": "dropbp.recipes.report.plots", "training_flops": "dropbp.recipes.report.savings",
 }
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

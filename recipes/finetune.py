@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dropbp import backends
-from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
@@ -40,7 +40,7 @@ from dropbp.recipes.model.build import build_recipe_model, enable_checkpointing,
 from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
 from dropbp.recipes.report.publish import append_line, write_text_atomic
-from dropbp.recipes.report.verdict import technique_verdict
+from dropbp.recipes.report.savings import savings_line
 from dropbp.recipes.training.checkpoint import ALLOCATION_KEY, POLICY_KEY, RATE_KEY, load_checkpoint, save_checkpoint
 from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.distributed import World, join, world_from_environment
@@ -136,7 +136,7 @@ class FineTune:
                 pool_size=options.pool_size, seq_len=recipe.data.seq_len, schedule=schedule)
         if self.dropbp is not None:
             mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
-            self.technique.allocation = AllocationSchedule(self.model, self.dropbp, mode=mode,
+            self.technique.allocation = RateAllocation(self.model, self.dropbp, mode=mode,
                                                drop_rate=options.drop_rate, total_steps=self.total_steps,
                                                allocate_at=options.allocate_at, sensitivity=options.sensitivity,
                                                allocator=options.allocator, every=options.reallocate_every,
@@ -146,11 +146,11 @@ class FineTune:
 
             self.forward_model = DistributedDataParallel(self.model, find_unused_parameters=True)
         self.optimizer = build_optimizer(self.model, recipe.optim)
-        self.scheduler = lr_scheduler(self.optimizer, recipe.optim.warmup_steps, self.total_steps,
-                                      recipe.optim.schedule)
+        self.lr_scheduler = lr_scheduler(self.optimizer, recipe.optim.warmup_steps, self.total_steps,
+                                      recipe.optim.lr_schedule)
         scaler = torch.amp.GradScaler(self.backend.device.type) if self.autocast == torch.float16 else None
         self.runner = StepRunner(self.forward_model, self.backend, self.optimizer, self.policy, self.autocast, scaler,
-                                 recipe.optim.max_grad_norm, self.scheduler, self.loss_fn)
+                                 recipe.optim.max_grad_norm, self.lr_scheduler, self.loss_fn)
         self.start_step = 0
         self.rows: list[dict[str, Any]] = []
         if self.resume:
@@ -201,7 +201,7 @@ class FineTune:
         """Continue from the newest intact checkpoint (none yet: from step 0)."""
         folder = resume_point(self.out, self.world.is_main)
         if folder is not None:
-            state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.backend.set_rng_state)
+            state = load_checkpoint(folder, self.model, self.optimizer, self.lr_scheduler, self.backend.set_rng_state)
             self.start_step = resumed_step(folder, state, self.total_steps)
             check_same_data(state.get(DATA_KEY), self.data.fingerprint(), self.allow_changed_data)
             for key, owner in self._stateful().items():
@@ -267,7 +267,7 @@ class FineTune:
         state.update({key: owner.state_dict() for key, owner in self._stateful().items() if owner is not None})
         folder = None
         if self.world.is_main:
-            folder = save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.scheduler,
+            folder = save_checkpoint(self.out / "checkpoints", step, self.model, self.optimizer, self.lr_scheduler,
                                      state, self.recipe.train.keep_checkpoints, self.backend.rng_state())
         self.world.barrier()
         return folder
@@ -359,7 +359,7 @@ class FineTune:
         bar.close()
         self._write_metrics()
         return {"steps": stop, "total_steps": self.total_steps, "rows": self.rows,
-                "finished": stop == self.total_steps, "interrupted": interrupted, "verdict": self.verdict()}
+                "finished": stop == self.total_steps, "interrupted": interrupted, "savings": self.savings()}
 
     def _stop_requested(self) -> bool:
         """Whether SIGINT or SIGTERM arrived (on any rank: every rank stops at the same step)."""
@@ -368,12 +368,12 @@ class FineTune:
             received = self.world.mean(received, self.backend.device)
         return received > 0
 
-    def verdict(self) -> str:
+    def savings(self) -> str:
         """One line on what the technique dropped so far and the training FLOPs that saves (see
-        :func:`~dropbp.recipes.report.verdict.technique_verdict`)."""
+        :func:`~dropbp.recipes.report.savings.savings_line`)."""
         if self.technique is None:
             return "DropBP off: exact backprop on every branch."
-        return technique_verdict(self.technique, self.flops_model)
+        return savings_line(self.technique, self.flops_model)
 
     def cleanup(self) -> None:
         """Close the logs, draw ``loss.png``, detach the engine, release the run folder."""

@@ -6,7 +6,7 @@ The benchmarks layer imports the application only from here; a name a benchmark 
 from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
-from dropbp.recipes.config.fields import (Naming, add_command, check_choice, check_drop_rates, check_non_negative,
+from dropbp.recipes.config.fields import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE, Naming, add_command, check_choice, check_drop_rates, check_non_negative,
                                           check_number, check_output_dir, check_positive, option_name, setting,
                                           yaml_key)
 from dropbp.recipes.config.gguf_source import cache_root
@@ -26,14 +26,14 @@ from dropbp.recipes.model.build import (DEFAULT_LORA_RANK, apply_method, build_m
                                         check_fits, quantize_4bit, set_checkpointing)
 from dropbp.recipes.report.publish import environment, mib, publish, pyplot, results_folder, write_text_atomic
 from dropbp.recipes.report.tables import markdown_table
-from dropbp.recipes.report.verdict import training_flops
+from dropbp.recipes.report.savings import training_flops
 from dropbp.recipes.training.evaluation import teacher_forced_exact_match
 from dropbp.recipes.training.labelled_head import head_fraction, labelled_positions_loss
 from dropbp.recipes.training.lr import lr_scheduler
 from dropbp.recipes.training.rates import step_costs
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
-__all__ = ["DEFAULT_LORA_RANK", "IGNORE", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
+__all__ = ["DEFAULT_LORA_RANK", "IGNORE", "NON_NEGATIVE", "POSITIVE", "POSITIVE_NUMBER", "RATE", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
            "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
            "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",

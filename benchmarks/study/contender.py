@@ -10,7 +10,7 @@ import torch
 
 from dropbp.backends import Backend
 from dropbp.core.adaptive_rate import AdaptiveRate
-from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import Technique, apply_technique
@@ -77,7 +77,7 @@ def attach(model: torch.nn.Module, contender: Contender, *, total_steps: int, se
     applied = apply_technique(model, contender.technique, contender.rate, seed=seed, options=dict(contender.options),
                               **engine)
     if contender.allocation != "uniform":
-        applied.allocation = AllocationSchedule(model, applied.policy, mode="sensitivity", drop_rate=contender.rate,
+        applied.allocation = RateAllocation(model, applied.policy, mode="sensitivity", drop_rate=contender.rate,
                                                 total_steps=total_steps, allocate_at=0.1,
                                                 allocator=contender.allocation, seed=seed)
     return applied, flops_model

@@ -11,8 +11,9 @@ from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.checks import check_seed
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.fields import (add_command, check_choice, check_number, check_output_dir, check_positive,
+from dropbp.recipes.config.fields import (POSITIVE, RATE, add_command, check_choice, check_number, check_output_dir, check_positive,
                                           setting)
+from dropbp.recipes.config.loader import Problems
 from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
 from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
@@ -31,40 +32,50 @@ class AllocateSettings:
     device: str = device_field()
     model: str = model_field("tiny")
     method: str = method_field()
-    drop_rate: float = setting(0.875, "target rate in [0, 1)")
+    drop_rate: float = setting(0.875, "target rate in [0, 1)", allowed=RATE)
     sensitivity: str = setting("fast", "estimator: exact (2L+1 passes) or fast (1 pass)", choices=SENSITIVITY_METHODS)
     allocator: str = setting("paper", "paper (greedy, steps of 0.1), optimal (exact minimiser of sum C p^2), uniform",
                              choices=ALLOCATORS)
-    cap: float = setting(0.9, "highest rate of any branch")
+    cap: float = setting(0.9, "highest rate of any branch",
+                         allowed='finite number in (0, 1), and at least --drop-rate for the paper and optimal allocators')
     compare: str | None = setting(None, "also compute exact sensitivity; report Spearman and the cost of both",
-                                  choices=("exact",))
+                                  choices=("exact",), allowed='exact, or leave out')
     data: str = setting("corpus", "what sensitivity is measured on: corpus (the Python standard library's source as "
                                   "bytes, for the byte-level presets), or a shipped recipe or recipe file (the first "
                                   "batch of its training data through the model's own tokenizer, with the recipe's "
-                                  "labels; seq_len is the recipe's), e.g. smollm2-tasks")
-    seq_len: int = setting(256, "tokens per sequence")
-    batch_size: int = setting(4, "sequences in the batch")
-    seed: int = setting(0, "seed for the weights and the batch")
+                                  "labels; seq_len is the recipe's), e.g. smollm2-tasks",
+                        allowed='corpus, a shipped recipe (dropbp recipes ls) or a recipe file')
+    seq_len: int = setting(256, "tokens per sequence",
+                           allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
+    batch_size: int = setting(4, "sequences in the batch", allowed=POSITIVE)
+    seed: int = setting(0, "seed for the weights and the batch", allowed='integer in [0, 2**32)')
     out: Path | None = out_field()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field, before anything is built."""
-        check_choice("--device", self.device, backends.DEVICE_CHOICES)
-        check_model(self.model)
-        check_method(self.method)
-        validate_drop_rate(self.drop_rate, "--drop-rate")
-        check_choice("--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
-        check_choice("--allocator", self.allocator, ALLOCATORS)
-        check_choice("--compare", self.compare, (None, "exact"))
-        check_positive(self, "seq_len", "batch_size")
-        check_seed(self.seed, "--seed")
-        check_output_dir("--out", self.out if self.out is not None else Path("results"))
-        check_seq_len(self.model, self.seq_len)
+        """Raise one :class:`ConfigError` listing every bad field, before anything is built."""
+        p = Problems("")
+        p.check(check_choice, "--device", self.device, backends.DEVICE_CHOICES)
+        before = len(p.items)
+        p.check(check_model, self.model)
+        model_ok = len(p.items) == before
+        p.check(check_method, self.method)
+        p.check(validate_drop_rate, self.drop_rate, "--drop-rate")
+        p.check(check_choice, "--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
+        p.check(check_choice, "--allocator", self.allocator, ALLOCATORS)
+        p.check(check_choice, "--compare", self.compare, (None, "exact"))
+        for name in ("seq_len", "batch_size"):
+            p.check(check_positive, self, name)
+        p.check(check_seed, self.seed, "--seed")
+        p.check(check_output_dir, "--out", self.out if self.out is not None else Path("results"))
+        if model_ok and isinstance(self.seq_len, int) and self.seq_len >= 1:
+            p.check(check_seq_len, self.model, self.seq_len)
         if self.data != "corpus":
-            find_recipe(self.data)
-        check_number("--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
-        if self.allocator != "uniform":
-            check_feasible(self.drop_rate, self.cap)
+            p.check(find_recipe, self.data)
+        cap = p.check(check_number, "--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
+        if self.allocator != "uniform" and cap is not None and isinstance(self.drop_rate, float) \
+                and 0 <= self.drop_rate < 1:
+            p.check(check_feasible, self.drop_rate, self.cap)
+        p.raise_if_any()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

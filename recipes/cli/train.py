@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         match = (f"; exact match {float(first['exact_match']):.3f} -> {float(last['exact_match']):.3f}"
                  if first.get("exact_match") and last.get("exact_match") else "")
         print(f"validation loss {float(first['val_loss']):.4f} -> {float(last['val_loss']):.4f}{match}")
-    print(summary["verdict"])
+    print(summary["savings"])
     state = "finished" if summary["finished"] else f"stopped at step {summary['steps']} (resume with --resume)"
     print(f"{state}; outputs in {out} (metrics.csv, loss.png, checkpoints/, recipe.yaml)")
     return 0

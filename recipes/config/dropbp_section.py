@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dropbp.core.allocation import validate_drop_rate
-from dropbp.core.allocation_schedule import ALLOCATION_MODES
+from dropbp.core.rate_allocation import ALLOCATION_MODES
 from dropbp.core.checks import check_int, check_seed
 from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.samplers import SAMPLERS

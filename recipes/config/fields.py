@@ -25,13 +25,20 @@ from dropbp.core.errors import ConfigError
 
 T = TypeVar("T")
 
+#: The words the option reference uses for the commonest kinds of value.
+POSITIVE = "integer >= 1"
+NON_NEGATIVE = "integer >= 0"
+RATE = "number in [0, 1)"
+POSITIVE_NUMBER = "finite number > 0"
+
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
-            cli: bool = True, default_factory: Callable[[], Any] | None = None, metavar: str | None = None,
-            positional: bool = False) -> Any:
-    """A dataclass field with its help text and allowed values; ``cli=False`` keeps it off the command line;
-    ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
-    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "cli": cli,
+            allowed: str | None = None, cli: bool = True, default_factory: Callable[[], Any] | None = None,
+            metavar: str | None = None, positional: bool = False) -> Any:
+    """A dataclass field with its help text and allowed values: ``choices`` (checked by the parser) or ``allowed``,
+    the words ``docs/OPTIONS.md`` shows (a flag or a field with choices needs none); ``cli=False`` keeps it off the
+    command line; ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "allowed": allowed, "cli": cli,
                 "metavar": metavar, "positional": positional}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)

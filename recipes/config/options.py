@@ -6,32 +6,40 @@ from typing import Any
 
 from dropbp.backends import DEVICE_CHOICES, PRECISIONS, Backend
 from dropbp.core.samplers import SAMPLERS
-from dropbp.recipes.config.presets import PRESETS
-from dropbp.recipes.config.fields import setting
+from dropbp.recipes.config.gguf_source import NAMED_MODELS
+from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
+from dropbp.recipes.config.fields import POSITIVE, RATE, setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
 
 
 def device_field() -> Any:
     """``device``: auto, cpu, cuda or hpu."""
-    return setting("auto", "device backend; auto picks hpu > cuda > cpu", choices=DEVICE_CHOICES)
+    return setting("auto", "device backend; auto picks hpu > cuda > cpu", choices=DEVICE_CHOICES,
+                   allowed=f"one of {', '.join(DEVICE_CHOICES)}; the device must be present")
 
 
 def seed_field() -> Any:
     """``seed``: weights, data and masks."""
-    return setting(0, "seed for the weights, the data and the masks")
+    return setting(0, "seed for the weights, the data and the masks", allowed="integer in [0, 2**32)")
 
 
 def out_field() -> Any:
     """``out``: the results folder."""
-    return setting(None, "results folder (default: results/<device>)")
+    return setting(None, "results folder (default: results/<device>)",
+                   allowed="a folder that exists and is writable, or can be created")
+
+
+MODEL_ALLOWED = (f"a preset ({', '.join(PRESETS)}), `auto` where offered, a named model ({', '.join(NAMED_MODELS)}), a "
+                 f"local folder with a Hugging Face model, gguf:PATH/TO/FILE.gguf, or hf:org/name (fetched only with "
+                 f"{ENV_ALLOW_DOWNLOADS}=1)")
 
 
 def model_field(default: str = "auto") -> Any:
     """``model``: a preset, a local path or a hub name; ``auto`` is tiny on the CPU and llama2-7b elsewhere."""
     auto = "; auto: tiny on the CPU, llama2-7b on a GPU or Gaudi" if default == "auto" else ""
     return setting(default, f"model preset ({', '.join(PRESETS)}; random weights), a local folder, or hf:org/name"
-                            f"{auto}")
+                            f"{auto}", allowed=MODEL_ALLOWED)
 
 
 def method_field(default: str = "lora", choices: tuple[str, ...] = ("full", "lora")) -> Any:
@@ -41,7 +49,8 @@ def method_field(default: str = "lora", choices: tuple[str, ...] = ("full", "lor
 
 def drop_rates_field() -> Any:
     """``drop_rates``: the rates compared, comma-separated on the command line."""
-    return setting(DEFAULT_DROP_RATES, "drop rates to compare, comma-separated, each in [0, 1)")
+    return setting(DEFAULT_DROP_RATES, "drop rates to compare, comma-separated, each in [0, 1)",
+                   allowed=f"comma-separated, at least one, each a {RATE}")
 
 
 def sampler_field() -> Any:
@@ -52,7 +61,7 @@ def sampler_field() -> Any:
 
 def pool_size_field() -> Any:
     """``pool_size``: masks in the pool sampler."""
-    return setting(8, "masks in the pool sampler (K)")
+    return setting(8, "masks in the pool sampler (K)", allowed=POSITIVE)
 
 
 def precision_field() -> Any:

@@ -145,7 +145,7 @@ class OptimSection:
     optimizer: str = setting("adamw", "adamw or sgd", choices=OPTIMIZERS)
     lr: float = setting(1e-4, "peak learning rate")
     weight_decay: float = setting(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
-    schedule: str = setting("cosine", "learning-rate schedule after warm-up: constant, linear decay to 0, or cosine "
+    lr_schedule: str = setting("cosine", "learning-rate schedule after warm-up: constant, linear decay to 0, or cosine "
                                       "decay to 0", choices=SCHEDULES)
     warmup_steps: int = setting(0, "optimizer steps of linear warm-up from 0")
     max_grad_norm: float | None = setting(1.0, "clip the gradient norm to this (none: no clipping)")
@@ -153,7 +153,7 @@ class OptimSection:
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
         p.check(check_choice, "optim.optimizer", self.optimizer, OPTIMIZERS)
-        p.check(check_choice, "optim.schedule", self.schedule, SCHEDULES)
+        p.check(check_choice, "optim.lr_schedule", self.lr_schedule, SCHEDULES)
         p.check(check_number, "optim.lr", self.lr, low=0, low_open=True)
         p.check(check_number, "optim.weight_decay", self.weight_decay, low=0)
         _int(p, "optim.warmup_steps", self.warmup_steps, 0)
@@ -327,21 +327,22 @@ def resolve_data_path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-#: Keys that moved out of the ``dropbp`` section, and their new spelling.
-MOVED_KEYS = {"pld_theta_bar": "technique.theta_bar", "pld_gamma": "technique.gamma",
-              "train_top_layers": "technique.train_top_layers"}
+#: Recipe keys that moved or were renamed (one meaning per name), and their new spelling.
+MOVED_KEYS = {"dropbp.pld_theta_bar": "technique.theta_bar", "dropbp.pld_gamma": "technique.gamma",
+              "dropbp.train_top_layers": "technique.train_top_layers",
+              "optim.schedule": "optim.lr_schedule"}
 
 
 def _refuse_moved_keys(data: dict[str, Any], problems: Problems) -> dict[str, Any]:
-    """Refuse (and drop, so that checking goes on) the technique options that used to live in ``dropbp``."""
-    section = data.get("dropbp")
-    if isinstance(section, dict):
-        for old, new in MOVED_KEYS.items():
-            if old in section:
-                problems.add(f"dropbp.{old} has moved: a technique's options live in the technique section; write "
-                             f"{new}={section[old]!r} instead.")
-                data = {**data, "dropbp": {k: v for k, v in section.items() if k != old}}
-                section = data["dropbp"]
+    """Refuse (and drop, so that checking goes on) keys written with an old spelling, each naming the new one."""
+    for old, new in MOVED_KEYS.items():
+        section_name, key = old.split(".")
+        section = data.get(section_name)
+        if isinstance(section, dict) and key in section:
+            why = ("a technique's options live in the technique section" if new.startswith("technique.")
+                   else "'schedule' alone is the drop-rate schedule (dropbp.schedule)")
+            problems.add(f"{old} has moved: {why}; write {new}={section[key]!r} instead.")
+            data = {**data, section_name: {k: v for k, v in section.items() if k != key}}
     return data
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.techniques import Technique
@@ -50,7 +50,7 @@ class DropBPCallback(TrainerCallback):
         self.engine_settings = engine
         self.allocation_settings = {"mode": allocation, "allocate_at": allocate_at, "sensitivity": sensitivity,
                                     "allocator": allocator}
-        AllocationSchedule.check_settings(**self.allocation_settings)
+        RateAllocation.check_settings(**self.allocation_settings)
         self.technique: Technique | None = None
         self._step = 0
         self._before_pending = self._measuring = False
@@ -68,7 +68,7 @@ class DropBPCallback(TrainerCallback):
         self.technique = Technique("dropbp", policy=self.dropbp)
         settings = self.allocation_settings
         if settings["mode"] != "uniform":
-            self.technique.allocation = AllocationSchedule(
+            self.technique.allocation = RateAllocation(
                 model, self.dropbp, mode=settings["mode"], drop_rate=self.dropbp.asked_drop_fraction,
                 total_steps=state.max_steps, allocate_at=settings["allocate_at"], sensitivity=settings["sensitivity"],
                 allocator=settings["allocator"], seed=self.dropbp.seed)

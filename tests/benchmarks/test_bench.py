@@ -235,9 +235,9 @@ def test_the_checkpointing_section_names_the_pairs_at_equal_memory_and_at_equal_
               "checkpointed": [choice("checkpointing alone", None, 13.0, 5),
                                choice("checkpointing dropbp p=0.5", 0.5, 9.0, 4),
                                choice("checkpointing dropbp p=0.875", 0.875, 5.0, 1)]}
-    verdict = checkpointing_section(result)[-1]
-    assert "(5.0 MiB) or less, the fastest choice is checkpointing dropbp p=0.875, +160% throughput" in verdict
-    assert "the least memory is checkpointing dropbp p=0.875: 1% of the baseline's saved activations, +100%" in verdict
+    advice = checkpointing_section(result)[-1]
+    assert "(5.0 MiB) or less, the fastest choice is checkpointing dropbp p=0.875, +160% throughput" in advice
+    assert "the least memory is checkpointing dropbp p=0.875: 1% of the baseline's saved activations, +100%" in advice
     result["checkpointed"][2]["step_time_s"] = 11.0  # now slower than the baseline: not in the equal-speed pair
     assert "the least memory is checkpointing dropbp p=0.5: 4%" in checkpointing_section(result)[-1]
 
@@ -309,3 +309,15 @@ def test_bench_compare_renders_two_cpu_result_folders_side_by_side(tmp_path, sma
 def test_bench_compare_bad_folder_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["bench", "compare", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert "no throughput.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_bench_compare_reports_every_bad_folder_at_once(tmp_path, capsys):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "throughput.json").write_text("{")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "throughput.json").write_text("[]")
+    assert main(["bench", "compare", str(tmp_path / "broken"), str(tmp_path / "foreign"), str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "3 problems" in err and "not valid JSON" in err and "not a 'dropbp bench throughput' result" in err
+    assert "no throughput.json there" in err and not (tmp_path / "out").exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown
+from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown, reach_rates
+from dropbp.core.allocation import drop_fraction
 from dropbp.recipes.training.step import causal_lm_loss
 
 from ..conftest import tiny_model, token_batch
@@ -18,7 +19,7 @@ def test_block_of_reads_the_decoder_block_index():
 
 def test_nothing_dropped_is_the_exact_gradient():
     rows = gradient_agreement(tiny_model("llama", "lora", layers=3), causal_lm_loss, token_batch(), 0.0, masks=2)
-    assert [r["block"] for r in rows] == [0, 1, 2]
+    assert [r["block"] for r in rows] == [0, 1, 2, "all"]
     for row in rows:
         assert row["masks_trained"] == 2
         assert row["cos_when_trained"] == pytest.approx(1.0) and row["norm_ratio"] == pytest.approx(1.0)
@@ -32,5 +33,26 @@ def test_dropping_changes_the_lower_blocks_gradient_and_the_table_says_so():
     assert any(r["masks_trained"] < 6 for r in rows)  # some masks drop both of a block's branches
     assert min(r["norm_ratio"] for r in rows) < 1.0
     assert all(p.grad is None for p in model.parameters())  # nothing left behind
-    result = {"recipe": "tiny", "method": "lora", "drop_rate": 0.5, "masks": 6, "blocks": rows}
-    assert "| block |" in markdown(result) and len(markdown(result).splitlines()) == 5 + len(rows) + 1
+    assert rows[-1]["block"] == "all" and rows[-1]["masks_trained"] == 6  # some branch trains under every mask
+    result = {"recipe": "tiny", "method": "lora", "masks": 6, "after_steps": 0,
+              "settings": [{"label": "uniform p=0.5", "drop_fraction": 0.5, "blocks": rows}]}
+    table = markdown(result)
+    assert "| uniform p=0.5 | 0.500 " in table and table.count("\n| ") == 3 + len(rows)  # summary: head + 1 row; per block: head + rows
+
+
+def test_reach_rates_hold_the_flops_budget_and_spare_the_top():
+    layers = [b for b in range(6) for _ in (0, 1)]
+    flops = [1.0, 2.0] * 6  # attention and MLP branches of six blocks
+    rates = reach_rates(layers, flops, 0.5)
+    assert drop_fraction(flops, rates) == pytest.approx(0.5, abs=1e-8)
+    attn, mlp = rates[0::2], rates[1::2]
+    assert attn == sorted(attn, reverse=True) and mlp == sorted(mlp, reverse=True)  # lower blocks drop more
+    assert max(rates) <= 0.9 and rates[-1] < 0.5 < rates[1]
+
+
+def test_per_branch_rates_are_what_the_engine_drops():
+    model = tiny_model("llama", "lora", layers=3)
+    keep_top = [0.9, 0.9, 0.9, 0.9, 0.0, 0.0]  # the top block's two branches never drop
+    rows = gradient_agreement(model, causal_lm_loss, token_batch(), 0.5, masks=4, seed=2, rates=keep_top)
+    top = next(r for r in rows if r["block"] == 2)
+    assert top["masks_trained"] == 4 and top["mean_cos"] == pytest.approx(1.0)  # nothing above it was dropped

@@ -10,7 +10,7 @@ import torch
 from dropbp.core import DropBP
 from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, optimal_rates
 from dropbp.core.errors import AllocationError, ConfigError
-from dropbp.core.allocation_schedule import AllocationSchedule
+from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
 from ..conftest import source_text_tokens, text_windows, tiny_model, token_batch
 
@@ -89,33 +89,33 @@ def test_optimal_allocator_meets_budget_and_beats_the_greedy_objective():
             assert objective(opt) <= objective(greedy) + 1e-9
 
 
-def test_online_estimates_and_schedule_reallocate(text):
+def test_online_estimates_reallocate(text):
     model, dropbp, batch = setup("full", 0, text)
-    schedule = AllocationSchedule(model, dropbp, mode="online", drop_rate=0.75, total_steps=8, every=4)
+    allocation = RateAllocation(model, dropbp, mode="online", drop_rate=0.75, total_steps=8, every=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     for step in range(8):  # the engine's own loop (no backend: the core test stays in the core)
         batch = text_windows(text, step, 2, 64)
-        schedule.before_step(step, batch)
+        allocation.before_step(step, batch)
         dropbp.begin_step(step)
         dropbp.backward(model(input_ids=batch, labels=batch).loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    assert isinstance(schedule.online, OnlineSensitivity)
-    assert sum(schedule.online.updates) > 0 and schedule.online.current() is not None
-    assert [e["step"] for e in schedule.events] == [4]
-    assert dropbp.rates == schedule.events[0]["rates"] != [0.75] * 2 * LAYERS
-    schedule.close()
+    assert isinstance(allocation.online, OnlineSensitivity)
+    assert sum(allocation.online.updates) > 0 and allocation.online.current() is not None
+    assert [e["step"] for e in allocation.events] == [4]
+    assert dropbp.rates == allocation.events[0]["rates"] != [0.75] * 2 * LAYERS
+    allocation.close()
     assert dropbp.after_backward_callbacks == []
 
 
-def test_sensitivity_schedule_at_ten_percent(text):
+def test_sensitivity_allocation_at_ten_percent(text):
     model, dropbp, batch = setup("lora", 0, text)
-    schedule = AllocationSchedule(model, dropbp, mode="sensitivity", drop_rate=0.875, total_steps=20,
-                                  allocator="optimal")
+    allocation = RateAllocation(model, dropbp, mode="sensitivity", drop_rate=0.875, total_steps=20,
+                                allocator="optimal")
     for step in range(3):
-        schedule.before_step(step, batch)
-    assert [e["step"] for e in schedule.events] == [2]
-    assert abs(schedule.events[0]["drop_fraction"] - 0.875) < 1e-6
+        allocation.before_step(step, batch)
+    assert [e["step"] for e in allocation.events] == [2]
+    assert abs(allocation.events[0]["drop_fraction"] - 0.875) < 1e-6
 
 
 @pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])

@@ -45,6 +45,16 @@ def test_allocate_cli_refuses_infeasible_rate_before_any_work(tmp_path, capsys):
     assert "infeasible with cap 0.9" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
 
+
+def test_allocate_cli_reports_every_problem_at_once(tmp_path, capsys):
+    assert main(["allocate", "--drop-rate", "2", "--cap", "0", "--seq-len", "0", "--batch-size", "0",
+                 "--data", "no-such-recipe", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    for needle in ("--drop-rate must be", "--cap must be", "--seq-len must be", "--batch-size must be",
+                   "'no-such-recipe' is neither"):
+        assert needle in err, err
+    assert "5 problems" in err and "Traceback" not in err and not (tmp_path / "a").exists()
+
 HUGE_SEED = str(2**64 + 1)
 # (command, bad options, what the one-paragraph error must say); each must exit 2 before any work or any file
 MATRIX = [

@@ -60,8 +60,8 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     assert header[:5] == ["step", "loss", "lr", "tokens_per_s", "realized_drop_fraction"] and "val_loss" in header
     assert 0.3 < float(rows[-1]["realized_drop_fraction"]) < 0.7
     fraction = float(rows[-1]["realized_drop_fraction"])
-    assert summary["verdict"].startswith(f"dropbp: realised drop fraction {fraction:.2f} of the branches' backward")
-    assert re.search(r"\(scheduled 0\.5\d\); about ", summary["verdict"])  # sensitivity rates: about the budget
+    assert summary["savings"].startswith(f"dropbp: realised drop fraction {fraction:.2f} of the branches' backward")
+    assert re.search(r"\(scheduled 0\.5\d\); about ", summary["savings"])  # sensitivity rates: about the budget
     assert {p.name for p in out.iterdir()} >= {"metrics.csv", "loss.png", "recipe.yaml", "checkpoints"}
     assert load_recipe(out / "recipe.yaml", base_dir=shipped()["tiny-tasks"].parent).train.steps == 60
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
@@ -315,16 +315,16 @@ def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
 def test_sensitivity_is_measured_on_the_recipes_labels_not_on_prompt_and_padding_tokens(tmp_path, monkeypatch):
     """``dropbp train`` hands the allocation the step's ids *and* labels: prompt and padding positions carry -100,
     so they do not enter the loss the sensitivities are measured on (as in training)."""
-    from dropbp.core import allocation_schedule
+    from dropbp.core import rate_allocation
 
     seen = []
-    measure = allocation_schedule.compute_sensitivity
+    measure = rate_allocation.compute_sensitivity
 
     def recording(method, model, dropbp, batch, **kwargs):
         seen.append({key: value.clone() for key, value in batch.items()})
         return measure(method, model, dropbp, batch, **kwargs)
 
-    monkeypatch.setattr(allocation_schedule, "compute_sensitivity", recording)
+    monkeypatch.setattr(rate_allocation, "compute_sensitivity", recording)
     recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, *CONSTANT, "dropbp.allocation=sensitivity",
                                                    "dropbp.allocate_at=0.25", "train.steps=4"], device="cpu")
     job = FineTune(recipe, tmp_path / "run", progress=False)

@@ -60,6 +60,9 @@ def test_its_options_are_validated_as_recipe_fields(skip_top, capsys):
 def test_moved_keys_are_refused_with_their_new_spelling(capsys):
     code = main(["train", "tiny-tasks", "--device", "cpu", "dropbp.technique=pld", "dropbp.pld_gamma=0.01"])
     assert code == 2 and "write technique.gamma=0.01 instead" in capsys.readouterr().err
+    code = main(["train", "tiny-tasks", "--device", "cpu", "optim.schedule=linear"])  # the learning rate's, renamed
+    err = capsys.readouterr().err
+    assert code == 2 and "write optim.lr_schedule='linear' instead" in err and "dropbp.schedule" in err
 
 
 def test_a_registered_technique_runs_in_the_study_runners_trainer(skip_top):

@@ -108,16 +108,16 @@ def test_callback_without_losses_refuses_the_adaptive_rate(tmp_path):
 
 
 def test_callback_allocates_by_sensitivity_on_the_batch_the_trainer_feeds(tmp_path, monkeypatch):
-    from dropbp.core import allocation_schedule
+    from dropbp.core import rate_allocation
 
     seen = []
-    measure = allocation_schedule.compute_sensitivity
+    measure = rate_allocation.compute_sensitivity
 
     def recording(method, model, dropbp, batch, **kwargs):
         seen.append(sorted(batch))
         return measure(method, model, dropbp, batch, **kwargs)
 
-    monkeypatch.setattr(allocation_schedule, "compute_sensitivity", recording)
+    monkeypatch.setattr(rate_allocation, "compute_sensitivity", recording)
     callback = DropBPCallback(drop_rate=0.5, seed=1, allocation="sensitivity", allocate_at=0.25)
     _trainer(tmp_path, callback, 8).train()
     events = callback.technique.allocation.events

@@ -21,7 +21,7 @@ from .state import check_state
 ALLOCATION_MODES: tuple[str, ...] = ("uniform", "sensitivity", "online")
 
 
-class AllocationSchedule:
+class RateAllocation:
     """Call :meth:`before_step` with each step's batch before its forward pass."""
 
     def __init__(self, model: nn.Module, dropbp: DropBP, *, mode: str = "uniform", drop_rate: float,
@@ -39,7 +39,7 @@ class AllocationSchedule:
     @staticmethod
     def check_settings(mode: str, *, allocate_at: float = 0.1, sensitivity: str = "fast", allocator: str = "paper",
                    every: int = 50) -> None:
-        """Refuse settings the schedule cannot run, naming the setting and what it allows."""
+        """Refuse settings this allocation cannot run, naming the setting and what it allows."""
         if mode not in ALLOCATION_MODES:
             raise ConfigError(f"allocation must be one of {', '.join(ALLOCATION_MODES)}, got {mode!r}.")
         if sensitivity not in SENSITIVITY_METHODS:
@@ -59,7 +59,7 @@ class AllocationSchedule:
                             "drop_fraction": drop_fraction(self.dropbp.flops, rates)})
 
     def before_step(self, step: int, batch: Batch) -> None:
-        """Allocate when this step is the one the schedule names."""
+        """Allocate when this step is one this allocation names."""
         if self.mode == "sensitivity" and step == self.allocate_step:
             result = compute_sensitivity(self.sensitivity, self.model, self.dropbp, batch, seed=self.seed)
             self._apply(step, result.values, result.step_equivalents)
@@ -81,9 +81,9 @@ class AllocationSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; online estimates are applied as soon as the estimator exists."""
-        check_state("AllocationSchedule", state, ("mode", "events", "online"))
+        check_state("RateAllocation", state, ("mode", "events", "online"))
         if state["mode"] != self.mode:
-            raise ConfigError(f"AllocationSchedule state was saved in mode {state['mode']!r}, this one runs "
+            raise ConfigError(f"RateAllocation state was saved in mode {state['mode']!r}, this one runs "
                               f"{self.mode!r}.")
         self.events = [dict(event) for event in state["events"]]
         if self.online is not None and state["online"] is not None:

@@ -21,7 +21,7 @@ def training_flops(technique: Technique | None, flops: StepFlops, tokens: int, s
     return flops.step(tokens, **(realised_savings(technique, flops) if technique is not None else {})) * steps
 
 
-def technique_verdict(technique: Technique, flops: StepFlops) -> str:
+def savings_line(technique: Technique, flops: StepFlops) -> str:
     """What ``technique`` dropped so far and about how much of the training FLOPs that saves (FLOPs model: a
     backward costs two forwards in full fine-tuning, one with adapters); wall time is what ``dropbp bench``
     measures."""
