@@ -25,9 +25,9 @@ class CompareSettings:
 
     dirs: tuple[Path, ...] = setting((), "folders holding throughput.json (one per device or cluster)",
                                      positional=True, metavar="DIR",
-                                     allowed='one or more folders, each holding a throughput.json from dropbp bench throughput')
+                                     allowed="one or more folders, each holding a throughput.json from dropbp bench throughput")
     out: Path | None = setting(None, "where compare.{json,md,png} are written (default: results/compare)",
-                               allowed='a folder that exists and is writable, or can be created')
+                               allowed="a folder that exists and is writable, or can be created")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         """Record every problem in ``p`` (``name``: how errors call a field)."""

@@ -35,7 +35,7 @@ class CompilesSettings(BenchSettings):
     steps: int = setting(200, "training steps", allowed=POSITIVE)
     compile_backend: str = setting("aot_eager", "dynamo backend; aot_eager traces forward and backward without code "
                                                 "generation, inductor also generates kernels (slow on the CPU)",
-                                   allowed='a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)')
+                                   allowed="a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

@@ -17,7 +17,7 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.for_benchmarks import POSITIVE
+from dropbp.recipes.for_benchmarks import POSITIVE, POSITIVE_NUMBER
 from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
                             check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
                             environment, markdown_table, method_field, model_field, option_name, pool_size_field,
@@ -39,22 +39,22 @@ class ConvergenceSettings(StudySettings):
     method: str = method_field("full", ("full", "lora"))
     drop_rates: tuple[float, ...] = drop_rates_field()
     compare_pool_at: float | None = setting(0.875, "also run this rate with the pool sampler (none: skip)",
-                                            allowed='number in [0, 1), or none')
+                                            allowed="number in [0, 1), or none")
     sensitivity_at: float | None = setting(0.875, "also run this rate with sensitivity-based rates (none: skip)",
-                                           allowed='number in [0, 1), or none')
+                                           allowed="number in [0, 1), or none")
     sensitivity_allocators: tuple[str, ...] = setting(("paper", "optimal"), "allocators for the sensitivity runs, "
                                                                             "comma-separated (paper, optimal)",
-                                                      allowed='comma-separated, each paper or optimal')
+                                                      allowed="comma-separated, each paper or optimal")
     pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)",
                                   allowed=POSITIVE)
     steps: int = setting(150, "fine-tuning steps of the baseline; DropBP runs get its time", allowed=POSITIVE)
     max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps",
-                                     allowed='finite number >= 1')
+                                     allowed="finite number >= 1")
     batch_size: int = setting(8, "sequences per step", allowed=POSITIVE)
     seq_len: int = setting(128, "tokens per sequence",
                            allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
-    lr: float = setting(1e-3, "AdamW learning rate of fine-tuning", allowed='finite number > 0')
-    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed='finite number > 0')
+    lr: float = setting(1e-3, "AdamW learning rate of fine-tuning", allowed=POSITIVE_NUMBER)
+    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     eval_every: int = setting(10, "steps between validation-loss evaluations", allowed=POSITIVE)
     eval_windows: int = setting(64, "held-out windows in the validation loss", allowed=POSITIVE)
     pool_size: int = pool_size_field()

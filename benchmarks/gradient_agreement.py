@@ -55,16 +55,6 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
-def reach_rates(layers: Sequence[int], flops: Sequence[float], drop_rate: float, cap: float = 0.9) -> list[float]:
-    """Per-branch rates that spare the branches whose Jacobians the most gradients pass through. A branch in block
-    ``l`` sits on the backward path of every trainable block at or below ``l``; dropping it takes its Jacobian out
-    of all their gradients. Its cost is taken as ``l + 1`` (the blocks it reaches) in the allocator that minimises
-    ``sum cost_i p_i^2`` under the same FLOPs budget as uniform ``drop_rate``: low blocks drop often, the top rarely."""
-    from dropbp.core.allocation import optimal_rates
-
-    return optimal_rates(flops, [layer + 1.0 for layer in layers], drop_rate, cap=cap)
-
-
 def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
                        drop_rate: float, masks: int = 8, seed: int = 0, seq_len: int = 2048, *,
                        rates: Sequence[float] | None = None) -> list[dict[str, Any]]:
@@ -89,6 +79,19 @@ def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tor
     for grads in sampled:
         grads["all"] = torch.cat([grads[b] for b in order])
     return [_agreement(block, exact[block], [grads[block] for grads in sampled]) for block in (*order, "all")]
+
+
+def batch_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
+                    other: Any) -> list[dict[str, Any]]:
+    """The noise floor the DropBP rows are read against: per block (and ``"all"``), how the exact gradient of
+    ``other`` agrees with the exact gradient of ``batch`` (what changing the batch alone does to the direction)."""
+    model.train()
+    params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    exact = _gradients(model, loss_fn, batch, params)
+    another = _gradients(model, loss_fn, other, params)
+    order = sorted(exact)
+    exact["all"], another["all"] = torch.cat([exact[b] for b in order]), torch.cat([another[b] for b in order])
+    return [_agreement(block, exact[block], [another[block]]) for block in (*order, "all")]
 
 
 def _agreement(block: int | str, full: torch.Tensor, grads: list[torch.Tensor]) -> dict[str, Any]:
@@ -129,7 +132,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"masks, one batch after {result['after_steps']} exact training steps\n\n"
             "Cosine with the exact gradient of the same batch: per mask (mean over the masks that train the part) and "
             "of the mean over masks (what many steps average to). Block -1 is everything outside the blocks that "
-            "trains; `all` is every trainable parameter together.\n")
+            "trains; `all` is every trainable parameter together. The first row is the noise floor: the exact gradient "
+            "of the next batch against this batch's.\n")
     return (head + "\n" + markdown_table(["setting", "FLOPs-weighted drop", "all: cos per mask", "all: cos of mean",
                                           "all: norm ratio", f"blocks 0-{layers // 3 - 1}: cos of mean",
                                           f"blocks {layers - layers // 3}-{layers - 1}: cos of mean"], summary)
@@ -162,7 +166,7 @@ def settings_for(dropbp: DropBP, drop_rates: Sequence[float], allocations: Seque
     that names a JSON file (``dropbp allocate``'s result) is its branch rates, at the rate it was made for."""
     import json
 
-    from dropbp.core.allocation import drop_fraction, uniform_rates
+    from dropbp.core.allocation import depth_sensitivity, drop_fraction, optimal_rates, uniform_rates
 
     layers = [b.layer for b in dropbp.branches]
     out = []
@@ -175,14 +179,14 @@ def settings_for(dropbp: DropBP, drop_rates: Sequence[float], allocations: Seque
             continue
         for p in drop_rates:
             rates = (uniform_rates(len(layers), p) if allocation == "uniform"
-                     else reach_rates(layers, dropbp.flops, p))
+                     else optimal_rates(dropbp.flops, depth_sensitivity(layers), p))
             out.append({"label": f"{allocation} p={p:g}", "allocation": allocation, "drop_rate": p, "rates": rates})
     for s in out:
         s["drop_fraction"] = drop_fraction(dropbp.flops, s["rates"])
     return out
 
 
-ALLOCATIONS = ("uniform", "reach")
+ALLOCATIONS = ("uniform", "depth")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -219,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             probe = DropBP(job.model, 0.0, seq_len=recipe.data.seq_len)
             settings = settings_for(probe, drop_rates, allocations)
             probe.remove()
-            for s in settings:
+            other = job.data.batch(args.after_steps + 1, 0, 1, recipe.train.micro_batch_size, 0, 1)
+            settings.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0,
+                                "rates": None, "drop_fraction": 0.0,
+                                "blocks": batch_agreement(job.model, job.loss_fn, batch, other)})
+            for s in settings[1:]:
                 s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], args.masks,
                                                  seq_len=recipe.data.seq_len, rates=s["rates"])
         finally:

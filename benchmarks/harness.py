@@ -18,6 +18,7 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
+from dropbp.recipes.for_benchmarks import NON_NEGATIVE
 from dropbp.recipes.for_benchmarks import (Naming, Problems, cache_root, check_choice, check_drop_rates, check_method, check_model,
                             check_non_negative, check_output_dir, check_seed, device_field, drop_rates_field, method_field, model_field,
                             option_name, out_field, precision_field, publish, resolve_model, results_folder,
@@ -66,7 +67,7 @@ class StudySettings(BenchSettings):
     """The fields of every time-to-accuracy study (the one study runner's clock and threads), declared once."""
 
     threads: int = setting(1, "CPU threads for every run (0: PyTorch's default; 1 lets the step clock be the "
-                              "training thread's CPU time)", allowed='integer >= 0')
+                              "training thread's CPU time)", allowed=NON_NEGATIVE)
     time_model: bool = setting(True, "read every run's time through a step-time model (seconds per step = a + b x "
                                      "FLOPs), fitted to the study's configurations timed in interleaved rounds, so "
                                      "machine load during one run does not move its time; false: each run's own "

@@ -42,7 +42,7 @@ class MemorySettings(ModelBenchSettings):
 
     budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
                                             f"{DEFAULT_CPU_BUDGET_GB:g})",
-                                      allowed='finite number > 0 (CPU only; on a device the budget is its memory)')
+                                      allowed="finite number > 0 (CPU only; on a device the budget is its memory)")
     batch_size: int = setting(1, "sequences per step", allowed=POSITIVE)
     max_seq_len: int = setting(65536, "upper end of the search", allowed=POSITIVE)
     pool_size: int = pool_size_field()

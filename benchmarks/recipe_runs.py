@@ -54,11 +54,14 @@ UNIFORM_DROPBP = ("dropbp.technique=dropbp", "technique={{}}", "dropbp.drop_rate
                   "dropbp.schedule.kind=constant", "dropbp.allocation=uniform", "dropbp.sampler={sampler}")
 
 
-def recipe_contender(recipe_name: str, overrides: list[str], backend: Backend) -> Contender:
-    """The recipe as written (its own technique, rate and schedule), as a study contender of kind ``recipe``."""
+def recipe_contender(recipe_name: str, overrides: list[str], backend: Backend, *, label: str | None = None,
+                     extra: list[str] | tuple[str, ...] = ()) -> Contender:
+    """The recipe with ``overrides`` (its own technique, rate and schedule), as a study contender of kind ``recipe``;
+    ``extra``: the recipe keys that make this contender (already among ``overrides``), kept with it."""
     recipe = load_recipe(find_recipe(recipe_name), overrides, device=backend.name)
     technique = recipe.dropbp.technique
-    return Contender(f"recipe ({technique})", "recipe", technique, recipe.dropbp.drop_rate)
+    return Contender(label or f"recipe ({technique})", "recipe", technique, recipe.dropbp.drop_rate,
+                     overrides=tuple(extra))
 
 
 @dataclass
@@ -86,7 +89,7 @@ class RecipeWorkload:
         the end, timed by the step clock."""
         extra = [f"train.seed={seed}", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0"]
         if lr is not None:
-            extra.append(f"train.lr={lr}")
+            extra.append(f"optim.lr={lr}")
         run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *extra], self.backend)
         end = CurvePoint(step=steps, time_s=run["measured_time_s"], flops=run["flops"], val_loss=run["val_loss"],
                          exact_match=run["exact_match"])

@@ -16,6 +16,8 @@ CPU with one thread, the training thread's CPU time).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from dropbp.backends import Backend
 from dropbp.recipes.for_benchmarks import (Naming, Problems, check_number, check_seed, environment, find_recipe, load_recipe,
                             markdown_table, option_name, pyplot, setting)
 
-from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, run_benchmark, step_clock
+from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, adaptive_overhead_s, recipe_contender
 from .step_time_model import StepTimeModel
 from .study import Contender, StudyRun, Verdict, run_study
@@ -39,15 +41,21 @@ class RecipeTimeSettings(StudySettings):
     """What the recipe-time benchmark depends on."""
 
     recipe: str = setting("tiny-tasks", "a shipped recipe or a recipe file; its dropbp section is the contender",
-                          allowed='a shipped recipe (dropbp recipes ls) or a recipe file')
+                          allowed="a shipped recipe (dropbp recipes ls) or a recipe file")
     overrides: tuple[str, ...] = setting((), "key=value changes to the recipe for every run (e.g. train.steps=400)",
-                                         allowed='comma-separated key=value, each a recipe field (docs/OPTIONS.md, dropbp train)')
+                                         allowed="comma-separated key=value, each a recipe field (docs/OPTIONS.md, dropbp train)")
+    contenders: tuple[str, ...] = setting((), "contenders against DropBP off, each a space-separated list of recipe "
+                                              "key=value (e.g. 'dropbp.drop_rate=0.5 dropbp.allocation=depth'); "
+                                              "none: the recipe as written",
+                                          allowed="comma-separated, each space-separated key=value recipe fields")
+    cache_runs: bool = setting(False, "keep each finished run (and the clock) in the cache folder, so that a study "
+                                      "stopped part-way resumes where it was")
     seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison",
-                                     allowed='comma-separated, at least one, each an integer in [0, 2**32)')
+                                     allowed="comma-separated, at least one, each an integer in [0, 2**32)")
     loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
-                                                    "validation loss (relative)", allowed='finite number >= 0')
+                                                    "validation loss (relative)", allowed="finite number >= 0")
     match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)",
-                                  allowed='finite number >= 0')
+                                  allowed="finite number >= 0")
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         if not self.seeds:
@@ -57,6 +65,9 @@ class RecipeTimeSettings(StudySettings):
         bad = [text for text in self.overrides if "=" not in text]
         if bad:
             p.add(f"{name('overrides')} must each look like key=value, got {', '.join(bad)}.")
+        bad = [text for text in self.contenders if not text.split() or any("=" not in w for w in text.split())]
+        if bad:
+            p.add(f"{name('contenders')} must each be space-separated key=value, got {', '.join(map(repr, bad))}.")
         p.check(check_number, name("loss_margin"), self.loss_margin, low=0)
         p.check(check_number, name("match_margin"), self.match_margin, low=0)
 
@@ -78,28 +89,45 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
     started = time.perf_counter()
     overrides = list(settings.overrides)
     workload = RecipeWorkload(settings.recipe, overrides, backend)
-    contender = recipe_contender(settings.recipe, overrides, backend)
+    contenders = ([recipe_contender(settings.recipe, [*overrides, *text.split()], backend, label=text,
+                                    extra=text.split()) for text in settings.contenders]
+                  or [recipe_contender(settings.recipe, overrides, backend)])
     steps = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name).train.steps
-    study = run_study(workload, [Contender("DropBP off"), contender], steps=steps, seeds=settings.seeds,
-                      time_model=settings.time_model, progress=progress)
-    seeds = []
-    for seed in settings.seeds:
-        base = study.baseline(seed)
-        same = next(r for r in study.runs if r.label == contender.label and r.seed == seed)
-        timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
-        within = Verdict.of(timed, base, loss_margin=settings.loss_margin, match_margin=settings.match_margin).holds
-        seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": _row(same), "equal_time": _row(timed),
-                      "within": within})
-        if progress:
-            print(f"seed {seed}: baseline {base.final_val_loss:.4f}/{base.final_exact_match} in "
-                  f"{base.train_time_s:.1f} s; contender {timed.final_val_loss:.4f}/{timed.final_exact_match} in "
-                  f"{timed.steps} steps ({'within' if within else 'outside'} the margins)", flush=True)
-    adaptive = seeds[0]["equal_steps"]["schedule"] == "adaptive"
+    study = run_study(workload, [Contender("DropBP off"), *contenders], steps=steps, seeds=settings.seeds,
+                      time_model=settings.time_model,
+                      cache=study_cache(settings) if settings.cache_runs else None, progress=progress)
+    compared = []
+    for contender in contenders:
+        seeds = []
+        for seed in settings.seeds:
+            base = study.baseline(seed)
+            same = next(r for r in study.runs if r.label == contender.label and r.seed == seed)
+            timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
+            within = Verdict.of(timed, base, loss_margin=settings.loss_margin,
+                                match_margin=settings.match_margin).holds
+            seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": _row(same), "equal_time": _row(timed),
+                          "within": within})
+            if progress:
+                print(f"{contender.label}, seed {seed}: baseline {base.final_val_loss:.4f}/{base.final_exact_match} "
+                      f"in {base.train_time_s:.1f} s; contender {timed.final_val_loss:.4f}/{timed.final_exact_match} "
+                      f"in {timed.steps} steps ({'within' if within else 'outside'} the margins)", flush=True)
+        compared.append({"label": contender.label, "overrides": list(contender.overrides), "seeds": seeds,
+                         "within": sum(s["within"] for s in seeds)})
+    adaptive = any(c["seeds"][0]["equal_steps"]["schedule"] == "adaptive" for c in compared)
     model = study.time_model
     return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
             "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
-            "adaptive_overhead_s": adaptive_overhead_s() if adaptive else None,
-            "seeds": seeds, "within": sum(s["within"] for s in seeds), "total_time_s": time.perf_counter() - started}
+            "adaptive_overhead_s": adaptive_overhead_s() if adaptive else None, "contenders": compared,
+            "seeds": compared[0]["seeds"], "within": compared[0]["within"],  # the first contender's, as before
+            "total_time_s": time.perf_counter() - started}
+
+
+def study_cache(settings: RecipeTimeSettings) -> Path:
+    """Where a recipe-time study keeps its finished runs and clock, so that a stopped study resumes: a folder of
+    the cache keyed by the recipe's text, the overrides, the clock settings and this machine's threads."""
+    text = Path(find_recipe(settings.recipe)).read_text(encoding="utf-8")
+    key = json.dumps([text, list(settings.overrides), settings.time_model, settings.threads, torch.get_num_threads()])
+    return cache_dir() / "studies" / f"recipe-time-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def times_description(result: dict[str, Any]) -> str:
@@ -131,54 +159,66 @@ def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2g}"
 
 
+def compared(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each contender's label, overrides, rows per seed and seeds within the margins (a result made before
+    contenders could be listed holds one: the recipe as written)."""
+    return result.get("contenders") or [{"label": "recipe", "overrides": [], "seeds": result["seeds"],
+                                         "within": result["within"]}]
+
+
+RUNS = (("baseline", "DropBP off"), ("equal_steps", "equal steps"), ("equal_time", "baseline's time"))
+
+
 def recipe_time_markdown(result: dict[str, Any]) -> str:
-    """Per seed and in the mean: validation loss, exact match, steps and time of the three runs."""
-    s, rows = result["settings"], result["seeds"]
-    contender = rows[0]["equal_steps"]
-    table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
-              f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
-              "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
-              ("yes" if r["within"] else "no") if run == "equal_time" else "")
-             for r in rows for run, label in (("baseline", "DropBP off"), ("equal_steps", "recipe, equal steps"),
-                                              ("equal_time", "recipe, baseline's time"))]
-    means = [(label, _mean(rows, run, "val_loss"), _mean(rows, run, "exact_match"), _mean(rows, run, "time_s"))
-             for run, label in (("baseline", "DropBP off"), ("equal_steps", "recipe, equal steps"),
-                                ("equal_time", "recipe, baseline's time"))]
-    return "\n".join([
-        f"# {s['recipe']}: the recipe's DropBP setting against DropBP off, at equal time, on {result['device_name']} "
-        f"({result['device']})", "",
-        f"Contender: the recipe as shipped (technique {contender['technique']}, drop rate {contender['drop_rate']}, "
-        f"schedule {contender['schedule']}); baseline: the same with DropBP off (dropbp.technique=dropbp, "
-        f"dropbp.drop_rate=0). Overrides: {', '.join(s['overrides']) or 'none'}. Times: {times_description(result)}. "
-        f"Margins: validation loss at most "
-        f"+{s['loss_margin'] * 100:g}% and exact match at least -{s['match_margin'] * 100:g} points against the "
-        f"baseline of the same seed, at the baseline's time.", "",
-        f"**Within the margins in {result['within']} of {len(rows)} seeds.**", "",
-        markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "exact match", "within"],
-                       table), "",
-        "Mean ± standard deviation over seeds:", "",
-        markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
-        f"Last savings line of the recipe's run: {rows[-1]['equal_time'].get('savings', rows[-1]['equal_time'].get('verdict'))}", "",
-        *overhead_lines(result),
-        f"Total benchmark time: {result['total_time_s'] / 60:.0f} min.",
-    ])
+    """Per contender, per seed and in the mean: validation loss, exact match, steps and time of its runs."""
+    s = result["settings"]
+    lines = [f"# {s['recipe']}: DropBP settings against DropBP off, at equal time, on {result['device_name']} "
+             f"({result['device']})", "",
+             f"Baseline: the recipe with DropBP off (dropbp.technique=dropbp, dropbp.drop_rate=0). Overrides for "
+             f"every run: {', '.join(s['overrides']) or 'none'}. Times: {times_description(result)}. Margins: "
+             f"validation loss at most +{s['loss_margin'] * 100:g}% and exact match at least "
+             f"-{s['match_margin'] * 100:g} points against the baseline of the same seed, at the baseline's time.", ""]
+    for entry in compared(result):
+        rows = entry["seeds"]
+        first = rows[0]["equal_steps"]
+        described = " ".join(entry["overrides"]) or "the recipe as shipped"
+        table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
+                  f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
+                  "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
+                  ("yes" if r["within"] else "no") if run == "equal_time" else "")
+                 for r in rows for run, label in RUNS]
+        means = [(label, _mean(rows, run, "val_loss"), _mean(rows, run, "exact_match"), _mean(rows, run, "time_s"))
+                 for run, label in RUNS]
+        savings = rows[-1]["equal_time"].get("savings", rows[-1]["equal_time"].get("verdict"))
+        lines += [f"## {entry['label']}", "",
+                  f"Contender: {described} (technique {first['technique']}, drop rate {first['drop_rate']}, schedule "
+                  f"{first['schedule']}). **Within the margins in {entry['within']} of {len(rows)} seeds.**", "",
+                  markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "exact match",
+                                  "within"], table), "",
+                  "Mean ± standard deviation over seeds:", "",
+                  markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
+                  f"Last savings line of its run: {savings}", ""]
+    return "\n".join([*lines, *overhead_lines(result), f"Total benchmark time: {result['total_time_s'] / 60:.0f} min."])
 
 
 def recipe_time_figure(result: dict[str, Any]) -> Any:
-    """Validation loss and exact match per seed: baseline, equal steps, equal time."""
+    """Validation loss and exact match at the baseline's time: the baseline and each contender, per seed."""
     plt = pyplot()
+    entries = compared(result)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    runs = (("baseline", "DropBP off"), ("equal_steps", "recipe, equal steps"), ("equal_time", "recipe, equal time"))
-    width = 0.25
-    for k, (run, label) in enumerate(runs):
-        xs = [i + (k - 1) * width for i in range(len(result["seeds"]))]
-        axes[0].bar(xs, [r[run]["val_loss"] for r in result["seeds"]], width, label=label)
-        axes[1].bar(xs, [r[run]["exact_match"] or 0.0 for r in result["seeds"]], width, label=label)
+    bars = [("DropBP off", [r["baseline"] for r in entries[0]["seeds"]])]
+    bars += [(entry["label"], [r["equal_time"] for r in entry["seeds"]]) for entry in entries]
+    width = 0.8 / len(bars)
+    seeds = [r["seed"] for r in entries[0]["seeds"]]
+    for k, (label, runs) in enumerate(bars):
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(seeds))]
+        axes[0].bar(xs, [run["val_loss"] for run in runs], width, label=label)
+        axes[1].bar(xs, [run["exact_match"] or 0.0 for run in runs], width, label=label)
     for ax, title in zip(axes, ("final validation loss", "final exact match")):
-        ax.set_xticks(range(len(result["seeds"])), [f"seed {r['seed']}" for r in result["seeds"]])
-        ax.set_title(title)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{result['settings']['recipe']}: the recipe's DropBP setting vs DropBP off")
+        ax.set_xticks(range(len(seeds)), [f"seed {seed}" for seed in seeds])
+        ax.set_title(f"{title}, at the baseline's time")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result['settings']['recipe']}: DropBP settings vs DropBP off")
     fig.tight_layout()
     return fig
 

@@ -20,7 +20,7 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.for_benchmarks import POSITIVE
+from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER
 from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
                             check_choice, check_fits, check_int, check_non_negative, check_number, check_positive,
                             check_seq_len, head_fraction, labelled_positions_loss, option_name, pool_size_field,
@@ -40,7 +40,7 @@ class ThroughputSettings(ModelBenchSettings):
                            allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
     batch_size: int = setting(2, "sequences per step", allowed=POSITIVE)
     warmup: int = setting(2, "warm-up rounds, not timed (at least the pool size when graphs compile per mask)",
-                          allowed='integer >= 0')
+                          allowed=NON_NEGATIVE)
     steps: int = setting(20, "measured rounds", allowed=POSITIVE)
     sampler: str = sampler_field()
     pool_size: int = pool_size_field()
@@ -48,13 +48,13 @@ class ThroughputSettings(ModelBenchSettings):
     checkpointing: bool = setting(False, "also time activation checkpointing alone and with DropBP at each rate "
                                          "(non-reentrant; eager only)")
     compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)",
-                                          allowed='a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)')
+                                          allowed="a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)")
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)",
                                 allowed=POSITIVE)
-    lr: float = setting(1e-5, "AdamW learning rate of the timed steps", allowed='finite number > 0')
+    lr: float = setting(1e-5, "AdamW learning rate of the timed steps", allowed=POSITIVE_NUMBER)
     answer_tokens: int | None = setting(None, "label only the last N tokens of each sequence (a short-answer "
                                               "workload, its prompt masked); none: every token is labelled",
-                                        allowed='integer in 1..seq_len-1, or none')
+                                        allowed="integer in 1..seq_len-1, or none")
     head_positions: str = setting("all", "where the LM head and the loss run: all positions, or labelled ones only "
                                          "(the same loss and gradients)", choices=("all", "labelled"))
     model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,

@@ -145,6 +145,13 @@ def optimal_rates(flops: Sequence[float], sensitivity: Sequence[float], drop_rat
     return rates_for(hi)
 
 
+def depth_sensitivity(layers: Sequence[int]) -> list[float]:
+    """A sensitivity from position alone: a branch in block ``l`` sits on the backward path of every trainable
+    block at or below ``l``, and dropping it takes its Jacobian out of all their gradients, so its cost is the
+    ``l + 1`` blocks it reaches. Allocated under a FLOPs budget, low blocks drop often and the top rarely."""
+    return [float(layer) + 1.0 for layer in layers]
+
+
 ALLOCATORS: tuple[str, ...] = ("uniform", "paper", "optimal")
 
 

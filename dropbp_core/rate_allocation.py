@@ -3,6 +3,8 @@
 - ``uniform``: every branch at the target rate, all along.
 - ``sensitivity``: uniform until ``allocate_at`` of training (the paper uses 10%), then one sensitivity estimate on
   that step's batch and the allocator's rates from then on.
+- ``depth``: from the first step, rates from each branch's depth alone (:func:`depth_sensitivity`: a branch's
+  cost is the number of blocks whose gradient passes through it); nothing is measured.
 - ``online``: uniform at first; sensitivities refreshed from ordinary steps (:class:`OnlineSensitivity`) and rates
   re-allocated every ``every`` steps.
 """
@@ -12,13 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from .allocation import ALLOCATORS, allocate, drop_fraction
+from .allocation import ALLOCATORS, allocate, depth_sensitivity, drop_fraction
 from .engine import DropBP
 from .errors import ConfigError
 from .sensitivity import SENSITIVITY_METHODS, Batch, OnlineSensitivity, compute_sensitivity
 from .state import check_state
 
-ALLOCATION_MODES: tuple[str, ...] = ("uniform", "sensitivity", "online")
+ALLOCATION_MODES: tuple[str, ...] = ("uniform", "sensitivity", "depth", "online")
 
 
 class RateAllocation:
@@ -60,7 +62,9 @@ class RateAllocation:
 
     def before_step(self, step: int, batch: Batch) -> None:
         """Allocate when this step is one this allocation names."""
-        if self.mode == "sensitivity" and step == self.allocate_step:
+        if self.mode == "depth" and not self.events:
+            self._apply(step, depth_sensitivity([branch.layer for branch in self.dropbp.branches]), 0.0)
+        elif self.mode == "sensitivity" and step == self.allocate_step:
             result = compute_sensitivity(self.sensitivity, self.model, self.dropbp, batch, seed=self.seed)
             self._apply(step, result.values, result.step_equivalents)
         elif self.mode == "online":

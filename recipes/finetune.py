@@ -28,7 +28,6 @@ from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
-from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import Technique, apply_technique
 from dropbp.recipes.config.loader import dump_yaml
@@ -45,8 +44,7 @@ from dropbp.recipes.training.checkpoint import ALLOCATION_KEY, POLICY_KEY, RATE_
 from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
-from dropbp.recipes.training.lr import lr_scheduler
-from dropbp.recipes.training.optimizer import build_optimizer
+from dropbp.recipes.training.optim import build_optimizer, lr_scheduler
 from dropbp.recipes.training.rates import rate_schedule, step_costs
 from dropbp.recipes.training.run_folder import (DATA_KEY, check_run_folder, check_same_data, resume_point,
                                                 resumed_step, trim_masks_log)

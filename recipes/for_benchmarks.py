@@ -29,7 +29,7 @@ from dropbp.recipes.report.tables import markdown_table
 from dropbp.recipes.report.savings import training_flops
 from dropbp.recipes.training.evaluation import teacher_forced_exact_match
 from dropbp.recipes.training.labelled_head import head_fraction, labelled_positions_loss
-from dropbp.recipes.training.lr import lr_scheduler
+from dropbp.recipes.training.optim import lr_scheduler
 from dropbp.recipes.training.rates import step_costs
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes.for_benchmarks import POSITIVE, RATE
+from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE
 from dropbp.recipes.for_benchmarks import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
                             check_non_negative, check_number, check_positive, check_seed, option_name, setting)
 
@@ -43,13 +43,13 @@ class RegimeSettings(StudySettings):
                                   "of 64)", choices=("lora", "qlora"))
     lora_rank: int = setting(8, "LoRA rank", allowed=POSITIVE)
     drop_rates: tuple[float, ...] = setting((0.5, 0.75, 0.875), "DropBP rates (uniform and sensitivity-allocated)",
-                                            allowed='comma-separated, at least one, each a number in [0, 1)')
+                                            allowed="comma-separated, at least one, each a number in [0, 1)")
     contender_rate: float = setting(0.75, "LayerDrop, PLD and freezing are set to the training FLOPs of DropBP at "
                                           "this rate", allowed=RATE)
     lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)",
-                                     allowed='comma-separated, at least one, each a finite number > 0')
+                                     allowed="comma-separated, at least one, each a finite number > 0")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate",
-                                     allowed='comma-separated, at least one, each an integer in [0, 2**32)')
+                                     allowed="comma-separated, at least one, each an integer in [0, 2**32)")
     schedules: tuple[str, ...] = setting(("cosine",), "the schedule family's drop-rate schedules, each from "
                                                       "contender_rate: cosine, linear or steps (decay to 0), "
                                                       "warmup (0 for the first quarter, then constant)",
@@ -60,18 +60,18 @@ class RegimeSettings(StudySettings):
                                                             "uniform or (adaptive-sensitivity) allocated; "
                                                             "freeze-dropbp: the top half trained, DropBP at "
                                                             "contender_rate there)",
-                                          allowed='comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze, schedule, adaptive, adaptive-sensitivity, freeze-dropbp; baseline included')
+                                          allowed="comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze, schedule, adaptive, adaptive-sensitivity, freeze-dropbp; baseline included")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)",
-                            allowed='finite number > 0')
+                            allowed=POSITIVE_NUMBER)
     batch_size: int = setting(16, "examples per step", allowed=POSITIVE)
     seq_len: int = setting(40, "tokens per example window (one example per window)",
                            allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
     eval_every: int = setting(23, "steps between evaluations", allowed=POSITIVE)
-    warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay", allowed='integer >= 0')
+    warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay", allowed=NON_NEGATIVE)
     pld_gamma_scale: float = setting(10.0, "PLD's gamma times the run's step count (how fast keep probability falls)",
-                                     allowed='finite number >= 0')
+                                     allowed="finite number >= 0")
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)", allowed=POSITIVE)
-    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed='finite number > 0')
+    pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more than "
                                      "5% again for the baseline's time (steps scaled by the ratio of the times, same "
                                      "learning rate) and compare there too")

@@ -37,18 +37,18 @@ class AllocateSettings:
     allocator: str = setting("paper", "paper (greedy, steps of 0.1), optimal (exact minimiser of sum C p^2), uniform",
                              choices=ALLOCATORS)
     cap: float = setting(0.9, "highest rate of any branch",
-                         allowed='finite number in (0, 1), and at least --drop-rate for the paper and optimal allocators')
+                         allowed="finite number in (0, 1), and at least --drop-rate for the paper and optimal allocators")
     compare: str | None = setting(None, "also compute exact sensitivity; report Spearman and the cost of both",
-                                  choices=("exact",), allowed='exact, or leave out')
+                                  choices=("exact",), allowed="exact, or leave out")
     data: str = setting("corpus", "what sensitivity is measured on: corpus (the Python standard library's source as "
                                   "bytes, for the byte-level presets), or a shipped recipe or recipe file (the first "
                                   "batch of its training data through the model's own tokenizer, with the recipe's "
                                   "labels; seq_len is the recipe's), e.g. smollm2-tasks",
-                        allowed='corpus, a shipped recipe (dropbp recipes ls) or a recipe file')
+                        allowed="corpus, a shipped recipe (dropbp recipes ls) or a recipe file")
     seq_len: int = setting(256, "tokens per sequence",
                            allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
     batch_size: int = setting(4, "sequences in the batch", allowed=POSITIVE)
-    seed: int = setting(0, "seed for the weights and the batch", allowed='integer in [0, 2**32)')
+    seed: int = setting(0, "seed for the weights and the batch", allowed="integer in [0, 2**32)")
     out: Path | None = out_field()
 
     def validate(self) -> None:

@@ -77,7 +77,9 @@ class DropBPSection:
     allocation: str = setting("auto", "auto (sensitivity for DropBP on one process, best on the string tasks; uniform "
                                       "with several ranks and for the other techniques); uniform rates; sensitivity "
                                       "(one process only for now; measured once at "
-                                      "allocate_at of training, as the paper); online (refreshed every "
+                                      "allocate_at of training, as the paper); depth (from the first step, by "
+                                      "position alone: the lower a branch, the more often it drops, since fewer "
+                                      "blocks' gradients pass through it); online (refreshed every "
                                       "reallocate_every steps)", choices=("auto", *ALLOCATION_MODES))
     allocate_at: float = setting(0.1, "fraction of training at which sensitivities are measured")
     sensitivity: str = setting("fast", "estimator: fast (1 pass) or exact (2L+1 passes)", choices=SENSITIVITY_METHODS)

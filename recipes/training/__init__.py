@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dropbp.recipes.lazy import lazy_exports
 
-_STEP, _LR, _EVAL = "dropbp.recipes.training.step", "dropbp.recipes.training.lr", "dropbp.recipes.training.evaluation"
+_STEP, _OPTIM, _EVAL = "dropbp.recipes.training.step", "dropbp.recipes.training.optim", "dropbp.recipes.training.evaluation"
 _CHECKPOINT = "dropbp.recipes.training.checkpoint"
 _DISTRIBUTED = "dropbp.recipes.training.distributed"
 _HEAD = "dropbp.recipes.training.labelled_head"
 EXPORTS: dict[str, str] = {
     "StepRunner": _STEP, "StepResult": _STEP, "causal_lm_loss": _STEP,
-    "lr_factor": _LR, "lr_scheduler": _LR, "SCHEDULES": _LR,
+    "build_optimizer": _OPTIM, "lr_factor": _OPTIM, "lr_scheduler": _OPTIM, "SCHEDULES": "dropbp.recipes.config.schema",
     "validation_loss": _EVAL, "greedy_exact_match": _EVAL, "teacher_forced_exact_match": _EVAL,
     "save_checkpoint": _CHECKPOINT, "load_checkpoint": _CHECKPOINT, "latest_checkpoint": _CHECKPOINT,
     "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT, "RATE_KEY": _CHECKPOINT,

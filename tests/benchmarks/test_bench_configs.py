@@ -43,10 +43,11 @@ def test_bad_configs_exit_2_listing_every_problem(tmp_path, capsys, text, needle
     assert "Traceback" not in err and not (tmp_path / "results").exists()
 
 
-@pytest.mark.slow
 def test_a_config_runs_with_overrides(tmp_path):
     out = tmp_path / "res"
-    assert main(["bench", "--config", str(ROOT / "benchmarks/configs/compiles-cpu.yaml"), "compiles.steps=2",
-                 f"compiles.out={out}", "--quiet"]) == 0
-    result = json.loads((out / "compiles.json").read_text())
-    assert result["runs"][0]["steps"] == 2 and result["settings"]["out"] == str(out)
+    assert main(["bench", "--config", str(ROOT / "benchmarks/configs/throughput-cpu-lora.yaml"), "throughput.steps=1",
+                 "throughput.warmup=0", "throughput.seq_len=16", "throughput.drop_rates=[0.5]", f"throughput.out={out}",
+                 "--quiet"]) == 0
+    result = json.loads((out / "throughput.json").read_text())
+    assert result["settings"]["steps"] == 1 and result["settings"]["checkpointing"] is True  # the file's own value
+    assert [run["drop_rate"] for run in result["runs"]] == [0.0, 0.5] and result["settings"]["out"] == str(out)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown, reach_rates
-from dropbp.core.allocation import drop_fraction
+from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown
 from dropbp.recipes.training.step import causal_lm_loss
 
 from ..conftest import tiny_model, token_batch
@@ -38,16 +37,6 @@ def test_dropping_changes_the_lower_blocks_gradient_and_the_table_says_so():
               "settings": [{"label": "uniform p=0.5", "drop_fraction": 0.5, "blocks": rows}]}
     table = markdown(result)
     assert "| uniform p=0.5 | 0.500 " in table and table.count("\n| ") == 3 + len(rows)  # summary: head + 1 row; per block: head + rows
-
-
-def test_reach_rates_hold_the_flops_budget_and_spare_the_top():
-    layers = [b for b in range(6) for _ in (0, 1)]
-    flops = [1.0, 2.0] * 6  # attention and MLP branches of six blocks
-    rates = reach_rates(layers, flops, 0.5)
-    assert drop_fraction(flops, rates) == pytest.approx(0.5, abs=1e-8)
-    attn, mlp = rates[0::2], rates[1::2]
-    assert attn == sorted(attn, reverse=True) and mlp == sorted(mlp, reverse=True)  # lower blocks drop more
-    assert max(rates) <= 0.9 and rates[-1] < 0.5 < rates[1]
 
 
 def test_per_branch_rates_are_what_the_engine_drops():

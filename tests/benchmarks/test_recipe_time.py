@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dropbp import backends
-from dropbp.benchmarks.recipe_runs import RecipeWorkload, recipe_contender
 from dropbp.benchmarks.recipe_time import RecipeTimeSettings, recipe_time_figure, recipe_time_markdown, run_recipe_time
 from dropbp.benchmarks.step_time_model import StepTimeModel
-from dropbp.benchmarks.study import calibrate, calibration_contenders
 from dropbp.core.errors import ConfigError
 
 SMALL = ("model.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
@@ -59,23 +57,39 @@ def test_recipe_time_on_the_step_clock_with_another_technique_against_exact_back
     assert "summed over each run's steps" in recipe_time_markdown(result)
 
 
-@pytest.mark.slow
-def test_the_calibration_times_exact_backprop_uniform_dropbp_and_another_technique_as_itself():
-    cpu = backends.get("cpu")
-    workload = RecipeWorkload("tiny-tasks", list(FREEZE), cpu, warmup=1)
-    timed = calibration_contenders([recipe_contender("tiny-tasks", list(FREEZE), cpu)])
-    model = calibrate({c.label: workload.timer(c) for c in timed}, {"recipe (freeze)"}, rounds=2, steps=2)
-    labels = [p["label"] for p in model.points]
-    assert labels == ["baseline", "DropBP p=0.25", "DropBP p=0.5", "DropBP p=0.75", "recipe (freeze)"]
-    assert all(p["seconds"] > 0 and p["timed_steps"] == 4 for p in model.points)
-    assert set(model.scales) == {"recipe (freeze)"}  # off the line, met exactly by its own factor
-    frozen = model.points[-1]
-    assert model.seconds(1, frozen["flops"], "recipe (freeze)") == pytest.approx(frozen["seconds"])
-    assert frozen["flops"] < model.points[0]["flops"]
-
-
 def test_recipe_time_settings_are_checked():
     with pytest.raises(ConfigError, match="--overrides must each look like key=value"):
         RecipeTimeSettings(overrides=("train.steps",)).validate()
     with pytest.raises(ConfigError, match="--seeds needs at least one seed"):
         RecipeTimeSettings(seeds=()).validate()
+
+
+@pytest.mark.slow
+def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_without_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
+    contenders = ("dropbp.drop_rate=0.5 dropbp.allocation=depth dropbp.allocator=optimal dropbp.schedule.kind=constant",
+                  "dropbp.technique=freeze dropbp.drop_rate=0.5 dropbp.schedule.kind=constant")
+    settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, contenders=contenders,
+                                  cache_runs=True)
+    result = run_recipe_time(settings, backends.get("cpu"), progress=False)
+    assert [c["label"] for c in result["contenders"]] == list(contenders)
+    depth, freeze = (c["seeds"][0] for c in result["contenders"])
+    assert depth["baseline"] == freeze["baseline"]  # one baseline run for both
+    assert depth["equal_steps"]["technique"] == "dropbp" and freeze["equal_steps"]["technique"] == "freeze"
+    model = StepTimeModel.from_dict(result["time_model"])
+    labels = [p["label"] for p in model.points]  # exact backprop, uniform DropBP, freeze as itself; depth off the line
+    assert labels == ["DropBP off", "DropBP p=0.25", "DropBP p=0.5", "DropBP p=0.75", contenders[1]]
+    assert set(model.scales) == {contenders[1]}  # off the line, met exactly by its own factor
+    frozen = model.points[-1]
+    assert model.seconds(1, frozen["flops"], contenders[1]) == pytest.approx(frozen["seconds"])
+    assert frozen["flops"] < model.points[0]["flops"]
+    table = recipe_time_markdown(result)
+    assert table.count("## ") == 2 and "dropbp.allocation=depth" in table
+    assert len(recipe_time_figure(result).axes) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached study trained again")
+
+    monkeypatch.setattr("dropbp.benchmarks.recipe_runs.train_recipe", no_training)
+    again = run_recipe_time(settings, backends.get("cpu"), progress=False)
+    assert again["contenders"] == result["contenders"] and again["time_model"] == result["time_model"]

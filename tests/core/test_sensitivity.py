@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dropbp.core import DropBP
-from dropbp.core.allocation import allocate, drop_fraction, greedy_paper_rates, optimal_rates
+from dropbp.core.allocation import allocate, depth_sensitivity, drop_fraction, greedy_paper_rates, optimal_rates
 from dropbp.core.errors import AllocationError, ConfigError
 from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.sensitivity import OnlineSensitivity, exact_sensitivity, fast_sensitivity, spearman
@@ -116,6 +116,28 @@ def test_sensitivity_allocation_at_ten_percent(text):
         allocation.before_step(step, batch)
     assert [e["step"] for e in allocation.events] == [2]
     assert abs(allocation.events[0]["drop_fraction"] - 0.875) < 1e-6
+
+
+def test_depth_rates_hold_the_flops_budget_and_spare_the_top():
+    layers = [b for b in range(6) for _ in (0, 1)]
+    flops = [1.0, 2.0] * 6  # attention and MLP branches of six blocks
+    rates = optimal_rates(flops, depth_sensitivity(layers), 0.5)
+    assert drop_fraction(flops, rates) == pytest.approx(0.5, abs=1e-8)
+    attn, mlp = rates[0::2], rates[1::2]
+    assert attn == sorted(attn, reverse=True) and mlp == sorted(mlp, reverse=True)  # lower blocks drop more
+    assert max(rates) <= 0.9 and rates[-1] < 0.5 < rates[1]
+
+
+def test_depth_allocation_sets_the_rates_before_the_first_step_and_measures_nothing(text, monkeypatch):
+    from dropbp.core import rate_allocation
+
+    monkeypatch.setattr(rate_allocation, "compute_sensitivity", lambda *a, **k: pytest.fail("measured"))
+    model, dropbp, batch = setup("lora", 0, text)
+    allocation = RateAllocation(model, dropbp, mode="depth", drop_rate=0.5, total_steps=10, allocator="optimal")
+    for step in range(3):
+        allocation.before_step(step, batch)
+    assert [e["step"] for e in allocation.events] == [0]  # once, at the start
+    assert dropbp.rates[0] > dropbp.rates[-1] and drop_fraction(dropbp.flops, dropbp.rates) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])

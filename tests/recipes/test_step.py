@@ -7,7 +7,7 @@ import torch
 
 from dropbp.backends import get
 from dropbp.core import DropBP
-from dropbp.recipes.training.lr import lr_scheduler
+from dropbp.recipes.training.optim import lr_scheduler
 from dropbp.recipes.training.step import StepRunner
 
 from ..conftest import tiny_model, token_batch
@@ -49,7 +49,7 @@ def test_accumulated_micro_batches_equal_one_batch_of_their_union():
 def test_clipping_and_schedule_apply_and_timing_splits_the_phases():
     model = tiny_model("llama", "full")
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    scheduler = lr_scheduler(optimizer, warmup=2, total=4, schedule="linear")
+    scheduler = lr_scheduler(optimizer, warmup=2, total=4, lr_schedule="linear")
     seen = []
     original = torch.nn.utils.clip_grad_norm_
 

@@ -129,5 +129,5 @@ def test_callback_allocates_by_sensitivity_on_the_batch_the_trainer_feeds(tmp_pa
 def test_callback_refuses_an_unknown_allocation():
     from dropbp.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="allocation must be one of uniform, sensitivity, online"):
+    with pytest.raises(ConfigError, match="allocation must be one of uniform, sensitivity, depth, online"):
         DropBPCallback(drop_rate=0.5, allocation="by-hand")
