@@ -16,8 +16,9 @@ from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.recipes.for_benchmarks import POSITIVE, RATE
-from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, apply_method, build_model, check_choice, check_positive,
-                            environment, markdown_table, method_field, option_name, pool_size_field, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, apply_method, build_model, check_choice,
+                                           check_positive, environment, markdown_table, method_field, option_name,
+                                           pool_size_field, pyplot, setting)
 
 from .harness import BenchSettings, run_benchmark
 

@@ -18,10 +18,10 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.progress import progress_bar
 from dropbp.recipes.for_benchmarks import POSITIVE, POSITIVE_NUMBER
-from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at, build_model,
-                            check_choice, check_drop_rates, check_number, check_positive, drop_rates_field,
-                            environment, markdown_table, method_field, model_field, option_name, pool_size_field,
-                            pyplot, setting, split_corpus, stdlib_corpus)
+from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at,
+                                           build_model, check_choice, check_drop_rates, check_number, check_positive,
+                                           drop_rates_field, environment, markdown_table, method_field, model_field,
+                                           option_name, pool_size_field, pyplot, setting, split_corpus, stdlib_corpus)
 
 from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE

@@ -1,5 +1,6 @@
-"""``dropbp bench recipe-time``: a shipped recipe's DropBP setting against the same recipe with DropBP off, at the
-baseline's training time, over seeds: does the setting a user gets by default lose anything in the same time?
+"""``dropbp bench recipe-time``: a shipped recipe's DropBP setting (or several ``contenders``, each a set of recipe
+keys) against the same recipe with DropBP off, at the baseline's training time, over seeds: does the setting a user
+gets lose anything in the same time?
 
 Per seed: the baseline (DropBP off) trains the recipe's steps; the recipe as written (the contender) trains the
 same steps, which gives its time per step; then the contender trains again for the baseline's time (its steps
@@ -9,9 +10,9 @@ of its exact match.
 
 Times leave evaluation out. By default they are read through the one study runner's step-time model
 (:mod:`.study`): short runs of DropBP off and uniform DropBP (and the recipe itself when its technique is not DropBP),
-timed in interleaved rounds, fix seconds per step as ``a + b x FLOPs``, and each run's time is its steps and training FLOPs (at the rates it realised) through it. So a
-run that trained while the machine was busy gets the same time as on a quiet machine, and a rerun gives the same
-steps. ``time_model: false`` sums the step clock instead (:func:`~dropbp.benchmarks.harness.step_clock`: on the
+timed in interleaved rounds, fix seconds per step as ``a + b x FLOPs``, and each run's time is its steps and
+training FLOPs (at the rates it realised) through it. So a run that trained while the machine was busy gets the
+same time as on a quiet machine, and a rerun gives the same steps. ``time_model: false`` sums the step clock instead (:func:`~dropbp.benchmarks.harness.step_clock`: on the
 CPU with one thread, the training thread's CPU time).
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (Naming, Problems, check_number, check_seed, environment, find_recipe, load_recipe,
-                            markdown_table, option_name, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (Naming, Problems, check_number, check_seed, environment, find_recipe,
+                                           load_recipe, markdown_table, option_name, pyplot, setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, adaptive_overhead_s, recipe_contender

@@ -21,10 +21,11 @@ from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
 from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER
-from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model, causal_lm_loss,
-                            check_choice, check_fits, check_int, check_non_negative, check_number, check_positive,
-                            check_seq_len, head_fraction, labelled_positions_loss, option_name, pool_size_field,
-                            resolve_sampler, sampler_field, set_checkpointing, setting)
+from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model,
+                                           causal_lm_loss, check_choice, check_fits, check_int, check_non_negative,
+                                           check_number, check_positive, check_seq_len, head_fraction,
+                                           labelled_positions_loss, option_name, pool_size_field, resolve_sampler,
+                                           sampler_field, set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 

@@ -6,9 +6,9 @@ The benchmarks layer imports the application only from here; a name a benchmark 
 from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
-from dropbp.recipes.config.fields import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE, Naming, add_command, check_choice, check_drop_rates, check_non_negative,
-                                          check_number, check_output_dir, check_positive, option_name, setting,
-                                          yaml_key)
+from dropbp.recipes.config.fields import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE, Naming, add_command,
+                                          check_choice, check_drop_rates, check_non_negative, check_number,
+                                          check_output_dir, check_positive, option_name, setting, yaml_key)
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
 from dropbp.recipes.config.options import (device_field, drop_rates_field, method_field, model_field, out_field,

@@ -14,9 +14,9 @@ from dropbp.backends import Backend
 from dropbp.core.progress import progress_bar
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes.for_benchmarks import (ByteTokenizer, DataSection, StepRunner, apply_method, batch_at, build_model, environment,
-                            family_folder, load_records, lr_scheduler, quantize_4bit, stdlib_corpus,
-                            teacher_forced_exact_match, to_windows, tokenize)
+from dropbp.recipes.for_benchmarks import (ByteTokenizer, DataSection, StepRunner, apply_method, batch_at, build_model,
+                                           environment, family_folder, load_records, lr_scheduler, quantize_4bit,
+                                           stdlib_corpus, teacher_forced_exact_match, to_windows, tokenize)
 
 from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE

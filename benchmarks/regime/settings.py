@@ -60,7 +60,7 @@ class RegimeSettings(StudySettings):
                                                             "uniform or (adaptive-sensitivity) allocated; "
                                                             "freeze-dropbp: the top half trained, DropBP at "
                                                             "contender_rate there)",
-                                          allowed="comma-separated, each one of baseline, dropbp, sensitivity, layerdrop, pld, freeze, schedule, adaptive, adaptive-sensitivity, freeze-dropbp; baseline included")
+                                          allowed=f"comma-separated, each one of {', '.join(CONTENDER_KINDS)}; baseline included")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)",
                             allowed=POSITIVE_NUMBER)
     batch_size: int = setting(16, "examples per step", allowed=POSITIVE)

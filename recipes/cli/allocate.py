@@ -11,8 +11,8 @@ from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.checks import check_seed
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.fields import (POSITIVE, RATE, add_command, check_choice, check_number, check_output_dir, check_positive,
-                                          setting)
+from dropbp.recipes.config.fields import (POSITIVE, RATE, add_command, check_choice, check_number, check_output_dir,
+                                          check_positive, setting)
 from dropbp.recipes.config.loader import Problems
 from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
 from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len

@@ -8,10 +8,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "dropbp_core", "backends", "recipes", "benchmarks")
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_wheel_holds_only_the_dropbp_namespace(tmp_path):
     source = tmp_path / "src"
     source.mkdir()

@@ -103,6 +103,7 @@ def _graphs_per_step(backend, sampler, steps, pool_size=3):
     return counts, masks
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_lazy_graph_count_follows_from_the_masks_replayed(habana_standin):
     """Each new mask is a new forward+backward graph (and at most one new optimizer graph); with the pool sampler
     every mask has been seen after K steps, so the count stops growing there."""

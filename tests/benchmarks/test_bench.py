@@ -145,6 +145,7 @@ def test_a_train_run_survives_its_json_form():
     assert TrainRun.from_dict(data) == run
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_convergence_small_run_and_pretrain_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPBP_CACHE", str(tmp_path))
     settings = ConvergenceSettings(drop_rates=(0.5,), pretrain_steps=2, steps=3, eval_every=1, eval_windows=2,

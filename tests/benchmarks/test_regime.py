@@ -122,6 +122,7 @@ def test_the_run_cache_key_ignores_settings_that_only_read_runs():
     assert runs_key(small(epochs=0.03), cpu) != key
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_regimes_differ_in_what_pretraining_saw_and_families_in_what_is_fine_tuned():
     strings, numbers = task_data(40, "strings"), task_data(48, "numbers")
     assert len(strings.train_ids) == 5888 and len(numbers.train_ids) == 3800

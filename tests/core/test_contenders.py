@@ -102,6 +102,7 @@ def test_pld_starts_full_and_drops_deeper_blocks_more():
     assert fractions[0] < fractions[1]  # the keep probability falls over time
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_pld_masks_are_a_function_of_seed_and_step():
     def engine(seed):
         return LayerDrop.progressive(tiny_model(layers=4), theta_bar=0.3, gamma=0.05, seed=seed)

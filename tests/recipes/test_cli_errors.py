@@ -154,6 +154,7 @@ def test_ctrl_c_during_import_and_during_work_exits_130_without_traceback(tmp_pa
             assert "interrupted" in err, err
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_allocate_measures_on_a_recipes_labelled_batch(tmp_path, capsys):
     out = tmp_path / "a"
     assert main(["allocate", "--model", "tiny", "--method", "lora", "--data", "tiny-tasks", "--batch-size", "2",

@@ -64,6 +64,7 @@ def run(out: Path, *overrides: str, resume: bool = False, signal_at: int | None 
 losses = logged_losses
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_two_runs_on_one_folder_exactly_one_runs(tmp_path):
     out = tmp_path / "run"
     first = job(out, "train.steps=1")
@@ -89,6 +90,7 @@ def test_a_lock_of_a_dead_process_is_not_obeyed_and_a_failed_start_leaves_no_fol
     assert not fresh.exists()  # nothing half-written on disk
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_sigterm_checkpoints_at_the_next_step_and_resume_equals_the_uninterrupted_run(tmp_path):
     steps = ("train.steps=30",)
     run(tmp_path / "whole", *steps)
@@ -132,6 +134,7 @@ def test_a_damaged_checkpoint_is_detected_and_the_previous_intact_one_is_used(tm
     assert losses(out) == losses(tmp_path / "whole")
 
 
+@pytest.mark.slow  # seconds, not a unit check: make test runs it, test-fast does not
 def test_a_checkpoint_claiming_another_step_is_refused(tmp_path):
     out = tmp_path / "run"
     run(out, "train.steps=4")
