@@ -150,8 +150,9 @@ def figure(result: dict[str, Any]) -> Any:
     for s in result["settings"]:
         blocks = [r for r in s["blocks"] if r["block"] != "all" and r["block"] >= 0]
         x = [r["block"] for r in blocks]
-        axes[0].plot(x, [r["cos_when_trained"] or 0.0 for r in blocks], "o-", ms=3, label=s["label"])
-        axes[1].plot(x, [r["mean_cos"] for r in blocks], "s-", ms=3, label=s["label"])
+        style = dict(color="black", linestyle="--") if s["allocation"] == "none" else {}  # the noise floor
+        axes[0].plot(x, [r["cos_when_trained"] or 0.0 for r in blocks], "o-", ms=3, label=s["label"], **style)
+        axes[1].plot(x, [r["mean_cos"] for r in blocks], "s-", ms=3, label=s["label"], **style)
     axes[0].set(xlabel="decoder block (0 = nearest the input)", ylabel="cosine with the exact gradient",
                 ylim=(-0.1, 1.05), title="one mask (when the block trains)")
     axes[1].set(xlabel="decoder block (0 = nearest the input)", title=f"mean of {result['masks']} masks")

@@ -125,9 +125,10 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
 
 def study_cache(settings: RecipeTimeSettings) -> Path:
     """Where a recipe-time study keeps its finished runs and clock, so that a stopped study resumes: a folder of
-    the cache keyed by the recipe's text, the overrides, the clock settings and this machine's threads."""
+    the cache keyed by the recipe's text, the overrides and the threads (the runs are the same whether their times
+    are then read through the step-time model or not)."""
     text = Path(find_recipe(settings.recipe)).read_text(encoding="utf-8")
-    key = json.dumps([text, list(settings.overrides), settings.time_model, settings.threads, torch.get_num_threads()])
+    key = json.dumps([text, list(settings.overrides), settings.threads, torch.get_num_threads()])
     return cache_dir() / "studies" / f"recipe-time-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
