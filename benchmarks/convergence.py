@@ -17,6 +17,7 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.progress import progress_bar
+from dropbp.recipes.for_benchmarks import seq_len_field
 from dropbp.recipes.for_benchmarks import POSITIVE, POSITIVE_NUMBER
 from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at,
                                            build_model, check_choice, check_drop_rates, check_number, check_positive,
@@ -51,8 +52,7 @@ class ConvergenceSettings(StudySettings):
     max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps",
                                      allowed="finite number >= 1")
     batch_size: int = setting(8, "sequences per step", allowed=POSITIVE)
-    seq_len: int = setting(128, "tokens per sequence",
-                           allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
+    seq_len: int = seq_len_field(128, "tokens per sequence")
     lr: float = setting(1e-3, "AdamW learning rate of fine-tuning", allowed=POSITIVE_NUMBER)
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     eval_every: int = setting(10, "steps between validation-loss evaluations", allowed=POSITIVE)

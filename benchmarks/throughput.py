@@ -20,6 +20,7 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
+from dropbp.recipes.for_benchmarks import seq_len_field
 from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER
 from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model,
                                            causal_lm_loss, check_choice, check_fits, check_int, check_non_negative,
@@ -37,8 +38,7 @@ CHECKPOINTED = "checkpointing "
 class ThroughputSettings(ModelBenchSettings):
     """Everything a throughput run depends on; :meth:`validate` checks it before any work starts."""
 
-    seq_len: int = setting(512, "tokens per sequence",
-                           allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
+    seq_len: int = seq_len_field(512, "tokens per sequence")
     batch_size: int = setting(2, "sequences per step", allowed=POSITIVE)
     warmup: int = setting(2, "warm-up rounds, not timed (at least the pool size when graphs compile per mask)",
                           allowed=NON_NEGATIVE)

@@ -13,7 +13,7 @@ from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
 from dropbp.recipes.config.options import (device_field, drop_rates_field, method_field, model_field, out_field,
                                            pool_size_field, precision_field, resolve_model, resolve_sampler,
-                                           sampler_field, seed_field)
+                                           sampler_field, seed_field, seq_len_field)
 from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 from dropbp.recipes.config.schema import DataSection, load_recipe
@@ -42,6 +42,6 @@ __all__ = ["DEFAULT_LORA_RANK", "IGNORE", "NON_NEGATIVE", "POSITIVE", "POSITIVE_
            "labelled_positions_loss", "load_recipe", "load_records", "lr_scheduler", "markdown_table",
            "method_field", "mib", "model_field", "option_name", "out_field", "pool_size_field", "precision_field",
            "publish", "pyplot", "quantize_4bit", "read_yaml", "resolve_model", "resolve_sampler", "results_folder",
-           "sampler_field", "seed_field", "set_checkpointing", "setting", "split_corpus", "stdlib_corpus",
+           "sampler_field", "seed_field", "seq_len_field", "set_checkpointing", "setting", "split_corpus", "stdlib_corpus",
            "step_costs", "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops",
            "write_text_atomic", "yaml_key"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
+from dropbp.recipes.for_benchmarks import seq_len_field
 from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE
 from dropbp.recipes.for_benchmarks import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
                             check_non_negative, check_number, check_positive, check_seed, option_name, setting)
@@ -64,8 +65,7 @@ class RegimeSettings(StudySettings):
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)",
                             allowed=POSITIVE_NUMBER)
     batch_size: int = setting(16, "examples per step", allowed=POSITIVE)
-    seq_len: int = setting(40, "tokens per example window (one example per window)",
-                           allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
+    seq_len: int = seq_len_field(40, "tokens per example window (one example per window)")
     eval_every: int = setting(23, "steps between evaluations", allowed=POSITIVE)
     warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay", allowed=NON_NEGATIVE)
     pld_gamma_scale: float = setting(10.0, "PLD's gamma times the run's step count (how fast keep probability falls)",

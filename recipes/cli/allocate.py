@@ -14,7 +14,7 @@ from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.recipes.config.fields import (POSITIVE, RATE, add_command, check_choice, check_number, check_output_dir,
                                           check_positive, setting)
 from dropbp.recipes.config.loader import Problems
-from dropbp.recipes.config.options import device_field, method_field, model_field, out_field
+from dropbp.recipes.config.options import device_field, seq_len_field, method_field, model_field, out_field
 from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 
@@ -45,8 +45,7 @@ class AllocateSettings:
                                   "batch of its training data through the model's own tokenizer, with the recipe's "
                                   "labels; seq_len is the recipe's), e.g. smollm2-tasks",
                         allowed="corpus, a shipped recipe (dropbp recipes ls) or a recipe file")
-    seq_len: int = setting(256, "tokens per sequence",
-                           allowed="integer >= 1, at most the model's max_position_embeddings (8192 for the presets)")
+    seq_len: int = seq_len_field(256, "tokens per sequence")
     batch_size: int = setting(4, "sequences in the batch", allowed=POSITIVE)
     seed: int = setting(0, "seed for the weights and the batch", allowed="integer in [0, 2**32)")
     out: Path | None = out_field()

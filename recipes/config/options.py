@@ -53,6 +53,12 @@ def drop_rates_field() -> Any:
                    allowed=f"comma-separated, at least one, each a {RATE}")
 
 
+def seq_len_field(default: int, help: str = "tokens per sequence") -> Any:
+    """``seq_len``: tokens per sequence, at most the model's context."""
+    return setting(default, help,
+                   allowed=f"{POSITIVE}, at most the model's max_position_embeddings (8192 for the presets)")
+
+
 def sampler_field() -> Any:
     """``sampler``: bernoulli, pool, or the device's default."""
     return setting("auto", "drop sampler; auto = the device's default: pool on hpu (every new mask is a new compiled "
