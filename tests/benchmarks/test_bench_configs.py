@@ -43,6 +43,7 @@ def test_bad_configs_exit_2_listing_every_problem(tmp_path, capsys, text, needle
     assert "Traceback" not in err and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # a whole (small) benchmark run
 def test_a_config_runs_with_overrides(tmp_path):
     out = tmp_path / "res"
     assert main(["bench", "--config", str(ROOT / "benchmarks/configs/throughput-cpu-lora.yaml"), "throughput.steps=1",

@@ -153,6 +153,7 @@ def saved_checkpoint(tmp_path_factory) -> Path:
     return out / "checkpoints" / "step-000002"
 
 
+@pytest.mark.slow  # trains a run to damage first: make test runs it, test-fast does not
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_damage_to_a_checkpoint_is_always_detected(saved_checkpoint, tmp_path, data):
