@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.for_benchmarks import (Naming, Problems, check_output_dir, markdown_table, option_name, publish,
-                                           pyplot, results_folder, setting)
+from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, check_output_dir, markdown_table, option_name,
+                                           publish, pyplot, results_folder, setting)
 
 from .paper import PAPER_THROUGHPUT
 from .throughput_report import mark_paper_points, paper_line
@@ -27,7 +27,7 @@ class CompareSettings:
                                      positional=True, metavar="DIR",
                                      allowed="one or more folders, each holding a throughput.json from dropbp bench throughput")
     out: Path | None = setting(None, "where compare.{json,md,png} are written (default: results/compare)",
-                               allowed="a folder that exists and is writable, or can be created")
+                               allowed=FOLDER)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         """Record every problem in ``p`` (``name``: how errors call a field)."""

@@ -15,10 +15,9 @@ from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
-from dropbp.recipes.for_benchmarks import POSITIVE, RATE
-from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, apply_method, build_model, check_choice,
-                                           check_positive, environment, markdown_table, method_field, option_name,
-                                           pool_size_field, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, POSITIVE, RATE, Naming, Problems, StepRunner, apply_method,
+                                           build_model, check_choice, check_positive, environment, markdown_table,
+                                           method_field, option_name, pool_size_field, pyplot, setting)
 
 from .harness import BenchSettings, run_benchmark
 
@@ -36,7 +35,7 @@ class CompilesSettings(BenchSettings):
     steps: int = setting(200, "training steps", allowed=POSITIVE)
     compile_backend: str = setting("aot_eager", "dynamo backend; aot_eager traces forward and backward without code "
                                                 "generation, inductor also generates kernels (slow on the CPU)",
-                                   allowed="a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)")
+                                   allowed=COMPILE_BACKEND)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

@@ -17,12 +17,11 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.for_benchmarks import seq_len_field
-from dropbp.recipes.for_benchmarks import POSITIVE, POSITIVE_NUMBER
-from dropbp.recipes.for_benchmarks import (Naming, Problems, StepRunner, VOCAB_SIZE, apply_method, batch_at,
-                                           build_model, check_choice, check_drop_rates, check_number, check_positive,
-                                           drop_rates_field, environment, markdown_table, method_field, model_field,
-                                           option_name, pool_size_field, pyplot, setting, split_corpus, stdlib_corpus)
+from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, Naming, Problems, StepRunner,
+                                           apply_method, batch_at, build_model, check_choice, check_drop_rates,
+                                           check_number, check_positive, drop_rates_field, environment, markdown_table,
+                                           method_field, model_field, option_name, pool_size_field, pyplot,
+                                           seq_len_field, setting, split_corpus, stdlib_corpus)
 
 from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE
@@ -40,9 +39,9 @@ class ConvergenceSettings(StudySettings):
     method: str = method_field("full", ("full", "lora"))
     drop_rates: tuple[float, ...] = drop_rates_field()
     compare_pool_at: float | None = setting(0.875, "also run this rate with the pool sampler (none: skip)",
-                                            allowed="number in [0, 1), or none")
+                                            allowed=f"{RATE}, or none")
     sensitivity_at: float | None = setting(0.875, "also run this rate with sensitivity-based rates (none: skip)",
-                                           allowed="number in [0, 1), or none")
+                                           allowed=f"{RATE}, or none")
     sensitivity_allocators: tuple[str, ...] = setting(("paper", "optimal"), "allocators for the sensitivity runs, "
                                                                             "comma-separated (paper, optimal)",
                                                       allowed="comma-separated, each paper or optimal")

@@ -16,7 +16,9 @@ parameters together):
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropbp.core.branches import DiscoveredBranches, find_branches
 from dropbp.core.engine import DropBP
 
 _BLOCK = re.compile(r"\.layers\.(\d+)\.")
@@ -74,11 +77,7 @@ def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], tor
             sampled.append(_gradients(model, loss_fn, batch, params))
     finally:
         dropbp.remove()
-    order = sorted(exact)
-    exact["all"] = torch.cat([exact[b] for b in order])
-    for grads in sampled:
-        grads["all"] = torch.cat([grads[b] for b in order])
-    return [_agreement(block, exact[block], [grads[block] for grads in sampled]) for block in (*order, "all")]
+    return _rows(exact, sampled)
 
 
 def batch_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
@@ -87,11 +86,18 @@ def batch_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.
     ``other`` agrees with the exact gradient of ``batch`` (what changing the batch alone does to the direction)."""
     model.train()
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
-    exact = _gradients(model, loss_fn, batch, params)
-    another = _gradients(model, loss_fn, other, params)
+    return _rows(_gradients(model, loss_fn, batch, params), [_gradients(model, loss_fn, other, params)])
+
+
+def _rows(exact: dict[int, torch.Tensor], sampled: list[dict[int, torch.Tensor]]) -> list[dict[str, Any]]:
+    """The agreement of ``sampled`` gradients with ``exact`` per block, then of all blocks together (``"all"``)."""
     order = sorted(exact)
-    exact["all"], another["all"] = torch.cat([exact[b] for b in order]), torch.cat([another[b] for b in order])
-    return [_agreement(block, exact[block], [another[block]]) for block in (*order, "all")]
+
+    def whole(grads: dict[int, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([grads[block] for block in order])
+
+    rows = [_agreement(block, exact[block], [grads[block] for grads in sampled]) for block in order]
+    return [*rows, _agreement("all", whole(exact), [whole(grads) for grads in sampled])]
 
 
 def _agreement(block: int | str, full: torch.Tensor, grads: list[torch.Tensor]) -> dict[str, Any]:
@@ -162,14 +168,13 @@ def figure(result: dict[str, Any]) -> Any:
     return fig
 
 
-def settings_for(dropbp: DropBP, drop_rates: Sequence[float], allocations: Sequence[str]) -> list[dict[str, Any]]:
+def settings_for(found: DiscoveredBranches, drop_rates: Sequence[float],
+                 allocations: Sequence[str]) -> list[dict[str, Any]]:
     """``(label, allocation, drop rate, per-branch rates)`` for every allocation at every drop rate; an allocation
     that names a JSON file (``dropbp allocate``'s result) is its branch rates, at the rate it was made for."""
-    import json
-
     from dropbp.core.allocation import depth_sensitivity, drop_fraction, optimal_rates, uniform_rates
 
-    layers = [b.layer for b in dropbp.branches]
+    layers = [b.layer for b in found.branches]
     out = []
     for allocation in allocations:
         if allocation.endswith(".json"):
@@ -180,10 +185,10 @@ def settings_for(dropbp: DropBP, drop_rates: Sequence[float], allocations: Seque
             continue
         for p in drop_rates:
             rates = (uniform_rates(len(layers), p) if allocation == "uniform"
-                     else optimal_rates(dropbp.flops, depth_sensitivity(layers), p))
+                     else optimal_rates(found.flops, depth_sensitivity(layers), p))
             out.append({"label": f"{allocation} p={p:g}", "allocation": allocation, "drop_rate": p, "rates": rates})
     for s in out:
-        s["drop_fraction"] = drop_fraction(dropbp.flops, s["rates"])
+        s["drop_fraction"] = drop_fraction(found.flops, s["rates"])
     return out
 
 
@@ -221,9 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if args.after_steps:
                 job.train()
             batch = job.data.batch(args.after_steps, 0, 1, recipe.train.micro_batch_size, 0, 1)
-            probe = DropBP(job.model, 0.0, seq_len=recipe.data.seq_len)
-            settings = settings_for(probe, drop_rates, allocations)
-            probe.remove()
+            settings = settings_for(find_branches(job.model, seq_len=recipe.data.seq_len), drop_rates, allocations)
             other = job.data.batch(args.after_steps + 1, 0, 1, recipe.train.micro_batch_size, 0, 1)
             settings.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0,
                                 "rates": None, "drop_fraction": 0.0,
@@ -235,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             job.cleanup()
     result = {"benchmark": "gradient-agreement", "recipe": args.recipe, "method": recipe.model.method,
               "masks": args.masks, "after_steps": args.after_steps, "batch": list(batch[0].shape),
-              "command": "python -m dropbp.benchmarks.gradient_agreement " + " ".join(argv or __import__("sys").argv[1:]),
+              "command": "python -m dropbp.benchmarks.gradient_agreement " + " ".join(sys.argv[1:] if argv is None else argv),
               "settings": settings}
     publish(args.out, "gradient-agreement", result, markdown(result), figure(result))
     return result

@@ -18,12 +18,11 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import NON_NEGATIVE
-from dropbp.recipes.for_benchmarks import (Naming, Problems, cache_root, check_choice, check_drop_rates, check_method,
-                                           check_model, check_non_negative, check_output_dir, check_seed, device_field,
-                                           drop_rates_field, method_field, model_field, option_name, out_field,
-                                           precision_field, publish, resolve_model, results_folder, seed_field, setting,
-                                           write_text_atomic)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, Naming, Problems, cache_root, check_choice, check_drop_rates,
+                                           check_method, check_model, check_non_negative, check_output_dir, check_seed,
+                                           device_field, drop_rates_field, method_field, model_field, option_name,
+                                           out_field, precision_field, publish, resolve_model, results_folder,
+                                           seed_field, setting, write_text_atomic)
 
 S = TypeVar("S", bound="BenchSettings")
 

@@ -24,10 +24,9 @@ from dropbp.core.memory import captured_block_inputs, rerun_saved_bytes, saved_a
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes.for_benchmarks import POSITIVE
-from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, Naming, Problems, StepRunner, apply_method, build_model,
-                                           check_fits, check_positive, environment, markdown_table, mib, option_name,
-                                           pool_size_field, pyplot, set_checkpointing, setting)
+from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, POSITIVE, Naming, Problems, StepRunner, apply_method,
+                                           build_model, check_fits, check_positive, environment, markdown_table, mib,
+                                           option_name, pool_size_field, pyplot, set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 from .paper import PAPER_MEMORY

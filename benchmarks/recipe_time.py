@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (Naming, Problems, check_number, check_seed, environment, find_recipe,
-                                           load_recipe, markdown_table, option_name, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, check_number, check_seed,
+                                           environment, find_recipe, load_recipe, markdown_table, option_name, pyplot,
+                                           setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, adaptive_overhead_s, recipe_contender
@@ -52,11 +53,11 @@ class RecipeTimeSettings(StudySettings):
     cache_runs: bool = setting(False, "keep each finished run (and the clock) in the cache folder, so that a study "
                                       "stopped part-way resumes where it was")
     seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison",
-                                     allowed="comma-separated, at least one, each an integer in [0, 2**32)")
+                                     allowed=SEEDS)
     loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
-                                                    "validation loss (relative)", allowed="finite number >= 0")
+                                                    "validation loss (relative)", allowed=NON_NEGATIVE_NUMBER)
     match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)",
-                                  allowed="finite number >= 0")
+                                  allowed=NON_NEGATIVE_NUMBER)
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         if not self.seeds:

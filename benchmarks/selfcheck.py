@@ -22,9 +22,8 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core import DropBP
 from dropbp.core.exactness import check_masks
-from dropbp.recipes.for_benchmarks import POSITIVE
-from dropbp.recipes.for_benchmarks import (Naming, Problems, build_model, check_positive, markdown_table, option_name,
-                                           pyplot, setting)
+from dropbp.recipes.for_benchmarks import (POSITIVE, Naming, Problems, build_model, check_positive, markdown_table,
+                                           option_name, pyplot, setting)
 
 from .compiles import count_compiles
 from .harness import BenchSettings, run_benchmark

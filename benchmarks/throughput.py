@@ -20,13 +20,12 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.for_benchmarks import seq_len_field
-from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER
-from dropbp.recipes.for_benchmarks import (IGNORE, Naming, Problems, StepRunner, apply_method, build_model,
-                                           causal_lm_loss, check_choice, check_fits, check_int, check_non_negative,
-                                           check_number, check_positive, check_seq_len, head_fraction,
-                                           labelled_positions_loss, option_name, pool_size_field, resolve_sampler,
-                                           sampler_field, set_checkpointing, setting)
+from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, IGNORE, NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, Naming,
+                                           Problems, StepRunner, apply_method, build_model, causal_lm_loss,
+                                           check_choice, check_fits, check_int, check_non_negative, check_number,
+                                           check_positive, check_seq_len, head_fraction, labelled_positions_loss,
+                                           option_name, pool_size_field, resolve_sampler, sampler_field, seq_len_field,
+                                           set_checkpointing, setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 
@@ -49,7 +48,7 @@ class ThroughputSettings(ModelBenchSettings):
     checkpointing: bool = setting(False, "also time activation checkpointing alone and with DropBP at each rate "
                                          "(non-reentrant; eager only)")
     compile_backend: str | None = setting(None, "dynamo backend for --compile (default: the device backend's own)",
-                                          allowed="a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)")
+                                          allowed=COMPILE_BACKEND)
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)",
                                 allowed=POSITIVE)
     lr: float = setting(1e-5, "AdamW learning rate of the timed steps", allowed=POSITIVE_NUMBER)

@@ -6,7 +6,8 @@ The benchmarks layer imports the application only from here; a name a benchmark 
 from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
-from dropbp.recipes.config.fields import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE, Naming, add_command,
+from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE,
+                                          POSITIVE_NUMBER, RATE, SEEDS, Naming, add_command,
                                           check_choice, check_drop_rates, check_non_negative, check_number,
                                           check_output_dir, check_positive, option_name, setting, yaml_key)
 from dropbp.recipes.config.gguf_source import cache_root
@@ -33,7 +34,8 @@ from dropbp.recipes.training.optim import lr_scheduler
 from dropbp.recipes.training.rates import step_costs
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
-__all__ = ["DEFAULT_LORA_RANK", "IGNORE", "NON_NEGATIVE", "POSITIVE", "POSITIVE_NUMBER", "RATE", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
+__all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
+           "POSITIVE_NUMBER", "RATE", "SEEDS", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
            "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
            "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",

@@ -6,10 +6,10 @@ from typing import Any
 
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes.for_benchmarks import seq_len_field
-from dropbp.recipes.for_benchmarks import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATE
-from dropbp.recipes.for_benchmarks import (Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
-                            check_non_negative, check_number, check_positive, check_seed, option_name, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, RATE, SEEDS,
+                                           Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
+                                           check_non_negative, check_number, check_positive, check_seed, option_name,
+                                           seq_len_field, setting)
 
 from ..harness import StudySettings
 from ..study import Contender
@@ -50,7 +50,7 @@ class RegimeSettings(StudySettings):
     lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)",
                                      allowed="comma-separated, at least one, each a finite number > 0")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate",
-                                     allowed="comma-separated, at least one, each an integer in [0, 2**32)")
+                                     allowed=SEEDS)
     schedules: tuple[str, ...] = setting(("cosine",), "the schedule family's drop-rate schedules, each from "
                                                       "contender_rate: cosine, linear or steps (decay to 0), "
                                                       "warmup (0 for the first quarter, then constant)",
@@ -69,7 +69,7 @@ class RegimeSettings(StudySettings):
     eval_every: int = setting(23, "steps between evaluations", allowed=POSITIVE)
     warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay", allowed=NON_NEGATIVE)
     pld_gamma_scale: float = setting(10.0, "PLD's gamma times the run's step count (how fast keep probability falls)",
-                                     allowed="finite number >= 0")
+                                     allowed=NON_NEGATIVE_NUMBER)
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)", allowed=POSITIVE)
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more than "

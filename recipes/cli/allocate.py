@@ -11,10 +11,10 @@ from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.checks import check_seed
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.fields import (POSITIVE, RATE, add_command, check_choice, check_number, check_output_dir,
-                                          check_positive, setting)
+from dropbp.recipes.config.fields import (POSITIVE, RATE, SEED, add_command, check_choice, check_number,
+                                          check_output_dir, check_positive, setting)
 from dropbp.recipes.config.loader import Problems
-from dropbp.recipes.config.options import device_field, seq_len_field, method_field, model_field, out_field
+from dropbp.recipes.config.options import device_field, method_field, model_field, out_field, seq_len_field
 from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 
@@ -47,7 +47,7 @@ class AllocateSettings:
                         allowed="corpus, a shipped recipe (dropbp recipes ls) or a recipe file")
     seq_len: int = seq_len_field(256, "tokens per sequence")
     batch_size: int = setting(4, "sequences in the batch", allowed=POSITIVE)
-    seed: int = setting(0, "seed for the weights and the batch", allowed="integer in [0, 2**32)")
+    seed: int = setting(0, "seed for the weights and the batch", allowed=SEED)
     out: Path | None = out_field()
 
     def validate(self) -> None:
@@ -58,7 +58,7 @@ class AllocateSettings:
         p.check(check_model, self.model)
         model_ok = len(p.items) == before
         p.check(check_method, self.method)
-        p.check(validate_drop_rate, self.drop_rate, "--drop-rate")
+        rate = p.check(validate_drop_rate, self.drop_rate, "--drop-rate")
         p.check(check_choice, "--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
         p.check(check_choice, "--allocator", self.allocator, ALLOCATORS)
         p.check(check_choice, "--compare", self.compare, (None, "exact"))
@@ -71,9 +71,8 @@ class AllocateSettings:
         if self.data != "corpus":
             p.check(find_recipe, self.data)
         cap = p.check(check_number, "--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
-        if self.allocator != "uniform" and cap is not None and isinstance(self.drop_rate, float) \
-                and 0 <= self.drop_rate < 1:
-            p.check(check_feasible, self.drop_rate, self.cap)
+        if self.allocator != "uniform" and cap is not None and rate is not None:
+            p.check(check_feasible, rate, cap)
         p.raise_if_any()
 
 

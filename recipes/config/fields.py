@@ -30,6 +30,11 @@ POSITIVE = "integer >= 1"
 NON_NEGATIVE = "integer >= 0"
 RATE = "number in [0, 1)"
 POSITIVE_NUMBER = "finite number > 0"
+NON_NEGATIVE_NUMBER = "finite number >= 0"
+SEED = "integer in [0, 2**32)"
+SEEDS = f"comma-separated, at least one, each an {SEED}"
+FOLDER = "a folder that exists and is writable, or can be created"
+COMPILE_BACKEND = "a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)"
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,

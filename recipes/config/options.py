@@ -8,7 +8,7 @@ from dropbp.backends import DEVICE_CHOICES, PRECISIONS, Backend
 from dropbp.core.samplers import SAMPLERS
 from dropbp.recipes.config.gguf_source import NAMED_MODELS
 from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
-from dropbp.recipes.config.fields import POSITIVE, RATE, setting
+from dropbp.recipes.config.fields import FOLDER, POSITIVE, RATE, SEED, setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
 
@@ -21,13 +21,13 @@ def device_field() -> Any:
 
 def seed_field() -> Any:
     """``seed``: weights, data and masks."""
-    return setting(0, "seed for the weights, the data and the masks", allowed="integer in [0, 2**32)")
+    return setting(0, "seed for the weights, the data and the masks", allowed=SEED)
 
 
 def out_field() -> Any:
     """``out``: the results folder."""
     return setting(None, "results folder (default: results/<device>)",
-                   allowed="a folder that exists and is writable, or can be created")
+                   allowed=FOLDER)
 
 
 MODEL_ALLOWED = (f"a preset ({', '.join(PRESETS)}), `auto` where offered, a named model ({', '.join(NAMED_MODELS)}), a "
