@@ -102,6 +102,7 @@ def test_memory_search_bisection():
     assert len(probes) < 20
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 @given(limit=st.integers(0, 20000), upper=st.integers(1, 20000), guess=st.integers(1, 30000))
 @hypothesis_settings(max_examples=300, deadline=None)
 def test_memory_search_from_a_guess_finds_what_doubling_finds(limit, upper, guess):
@@ -203,6 +204,7 @@ def test_memory_bench_searches_checkpointing_alone_and_with_dropbp(tmp_path):
     assert "checkpointing alone reaches" in (out / "memory.md").read_text()
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_bench_throughput_from_python_with_a_settings_object_and_no_argparse(tmp_path, monkeypatch, capsys):
     import argparse
 
@@ -243,6 +245,7 @@ def test_the_checkpointing_section_names_the_pairs_at_equal_memory_and_at_equal_
     assert "the least memory is checkpointing dropbp p=0.5: 4%" in checkpointing_section(result)[-1]
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_throughput_times_checkpointing_alone_and_with_dropbp(tmp_path, capsys):
     from dropbp.benchmarks import throughput
 

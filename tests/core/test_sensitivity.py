@@ -28,7 +28,7 @@ def setup(method, seed, text, width=64):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_fast_ranks_like_exact_at_a_fraction_of_the_cost(method, seed, text):
     model, dropbp, batch = setup(method, seed, text)
     exact = exact_sensitivity(model, dropbp, batch)

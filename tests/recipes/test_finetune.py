@@ -47,6 +47,7 @@ def run(name: str, out: Path, *overrides: str, resume: bool = False) -> dict:
 losses = logged_losses
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     out = tmp_path / "run"
     summary = run("tiny-tasks", out, "train.steps=60", "train.eval_every=30", "train.save_every=0",
@@ -81,6 +82,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, name):
     assert losses(parts) == losses(whole)  # bit-identical: the CSV holds repr() of each float
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_resume_refuses_a_changed_recipe_and_a_fresh_run_refuses_a_used_folder(tmp_path):
     from dropbp.core.errors import ConfigError
 
@@ -176,6 +178,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_a_lora_checkpoint_loads_with_plain_peft(tmp_path):
     from peft import PeftModel
 
@@ -195,6 +198,7 @@ def test_a_lora_checkpoint_loads_with_plain_peft(tmp_path):
     assert any(not torch.all(v == 0) for k, v in saved.items() if "lora_B" in k)  # trained, not the zero init
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_a_step_is_an_optimizer_step_micro_batches_share_its_mask(tmp_path):
     out = tmp_path / "run"
     run("tiny-tasks", out, "train.steps=3", "train.grad_accum=2", "train.eval_every=0", "train.log_masks=true",
@@ -230,6 +234,7 @@ def test_recipes_run_layerdrop_and_pld_with_masks_from_seed_and_step(tmp_path, t
     assert summary["finished"]
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_each_step_is_timed_by_the_runs_clock_and_the_runs_flops_follow_the_rates_it_realised(tmp_path):
     recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "train.steps=4", "train.eval_every=0",
                                                    "dropbp.allocation=uniform"], device="cpu")
@@ -251,6 +256,7 @@ def test_each_step_is_timed_by_the_runs_clock_and_the_runs_flops_follow_the_rate
     assert 0 < realised < 1 and 1 - flops / full == pytest.approx(realised * backward_share, rel=1e-9)
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_recipes_run_layer_freezing_and_frozen_weights_do_not_move(tmp_path):
     recipe = load_recipe(shipped()["tiny-tasks"], [*TINY, "train.steps=3", "train.eval_every=0", "train.save_every=0",
                                                    "dropbp.technique=freeze", "technique.train_top_layers=1"],
@@ -287,6 +293,7 @@ def test_recipe_refuses_sensitivity_allocation_with_another_technique():
                     device="cpu")
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_freeze_and_dropbp_combined_freeze_the_bottom_and_drop_above(tmp_path):
     four = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, "
             "num_key_value_heads: 2}"]

@@ -128,6 +128,7 @@ YAML_TEXT = st.one_of(
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 @given(text=YAML_TEXT)
 def test_random_yaml_gives_a_clean_error_or_a_valid_recipe(text):
     try:

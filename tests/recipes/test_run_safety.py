@@ -197,6 +197,7 @@ def test_the_divergence_guard_stops_non_finite_and_exploding_losses():
         DivergenceGuard().check(1, float("nan"))
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_a_diverged_run_exits_3_and_keeps_no_bad_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "tiny-tasks-lora", *SMALL, "train.steps=6", "optim.lr=1e30", "--output-dir", str(out),

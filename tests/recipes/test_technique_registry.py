@@ -38,6 +38,7 @@ def skip_top():
     _REGISTRY.pop("skip-top")
 
 
+@pytest.mark.slow  # seconds of training: make test runs it, the fast lane does not
 def test_a_registered_technique_trains_through_dropbp_train(skip_top, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "tiny-tasks", "--device", "cpu", "--output-dir", str(out), "train.steps=3",
