@@ -60,16 +60,18 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
                        drop_rate: float, masks: int = 8, seed: int = 0, seq_len: int = 2048, *,
-                       rates: Sequence[float] | None = None) -> list[dict[str, Any]]:
+                       rates: Sequence[float] | None = None, train_output_projection: bool = False) -> list[dict[str, Any]]:
     """Per block: how DropBP's gradient at ``drop_rate`` (or per-branch ``rates``; ``masks`` masks drawn from
     ``seed``) agrees with the exact gradient on ``batch`` (see the module docstring). The last row, block ``"all"``,
-    is every trainable parameter together. The model is left without an engine and without gradients."""
+    is every trainable parameter together. ``train_output_projection``: the engine's option of that name (a dropped
+    branch still trains the layer it ends with). The model is left without an engine and without gradients."""
     if DropBP.of(model) is not None:
         raise ValueError("gradient_agreement measures the exact gradient itself: remove the model's engine first.")
     model.train()
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     exact = _gradients(model, loss_fn, batch, params)
-    dropbp = DropBP(model, drop_rate, rates=rates, seed=seed, seq_len=seq_len)
+    dropbp = DropBP(model, drop_rate, rates=rates, seed=seed, seq_len=seq_len,
+                    train_output_projection=train_output_projection)
     try:
         sampled = []
         for step in range(masks):
@@ -205,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--drop-rates", default="0.5", help="comma-separated rates in [0, 1)")
     parser.add_argument("--allocations", default="uniform",
                         help=f"comma-separated, each one of {', '.join(ALLOCATIONS)} or a dropbp allocate JSON result")
+    parser.add_argument("--output-projection", action="store_true",
+                        help="each setting also with dropbp.train_output_projection (a dropped branch still trains "
+                             "the layer it ends with)")
     parser.add_argument("--masks", type=int, default=8)
     parser.add_argument("--after-steps", type=int, default=0, help="exact (DropBP off) training steps first")
     parser.add_argument("--out", type=Path, default=Path("results/cpu"))
@@ -227,13 +232,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 job.train()
             batch = job.data.batch(args.after_steps, 0, 1, recipe.train.micro_batch_size, 0, 1)
             settings = settings_for(find_branches(job.model, seq_len=recipe.data.seq_len), drop_rates, allocations)
+            if args.output_projection:
+                settings = [twin for s in settings for twin in
+                            (s, {**s, "label": f"{s['label']}, output projection trained", "output_projection": True})]
             other = job.data.batch(args.after_steps + 1, 0, 1, recipe.train.micro_batch_size, 0, 1)
             settings.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0,
                                 "rates": None, "drop_fraction": 0.0,
                                 "blocks": batch_agreement(job.model, job.loss_fn, batch, other)})
             for s in settings[1:]:
                 s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], args.masks,
-                                                 seq_len=recipe.data.seq_len, rates=s["rates"])
+                                                 seq_len=recipe.data.seq_len, rates=s["rates"],
+                                                 train_output_projection=s.get("output_projection", False))
         finally:
             job.cleanup()
     result = {"benchmark": "gradient-agreement", "recipe": args.recipe, "method": recipe.model.method,

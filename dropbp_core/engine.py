@@ -25,9 +25,10 @@ from torch.utils.hooks import RemovableHandle
 from .allocation import drop_fraction, uniform_rates, validate_rates
 from .branches import Branch, Patterns, find_branches
 from .dynamo_settings import guard_module_hooks
-from .errors import ConfigError
+from .errors import AlreadyWrappedError, ConfigError
 from .hooks import Hook, detach_outputs, pass_residual, tie_to_anchor
 from .masks import MaskSpec, parse_mask
+from .output_projection import ProjectionTraining
 from .checks import check_int, check_seed
 from .samplers import Sampler, make_sampler, next_step
 from .rate_schedule import RateController
@@ -71,6 +72,9 @@ class DropBP:
     ``accelerator.backward(loss)`` and ``Trainer`` run, no parameter gets a gradient, the step is counted in
     ``no_trainable_path_steps`` and :meth:`backward` skips its (empty) backward.
 
+    ``train_output_projection=True``: a dropped branch still trains the layer it ends with (``o_proj``, ``down_proj``
+    or its adapter), exactly (:mod:`~dropbp.core.output_projection`); its input is then kept for the backward.
+
     One engine per model: wrapping a model (or any module inside it) that an attached engine already wraps is
     refused; :meth:`DropBP.of` finds that engine. A step counts towards :meth:`report` only when its mask can take
     effect: hooks attached, the branches' own modules in training mode (not just a wrapper around them); a branch
@@ -94,10 +98,11 @@ class DropBP:
         exclude_layers: Iterable[int] | None = None,
         seq_len: int = 2048,
         schedule: RateController | None = None,
+        train_output_projection: bool = False,
     ) -> None:
         existing = DropBP.of(model)
         if existing is not None:
-            raise ConfigError(_already_wrapped(existing))
+            raise AlreadyWrappedError(existing)
         found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
         self.branches: list[Branch] = found.branches
         self.shape = found.shape
@@ -118,6 +123,7 @@ class DropBP:
         # Everything is valid: only now touch the model.
         self._model = model
         self._parts = found.parts
+        self._projections = ProjectionTraining([part.last for part in found.parts], train_output_projection)
         self._modules = found.modules  # where each branch starts
         self._residual: list[torch.Tensor | None] = [None] * len(self.branches)
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)
@@ -143,6 +149,7 @@ class DropBP:
             torch.set_grad_enabled(stale[0])
             self._grad_mode = [None] * len(self.branches)
             self.interrupted_forwards += 1
+        self._projections.clear()
 
     def _before_branch(self, index: int, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._recover()
@@ -161,6 +168,9 @@ class DropBP:
         self._grad_mode[index] = None
         torch.set_grad_enabled(previous)
         residual, self._residual[index] = self._residual[index], None
+        kept = self._projections.keep(index, self.branches[index].name, output, residual is not None)
+        if kept is not None:
+            return kept
         return detach_outputs(output) if residual is None else pass_residual(output, residual)
 
     def _after_model(self, module: nn.Module, output: Any) -> Any:
@@ -173,10 +183,10 @@ class DropBP:
         every branch, or one in a kept branch."""
         dropped = tuple(self.parse_mask(mask)) if mask is not None else self._mask
         inside: set[int] = set()
-        for is_dropped, part in zip(dropped, self._parts):
+        for index, (is_dropped, part) in enumerate(zip(dropped, self._parts)):
             params = part.parameters()
             inside.update(id(p) for p in params)
-            if not is_dropped and any(p.requires_grad for p in params):
+            if any(p.requires_grad for p in self._projections.trained(index, is_dropped, params)):
                 return True
         return any(p.requires_grad and id(p) not in inside for p in self._model.parameters())
 
@@ -310,8 +320,7 @@ class DropBP:
 
     def realized_rates(self) -> list[float]:
         """Per-branch fraction of counted steps in which the branch was dropped."""
-        steps = max(self.steps_counted, 1)
-        return [c / steps for c in self.drop_counts]
+        return [count / max(self.steps_counted, 1) for count in self.drop_counts]
 
     def step_effect(self, names: Sequence[str], realised: bool = False) -> dict[str, list[float]]:
         """This step's mask (``realised``: the realised rates so far) as :meth:`StepFlops.step`'s ``no_backward``."""
@@ -325,23 +334,16 @@ class DropBP:
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: settings, per-branch asked vs realised rates, step counts."""
         realized = self.realized_rates()
-        return {
-            "sampler": self.sampler.name,
-            "seed": self.seed,
-            "steps": self.steps_counted,
-            "all_dropped_steps": self.all_dropped_steps,
-            "skipped_backward_steps": self.skipped_backward_steps,
-            "uncounted_steps": self.uncounted_steps,
-            "no_trainable_path_steps": self.no_trainable_path_steps,
-            "asked_drop_fraction": self._asked,
-            "schedule": "none" if self.schedule is None else self.schedule.describe(),
-            "scheduled_drop_fraction": self.scheduled_sum / max(self.steps_counted, 1),
-            "realized_drop_fraction": drop_fraction(self.flops, realized),
-            "branches": [
-                {**b.to_dict(), "asked_rate": r, "realized_rate": q}
-                for b, r, q in zip(self.branches, self.rates, realized)
-            ],
-        }
+        counts = {name: getattr(self, name) for name in ("all_dropped_steps", "skipped_backward_steps",
+                                                          "uncounted_steps", "no_trainable_path_steps")}
+        return {"sampler": self.sampler.name, "seed": self.seed, "steps": self.steps_counted, **counts,
+                "asked_drop_fraction": self._asked,
+                "schedule": "none" if self.schedule is None else self.schedule.describe(),
+                "scheduled_drop_fraction": self.scheduled_sum / max(self.steps_counted, 1),
+                "realized_drop_fraction": drop_fraction(self.flops, realized),
+                "trained_output_projections": sum(layer is not None for layer in self._projections.layers),
+                "branches": [{**b.to_dict(), "asked_rate": r, "realized_rate": q}
+                             for b, r, q in zip(self.branches, self.rates, realized)]}
 
     def set_rates(self, rates: Sequence[float]) -> None:
         """Replace the per-branch rates (e.g. after a sensitivity allocation); the sampler is rebuilt."""
@@ -363,7 +365,7 @@ class DropBP:
             return
         existing = DropBP.of(self._model)
         if existing is not None:
-            raise ConfigError(_already_wrapped(existing))
+            raise AlreadyWrappedError(existing)
         guard_module_hooks()
         self._mask = (False,) * len(self.branches)
         self._grad_mode = [None] * len(self.branches)
@@ -373,6 +375,9 @@ class DropBP:
             self._handles.append(part.first.register_forward_pre_hook(Hook(self, "branch_pre", index),
                                                                       with_kwargs=part.residual is not None))
             self._handles.append(part.last.register_forward_hook(Hook(self, "branch_post", index), always_call=True))
+            if (layer := self._projections.layers[index]) is not None:
+                self._handles += [layer.register_forward_pre_hook(Hook(self, "projection_pre", index)),
+                                  layer.register_forward_hook(Hook(self, "projection_post", index), always_call=True)]
 
     def remove(self) -> None:
         """Take every hook off the model; it then behaves exactly as before wrapping."""
@@ -393,8 +398,3 @@ class DropBP:
         return (f"DropBP({len(self.branches)} branches of {self.model_type}, sampler={self.sampler.name}, "
                 f"drop_fraction={self._asked:.3f}, seed={self.seed}{schedule})")
 
-
-def _already_wrapped(existing: DropBP) -> str:
-    return (f"this model is already wrapped by {existing!r} (its hooks are on {existing.branches[0].name} and "
-            f"{len(existing.branches) - 1} more branches); one engine per model. Call remove() on that engine "
-            f"first (DropBP.of(model).remove()), or keep using it (DropBP.of(model) returns it).")

@@ -23,3 +23,13 @@ class BackendUnavailableError(DropBPError, RuntimeError):
 
 class AllocationError(DropBPError, ValueError):
     """Drop-rate allocation cannot meet the FLOPs budget under the given constraints."""
+
+
+class AlreadyWrappedError(ConfigError):
+    """A model (or a module inside it) that an attached DropBP engine already wraps was given to another one."""
+
+    def __init__(self, existing: object) -> None:  # the engine already attached (a DropBP)
+        branches = existing.branches  # type: ignore[attr-defined]
+        super().__init__(f"this model is already wrapped by {existing!r} (its hooks are on {branches[0].name} and "
+                         f"{len(branches) - 1} more branches); one engine per model. Call remove() on that engine "
+                         "first (DropBP.of(model).remove()), or keep using it (DropBP.of(model) returns it).")

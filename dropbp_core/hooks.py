@@ -24,6 +24,8 @@ class Hook:
     - ``model_post`` (on the model): tie the outputs of a step with no trainable path to the engine's anchor;
     - ``branch_pre`` / ``branch_post`` (on branch ``index``): turn grad mode off for a dropped branch, and back on
       with its output detached.
+    - ``projection_pre`` / ``projection_post`` (on branch ``index``'s output projection, with
+      ``train_output_projection``): grad mode on inside it while its branch is dropped.
 
     An object rather than a closure, so that copies behave: ``copy.deepcopy`` of a wrapped model copies the engine
     with it (the copy carries its own engine, found with :meth:`DropBP.of`), and pickling stores an inert hook (the
@@ -40,6 +42,10 @@ class Hook:
             return self.engine._before_branch(self.index, module, args, output)
         if self.kind == "branch_post":
             return self.engine._after_branch(self.index, output)
+        if self.kind == "projection_pre":
+            return self.engine._projections.before(self.engine._grad_mode[self.index] is not None)
+        if self.kind == "projection_post":
+            return self.engine._projections.after(self.index, self.engine._grad_mode[self.index] is not None, output)
         if self.kind == "model_post":
             return self.engine._after_model(module, output)
         if self.kind == "model_pre":

@@ -131,7 +131,8 @@ class FineTune:
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
                 options=recipe.technique_options(), option_prefix="technique.", sampler=sampler,
-                pool_size=options.pool_size, seq_len=recipe.data.seq_len, schedule=schedule)
+                pool_size=options.pool_size, seq_len=recipe.data.seq_len, schedule=schedule,
+                train_output_projection=options.train_output_projection)
         if self.dropbp is not None:
             mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
             self.technique.allocation = RateAllocation(self.model, self.dropbp, mode=mode,

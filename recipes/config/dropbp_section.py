@@ -86,6 +86,9 @@ class DropBPSection:
     allocator: str = setting("paper", "paper (greedy, steps of 0.1) or optimal", choices=("paper", "optimal"))
     reallocate_every: int = setting(50, "steps between re-allocations with allocation online")
     seed: int | None = setting(None, "seed of the masks (none: train.seed)")
+    train_output_projection: bool = setting(False, "a dropped branch still trains the layer it ends with (o_proj, "
+                                                   "down_proj or their adapters) with its exact gradient; costs that "
+                                                   "layer's weight gradients and keeps its input")
     technique: str = setting("dropbp", "the technique: dropbp (drop the backward of branches); or one to compare with, "
                                        "its options under the recipe's technique section: layerdrop (skip whole "
                                        "blocks, forward and backward, with probability drop_rate), pld (progressive "
@@ -117,6 +120,9 @@ class DropBPSection:
         self.schedule.check(p)
         engines = " or ".join(name for name in technique_names() if uses_dropbp(name))
         if self.technique in technique_names() and not uses_dropbp(self.technique):
+            if self.train_output_projection:
+                p.add(f"dropbp.train_output_projection needs dropbp.technique {engines} (it changes what a dropped "
+                      f"branch trains), got technique {self.technique}; leave it false.")
             if not self.schedule.is_constant:
                 p.add(f"dropbp.schedule applies to dropbp.technique {engines}, got technique {self.technique}; leave "
                       "the schedule constant (kind constant, warmup_steps 0).")

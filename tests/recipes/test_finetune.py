@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dropbp.core import DropBP
+from dropbp.core.errors import ConfigError
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.recipes.training.checkpoint import latest_checkpoint, load_checkpoint
 from dropbp.recipes import training_flops
@@ -345,3 +346,19 @@ def test_sensitivity_is_measured_on_the_recipes_labels_not_on_prompt_and_padding
     assert torch.equal(seen[0]["input_ids"], ids) and torch.equal(seen[0]["labels"], labels)
     ignored = seen[0]["labels"] == -100
     assert ignored.any() and (~ignored).any()  # prompt and padding positions are out of the measured loss
+
+
+def test_a_recipe_trains_output_projections_of_dropped_branches_and_refuses_it_for_layerdrop(tmp_path):
+    recipe = load_recipe(shipped()["tiny-tasks"], [*SMALL, *CONSTANT, "dropbp.allocation=uniform", "train.steps=2",
+                                                   "dropbp.train_output_projection=true"], device="cpu")
+    job = FineTune(recipe, tmp_path / "run", progress=False)
+    job.setup()
+    try:
+        job.train()
+        report = job.dropbp.report()
+    finally:
+        job.cleanup()
+    assert report["trained_output_projections"] == len(report["branches"]) > 0
+    with pytest.raises(ConfigError, match="dropbp.train_output_projection needs dropbp.technique"):
+        load_recipe(shipped()["tiny-tasks"], ["dropbp.technique=layerdrop", "dropbp.drop_rate=0.5",
+                                              "dropbp.train_output_projection=true"], device="cpu")
