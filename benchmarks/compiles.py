@@ -15,9 +15,9 @@ from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
-from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, POSITIVE, RATE, Naming, Problems, StepRunner, apply_method,
+from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, RATE, Naming, Problems, StepRunner, apply_method,
                                            build_model, check_choice, check_positive, environment, markdown_table,
-                                           method_field, option_name, pool_size_field, pyplot, setting)
+                                           method_field, option_name, pool_size_field, pyplot, setting, steps_field)
 
 from .harness import BenchSettings, run_benchmark
 
@@ -32,7 +32,7 @@ class CompilesSettings(BenchSettings):
     method: str = method_field("lora", ("full", "lora"))
     drop_rate: float = setting(0.75, "drop rate in [0, 1)", allowed=RATE)
     pool_size: int = pool_size_field()
-    steps: int = setting(200, "training steps", allowed=POSITIVE)
+    steps: int = steps_field(200)
     compile_backend: str = setting("aot_eager", "dynamo backend; aot_eager traces forward and backward without code "
                                                 "generation, inductor also generates kernels (slow on the CPU)",
                                    allowed=COMPILE_BACKEND)

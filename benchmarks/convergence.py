@@ -18,10 +18,11 @@ from dropbp.backends import Backend
 from dropbp.core.allocation import validate_drop_rate
 from dropbp.core.progress import progress_bar
 from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, Naming, Problems, StepRunner,
-                                           apply_method, batch_at, build_model, check_choice, check_drop_rates,
-                                           check_number, check_positive, drop_rates_field, environment, markdown_table,
-                                           method_field, model_field, option_name, pool_size_field, pyplot,
-                                           seq_len_field, setting, split_corpus, stdlib_corpus)
+                                           apply_method, batch_at, batch_size_field, build_model, check_choice,
+                                           check_drop_rates, check_number, check_positive, drop_rates_field,
+                                           environment, lr_field, markdown_table, method_field, model_field,
+                                           model_overrides_field, option_name, pool_size_field, pyplot, seq_len_field,
+                                           setting, split_corpus, stdlib_corpus, steps_field)
 
 from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE
@@ -47,19 +48,18 @@ class ConvergenceSettings(StudySettings):
                                                       allowed="comma-separated, each paper or optimal")
     pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)",
                                   allowed=POSITIVE)
-    steps: int = setting(150, "fine-tuning steps of the baseline; DropBP runs get its time", allowed=POSITIVE)
+    steps: int = steps_field(150, "fine-tuning steps of the baseline; DropBP runs get its time")
     max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps",
                                      allowed="finite number >= 1")
-    batch_size: int = setting(8, "sequences per step", allowed=POSITIVE)
+    batch_size: int = batch_size_field(8)
     seq_len: int = seq_len_field(128, "tokens per sequence")
-    lr: float = setting(1e-3, "AdamW learning rate of fine-tuning", allowed=POSITIVE_NUMBER)
+    lr: float = lr_field(1e-3, "AdamW learning rate of fine-tuning")
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     eval_every: int = setting(10, "steps between validation-loss evaluations", allowed=POSITIVE)
     eval_windows: int = setting(64, "held-out windows in the validation loss", allowed=POSITIVE)
     pool_size: int = pool_size_field()
     corpus_bytes: int = setting(3_000_000, "bytes of standard-library source read as text", allowed=POSITIVE)
-    model_overrides: dict[str, Any] = setting(help="tiny-model fields (width, heads, ...)", cli=False,
-                                              default_factory=lambda: dict(MODEL_OVERRIDES))
+    model_overrides: dict[str, Any] = model_overrides_field("tiny-model fields (width, heads, ...)", MODEL_OVERRIDES)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

@@ -60,7 +60,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gradient_agreement(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
                        drop_rate: float, masks: int = 8, seed: int = 0, seq_len: int = 2048, *,
-                       rates: Sequence[float] | None = None, train_output_projection: bool = False) -> list[dict[str, Any]]:
+                       rates: Sequence[float] | None = None,
+                       train_output_projection: bool = False) -> list[dict[str, Any]]:
     """Per block: how DropBP's gradient at ``drop_rate`` (or per-branch ``rates``; ``masks`` masks drawn from
     ``seed``) agrees with the exact gradient on ``batch`` (see the module docstring). The last row, block ``"all"``,
     is every trainable parameter together. ``train_output_projection``: the engine's option of that name (a dropped

@@ -25,8 +25,9 @@ from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
 from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, POSITIVE, Naming, Problems, StepRunner, apply_method,
-                                           build_model, check_fits, check_positive, environment, markdown_table, mib,
-                                           option_name, pool_size_field, pyplot, set_checkpointing, setting)
+                                           batch_size_field, build_model, check_fits, check_positive, environment,
+                                           markdown_table, mib, option_name, pool_size_field, pyplot, set_checkpointing,
+                                           setting)
 
 from .harness import ModelBenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
@@ -42,7 +43,7 @@ class MemorySettings(ModelBenchSettings):
     budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
                                             f"{DEFAULT_CPU_BUDGET_GB:g})",
                                       allowed="finite number > 0 (CPU only; on a device the budget is its memory)")
-    batch_size: int = setting(1, "sequences per step", allowed=POSITIVE)
+    batch_size: int = batch_size_field(1)
     max_seq_len: int = setting(65536, "upper end of the search", allowed=POSITIVE)
     pool_size: int = pool_size_field()
     checkpointing: bool = setting(False, "also search activation checkpointing alone and with DropBP at each rate "

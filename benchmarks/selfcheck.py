@@ -23,7 +23,7 @@ from dropbp.backends import Backend
 from dropbp.core import DropBP
 from dropbp.core.exactness import check_masks
 from dropbp.recipes.for_benchmarks import (POSITIVE, Naming, Problems, build_model, check_positive, markdown_table,
-                                           option_name, pyplot, setting)
+                                           model_overrides_field, option_name, pyplot, setting, steps_field)
 
 from .compiles import count_compiles
 from .harness import BenchSettings, run_benchmark
@@ -41,12 +41,10 @@ SAMPLERS = ("bernoulli", "pool")
 class SelfcheckSettings(BenchSettings):
     """What the self-check depends on; the workload follows the device (see the module docstring)."""
 
-    steps: int = setting(20, "measured throughput rounds per configuration (warm-up: 3, or the pool size)",
-                         allowed=POSITIVE)
+    steps: int = steps_field(20, "measured throughput rounds per configuration (warm-up: 3, or the pool size)")
     compile_steps: int = setting(40, "training steps of the compiled-graph count", allowed=POSITIVE)
     pool_size: int = setting(8, "masks in the pool sampler's pool (the compiled-graph bound)", allowed=POSITIVE)
-    model_overrides: dict[str, Any] = setting(help="throughput model fields to change (tests)", cli=False,
-                                              default_factory=dict)
+    model_overrides: dict[str, Any] = model_overrides_field("throughput model fields to change (tests)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

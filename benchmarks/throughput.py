@@ -20,12 +20,13 @@ from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import SAMPLERS, make_sampler
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, IGNORE, NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, Naming,
-                                           Problems, StepRunner, apply_method, build_model, causal_lm_loss,
-                                           check_choice, check_fits, check_int, check_non_negative, check_number,
-                                           check_positive, check_seq_len, head_fraction, labelled_positions_loss,
-                                           option_name, pool_size_field, resolve_sampler, sampler_field, seq_len_field,
-                                           set_checkpointing, setting)
+from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, IGNORE, NON_NEGATIVE, POSITIVE, Naming,
+                                           Problems, StepRunner, apply_method, batch_size_field, build_model,
+                                           causal_lm_loss, check_choice, check_fits, check_int, check_non_negative,
+                                           check_number, check_positive, check_seq_len, head_fraction,
+                                           labelled_positions_loss, lr_field, model_overrides_field, option_name,
+                                           pool_size_field, resolve_sampler, sampler_field, seq_len_field,
+                                           set_checkpointing, setting, steps_field)
 
 from .harness import ModelBenchSettings, run_benchmark
 
@@ -38,10 +39,10 @@ class ThroughputSettings(ModelBenchSettings):
     """Everything a throughput run depends on; :meth:`validate` checks it before any work starts."""
 
     seq_len: int = seq_len_field(512, "tokens per sequence")
-    batch_size: int = setting(2, "sequences per step", allowed=POSITIVE)
+    batch_size: int = batch_size_field(2)
     warmup: int = setting(2, "warm-up rounds, not timed (at least the pool size when graphs compile per mask)",
                           allowed=NON_NEGATIVE)
-    steps: int = setting(20, "measured rounds", allowed=POSITIVE)
+    steps: int = steps_field(20, "measured rounds")
     sampler: str = sampler_field()
     pool_size: int = pool_size_field()
     compile: bool = setting(False, "torch.compile the model and report graph compiles")
@@ -51,14 +52,13 @@ class ThroughputSettings(ModelBenchSettings):
                                           allowed=COMPILE_BACKEND)
     memory_masks: int = setting(8, "masks whose saved-activation bytes are measured (forward passes, not timed)",
                                 allowed=POSITIVE)
-    lr: float = setting(1e-5, "AdamW learning rate of the timed steps", allowed=POSITIVE_NUMBER)
+    lr: float = lr_field(1e-5, "AdamW learning rate of the timed steps")
     answer_tokens: int | None = setting(None, "label only the last N tokens of each sequence (a short-answer "
                                               "workload, its prompt masked); none: every token is labelled",
                                         allowed="integer in 1..seq_len-1, or none")
     head_positions: str = setting("all", "where the LM head and the loss run: all positions, or labelled ones only "
                                          "(the same loss and gradients)", choices=("all", "labelled"))
-    model_overrides: dict[str, Any] = setting(help="preset fields to change (tests, experiments)", cli=False,
-                                              default_factory=dict)
+    model_overrides: dict[str, Any] = model_overrides_field("preset fields to change (tests, experiments)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

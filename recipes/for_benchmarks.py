@@ -12,9 +12,10 @@ from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE,
                                           check_output_dir, check_positive, option_name, setting, yaml_key)
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
-from dropbp.recipes.config.options import (device_field, drop_rates_field, method_field, model_field, out_field,
-                                           pool_size_field, precision_field, resolve_model, resolve_sampler,
-                                           sampler_field, seed_field, seq_len_field)
+from dropbp.recipes.config.options import (batch_size_field, device_field, drop_rates_field, lr_field, method_field,
+                                           model_field, model_overrides_field, out_field, pool_size_field,
+                                           precision_field, resolve_model, resolve_sampler, sampler_field, seed_field,
+                                           seq_len_field, steps_field)
 from dropbp.recipes.config.presets import check_method, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 from dropbp.recipes.config.schema import DataSection, load_recipe
@@ -39,7 +40,8 @@ __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGA
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
            "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
            "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",
-           "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len", "device_field",
+           "batch_size_field", "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len",
+           "device_field", "lr_field", "model_overrides_field", "steps_field",
            "drop_rates_field", "environment", "family_folder", "find_recipe", "head_fraction",
            "labelled_positions_loss", "load_recipe", "load_records", "lr_scheduler", "markdown_table",
            "method_field", "mib", "model_field", "option_name", "out_field", "pool_size_field", "precision_field",

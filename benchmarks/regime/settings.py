@@ -7,9 +7,9 @@ from typing import Any
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
 from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, RATE, SEEDS,
-                                           Naming, Problems, check_choice, check_cpu_4bit_shapes, check_drop_rates,
-                                           check_non_negative, check_number, check_positive, check_seed, option_name,
-                                           seq_len_field, setting)
+                                           Naming, Problems, batch_size_field, check_choice, check_cpu_4bit_shapes,
+                                           check_drop_rates, check_non_negative, check_number, check_positive,
+                                           check_seed, model_overrides_field, option_name, seq_len_field, setting)
 
 from ..harness import StudySettings
 from ..study import Contender
@@ -64,7 +64,7 @@ class RegimeSettings(StudySettings):
                                           allowed=f"comma-separated, each one of {', '.join(CONTENDER_KINDS)}; baseline included")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)",
                             allowed=POSITIVE_NUMBER)
-    batch_size: int = setting(16, "examples per step", allowed=POSITIVE)
+    batch_size: int = batch_size_field(16, "examples per step")
     seq_len: int = seq_len_field(40, "tokens per example window (one example per window)")
     eval_every: int = setting(23, "steps between evaluations", allowed=POSITIVE)
     warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay", allowed=NON_NEGATIVE)
@@ -75,8 +75,7 @@ class RegimeSettings(StudySettings):
     equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more than "
                                      "5% again for the baseline's time (steps scaled by the ratio of the times, same "
                                      "learning rate) and compare there too")
-    model_overrides: dict[str, Any] = setting(help="model shape (width, depth, heads)", cli=False,
-                                              default_factory=lambda: dict(REGIME_MODEL))
+    model_overrides: dict[str, Any] = model_overrides_field("model shape (width, depth, heads)", REGIME_MODEL)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

@@ -8,7 +8,7 @@ from dropbp.backends import DEVICE_CHOICES, PRECISIONS, Backend
 from dropbp.core.samplers import SAMPLERS
 from dropbp.recipes.config.gguf_source import NAMED_MODELS
 from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
-from dropbp.recipes.config.fields import FOLDER, POSITIVE, RATE, SEED, setting
+from dropbp.recipes.config.fields import FOLDER, POSITIVE, POSITIVE_NUMBER, RATE, SEED, setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
 
@@ -57,6 +57,26 @@ def seq_len_field(default: int, help: str = "tokens per sequence") -> Any:
     """``seq_len``: tokens per sequence, at most the model's context."""
     return setting(default, help,
                    allowed=f"{POSITIVE}, at most the model's max_position_embeddings (8192 for the presets)")
+
+
+def batch_size_field(default: int, help: str = "sequences per step") -> Any:
+    """``batch_size``: sequences (or examples) per step."""
+    return setting(default, help, allowed=POSITIVE)
+
+
+def steps_field(default: int, help: str = "training steps") -> Any:
+    """``steps``: training steps (or measured rounds, as ``help`` says)."""
+    return setting(default, help, allowed=POSITIVE)
+
+
+def lr_field(default: float, help: str = "AdamW learning rate") -> Any:
+    """``lr``: a learning rate."""
+    return setting(default, help, allowed=POSITIVE_NUMBER)
+
+
+def model_overrides_field(help: str, default: dict[str, Any] | None = None) -> Any:
+    """``model_overrides``: model fields to change, set from a config file or Python (not a command-line flag)."""
+    return setting(help=help, cli=False, default_factory=lambda: dict(default or {}))
 
 
 def sampler_field() -> Any:
