@@ -82,6 +82,8 @@ class LayerDrop:
     nothing is dropped or scaled.
     """
 
+    left_out = "skipped"  # what the savings line says of the share of blocks it reports
+
     def __init__(self, model: nn.Module, drop_rate: float = 0.2, *, seed: int = 0, rescale: bool = True,
                  schedule: KeepSchedule | None = None) -> None:
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate <= 1:

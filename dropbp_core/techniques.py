@@ -1,4 +1,5 @@
-"""A technique on a model (DropBP, or LayerDrop, PLD, layer freezing to compare it with) and what happens around\nits every step, in one place for every driver; one entry point that applies a technique by name."""
+"""A technique on a model (DropBP, or LayerDrop, PLD, layer freezing, LISA to compare it with) and what happens
+around its every step, in one place for every driver; one entry point that applies a technique by name."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ from .engine import DropBP
 from .errors import ConfigError
 from .freezing import FrozenLayers, blocks_for_backward_budget, freeze_bottom_layers
 from .layerdrop import LayerDrop
+from .lisa import LISA
 from .policy import StepPolicy
 from .sensitivity import Batch
 
@@ -186,6 +188,22 @@ class FreezeOptions:
                                          "FLOPs of DropBP at dropbp.drop_rate; for freeze-dropbp, the top half)")
 
 
+@dataclass
+class LISAOptions:
+    """How many blocks train at a time, and for how long."""
+
+    layers: int = _help("decoder blocks trained at a time, drawn at random", 2)
+    period: int = _help("steps between draws", 5)
+
+
+def _lisa(model: nn.Module, rate: float, options: LISAOptions, context: BuildContext) -> Technique:
+    prefix = context.option_prefix
+    blocks = len(find_blocks(model))
+    check_int(f"{prefix}layers", options.layers, 1, blocks, meaning="the model's decoder blocks")
+    check_int(f"{prefix}period", options.period, 1)
+    return Technique("lisa", policy=LISA(model, options.layers, options.period, seed=context.seed))
+
+
 def _dropbp(model: nn.Module, rate: float, options: NoOptions, context: BuildContext) -> Technique:
     return Technique("dropbp", policy=DropBP(model, rate, seed=context.seed, **context.dropbp_options))
 
@@ -222,3 +240,4 @@ register_technique("layerdrop", NoOptions, _layerdrop)
 register_technique("pld", PLDOptions, _pld)
 register_technique("freeze", FreezeOptions, _freeze)
 register_technique("freeze-dropbp", FreezeOptions, _freeze_dropbp, uses_dropbp=True)
+register_technique("lisa", LISAOptions, _lisa)

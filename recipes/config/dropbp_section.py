@@ -94,7 +94,9 @@ class DropBPSection:
                                        "blocks, forward and backward, with probability drop_rate), pld (progressive "
                                        "layer dropping: technique.theta_bar, technique.gamma), freeze (train only the "
                                        "top technique.train_top_layers blocks), freeze-dropbp (both: the bottom "
-                                       "frozen, DropBP at drop_rate above); or any registered technique")
+                                       "frozen, DropBP at drop_rate above), lisa (technique.layers random "
+                                       "blocks train, redrawn every technique.period steps); or any registered "
+                                       "technique")
     schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
 
     @property

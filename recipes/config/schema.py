@@ -239,8 +239,9 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
     dropbp: DropBPSection = field(default_factory=DropBPSection)
     technique: dict[str, Any] = setting(help="the options of dropbp.technique, by name (pld: theta_bar, gamma; "
-                                             "freeze, freeze-dropbp: train_top_layers; a registered technique: its "
-                                             "options dataclass's fields)", default_factory=dict)
+                                             "freeze, freeze-dropbp: train_top_layers; lisa: layers, period; a "
+                                             "registered technique: its options dataclass's fields)",
+                                        default_factory=dict)
     #: The folder relative data paths are resolved against (the recipe file's folder); not part of the file.
     base_dir: Path = field(default=Path("."), metadata={"cli": False})
 

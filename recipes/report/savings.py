@@ -31,7 +31,7 @@ def savings_line(technique: Technique, flops: StepFlops) -> str:
         done = (f"realised drop fraction {report['realized_drop_fraction']:.2f} of the branches' backward FLOPs "
                 f"(scheduled {report['scheduled_drop_fraction']:.2f})")
     elif policy is not None:
-        done = f"{policy.realized_drop_fraction():.2f} of the blocks skipped"
+        done = f"{policy.realized_drop_fraction():.2f} of the blocks {getattr(policy, 'left_out', 'left out')}"
     else:
         done = f"{what['trained_from']} bottom blocks frozen"
     return (f"{technique.name}: {done}; about {flops.saved_fraction(**what):.0%} of the training FLOPs saved "
