@@ -31,7 +31,8 @@ def _projection_params(dropbp, index):
     return {names[id(p)] for p in layer.parameters() if id(p) in names}
 
 
-@pytest.mark.parametrize("arch,method", [("llama", "lora"), ("llama", "full"), ("gpt2", "lora"), ("gpt2", "full")])
+@pytest.mark.parametrize("arch,method", [("llama", "lora"), pytest.param("llama", "full", marks=pytest.mark.slow),
+                                         ("gpt2", "lora"), pytest.param("gpt2", "full", marks=pytest.mark.slow)])
 def test_a_dropped_branch_trains_its_output_projection_exactly(arch, method):
     model = tiny_model(arch, method)
     loss, grads, dropbp = _grads(model, MASK, train_output_projection=True)
