@@ -26,9 +26,12 @@ def _model(method: str, shape: dict):
 
 
 #: Every shape x method x checkpointing; the fast lane keeps one (GQA, LoRA, plain), make test runs all eight.
-CASES = [pytest.param(shape, method, checkpointing, id=f"{name}-{method}-{'checkpointed' if checkpointing else 'plain'}",
+CASES = [pytest.param(shape, method, checkpointing,
+                      id=f"{name}-{method}-{'checkpointed' if checkpointing else 'plain'}",
                       marks=() if (name, method, checkpointing) == ("gqa", "lora", False) else pytest.mark.slow)
-         for shape, name in zip(SHAPES, ["gqa", "mha"]) for method in ["full", "lora"] for checkpointing in [False, True]]
+         for shape, name in zip(SHAPES, ["gqa", "mha"])
+         for method in ["full", "lora"]
+         for checkpointing in [False, True]]
 
 
 @pytest.mark.parametrize("shape,method,checkpointing", CASES)
