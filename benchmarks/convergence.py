@@ -204,7 +204,8 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
     base_state, pretrain_info = _pretrained(settings, pretrain, backend, progress)
     workload = TextWorkload(settings, base_state, finetune, windows, backend)
     study = run_study(workload, contenders(settings), steps=settings.steps, lrs=(settings.lr,), seeds=(settings.seed,),
-                      time_model=settings.time_model, max_factor=settings.max_step_factor, progress=progress)
+                      time_model=settings.time_model, max_factor=settings.max_step_factor,
+                      calibration=settings.calibration(), progress=progress)
     baseline = study.baseline(settings.seed)
     target = baseline.final_val_loss
     runs = []

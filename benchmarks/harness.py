@@ -18,8 +18,9 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, Naming, Problems, cache_root, check_choice, check_drop_rates,
-                                           check_method, check_model, check_non_negative, check_output_dir, check_seed,
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, Naming, Problems, cache_root, check_choice,
+                                           check_drop_rates, check_method, check_model, check_non_negative,
+                                           check_output_dir, check_positive, check_seed,
                                            device_field, drop_rates_field, method_field, model_field, option_name,
                                            out_field, precision_field, publish, resolve_model, results_folder,
                                            seed_field, setting, write_text_atomic)
@@ -72,10 +73,19 @@ class StudySettings(BenchSettings):
                                      "FLOPs), fitted to the study's configurations timed in interleaved rounds, so "
                                      "machine load during one run does not move its time; false: each run's own "
                                      "step clock")
+    calibration_rounds: int = setting(5, "rounds of the step-time model's calibration (each configuration timed once "
+                                         "per round; its time is the median over rounds)", allowed=POSITIVE)
+    calibration_steps: int = setting(6, "timed steps per configuration and round of that calibration",
+                                     allowed=POSITIVE)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         p.check(check_non_negative, self, "threads", naming=name)
+        p.check(check_positive, self, "calibration_rounds", "calibration_steps", naming=name)
+
+    def calibration(self) -> tuple[int, int]:
+        """Rounds and timed steps per round of the step-time model's calibration."""
+        return self.calibration_rounds, self.calibration_steps
 
 
 @dataclasses.dataclass

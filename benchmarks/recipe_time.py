@@ -96,7 +96,7 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
                   or [recipe_contender(settings.recipe, overrides, backend)])
     steps = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name).train.steps
     study = run_study(workload, [Contender("DropBP off"), *contenders], steps=steps, seeds=settings.seeds,
-                      time_model=settings.time_model,
+                      time_model=settings.time_model, calibration=settings.calibration(),
                       cache=study_cache(settings) if settings.cache_runs else None, progress=progress)
     compared = []
     for contender in contenders:

@@ -69,7 +69,12 @@ class Workload(Protocol):
 
 
 # -- the one clock --------------------------------------------------------------------------------------------------
-def calibrate(timers: dict[str, Timer], own_scale: set[str], *, rounds: int = 5, steps: int = 6) -> StepTimeModel:
+#: Rounds of the calibration, and timed steps per configuration and round, unless a study says otherwise.
+CALIBRATION = (5, 6)
+
+
+def calibrate(timers: dict[str, Timer], own_scale: set[str], *, rounds: int = CALIBRATION[0],
+              steps: int = CALIBRATION[1]) -> StepTimeModel:
     """Time every configuration in interleaved rounds of ``steps`` steps and fit the step-time model. A
     configuration's time is the median over rounds of a round's mean step time (a mean, because its FLOPs per step
     are a mean too: a random mask makes step times scatter about it); labels in ``own_scale`` get their own factor
@@ -184,11 +189,12 @@ def _cached(folder: Path | None, key: str, make: Callable[[], Any], read: Callab
 def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int, lrs: Sequence[float | None] = (None,),
               seeds: Sequence[int] = (0,), time_model: bool = True, equal_time: bool = True,
               max_factor: float | None = None, timed: Sequence[Contender] | None = None, cache: Path | None = None,
-              progress: bool = True) -> Study:
+              calibration: tuple[int, int] = CALIBRATION, progress: bool = True) -> Study:
     """Sweep ``lrs`` on the first seed (when there are several), keep each contender's best by final validation
     loss, train every seed at it for ``steps``; fit the clock to ``timed`` (default :func:`calibration_contenders`
-    of ``contenders``) and read every run's time through it; then train each contender again for the baseline's
-    time (:func:`equal_time_steps`). ``cache``: a folder where finished runs and the clock are kept."""
+    of ``contenders``, in ``calibration`` = (rounds, steps per round)) and read every run's time through it; then
+    train each contender again for the baseline's time (:func:`equal_time_steps`). ``cache``: a folder where finished
+    runs and the clock are kept."""
     def run(contender: Contender, lr: float | None, seed: int, count: int) -> StudyRun:
         key = f"run|{contender!r}|{lr!r}|{seed}|{count}"
         return _cached(cache, key, lambda: workload.train(contender, lr, seed, count, progress=progress),
@@ -205,8 +211,11 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
     if time_model:
         clocked = calibration_contenders(timed if timed is not None else contenders)
         key = "step-time|" + "|".join(repr(c) for c in clocked)
+        key += "" if calibration == CALIBRATION else f"|rounds={calibration[0]}|steps={calibration[1]}"
+        rounds, per_round = calibration
         model = _cached(cache, key, lambda: calibrate({c.label: workload.timer(c) for c in clocked},
-                                                      {c.label for c in clocked if not c.on_dropbp_line}),
+                                                      {c.label for c in clocked if not c.on_dropbp_line},
+                                                      rounds=rounds, steps=per_round),
                         StepTimeModel.from_dict)
         runs = [modelled(r, model) for r in runs]
     longer: list[StudyRun] = []

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from dropbp.benchmarks.step_time_model import StepTimeModel, fit_step_time
-from dropbp.benchmarks.study import calibrate, equal_time_steps
+from dropbp.benchmarks.harness import CurvePoint
+from dropbp.benchmarks.recipe_time import RecipeTimeSettings
+from dropbp.benchmarks.step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
+from dropbp.benchmarks.study import Contender, StudyRun, calibrate, equal_time_steps, run_study
+from dropbp.benchmarks.study.runner import CALIBRATION
+from dropbp.core.errors import ConfigError
 
 
 def points(pairs):
@@ -81,3 +85,43 @@ def test_the_one_equal_time_rule():
     assert equal_time_steps(100, base_time=60.0, own_time=40.0, max_factor=1.2) == 120
     assert equal_time_steps(100, base_time=40.0, own_time=60.0) == 67  # a slower contender trains fewer steps
     assert equal_time_steps(3, base_time=1.0, own_time=100.0) == 1
+
+
+class CountingWorkload:
+    """A study workload whose runs cost FLOPs in proportion to their steps (DropBP at rate r: 1 - r/2 per step),
+    and whose timer records every call."""
+
+    def __init__(self):
+        self.timed = []
+
+    def train(self, contender, lr, seed, steps, *, progress):
+        flops = steps * (1.0 - contender.rate / 2)
+        end = CurvePoint(step=steps, time_s=float(steps), flops=flops, val_loss=1.0 / steps)
+        return StudyRun(contender.label, steps, float(steps), flops, [end], contender.rate, kind=contender.kind,
+                        rate=contender.rate, lr=lr, seed=seed)
+
+    def timer(self, contender):
+        def time_steps(count):
+            self.timed.append((contender.label, count))
+            return [(1.0 - contender.rate / 2, 1.0 - contender.rate / 2)] * count
+        return time_steps
+
+
+def test_a_study_calibrates_in_the_rounds_and_steps_it_is_given_and_keys_its_cached_clock_by_them(tmp_path):
+    contenders = [Contender("DropBP off"), Contender("half", "dropbp", "dropbp", 0.5)]
+    workload = CountingWorkload()
+    study = run_study(workload, contenders, steps=10, cache=tmp_path, calibration=(2, 3), progress=False)
+    clocked = 1 + len(CALIBRATION_RATES)
+    assert len(workload.timed) == 2 * clocked and {count for _, count in workload.timed} == {3}
+    assert all(p["timed_steps"] == 6 for p in study.time_model.points)
+    assert next(r for r in study.equal_time_runs if r.label == "half").steps == 13  # 10 x 1 / 0.75
+    run_study(workload, contenders, steps=10, cache=tmp_path, calibration=(2, 3), progress=False)
+    assert len(workload.timed) == 2 * clocked  # the kept clock and runs are read back
+    run_study(workload, contenders, steps=10, cache=tmp_path, progress=False)
+    assert len(workload.timed) == 2 * clocked + CALIBRATION[0] * clocked  # another calibration is timed anew
+
+
+@pytest.mark.parametrize("field", ["calibration_rounds", "calibration_steps"])
+def test_calibration_settings_must_be_positive(field):
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be an integer >= 1, got 0"):
+        RecipeTimeSettings(**{field: 0}).validate()
