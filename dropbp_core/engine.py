@@ -100,8 +100,7 @@ class DropBP:
         schedule: RateController | None = None,
         train_output_projection: bool = False,
     ) -> None:
-        existing = DropBP.of(model)
-        if existing is not None:
+        if (existing := DropBP.of(model)) is not None:
             raise AlreadyWrappedError(existing)
         found = find_branches(model, attn=attn, mlp=mlp, layers=layers, exclude_layers=exclude_layers, seq_len=seq_len)
         self.branches: list[Branch] = found.branches
@@ -123,7 +122,8 @@ class DropBP:
         # Everything is valid: only now touch the model.
         self._model = model
         self._parts = found.parts
-        self._projections = ProjectionTraining([part.last for part in found.parts], train_output_projection)
+        self._projections = ProjectionTraining([p.last for p in found.parts], [b.name for b in found.branches],
+                                               train_output_projection)
         self._modules = found.modules  # where each branch starts
         self._residual: list[torch.Tensor | None] = [None] * len(self.branches)
         self._mask: tuple[bool, ...] = (False,) * len(self.branches)

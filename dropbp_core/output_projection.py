@@ -55,10 +55,16 @@ class ProjectionTraining:
     """The engine's per-branch output projections (None where off or not found) and what their hooks carry between
     a projection's forward and its branch's end."""
 
-    def __init__(self, lasts: list[nn.Module], enabled: bool) -> None:
+    def __init__(self, lasts: list[nn.Module], names: list[str], enabled: bool) -> None:
         self.layers = [output_projection(last) if enabled else None for last in lasts]
         self._outputs: list[torch.Tensor | None] = [None] * len(lasts)
         self._warned: set[str] = set()
+        alone = [name for name, layer in zip(names, self.layers) if enabled and layer is None]
+        if alone:
+            warnings.warn(f"train_output_projection is on, but {len(alone)} of {len(names)} branches have no output "
+                          f"projection apart from the rest of the branch (a branch that is one layer, or holds no "
+                          f"weights): {', '.join(alone[:4])}{', ...' if len(alone) > 4 else ''}. When dropped, they "
+                          "train nothing, as in plain DropBP.", RuntimeWarning, stacklevel=3)
 
     def before(self, dropped: bool) -> None:
         """Before a projection's forward: autograd on for this one layer if its branch runs dropped."""

@@ -104,3 +104,16 @@ def test_the_same_gradients_under_activation_checkpointing():
         assert (grad is None) == (plain[name] is None), name
         if grad is not None:
             torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_branches_with_no_projection_of_their_own_are_named_in_a_warning():
+    model = tiny_model("llama", "full")
+    hidden = model.config.hidden_size
+    for layer in model.model.layers:  # an MLP branch that is one linear layer: nothing to train apart from it
+        layer.mlp = torch.nn.Linear(hidden, hidden, bias=False)
+    with pytest.warns(RuntimeWarning, match=r"2 of 4 branches .*model\.layers\.0\.mlp, model\.layers\.1\.mlp"):
+        engine = DropBP(model, 0.5, train_output_projection=True)
+    assert engine.report()["trained_output_projections"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DropBP(tiny_model("llama", "full"), 0.5, train_output_projection=True)  # every branch has one: no warning
