@@ -1,19 +1,16 @@
 """A recipe as a study's workload: training it for a benchmark, with each step timed and the run's training FLOPs
-counted; short runs of it timed for the study's clock; and the adaptive rate's own cost per step.
+counted; short runs of it timed for the study's clock.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import random
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dropbp.backends import Backend
-from dropbp.core import AdaptiveRate
 from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, training_flops
 
 from .harness import CurvePoint, step_clock
@@ -109,17 +106,3 @@ class RecipeWorkload:
             return [(seconds, run["flops"] / run["steps"]) for seconds in run["step_times_s"][self.warmup:]]
 
         return time_steps
-
-
-def adaptive_overhead_s(steps: int = 5000) -> float:
-    """Seconds per step the adaptive rate's own work costs (the engine's :meth:`~AdaptiveRate.factor` query and
-    the driver's :meth:`~AdaptiveRate.observe`, window scoring and decisions included), timed by this thread's CPU
-    clock over ``steps`` steps of a falling, noisy loss made beforehand."""
-    rng = random.Random(0)
-    losses = [2.0 / (1.0 + step / 200) + rng.gauss(0.0, 0.05) for step in range(steps)]
-    controller = AdaptiveRate()
-    start = time.thread_time()
-    for step, loss in enumerate(losses):
-        controller.factor(step, 1.0)
-        controller.observe(step, loss)
-    return (time.thread_time() - start) / steps

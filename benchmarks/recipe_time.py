@@ -33,7 +33,7 @@ from dropbp.recipes.for_benchmarks import (NON_NEGATIVE_NUMBER, SEEDS, Naming, P
                                            setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
-from .recipe_runs import RecipeWorkload, adaptive_overhead_s, recipe_contender
+from .recipe_runs import RecipeWorkload, recipe_contender
 from .step_time_model import StepTimeModel
 from .study import Contender, StudyRun, Verdict, run_study
 
@@ -115,11 +115,10 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
                       f"in {timed.steps} steps ({'within' if within else 'outside'} the margins)", flush=True)
         compared.append({"label": contender.label, "overrides": list(contender.overrides), "seeds": seeds,
                          "within": sum(s["within"] for s in seeds)})
-    adaptive = any(c["seeds"][0]["equal_steps"]["schedule"] == "adaptive" for c in compared)
     model = study.time_model
     return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
             "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
-            "adaptive_overhead_s": adaptive_overhead_s() if adaptive else None, "contenders": compared,
+            "contenders": compared,
             "seeds": compared[0]["seeds"], "within": compared[0]["within"],  # the first contender's, as before
             "total_time_s": time.perf_counter() - started}
 
@@ -142,17 +141,6 @@ def times_description(result: dict[str, Any]) -> str:
     return (f"a step-time model's ({model.formula()}; median step times by the {result['clock']}, timed in "
             f"interleaved rounds: {fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
             "*measured* is the step clock's sum during the run itself")
-
-
-def overhead_lines(result: dict[str, Any]) -> list[str]:
-    """The adaptive rate's own cost per step against the baseline's mean step time (none for other settings)."""
-    overhead = result.get("adaptive_overhead_s")
-    if overhead is None:
-        return []
-    base = statistics.fmean(r["baseline"]["time_s"] / r["baseline"]["steps"] for r in result["seeds"])
-    return [f"The adaptive rate's own work (choosing each step's rate, scoring windows, deciding): "
-            f"{overhead * 1e6:.1f} µs per step, {overhead / base * 100:.2g}% of the baseline's mean step time "
-            f"({base * 1e3:.1f} ms).", ""]
 
 
 def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
@@ -201,7 +189,7 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
                   "Mean ± standard deviation over seeds:", "",
                   markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
                   f"Last savings line of its run: {savings}", ""]
-    return "\n".join([*lines, *overhead_lines(result), f"Total benchmark time: {result['total_time_s'] / 60:.0f} min."])
+    return "\n".join([*lines, f"Total benchmark time: {result['total_time_s'] / 60:.0f} min."])
 
 
 def recipe_time_figure(result: dict[str, Any]) -> Any:

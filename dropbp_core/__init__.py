@@ -9,7 +9,6 @@ from .errors import AllocationError, BackendUnavailableError, ConfigError, DropB
 from .freezing import blocks_for_backward_budget, freeze_bottom_layers
 from .layerdrop import LayerDrop, pld_keep_probability
 from .memory_model import MemoryModel
-from .adaptive_rate import AdaptiveRate
 from .rate_schedule import RATE_SCHEDULES, RateSchedule
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
 from .techniques import Technique, apply_technique, register_technique, technique_names
@@ -20,4 +19,4 @@ __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fractio
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
            "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "Technique",
-           "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "AdaptiveRate", "__version__"]
+           "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "__version__"]

@@ -30,8 +30,7 @@ RATE_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "steps")
 
 
 class RateController(Protocol):
-    """What the engine asks of a schedule: :class:`RateSchedule` (a function of the step) or
-    :class:`~dropbp.core.adaptive_rate.AdaptiveRate` (which also follows the observed losses)."""
+    """What the engine asks of a schedule: :class:`RateSchedule`, or your own (a function of the step)."""
 
     kind: str
 

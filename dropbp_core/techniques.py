@@ -9,7 +9,6 @@ from typing import Any
 
 from torch import nn
 
-from .adaptive_rate import AdaptiveRate
 from .rate_allocation import RateAllocation
 from .branches import find_blocks, layer_index
 from .checks import check_int
@@ -84,7 +83,6 @@ class Technique:
 
         technique.before_step(step, batch)   # allocation by sensitivity, when this is the step it is due
         ...                                  # the step: policy.begin_step, forward, backward, optimizer
-        technique.after_step(step, loss)     # the adaptive rate takes the step's loss
         flops.step(tokens, **technique.step_effect(flops.names))   # what the step cost
 
     ``policy`` draws each step's mask (DropBP, LayerDrop, PLD); ``frozen`` are the layers that never train;
@@ -100,22 +98,11 @@ class Technique:
         """The DropBP engine, when the policy is one (its rates are allocated and checkpointed)."""
         return self.policy if isinstance(self.policy, DropBP) else None
 
-    @property
-    def adaptive(self) -> AdaptiveRate | None:
-        """The adaptive rate controller that :meth:`after_step` feeds, if the engine has one."""
-        controller = self.engine.schedule if self.engine is not None else None
-        return controller if isinstance(controller, AdaptiveRate) else None
-
     def before_step(self, step: int, batch: Batch) -> None:
         """Before step ``step``'s forward: allocate by sensitivity on ``batch`` (token ids, or a mapping of the
         model's inputs: give it the labels the run trains on) when the allocation is due."""
         if self.allocation is not None:
             self.allocation.before_step(step, batch)
-
-    def after_step(self, step: int, loss: float) -> None:
-        """After step ``step``: the adaptive rate observes its loss (with several ranks: the mean over ranks)."""
-        if self.adaptive is not None:
-            self.adaptive.observe(step, loss)
 
     def step_effect(self, names: Sequence[str], realised: bool = False) -> dict[str, Any]:
         """What this step left out (``realised``: the steps so far on average), as the keyword arguments of

@@ -40,12 +40,12 @@ from dropbp.recipes.data.tokenizers import Tokenizer, load_tokenizer
 from dropbp.recipes.report.plots import plot_training_curve
 from dropbp.recipes.report.publish import append_line, write_text_atomic
 from dropbp.recipes.report.savings import savings_line
-from dropbp.recipes.training.checkpoint import ALLOCATION_KEY, POLICY_KEY, RATE_KEY, load_checkpoint, save_checkpoint
+from dropbp.recipes.training.checkpoint import ALLOCATION_KEY, POLICY_KEY, load_checkpoint, save_checkpoint
 from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.optim import build_optimizer, lr_scheduler
-from dropbp.recipes.training.rates import rate_schedule, step_costs
+from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.run_folder import (DATA_KEY, check_run_folder, check_same_data, resume_point,
                                                 resumed_step, trim_masks_log)
 from dropbp.recipes.training.run_lock import RunLock
@@ -126,8 +126,7 @@ class FineTune:
         options = recipe.dropbp
         if options.technique != "dropbp" or options.drop_rate > 0:
             sampler = resolve_sampler(options.sampler, self.backend)
-            schedule = rate_schedule(options.schedule, self.total_steps, sampler,
-                                     lambda: step_costs(self.flops_model, options.drop_rate))
+            schedule = rate_schedule(options.schedule, self.total_steps, sampler)
             self.technique = apply_technique(
                 self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
                 options=recipe.technique_options(), option_prefix="technique.", sampler=sampler,
@@ -192,9 +191,7 @@ class FineTune:
 
     def _stateful(self) -> dict[str, Any]:
         """The run's parts that own state beyond weights, optimizer and schedule, by checkpoint key."""
-        technique = self.technique
-        return {POLICY_KEY: self.policy, ALLOCATION_KEY: technique and technique.allocation,
-                RATE_KEY: technique and technique.adaptive}
+        return {POLICY_KEY: self.policy, ALLOCATION_KEY: self.technique and self.technique.allocation}
 
     def _restore(self) -> None:
         """Continue from the newest intact checkpoint (none yet: from step 0)."""
@@ -330,8 +327,6 @@ class FineTune:
                 bar.close()
                 self._write_metrics()
                 raise
-            if self.technique is not None:  # the mean loss over ranks: every rank takes the same decision
-                self.technique.after_step(step, loss)
             drop = self.policy.realized_drop_fraction() if self.policy is not None else 0.0
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", drop=f"{drop:.2f}")
             if self.writer is not None:

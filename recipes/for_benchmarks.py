@@ -32,7 +32,6 @@ from dropbp.recipes.report.savings import training_flops
 from dropbp.recipes.training.evaluation import teacher_forced_exact_match
 from dropbp.recipes.training.labelled_head import head_fraction, labelled_positions_loss
 from dropbp.recipes.training.optim import lr_scheduler
-from dropbp.recipes.training.rates import step_costs
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
 __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
@@ -47,5 +46,5 @@ __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGA
            "method_field", "mib", "model_field", "option_name", "out_field", "pool_size_field", "precision_field",
            "publish", "pyplot", "quantize_4bit", "read_yaml", "resolve_model", "resolve_sampler", "results_folder",
            "sampler_field", "seed_field", "seq_len_field", "set_checkpointing", "setting", "split_corpus", "stdlib_corpus",
-           "step_costs", "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops",
+           "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops",
            "write_text_atomic", "yaml_key"]

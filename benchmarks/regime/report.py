@@ -129,7 +129,7 @@ def regime_figure(result: dict[str, Any]) -> Any:
         columns.append(("equal_time_runs", "time_s", "equal wall time"))
     fig, axes = plt.subplots(2, len(columns), figsize=(6 * len(columns), 8), squeeze=False)
     styles = {"baseline": "-", "dropbp": "-", "sensitivity": "--", "layerdrop": ":", "pld": ":", "freeze": "-.",
-              "schedule": "--", "adaptive": "-", "adaptive-sensitivity": "--", "freeze-dropbp": "-."}
+              "schedule": "--", "freeze-dropbp": "-."}
     palette = plt.get_cmap("tab10").colors
     colours = {row["label"]: "k" if _kind(row) == "baseline" else palette[i % len(palette)]
                for i, row in enumerate(result["summary"])}
@@ -141,7 +141,7 @@ def regime_figure(result: dict[str, Any]) -> Any:
             if not mine:
                 continue
             for ax, metric in ((axes[0][col], "val_loss"), (axes[1][col], "exact_match")):
-                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles[_kind(row)], color=colours[row["label"]],
+                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles.get(_kind(row), "-"), color=colours[row["label"]],
                         label=row["label"] if (ax is axes[0][0]) else None)
         axes[0][col].set_title(title)
         axes[0][col].set_yscale("log")

@@ -15,8 +15,7 @@ from ..harness import StudySettings
 from ..study import Contender
 
 #: The kinds of contender, in the order tables list them.
-CONTENDER_KINDS = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "adaptive",
-            "adaptive-sensitivity", "freeze-dropbp")
+CONTENDER_KINDS = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "freeze", "schedule", "freeze-dropbp")
 #: The kinds run unless the settings name others (the committed study's).
 DEFAULT_KINDS = CONTENDER_KINDS[:6]
 REGIMES = ("learn", "adapt")
@@ -57,8 +56,6 @@ class RegimeSettings(StudySettings):
                                          choices=SCHEDULES)
     contenders: tuple[str, ...] = setting(DEFAULT_KINDS, f"kinds of contender to run ({', '.join(CONTENDER_KINDS)}; schedule: "
                                                             "DropBP under each of schedules; "
-                                                            "adaptive: the adaptive rate up to contender_rate, "
-                                                            "uniform or (adaptive-sensitivity) allocated; "
                                                             "freeze-dropbp: the top half trained, DropBP at "
                                                             "contender_rate there)",
                                           allowed=f"comma-separated, each one of {', '.join(CONTENDER_KINDS)}; baseline included")
@@ -131,11 +128,6 @@ def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Co
     if "schedule" in kinds:
         out += [Contender(f"DropBP p={rate:g} after warm-up" if kind == "warmup" else f"DropBP {kind} {rate:g} -> 0",
                           "schedule", "dropbp", rate, schedule=kind) for kind in settings.schedules]
-    if "adaptive" in kinds:
-        out.append(Contender(f"DropBP adaptive (max {rate:g})", "adaptive", "dropbp", rate, schedule="adaptive"))
-    if "adaptive-sensitivity" in kinds:
-        out.append(Contender(f"DropBP adaptive (max {rate:g}) sensitivity", "adaptive-sensitivity", "dropbp", rate,
-                             allocation="paper", schedule="adaptive"))
     if "freeze-dropbp" in kinds:
         half = max(1, num_layers // 2)
         out.append(Contender(f"freeze: top {half} of {num_layers} + DropBP p={rate:g}", "freeze-dropbp",

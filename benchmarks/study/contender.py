@@ -9,18 +9,17 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.core.adaptive_rate import AdaptiveRate
 from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
 from dropbp.core.techniques import Technique, apply_technique
-from dropbp.recipes.for_benchmarks import StepRunner, lr_scheduler, step_costs
+from dropbp.recipes.for_benchmarks import StepRunner, lr_scheduler
 
 from ..harness import step_clock
 
-#: Drop-rate schedules a contender may follow: constant, a decay to 0 (cosine, linear, steps), ``warmup`` (exact
-#: backprop for the first quarter, then the rate) and ``adaptive`` (the adaptive rate, up to the contender's rate).
-SCHEDULES = ("constant", "cosine", "linear", "steps", "warmup", "adaptive")
+#: Drop-rate schedules a contender may follow: constant, a decay to 0 (cosine, linear, steps) and ``warmup`` (exact
+#: backprop for the first quarter, then the rate).
+SCHEDULES = ("constant", "cosine", "linear", "steps", "warmup")
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,7 @@ def attach(model: torch.nn.Module, contender: Contender, *, total_steps: int, se
     engine: dict[str, Any] = {"seq_len": seq_len, "sampler": contender.sampler}
     if pool_size is not None:
         engine["pool_size"] = pool_size
-    if contender.schedule == "adaptive":
-        engine["schedule"] = AdaptiveRate(step_cost=step_costs(flops_model, contender.rate))
-    elif contender.schedule != "constant":
+    if contender.schedule != "constant":
         engine["schedule"] = study_schedule(contender.schedule, total_steps)
     applied = apply_technique(model, contender.technique, contender.rate, seed=seed, options=dict(contender.options),
                               **engine)
@@ -101,7 +98,6 @@ class ContenderTrainer:
         loss = self.runner.step(step, [ids if labels is None else (ids, labels)]).loss
         effect: dict[str, Any] = {}
         if self.applied is not None:
-            self.applied.after_step(step, loss)
             effect = self.applied.step_effect(self.flops_model.names)
         return loss, self.flops_model.step(ids.numel(), **effect)
 

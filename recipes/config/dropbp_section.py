@@ -15,8 +15,8 @@ from dropbp.core.techniques import technique_names, uses_dropbp
 from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, setting
 from dropbp.recipes.config.loader import Problems
 
-#: Every dropbp.schedule.kind: the fixed schedules and the adaptive rate.
-SCHEDULE_KINDS = (*RATE_SCHEDULES, "adaptive")
+#: Every dropbp.schedule.kind.
+SCHEDULE_KINDS = RATE_SCHEDULES
 
 
 def _int(p: Problems, name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -28,29 +28,23 @@ class DropScheduleSection:
     """How the drop rate moves over training (``dropbp.schedule.*``): from ``dropbp.drop_rate`` at the start."""
 
     kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
-                                    "(stages plateaus from drop_rate down to end_rate); adaptive (starts at 0; in "
-                                    "triples of windows it probes one rate level up or down and keeps a higher "
-                                    "rate only when the probe's loss slope per unit of compute wins by confidence "
-                                    "standard errors; up to drop_rate)",
+                                    "(stages plateaus from drop_rate down to end_rate)",
                         choices=SCHEDULE_KINDS)
     end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
     warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
     stages: int = setting(4, "steps: the number of plateaus")
     levels: int | None = setting(None, "quantise linear and cosine to this many rates (none: 4 with the pool "
                                        "sampler, so compiled graphs stay at most pool_size * levels + 1; "
-                                       "continuous with bernoulli); adaptive: its rates from 0 to drop_rate "
-                                       "(none: 4)")
-    window: int = setting(20, "adaptive: optimizer steps per window (a window's loss slope is fitted by least "
-                                   "squares; three windows make one decision)")
-    confidence: float = setting(2.0, "adaptive: a probe to a higher rate is adopted only when it learns more per unit "
-                                     "of compute by this many standard errors (0: any gain, which loss noise alone "
-                                     "can give)")
+                                       "continuous with bernoulli)")
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
-        p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
-        _int(p, "dropbp.schedule.window", self.window, 1)
-        p.check(check_number, "dropbp.schedule.confidence", self.confidence, low=0)
+        if self.kind == "adaptive":
+            p.add("dropbp.schedule.kind 'adaptive' was removed: it never adopted a rate in any study, so it ran as "
+                  "DropBP off plus its probes; use constant (with warmup_steps for exact steps first), linear, "
+                  "cosine or steps.")
+        else:
+            p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
         p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
         _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
         _int(p, "dropbp.schedule.stages", self.stages, 2)

@@ -9,11 +9,10 @@ Or one, where the trainer builds the model it trains (TRL's ``SFTTrainer`` given
 in PEFT itself): ``callbacks=[DropBPCallback(drop_rate=0.75)]`` attaches DropBP to the trainer's model when training
 begins (``callback.dropbp`` is the engine from then on).
 
-The same settings as ``dropbp train``: ``DropBPCallback(drop_rate=0.5, schedule=AdaptiveRate(...))`` feeds the
-adaptive rate each optimizer step's loss (the mean of the model's ``loss`` output over the step's micro-batches, and
-over ranks); ``allocation="sensitivity"`` (with ``allocate_at``, ``sensitivity``, ``allocator``) measures branch
-sensitivities at that share of ``max_steps`` on the step's first micro-batch exactly as the trainer feeds it, labels
-included, and allocates the rates. Both run through :class:`~dropbp.core.techniques.Technique`, as in ``dropbp
+The same settings as ``dropbp train``: ``DropBPCallback(drop_rate=0.5, schedule=RateSchedule(...))`` moves the
+rate over training; ``allocation="sensitivity"`` (with ``allocate_at``, ``sensitivity``, ``allocator``) measures
+branch sensitivities at that share of ``max_steps`` on the step's first micro-batch exactly as the trainer feeds it,
+labels included, and allocates the rates, through :class:`~dropbp.core.techniques.Technique`, as in ``dropbp
 train``.
 
 The callback draws the mask at the start of every optimizer step (``state.global_step``): all micro-batches of a
@@ -39,7 +38,7 @@ from dropbp.core.techniques import Technique
 
 class DropBPCallback(TrainerCallback):
     """Begin each optimizer step of a ``Trainer`` with its DropBP mask, run the technique's work before and after
-    the step (sensitivity allocation, the adaptive rate), and report the realised rates in the logs."""
+    the step (sensitivity allocation), and report the realised rates in the logs."""
 
     def __init__(self, dropbp: DropBP | None = None, *, allocation: str = "uniform", allocate_at: float = 0.1,
                  sensitivity: str = "fast", allocator: str = "paper", **engine: Any) -> None:
@@ -53,13 +52,12 @@ class DropBPCallback(TrainerCallback):
         RateAllocation.check_settings(**self.allocation_settings)
         self.technique: Technique | None = None
         self._step = 0
-        self._before_pending = self._measuring = False
-        self._losses: list[torch.Tensor] = []
+        self._before_pending = False
         self._handles: list[Any] = []
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        """Attach DropBP to the model the trainer trains (or take the one given or already on it), and the hooks
-        that hand the technique each step's first batch and losses."""
+        """Attach DropBP to the model the trainer trains (or take the one given or already on it), and the hook that
+        hands the technique each step's first batch."""
         if self.dropbp is None:
             if model is None:
                 raise ConfigError("DropBPCallback: the trainer passed no model to attach DropBP to; create the engine "
@@ -73,41 +71,19 @@ class DropBPCallback(TrainerCallback):
                 total_steps=state.max_steps, allocate_at=settings["allocate_at"], sensitivity=settings["sensitivity"],
                 allocator=settings["allocator"], seed=self.dropbp.seed)
         if model is not None:
-            self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-                             model.register_forward_hook(self._after_forward)]
+            self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
 
     def _before_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._before_pending and module.training and torch.is_grad_enabled():
-            self._before_pending, self._measuring = False, True  # the measurement runs forwards of its own
-            try:
-                self.technique.before_step(self._step, dict(kwargs) if kwargs else {"input_ids": args[0]})
-            finally:
-                self._measuring = False
-
-    def _after_forward(self, module: Any, args: Any, output: Any) -> None:
-        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-        if not self._measuring and module.training and torch.is_grad_enabled() and isinstance(loss, torch.Tensor):
-            self._losses.append(loss.detach().float())
+            self._before_pending = False  # the measurement runs forwards of its own
+            self.technique.before_step(self._step, dict(kwargs) if kwargs else {"input_ids": args[0]})
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Draw the mask of optimizer step ``state.global_step`` (a pure function of the seed and the step)."""
         self._step = state.global_step
-        self._before_pending, self._losses = True, []
+        self._before_pending = True
         if self.dropbp is not None:
             self.dropbp.begin_step(self._step)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Hand the step's mean loss (over micro-batches and ranks) to the technique's after-step work."""
-        if self.technique is None or self.technique.adaptive is None:
-            return
-        if not self._losses:
-            raise ConfigError("DropBPCallback: the adaptive rate needs each step's loss, but the model returned none "
-                              "(no labels in the batch?); pass labels, or use a constant rate.")
-        loss = torch.stack(self._losses).mean()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(loss)
-            loss /= torch.distributed.get_world_size()
-        self.technique.after_step(self._step, float(loss))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Add the realised FLOPs-weighted drop fraction to Trainer's logs."""

@@ -150,13 +150,12 @@ def test_regime_settings_errors(change, needle):
         small(**change).validate()
 
 
-def test_plan_offers_schedules_the_adaptive_rate_and_freeze_with_dropbp():
-    settings = RegimeSettings(contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"),
+def test_plan_offers_schedules_and_freeze_with_dropbp():
+    settings = RegimeSettings(contenders=("baseline", "schedule", "freeze-dropbp"),
                               schedules=("cosine", "linear", "warmup"))
     contenders = plan(settings, num_layers=16, total_steps=368)
     assert [c.label for c in contenders] == ["baseline", "DropBP cosine 0.75 -> 0", "DropBP linear 0.75 -> 0",
-                                             "DropBP p=0.75 after warm-up", "DropBP adaptive (max 0.75)",
-                                             "freeze: top 8 of 16 + DropBP p=0.75"]
+                                             "DropBP p=0.75 after warm-up", "freeze: top 8 of 16 + DropBP p=0.75"]
     warmup = study_schedule("warmup", 100)
     assert [warmup.rate_at(step, 0.75) for step in (0, 24, 25, 99)] == [0.0, 0.0, 0.75, 0.75]
     assert study_schedule("linear", 100).rate_at(50, 0.75) == pytest.approx(0.375)
@@ -167,14 +166,12 @@ def test_plan_offers_schedules_the_adaptive_rate_and_freeze_with_dropbp():
 def test_the_new_contenders_train_and_charge_their_flops(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
     settings = small(lrs=(1e-3,), seeds=(0,), equal_time=False,
-                     contenders=("baseline", "schedule", "adaptive", "freeze-dropbp"))
+                     contenders=("baseline", "schedule", "freeze-dropbp"))
     runs = {run["kind"]: run for run in run_regime(settings, backends.get("cpu"), progress=False)["runs"]}
-    assert set(runs) == {"baseline", "schedule", "adaptive", "freeze-dropbp"}
+    assert set(runs) == {"baseline", "schedule", "freeze-dropbp"}
     assert runs["schedule"]["train_flops"] < runs["baseline"]["train_flops"]
     assert runs["freeze-dropbp"]["train_flops"] < runs["schedule"]["train_flops"]
-    # 15 steps are less than one adaptive window triple: it stays at exact backprop, so it costs what the baseline does
-    assert runs["adaptive"]["train_flops"] == runs["baseline"]["train_flops"]
-    assert runs["adaptive"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
+    assert runs["baseline"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
 
 
 def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():

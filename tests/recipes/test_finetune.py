@@ -28,8 +28,7 @@ SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_laye
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0"]
 
 
-#: tiny-tasks as these tests were written for: DropBP at a constant 0.5 (the recipe ships the adaptive rate, which
-#: starts at 0 and would leave a short run's masks all kept; other techniques take no drop-rate schedule).
+#: tiny-tasks as these tests were written for (and as it ships): DropBP at a constant 0.5.
 CONSTANT = ["dropbp.drop_rate=0.5", "dropbp.schedule.kind=constant"]
 TINY = [*SMALL, *CONSTANT]
 
@@ -69,7 +68,7 @@ def test_tiny_recipe_learns_and_writes_its_outputs(tmp_path):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000060"]
 
 
-@pytest.mark.slow  # the fast lane resumes the engine, schedules and adaptive rate in tests/core
+@pytest.mark.slow  # the fast lane resumes the engine and schedules in tests/core
 @pytest.mark.parametrize("name", ["tiny-tasks", "tiny-tasks-lora"])
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, name):
     steps = ["train.steps=20", "train.eval_every=10", "train.save_every=0"]

@@ -14,7 +14,7 @@ from dropbp.recipes.config.schema import load_recipe
 
 #: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1 dropbp.drop_rate=0.5
 #: dropbp.schedule.kind=constant dropbp.allocation=uniform`` (DropBP 0.5, Bernoulli masks, seed 0; uniform rates, so
-#: the curve guards the step itself, not the sensitivity measurement or the adaptive rate).
+#: the curve guards the step itself, not the sensitivity measurement).
 GOLDEN = [5.520637035369873, 5.486528396606445, 5.243840217590332, 4.970015525817871, 4.738493919372559,
           4.518105983734131, 4.3438920974731445, 4.215924263000488, 3.9547033309936523, 3.845505952835083,
           3.5636558532714844, 3.3144307136535645, 3.039586305618286, 2.876966714859009, 2.6809537410736084,

@@ -16,7 +16,7 @@ from ..conftest import logged_losses
 SMALL = ["model.config={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
          "num_key_value_heads: 2}", "data.seq_len=40", "train.micro_batch_size=8", "train.exact_match=0",
          "train.steps=20", "train.eval_every=0", "train.save_every=0", "train.log_every=1"]
-#: tiny-tasks ships the adaptive rate; every case but the schedule and adaptive ones pins a constant rate.
+#: Every case but the schedule one pins a constant rate (as tiny-tasks ships).
 CONSTANT = "dropbp.schedule.kind=constant"
 CASES = {
     "dropbp-uniform": [CONSTANT, "dropbp.drop_rate=0.5", "dropbp.allocation=uniform"],
@@ -25,7 +25,6 @@ CASES = {
     "dropbp-online": [CONSTANT, "dropbp.drop_rate=0.5", "dropbp.allocation=online", "dropbp.reallocate_every=5"],
     "dropbp-schedule": ["dropbp.drop_rate=0.75", "dropbp.sampler=pool", "dropbp.pool_size=4",
                         "dropbp.schedule.kind=cosine", "dropbp.schedule.warmup_steps=3"],
-    "dropbp-adaptive": ["dropbp.drop_rate=0.75", "dropbp.schedule.kind=adaptive", "dropbp.schedule.window=3"],
     "layerdrop": [CONSTANT, "dropbp.technique=layerdrop", "dropbp.drop_rate=0.3"],
     "pld": [CONSTANT, "dropbp.technique=pld", "dropbp.drop_rate=0.3", "technique.gamma=0.05"],
     "freeze": [CONSTANT, "dropbp.technique=freeze", "dropbp.drop_rate=0.5"],
@@ -38,11 +37,9 @@ def run(out: Path, overrides: list[str], resume: bool = False) -> dict:
     job.setup()
     try:
         job.train()
-        technique = job.technique
-        allocation, adaptive = (None, None) if technique is None else (technique.allocation, technique.adaptive)
+        allocation = None if job.technique is None else job.technique.allocation
         return {"report": None if job.policy is None else job.policy.report(),
-                "schedule": None if allocation is None else allocation.state_dict(),
-                "adaptive": None if adaptive is None else adaptive.state_dict()}
+                "schedule": None if allocation is None else allocation.state_dict()}
     finally:
         job.cleanup()
 
@@ -51,7 +48,7 @@ def losses(out: Path) -> list[str]:
     return [loss for _, loss in logged_losses(out)]
 
 
-@pytest.mark.slow  # about 2 s each; the fast lane resumes the engine, the schedules and the adaptive rate in core
+@pytest.mark.slow  # about 2 s each; the fast lane resumes the engine and the schedules in tests/core
 @pytest.mark.parametrize("case", list(CASES))
 def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
     whole = run(tmp_path / "whole", CASES[case])
@@ -63,8 +60,6 @@ def test_report_after_10_plus_resumed_10_equals_report_after_20(tmp_path, case):
         assert [event["step"] for event in whole["schedule"]["events"]] == [5, 10, 15]
     if whole["report"] is not None:
         assert whole["report"]["steps"] == 20
-    if case == "dropbp-adaptive":  # 6 windows of 3 steps: two decisions, after steps 9 and 18, the first resumed
-        assert len(whole["adaptive"]["history"]) == 2 and whole["adaptive"]["next_step"] == 20
     if case == "dropbp-schedule":  # 3 warm-up steps at 0, then a cosine from 0.75 to 0 in 4 levels
         assert whole["report"]["schedule"] == "cosine to 0 over 20 steps, 4 levels, 3 warm-up steps at 0"
         assert 0.2 < whole["report"]["scheduled_drop_fraction"] < 0.4

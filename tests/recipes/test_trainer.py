@@ -85,26 +85,15 @@ def _trainer(tmp_path, callback, steps: int):
     return Trainer(model=model, args=args, train_dataset=periodic_data(128), callbacks=[callback])
 
 
-def test_callback_feeds_the_adaptive_rate_each_step_and_adopts_a_winning_probe(tmp_path):
-    from dropbp.core import AdaptiveRate
+def test_callback_follows_a_drop_rate_schedule_from_exact_steps_to_its_rate(tmp_path):
+    from dropbp.core import RateSchedule
 
-    # Dropping is made almost free in the cost model, so a probe up wins as soon as it learns at all.
-    adaptive = AdaptiveRate(window=3, confidence=0.0, margin=0.0, step_cost=lambda factor: 1.0 - 0.99 * factor)
-    callback = DropBPCallback(drop_rate=0.5, seed=1, schedule=adaptive)
-    _trainer(tmp_path, callback, 24).train()
-    assert callback.technique.adaptive is adaptive
-    assert adaptive.level_in_force() > 0  # the rate moved up from exact backprop during the run
-    assert callback.dropbp.report()["scheduled_drop_fraction"] > 0
-
-
-def test_callback_without_losses_refuses_the_adaptive_rate(tmp_path):
-    from dropbp.core import AdaptiveRate
-
-    callback = DropBPCallback(drop_rate=0.5, schedule=AdaptiveRate(window=3))
-    callback._losses = []
-    callback.technique = type("T", (), {"adaptive": object()})()
-    with pytest.raises(Exception, match="adaptive rate needs each step's loss"):
-        callback.on_step_end(None, None, None)
+    # 6 exact steps, then 0.5 on every branch: half the steps at 0.5, so a quarter is asked over the run
+    callback = DropBPCallback(drop_rate=0.5, seed=1, schedule=RateSchedule("constant", total_steps=12, warmup_steps=6))
+    _trainer(tmp_path, callback, 12).train()
+    report = callback.dropbp.report()
+    assert report["steps"] == 12 and report["scheduled_drop_fraction"] == pytest.approx(0.25)
+    assert report["realized_drop_fraction"] > 0
 
 
 def test_callback_allocates_by_sensitivity_on_the_batch_the_trainer_feeds(tmp_path, monkeypatch):
