@@ -141,8 +141,8 @@ def regime_figure(result: dict[str, Any]) -> Any:
             if not mine:
                 continue
             for ax, metric in ((axes[0][col], "val_loss"), (axes[1][col], "exact_match")):
-                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles.get(_kind(row), "-"), color=colours[row["label"]],
-                        label=row["label"] if (ax is axes[0][0]) else None)
+                ax.plot(*_mean_curve(mine, axis, metric), linestyle=styles.get(_kind(row), "-"),
+                        color=colours[row["label"]], label=row["label"] if (ax is axes[0][0]) else None)
         axes[0][col].set_title(title)
         axes[0][col].set_yscale("log")
         axes[1][col].set_xlabel("training TFLOPs (FLOPs model)" if axis == "flops" else "training wall time (s)")

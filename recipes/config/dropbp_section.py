@@ -15,9 +15,6 @@ from dropbp.core.techniques import technique_names, uses_dropbp
 from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, setting
 from dropbp.recipes.config.loader import Problems
 
-#: Every dropbp.schedule.kind.
-SCHEDULE_KINDS = RATE_SCHEDULES
-
 
 def _int(p: Problems, name: str, value: Any, low: int, high: int | None = None) -> None:
     p.check(check_int, name, value, low, high)
@@ -29,7 +26,7 @@ class DropScheduleSection:
 
     kind: str = setting("constant", "constant (drop_rate all along); linear or cosine decay to end_rate; steps "
                                     "(stages plateaus from drop_rate down to end_rate)",
-                        choices=SCHEDULE_KINDS)
+                        choices=RATE_SCHEDULES)
     end_rate: float = setting(0.0, "the rate at the end of training (0: exact backprop at the end)")
     warmup_steps: int = setting(0, "optimizer steps at rate 0 (exact backprop) before the schedule starts")
     stages: int = setting(4, "steps: the number of plateaus")
@@ -44,7 +41,7 @@ class DropScheduleSection:
                   "DropBP off plus its probes; use constant (with warmup_steps for exact steps first), linear, "
                   "cosine or steps.")
         else:
-            p.check(check_choice, "dropbp.schedule.kind", self.kind, SCHEDULE_KINDS)
+            p.check(check_choice, "dropbp.schedule.kind", self.kind, RATE_SCHEDULES)
         p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
         _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
         _int(p, "dropbp.schedule.stages", self.stages, 2)

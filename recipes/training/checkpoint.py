@@ -5,9 +5,10 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the trained weight
 ``model.safetensors`` + ``config.json``), the optimizer and scheduler state and the random generators' state
 (``torch.save`` of tensors and numbers, loaded back with ``weights_only=True``), and ``state.json``: the step and
 each stateful part of the run under a fixed key (:data:`POLICY_KEY`: the drop policy's ``state_dict()``, rates and
-counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). Last comes ``manifest.json``: the size and sha256 of every other file, so a resume can tell an
-intact checkpoint from a damaged one (:func:`verify_checkpoint`) and fall back to the newest intact one. It is
-written in a hidden ``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed
+counters; :data:`ALLOCATION_KEY`: the allocation schedule's, online estimates included). Last comes
+``manifest.json``: the size and sha256 of every other file, so a resume can tell an intact checkpoint from a
+damaged one (:func:`verify_checkpoint`) and fall back to the newest intact one. It is written in a hidden
+``.step-NNNNNN.partial-*`` folder, fsynced, then renamed into place in one step, so a killed
 process leaves the previous checkpoint intact (and the next start removes the partial folder). Only the newest
 ``keep`` are kept.
 """

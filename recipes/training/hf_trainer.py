@@ -37,8 +37,8 @@ from dropbp.core.techniques import Technique
 
 
 class DropBPCallback(TrainerCallback):
-    """Begin each optimizer step of a ``Trainer`` with its DropBP mask, run the technique's work before and after
-    the step (sensitivity allocation), and report the realised rates in the logs."""
+    """Begin each optimizer step of a ``Trainer`` with its DropBP mask, run the technique's work before the step
+    (sensitivity allocation), and report the realised rates in the logs."""
 
     def __init__(self, dropbp: DropBP | None = None, *, allocation: str = "uniform", allocate_at: float = 0.1,
                  sensitivity: str = "fast", allocator: str = "paper", **engine: Any) -> None:
