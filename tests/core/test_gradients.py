@@ -10,6 +10,7 @@ from dropbp.core import DropBP
 from dropbp.core.hooks import detach_outputs as _detach
 
 from ..conftest import loss_and_grads, tiny_model, token_batch
+from ..numerics import assert_close_to_scale
 
 CASES = [(arch, method) for arch in ("llama", "gpt2") for method in ("full", "lora")]
 MASKS = [(True, False, False, True), (False, True, True, False), (True, True, True, False)]
@@ -42,7 +43,7 @@ def test_dropped_branch_grads(arch, method, mask):
     loss, grads = loss_and_grads(model, batch)
     ref_loss, ref_grads = loss_and_grads(reference, batch)
 
-    torch.testing.assert_close(loss, ref_loss)
+    assert_close_to_scale(loss, ref_loss, msg="loss")  # hooks vs a detached copy: two graphs
     dropped_params = set().union(*(branch_params(model, name) for name in dropped))
     assert dropped_params, "a dropped branch should own trainable parameters"
     for name in dropped_params:
@@ -52,7 +53,7 @@ def test_dropped_branch_grads(arch, method, mask):
             continue
         assert (grad is None) == (ref_grads[name] is None), name
         if grad is not None:
-            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-7)
+            assert_close_to_scale(grad, ref_grads[name], msg=name)
     # kept branches really are trained: at least one kept-branch parameter has a non-zero gradient
     kept = [b.name for b, m in zip(dropbp.branches, mask) if not m]
     assert any(grads[n] is not None and grads[n].abs().sum() > 0 for k in kept for n in branch_params(model, k))

@@ -8,6 +8,7 @@ import torch
 from dropbp.core import DropBP
 from dropbp.recipes import FineTune, load_recipe, shipped
 from dropbp.recipes.model.build import apply_method, build_model, enable_checkpointing
+from ..numerics import assert_close_to_scale
 
 SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
 
@@ -38,7 +39,7 @@ def test_checkpointing_gives_the_gradients_of_no_checkpointing_under_random_mask
     for plain, checkpointed in zip(grads[False], grads[True]):
         assert plain.keys() == checkpointed.keys()
         for name in plain:
-            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+            assert_close_to_scale(checkpointed[name], plain[name], msg=name)  # recomputed: another graph
 
 
 def test_recomputation_follows_the_mask():
@@ -78,4 +79,5 @@ def test_a_recipe_with_checkpointing_trains_with_the_same_losses(tmp_path, name)
     plain = _recipe_losses(name, tmp_path / "a")
     checkpointed = _recipe_losses(name, tmp_path / "b", "train.gradient_checkpointing=true")
     assert len(plain) == 20
-    torch.testing.assert_close(torch.tensor(checkpointed), torch.tensor(plain), rtol=1e-5, atol=0)
+    for step, (a, b) in enumerate(zip(checkpointed, plain)):  # each loss against its own scale
+        assert_close_to_scale(torch.tensor(a), torch.tensor(b), msg=f"loss at step {step}")

@@ -12,6 +12,8 @@ from dropbp.recipes.finetune import FineTune
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
 
+from ..numerics import DEEP, assert_close_to_scale
+
 #: ``dropbp train tiny-tasks --device cpu train.steps=20 train.log_every=1 dropbp.drop_rate=0.5
 #: dropbp.schedule.kind=constant dropbp.allocation=uniform`` (DropBP 0.5, Bernoulli masks, seed 0; uniform rates, so
 #: the curve guards the step itself, not the sensitivity measurement).
@@ -32,5 +34,9 @@ def test_tiny_tasks_losses_equal_the_committed_curve(tmp_path):
     finally:
         job.cleanup()
     losses = [float(row["loss"]) for row in rows if row["loss"]]
-    torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
-                               torch.tensor(GOLDEN, dtype=torch.float64), rtol=1e-5, atol=0)
+    # The curve was written on another machine: its kernels may sum in another order, and 20 optimizer steps carry
+    # that round-off on. 1e-4 of each loss holds that; any change to the masks, the data order or the optimizer moves
+    # these losses by more than 1e-2.
+    assert len(losses) == len(GOLDEN)
+    for step, (loss, golden) in enumerate(zip(losses, GOLDEN)):
+        assert_close_to_scale(torch.tensor(loss), torch.tensor(golden), DEEP, msg=f"loss at step {step}")
