@@ -67,9 +67,14 @@ def _check_batch(batch: Batch) -> None:
 
 
 def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    if isinstance(batch, Mapping):
-        return model(**batch).loss
-    return model(input_ids=batch, labels=batch).loss
+    loss = model(**batch).loss if isinstance(batch, Mapping) else model(input_ids=batch, labels=batch).loss
+    if loss is None:
+        raise ConfigError(
+            "the model returned no loss for the sensitivity batch: give the batch `labels` (the token ids "
+            "themselves for the language-model loss, or the recipe's labels), or pass the token ids alone as a "
+            "tensor, which measures on the language-model loss."
+        )
+    return loss
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -85,13 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def measurement_batch(settings: AllocateSettings, device: torch.device) -> dict[str, torch.Tensor]:
-    """``input_ids`` (and ``labels``) of the batch sensitivity is measured on: windows of the standard library's
-    source as bytes, or the first training windows of a recipe's data through the model's tokenizer."""
+    """``input_ids`` and ``labels`` of the batch sensitivity is measured on: windows of the standard library's source
+    as bytes with the next-token loss on every position, or the first training windows of a recipe's data through the
+    model's tokenizer with the recipe's labels."""
     if settings.data == "corpus":
         from dropbp.recipes.data.corpus import batch_at, stdlib_corpus
 
         ids = batch_at(stdlib_corpus(1_000_000), settings.seed, settings.batch_size, settings.seq_len, settings.seed)
-        return {"input_ids": ids.to(device)}
+        return {"input_ids": ids.to(device), "labels": ids.to(device)}  # the language-model loss on every window
     from dropbp.recipes.config.presets import downloads_allowed
     from dropbp.recipes.config.schema import ModelSection, load_recipe
     from dropbp.recipes.data.instruct import load_data

@@ -69,6 +69,9 @@ def test_bad_input_errors(text):
         fast_sensitivity(model, dropbp, batch[:, :1])
     with pytest.raises(ConfigError, match="batch too small"):
         exact_sensitivity(model, dropbp, batch[:0])
+    for estimator in (fast_sensitivity, exact_sensitivity):  # a mapping without labels: no loss, one paragraph
+        with pytest.raises(ConfigError, match="returned no loss.*labels"):
+            estimator(model, dropbp, {"input_ids": batch})
     for allocator in ("paper", "optimal"):
         with pytest.raises(AllocationError, match="0.95 is infeasible with cap 0.9"):
             allocate(allocator, [1, 2], [1.0, 1.0], 0.95, cap=0.9)
