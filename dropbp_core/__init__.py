@@ -9,8 +9,11 @@ from .errors import AllocationError, BackendUnavailableError, ConfigError, DropB
 from .freezing import blocks_for_backward_budget, freeze_bottom_layers
 from .layerdrop import LayerDrop, pld_keep_probability
 from .memory_model import MemoryModel
+from .policy import StepPolicy
+from .rate_allocation import RateAllocation
 from .rate_schedule import RATE_SCHEDULES, RateSchedule
 from .samplers import SAMPLERS, BernoulliSampler, PoolSampler, make_sampler
+from .step_flops import StepFlops
 from .techniques import Technique, apply_technique, register_technique, technique_names
 
 __version__ = "0.1.0"
@@ -19,4 +22,5 @@ __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fractio
            "validate_drop_rate", "SAMPLERS", "BernoulliSampler", "PoolSampler", "make_sampler", "DropBPError",
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
            "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "Technique",
-           "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES", "__version__"]
+           "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES",
+           "RateAllocation", "StepFlops", "StepPolicy", "__version__"]

@@ -82,7 +82,7 @@ def regime_markdown(result: dict[str, Any]) -> str:
         markdown_table(["contender", "epochs", "final val loss", "exact match %", "reached target",
                         "speed-up to target"], equal_rows), ""]
     sweep_rows = [(label, *[f"{s['final_val_loss']:.4f}" for s in runs], f"{result['chosen_lr'][label]:g}")
-                  for label, runs in result["sweep"].items()]
+                  for label, runs in result["sweep"].items() if runs]  # one learning rate: no sweep was run
     s, m, p = result["settings"], result["model"], result["pretrain"]
     lrs = [f"lr {lr:g}" for lr in s["lrs"]]
     return "\n".join([
@@ -104,8 +104,9 @@ def regime_markdown(result: dict[str, Any]) -> str:
         markdown_table(["contender", "lr", "final val loss", "exact match %", "acc. gap (pts)", "time saved %",
                         "FLOPs saved %", "reached target", "speed-up to target"], rows), "",
         *equal_table,
-        "Learning-rate sweep (seed 0, final validation loss):", "",
-        markdown_table(["contender", *lrs, "chosen"], sweep_rows), "",
+        *(["Learning-rate sweep (seed 0, final validation loss):", "",
+           markdown_table(["contender", *lrs, "chosen"], sweep_rows), ""] if sweep_rows else
+          [f"One learning rate ({', '.join(lrs)}): no sweep.", ""]),
         f"Paper, for reference (not measured here): {result['paper_reference']['time_to_target_speedup']}x faster "
         f"to the same accuracy, {result['paper_reference']['training_time_reduction'] * 100:.0f}% less training "
         f"time. Total benchmark time: {result['total_time_s'] / 60:.0f} min (runs already cached are not re-timed).",

@@ -31,3 +31,10 @@ def test_the_benchmarks_module_lists_what_it_imports():
     imported = {alias.name for node in tree.body if isinstance(node, ast.ImportFrom) and node.module != "__future__"
                 for alias in node.names}
     assert set(for_benchmarks.__all__) == imported
+
+
+def test_every_name_the_core_exports_resolves():
+    import dropbp.core as core
+
+    assert {"DropBP", "RateAllocation", "StepFlops", "StepPolicy", "Technique"} <= set(core.__all__)
+    assert all(getattr(core, name, None) is not None for name in core.__all__)

@@ -167,8 +167,10 @@ def test_the_new_contenders_train_and_charge_their_flops(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
     settings = small(lrs=(1e-3,), seeds=(0,), equal_time=False,
                      contenders=("baseline", "schedule", "freeze-dropbp"))
-    runs = {run["kind"]: run for run in run_regime(settings, backends.get("cpu"), progress=False)["runs"]}
+    result = run_regime(settings, backends.get("cpu"), progress=False)
+    runs = {run["kind"]: run for run in result["runs"]}
     assert set(runs) == {"baseline", "schedule", "freeze-dropbp"}
+    assert "One learning rate (lr 0.001): no sweep." in regime_markdown(result)  # the report of a study with no sweep
     assert runs["schedule"]["train_flops"] < runs["baseline"]["train_flops"]
     assert runs["freeze-dropbp"]["train_flops"] < runs["schedule"]["train_flops"]
     assert runs["baseline"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
