@@ -3,10 +3,11 @@ then the adapters its method trains (full fine-tuning, LoRA, or QLoRA: 4-bit NF4
 ``transformers``' ``BitsAndBytesConfig`` and ``bitsandbytes``), all adapters through PEFT."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,17 +23,25 @@ QLORA_MISSING = ("model.method qlora needs the bitsandbytes package, which is no
                  "'dropbp[qlora]' (or pip install bitsandbytes), or use method lora.")
 
 
-def quiet_peft_import() -> None:
-    """Import PEFT without the warning bitsandbytes logs when PEFT imports it (PEFT imports bitsandbytes whenever it is
-    installed, even for LoRA, which uses no 4-bit layer): bitsandbytes' CPU fallback is what runs, and a LoRA user
-    should not see a 4-bit kernel warning as the first line of a run."""
+@contextlib.contextmanager
+def quiet_bitsandbytes() -> Iterator[None]:
+    """Inside: bitsandbytes logs errors only. PEFT imports bitsandbytes whenever it is installed (on import in some
+    versions, when it first wraps a linear layer in others), even for LoRA, which uses no 4-bit layer, and
+    bitsandbytes then warns about an optional CPU kernel package: its fallback is what runs, and a LoRA user should not
+    see a 4-bit kernel warning as the first line of a run."""
     quiet = logging.getLogger("bitsandbytes")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        import peft  # noqa: F401
+        yield
     finally:
         quiet.setLevel(level)
+
+
+def quiet_peft_import() -> None:
+    """Import PEFT without bitsandbytes' kernel warning (:func:`quiet_bitsandbytes`)."""
+    with quiet_bitsandbytes():
+        import peft  # noqa: F401
 
 
 def lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str, ...] | list[str],
@@ -50,7 +59,7 @@ def add_lora(model: nn.Module, config: Any, seed: int) -> nn.Module:
     forked and restored here)."""
     from peft import get_peft_model
 
-    with seeded(seed, next(model.parameters()).device):
+    with seeded(seed, next(model.parameters()).device), quiet_bitsandbytes():
         return get_peft_model(model, config)
 
 
