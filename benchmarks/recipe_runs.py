@@ -40,6 +40,7 @@ def train_recipe(recipe_name: str, overrides: list[str], backend: Backend) -> di
     last = summary["rows"][-1]
     match = float(last["exact_match"]) if last.get("exact_match") else None
     return {"steps": summary["steps"], "measured_time_s": sum(job.step_times), "step_times_s": job.step_times,
+            "rows": summary["rows"],
             "realized_drop_fraction": realized,
             "flops": flops, "val_loss": float(last["val_loss"]), "exact_match": match, "savings": summary["savings"],
             "drop_rate": recipe.dropbp.drop_rate, "schedule": recipe.dropbp.schedule.kind,
@@ -70,6 +71,7 @@ class RecipeWorkload:
     overrides: list[str]
     backend: Backend
     warmup: int = 2
+    curve_every: int = 0
 
     def contender_overrides(self, contender: Contender) -> list[str]:
         """The recipe keys that make ``contender``."""
@@ -82,16 +84,24 @@ class RecipeWorkload:
         raise ValueError(f"a recipe study cannot make {contender!r} without recipe overrides.")
 
     def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
-        """The recipe run for ``steps`` steps (no evaluation before the end, no checkpoints); its one curve point is
-        the end, timed by the step clock."""
-        extra = [f"train.seed={seed}", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0"]
+        """The recipe run for ``steps`` steps (evaluated at the start, every ``curve_every`` steps and at the end; no
+        checkpoints), timed by the step clock. A point's FLOPs are the run's total split in proportion to the step
+        times before it (steps that drop more are cheaper in both)."""
+        extra = [f"train.seed={seed}", f"train.steps={steps}", f"train.eval_every={self.curve_every}",
+                 "train.save_every=0"]
         if lr is not None:
             extra.append(f"optim.lr={lr}")
         run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *extra], self.backend)
+        times, total = run["step_times_s"], run["measured_time_s"] or 1.0
+        curve = [CurvePoint(step=int(row["step"]), time_s=sum(times[:int(row["step"])]),
+                            flops=run["flops"] * sum(times[:int(row["step"])]) / total, val_loss=float(row["val_loss"]),
+                            exact_match=float(row["exact_match"]) if row.get("exact_match") else None)
+                 for row in run["rows"] if row.get("val_loss") not in (None, "")]
         end = CurvePoint(step=steps, time_s=run["measured_time_s"], flops=run["flops"], val_loss=run["val_loss"],
                          exact_match=run["exact_match"])
+        curve = [point for point in curve if point.step < steps] + [end]
         notes = {k: run[k] for k in ("savings", "drop_rate", "schedule", "technique")}
-        return StudyRun(contender.label, steps, run["measured_time_s"], run["flops"], [end],
+        return StudyRun(contender.label, steps, run["measured_time_s"], run["flops"], curve,
                         run["realized_drop_fraction"], kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
                         notes=notes)
 

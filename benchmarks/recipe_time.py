@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, check_number, check_seed,
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, check_number, check_seed,
                                            environment, find_recipe, load_recipe, markdown_table, option_name, pyplot,
                                            setting)
 
@@ -58,6 +59,10 @@ class RecipeTimeSettings(StudySettings):
                                                     "validation loss (relative)", allowed=NON_NEGATIVE_NUMBER)
     match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)",
                                   allowed=NON_NEGATIVE_NUMBER)
+    curve_every: int = setting(0, "evaluate every run's validation loss every N steps (the recipe's own evaluation, "
+                                  "exact match included), for the perplexity-against-time curve and the speed-up to "
+                                  "DropBP off's final perplexity; 0: at the start and the end only",
+                               allowed=NON_NEGATIVE)
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         if not self.seeds:
@@ -72,6 +77,8 @@ class RecipeTimeSettings(StudySettings):
             p.add(f"{name('contenders')} must each be space-separated key=value, got {', '.join(map(repr, bad))}.")
         p.check(check_number, name("loss_margin"), self.loss_margin, low=0)
         p.check(check_number, name("match_margin"), self.match_margin, low=0)
+        if isinstance(self.curve_every, bool) or not isinstance(self.curve_every, int) or self.curve_every < 0:
+            p.add(f"{name('curve_every')} must be an integer >= 0, got {self.curve_every!r}.")
 
 
 def _row(run: StudyRun) -> dict[str, Any]:
@@ -82,6 +89,16 @@ def _row(run: StudyRun) -> dict[str, Any]:
             "realized_drop_fraction": run.realized_drop_fraction, **run.notes}
 
 
+def _curve(run: StudyRun) -> list[dict[str, float]]:
+    """A run's validation curve against its (modelled) training time: the paper's perplexity-against-hours view."""
+    return [{"time_s": point.time_s, "val_loss": point.val_loss} for point in run.curve]
+
+
+def perplexity(loss: float) -> float:
+    """Validation perplexity, exp(mean token loss); the same target as the loss, since exp is monotonic."""
+    return math.exp(min(loss, 700.0))
+
+
 def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
     """Through the one study runner: per seed, the baseline, the recipe at equal steps and at the baseline's time
     (times from the step-time model unless ``time_model`` is off)."""
@@ -90,7 +107,7 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     overrides = list(settings.overrides)
-    workload = RecipeWorkload(settings.recipe, overrides, backend)
+    workload = RecipeWorkload(settings.recipe, overrides, backend, curve_every=settings.curve_every)
     contenders = ([recipe_contender(settings.recipe, [*overrides, *text.split()], backend, label=text,
                                     extra=text.split()) for text in settings.contenders]
                   or [recipe_contender(settings.recipe, overrides, backend)])
@@ -105,10 +122,11 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
             base = study.baseline(seed)
             same = next(r for r in study.runs if r.label == contender.label and r.seed == seed)
             timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
-            within = Verdict.of(timed, base, loss_margin=settings.loss_margin,
-                                match_margin=settings.match_margin).holds
+            verdict = Verdict.of(timed, base, loss_margin=settings.loss_margin, match_margin=settings.match_margin)
+            within = verdict.holds
             seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": _row(same), "equal_time": _row(timed),
-                          "within": within})
+                          "within": within, "speedup_to_target": verdict.loss_speedup,
+                          "curves": {"baseline": _curve(base), "equal_time": _curve(timed)}})
             if progress:
                 print(f"{contender.label}, seed {seed}: baseline {base.final_val_loss:.4f}/{base.final_exact_match} "
                       f"in {base.train_time_s:.1f} s; contender {timed.final_val_loss:.4f}/{timed.final_exact_match} "
@@ -128,7 +146,8 @@ def study_cache(settings: RecipeTimeSettings) -> Path:
     the cache keyed by the recipe's text, the overrides and the threads (the runs are the same whether their times
     are then read through the step-time model or not)."""
     text = Path(find_recipe(settings.recipe)).read_text(encoding="utf-8")
-    key = json.dumps([text, list(settings.overrides), settings.threads, torch.get_num_threads()])
+    key = json.dumps([text, list(settings.overrides), settings.threads, torch.get_num_threads()]
+                     + ([settings.curve_every] if settings.curve_every else []))  # older studies keep their key
     return cache_dir() / "studies" / f"recipe-time-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -168,15 +187,19 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
              f"Baseline: the recipe with DropBP off (dropbp.technique=dropbp, dropbp.drop_rate=0). Overrides for "
              f"every run: {', '.join(s['overrides']) or 'none'}. Times: {times_description(result)}. Margins: "
              f"validation loss at most +{s['loss_margin'] * 100:g}% and exact match at least "
-             f"-{s['match_margin'] * 100:g} points against the baseline of the same seed, at the baseline's time.", ""]
+             f"-{s['match_margin'] * 100:g} points against the baseline of the same seed, at the baseline's time. "
+             "*Speed-up to target*: DropBP off's time to its own final validation perplexity over the contender's "
+             "time to the same perplexity (the paper's measure; 'never' when it does not get there).", ""]
     for entry in compared(result):
         rows = entry["seeds"]
         first = rows[0]["equal_steps"]
         described = " ".join(entry["overrides"]) or "the recipe as shipped"
         table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
                   f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
+                  f"{perplexity(r[run]['val_loss']):.3f}",
                   "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
-                  ("yes" if r["within"] else "no") if run == "equal_time" else "")
+                  ("yes" if r["within"] else "no") if run == "equal_time" else "",
+                  _speedup(r) if run == "equal_time" else "")
                  for r in rows for run, label in RUNS]
         means = [(label, _mean(rows, run, "val_loss"), _mean(rows, run, "exact_match"), _mean(rows, run, "time_s"))
                  for run, label in RUNS]
@@ -184,19 +207,45 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
         lines += [f"## {entry['label']}", "",
                   f"Contender: {described} (technique {first['technique']}, drop rate {first['drop_rate']}, schedule "
                   f"{first['schedule']}). **Within the margins in {entry['within']} of {len(rows)} seeds.**", "",
-                  markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "exact match",
-                                  "within"], table), "",
+                  markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "val ppl",
+                                  "exact match", "within", "speed-up to target"], table), "",
                   "Mean ± standard deviation over seeds:", "",
                   markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
                   f"Last savings line of its run: {savings}", ""]
     return "\n".join([*lines, f"Total benchmark time: {result['total_time_s'] / 60:.0f} min."])
 
 
+def _speedup(row: dict[str, Any]) -> str:
+    if "speedup_to_target" not in row:
+        return "-"  # a result made before the measure was recorded
+    return "never" if row["speedup_to_target"] is None else f"{row['speedup_to_target']:.2f}x"
+
+
+def _perplexity_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
+    """Validation perplexity against hours of (modelled) training, one line per contender, the first seed's runs."""
+    first = entries[0]["seeds"][0]
+    lines = [("DropBP off", first["curves"]["baseline"])]
+    lines += [(entry["label"], entry["seeds"][0]["curves"]["equal_time"]) for entry in entries]
+    for label, curve in lines:
+        ax.plot([p["time_s"] / 3600 for p in curve], [perplexity(p["val_loss"]) for p in curve], "o-", ms=3,
+                label=label[:40])
+    ax.axhline(perplexity(first["baseline"]["val_loss"]), color="grey", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("training time (hours)")
+    ax.set_title(f"validation perplexity, seed {first['seed']}")
+    ax.legend(fontsize=6)
+
+
 def recipe_time_figure(result: dict[str, Any]) -> Any:
-    """Validation loss and exact match at the baseline's time: the baseline and each contender, per seed."""
+    """Validation perplexity against hours (the paper's figure), and validation loss and exact match at the
+    baseline's time: the baseline and each contender, per seed."""
     plt = pyplot()
     entries = compared(result)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    curves = "curves" in entries[0]["seeds"][0]
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(15 if curves else 10, 4))
+    if curves:
+        _perplexity_panel(axes[0], entries)
+        axes = axes[1:]
     bars = [("DropBP off", [r["baseline"] for r in entries[0]["seeds"]])]
     bars += [(entry["label"], [r["equal_time"] for r in entry["seeds"]]) for entry in entries]
     width = 0.8 / len(bars)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 from dropbp.core.errors import DropBPError
 
-from . import allocate, check, env, port, recipes_command, train
+from . import allocate, check, data_command, env, port, recipes_command, train
 
 #: Subcommands this layer owns, in the order ``--help`` lists them.
-SUBCOMMANDS = (train, recipes_command, port, allocate, check, env)
+SUBCOMMANDS = (train, recipes_command, data_command, port, allocate, check, env)
 COMMAND_GROUP = "dropbp.commands"
 
 
@@ -51,7 +51,7 @@ def parse(argv: Sequence[str] | None = None,
     may also come after options (``train RECIPE --device cpu a.b=1``), which argparse alone leaves over."""
     parser = build_parser(extra_commands)
     args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):
+    if isinstance(getattr(args, "overrides", None), list):  # a recipe's key=value list (a settings field may be a tuple)
         args.overrides += [text for text in extra if "=" in text and not text.startswith("-")]
         extra = [text for text in extra if text not in args.overrides]
     if extra:

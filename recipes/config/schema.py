@@ -18,6 +18,7 @@ from dropbp.core.errors import ConfigError
 from dropbp.core.techniques import registered, technique_names
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml, to_plain
 from dropbp.recipes.config.gguf_source import NAMED_MODELS, check_gguf
+from dropbp.recipes.config.fetched_data import FETCHED, check_fetched, check_fetched_name, fetched_name, fetched_path
 from dropbp.recipes.config.presets import (METHODS, PRESETS, check_hub_access, check_model, check_preset_config, hub_id,
                                            max_positions, source_of)
 from dropbp.recipes.config.dropbp_section import DropBPSection
@@ -93,8 +94,9 @@ class DataSection:
 
     format: str = setting("alpaca", "alpaca: instruction/input/output records; chat: records with a 'messages' list "
                                     "of {role, content}; text: records with a 'text' field", choices=DATA_FORMATS)
-    train: str = setting("", "training data: a JSON/JSONL file (relative paths are from the recipe's folder), or "
-                             "hf:org/name, a Hugging Face dataset (fetched only with DROPBP_ALLOW_DOWNLOADS=1)")
+    train: str = setting("", "training data: a JSON/JSONL file (relative paths are from the recipe's folder), "
+                             "fetched:NAME (a data set fetched once at set-up: dropbp data ls), or hf:org/name, a "
+                             "Hugging Face dataset (fetched only with DROPBP_ALLOW_DOWNLOADS=1)")
     validation: str | None = setting(None, "validation data in the same format; none: hold out "
                                            "validation_fraction of the training data")
     validation_fraction: float = setting(0.05, "share of the training data held out when there is no validation file")
@@ -127,6 +129,8 @@ class DataSection:
             elif hub_id(value) is not None:
                 if for_run:
                     p.check(check_hub_access, value, f"data.{name}")
+            elif fetched_name(value) is not None:
+                p.check(check_fetched if for_run else check_fetched_name, fetched_name(value), f"data.{name}")
             elif not resolve_data_path(value, base).is_file():
                 p.add(f"data.{name}: no such file {resolve_data_path(value, base)}; give a JSON/JSONL file, or "
                       f"hf:org/name for a Hugging Face dataset (fetched with DROPBP_ALLOW_DOWNLOADS=1).")
@@ -323,7 +327,10 @@ class Recipe:
 
 
 def resolve_data_path(value: str, base: Path) -> Path:
-    """A data path as written in a recipe: absolute, or relative to the recipe's folder."""
+    """A data path as written in a recipe: ``fetched:NAME`` (the fetched file in the cache), absolute, or relative to
+    the recipe's folder."""
+    if fetched_name(value) in FETCHED:
+        return fetched_path(fetched_name(value))
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
 

@@ -2,10 +2,13 @@
 clock), the verdict; and the recipe's step-time calibration."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dropbp import backends
 from dropbp.benchmarks.recipe_time import RecipeTimeSettings, recipe_time_figure, recipe_time_markdown, run_recipe_time
+from dropbp.benchmarks.harness import CurvePoint, speedup_to
 from dropbp.benchmarks.step_time_model import StepTimeModel
 from dropbp.core.errors import ConfigError
 
@@ -21,9 +24,12 @@ def within_margins(row: dict) -> bool:
 
 @pytest.mark.slow
 def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path):
-    settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, time_model=False)
+    settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, time_model=False,
+                                  curve_every=3)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
     (row,) = result["seeds"]
+    assert len(row["curves"]["baseline"]) == 3  # evaluated at steps 0, 3 and 6
+    assert [p["time_s"] for p in row["curves"]["baseline"]] == sorted(p["time_s"] for p in row["curves"]["baseline"])
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
     assert base["drop_rate"] == 0 and same["drop_rate"] == 0.5 and base["steps"] == same["steps"] == 6
     assert same["schedule"] == "constant"  # the recipe as shipped
@@ -32,7 +38,13 @@ def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path
     assert row["within"] == within_margins(row) and result["within"] == int(within_margins(row))
     table = recipe_time_markdown(result)
     assert f"Within the margins in {int(within_margins(row))} of 1 seeds" in table
-    assert len(recipe_time_figure(result).axes) == 2
+    assert len(recipe_time_figure(result).axes) == 3  # perplexity against hours, then the two bar charts
+    curve = row["curves"]["baseline"]  # the paper's measure: the time to DropBP off's final perplexity
+    assert curve[-1]["val_loss"] == base["val_loss"] and curve[-1]["time_s"] > 0
+    points = {run: [CurvePoint(0, p["time_s"], 0.0, p["val_loss"]) for p in row["curves"][run]]
+              for run in ("baseline", "equal_time")}
+    assert row["speedup_to_target"] == speedup_to(points["equal_time"], points["baseline"], base["val_loss"])
+    assert f"{math.exp(base['val_loss']):.3f}" in table and "speed-up to target" in table
 
 
 @pytest.mark.slow
@@ -81,7 +93,7 @@ def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_withou
     assert frozen["flops"] < model.points[0]["flops"]
     table = recipe_time_markdown(result)
     assert table.count("## ") == 2 and "dropbp.allocation=depth" in table
-    assert len(recipe_time_figure(result).axes) == 2
+    assert len(recipe_time_figure(result).axes) == 3
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached study trained again")

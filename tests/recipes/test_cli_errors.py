@@ -166,3 +166,16 @@ def test_allocate_measures_on_a_recipes_labelled_batch(tmp_path, capsys):
     assert len(result["branches"]) == 8 and any(b["sensitivity"] > 0 for b in result["branches"])
     assert main(["allocate", "--data", "no-such-recipe", "--out", str(tmp_path / "b")]) == 2
     assert "recipe 'no-such-recipe' is neither a file nor a shipped recipe" in capsys.readouterr().err
+
+
+def test_a_settings_field_named_overrides_parses_from_the_command_line():
+    """`dropbp bench recipe-time --overrides ...`: its tuple field is not the recipe's key=value list of train."""
+    from dropbp.benchmarks.cli import register as register_bench
+    from dropbp.recipes.cli import parse
+
+    args = parse(["bench", "recipe-time", "--recipe", "tiny-tasks", "--overrides", "train.steps=4,train.seed=1"],
+                 [register_bench])
+    assert tuple(args.overrides) == ("train.steps=4", "train.seed=1")
+    assert parse(["train", "tiny-tasks", "--device", "cpu", "train.steps=2"]).overrides == ["train.steps=2"]
+    with pytest.raises(SystemExit):  # a stray key=value after a benchmark's options is an argparse error
+        parse(["bench", "recipe-time", "--recipe", "tiny-tasks", "train.steps=2"], [register_bench])
