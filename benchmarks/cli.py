@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   dropbp bench memory --device cpu --budget-gb 2
   dropbp bench convergence --out results/cpu
   dropbp bench regime --out benchmarks/results/cpu
+  dropbp bench recipe-time --recipe tiny-tasks --seeds 0 --curve-every 100
   dropbp bench compiles --device cpu --steps 200
   dropbp bench compare results/a100 results/gaudi2 --out results/compare
   dropbp selfcheck --device cuda
