@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import itertools
 import re
 import runpy
@@ -129,6 +130,9 @@ def check_not_here(command: Command) -> None:
         return
     if command.program in ("torchrun", "accelerate"):  # the user's own script: nothing of ours to parse
         assert command.words[-1].endswith(".py") or command.words[-1].startswith("--"), command.line
+        return
+    if command.program.startswith("python -m ") and "dropbp.recipes" not in command.program:
+        assert importlib.util.find_spec(command.program.removeprefix("python -m ")), command.line  # the module exists
         return
     words = command.words
     args = parse(words, [register_bench])
