@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +93,10 @@ class RecipeWorkload:
         if lr is not None:
             extra.append(f"optim.lr={lr}")
         run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *extra], self.backend)
-        times, total = run["step_times_s"], run["measured_time_s"] or 1.0
-        curve = [CurvePoint(step=int(row["step"]), time_s=sum(times[:int(row["step"])]),
-                            flops=run["flops"] * sum(times[:int(row["step"])]) / total, val_loss=float(row["val_loss"]),
+        elapsed = [0.0, *itertools.accumulate(run["step_times_s"])]  # step clock before each step
+        total = run["measured_time_s"] or 1.0
+        curve = [CurvePoint(step=int(row["step"]), time_s=elapsed[int(row["step"])],
+                            flops=run["flops"] * elapsed[int(row["step"])] / total, val_loss=float(row["val_loss"]),
                             exact_match=float(row["exact_match"]) if row.get("exact_match") else None)
                  for row in run["rows"] if row.get("val_loss") not in (None, "")]
         end = CurvePoint(step=steps, time_s=run["measured_time_s"], flops=run["flops"], val_loss=run["val_loss"],

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, check_number, check_seed,
-                                           environment, find_recipe, load_recipe, markdown_table, option_name, pyplot,
-                                           setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems,
+                                           check_non_negative, check_number, check_seed, environment, find_recipe,
+                                           load_recipe, markdown_table, option_name, pyplot, setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, recipe_contender
@@ -77,8 +77,7 @@ class RecipeTimeSettings(StudySettings):
             p.add(f"{name('contenders')} must each be space-separated key=value, got {', '.join(map(repr, bad))}.")
         p.check(check_number, name("loss_margin"), self.loss_margin, low=0)
         p.check(check_number, name("match_margin"), self.match_margin, low=0)
-        if isinstance(self.curve_every, bool) or not isinstance(self.curve_every, int) or self.curve_every < 0:
-            p.add(f"{name('curve_every')} must be an integer >= 0, got {self.curve_every!r}.")
+        p.check(check_non_negative, self, "curve_every", naming=name)
 
 
 def _row(run: StudyRun) -> dict[str, Any]:
