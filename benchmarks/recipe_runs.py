@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, training_flops
+from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, rate_schedule, training_flops
 
 from .harness import CurvePoint, step_clock
 from .study import Contender, StudyRun, Timer
@@ -107,11 +107,26 @@ class RecipeWorkload:
                         run["realized_drop_fraction"], kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
                         notes=notes)
 
+    def planned_rates(self, contender: Contender, steps: int) -> list[float]:
+        """The drop rate each step of a ``steps``-step run of ``contender`` targets: its recipe's ``drop_rate``
+        through its drop-rate schedule (0 in an exact warm-up); a sensitivity or depth allocation meets the same
+        share of the FLOPs. 0 on every step for a technique other than DropBP."""
+        recipe = load_recipe(find_recipe(self.recipe), [*self.overrides, *self.contender_overrides(contender),
+                                                        f"train.steps={steps}"], device=self.backend.name)
+        section = recipe.dropbp
+        if section.technique != "dropbp":
+            return [0.0] * steps
+        schedule = rate_schedule(section.schedule, steps, section.sampler)
+        return [section.drop_rate if schedule is None else schedule.rate_at(step, section.drop_rate)
+                for step in range(steps)]
+
     def timer(self, contender: Contender) -> Timer:
-        """Each call a short run of the recipe (``warmup`` untimed steps, then the timed ones, seed 0, no
-        evaluation), printing nothing: its steps' times by the step clock, each at the run's mean FLOPs."""
+        """Each call a short run of the recipe (``warmup`` untimed steps, then the timed ones, seed 0, its
+        untimed evaluations one batch each), printing nothing: its steps' times by the step clock, each at the run's
+        mean FLOPs."""
         def time_steps(count: int) -> list[tuple[float, float]]:
-            short = [f"train.steps={self.warmup + count}", "train.exact_match=0", "train.seed=0"]
+            short = [f"train.steps={self.warmup + count}", "train.exact_match=0", "train.seed=0", "train.eval_every=0",
+                     "train.eval_batches=1"]  # untimed evaluation, kept to one batch
             with contextlib.redirect_stdout(io.StringIO()):
                 run = train_recipe(self.recipe, [*self.overrides, *self.contender_overrides(contender), *short],
                                    self.backend)

@@ -63,8 +63,16 @@ class RecipeTimeSettings(StudySettings):
                                   "exact match included), for the perplexity-against-time curve and the speed-up to "
                                   "DropBP off's final perplexity; 0: at the start and the end only",
                                allowed=NON_NEGATIVE)
+    equal_steps: bool = setting(True, "also train each contender for the baseline's steps (the equal-steps row); "
+                                      "false: only for the baseline's time, its steps planned from the step-time "
+                                      "model and the drop rates it targets (about 40% less training per "
+                                      "contender; needs time_model)")
+
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
+        if not self.equal_steps and not self.time_model:
+            p.add(f"{name('equal_steps')} false plans each contender's steps through the step-time model: set "
+                  f"{name('time_model')} true, or {name('equal_steps')} true.")
         if not self.seeds:
             p.add(f"{name('seeds')} needs at least one seed.")
         for seed in self.seeds:
@@ -112,18 +120,20 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
                   or [recipe_contender(settings.recipe, overrides, backend)])
     steps = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name).train.steps
     study = run_study(workload, [Contender("DropBP off"), *contenders], steps=steps, seeds=settings.seeds,
-                      time_model=settings.time_model, calibration=settings.calibration(),
+                      time_model=settings.time_model, equal_steps=settings.equal_steps,
+                      calibration=settings.calibration(),
                       cache=study_cache(settings) if settings.cache_runs else None, progress=progress)
     compared = []
     for contender in contenders:
         seeds = []
         for seed in settings.seeds:
             base = study.baseline(seed)
-            same = next(r for r in study.runs if r.label == contender.label and r.seed == seed)
+            same = next((r for r in study.runs if r.label == contender.label and r.seed == seed), None)
             timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
             verdict = Verdict.of(timed, base, loss_margin=settings.loss_margin, match_margin=settings.match_margin)
             within = verdict.holds
-            seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": _row(same), "equal_time": _row(timed),
+            seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": None if same is None else _row(same),
+                          "equal_time": _row(timed),
                           "within": within, "speedup_to_target": verdict.loss_speedup,
                           "curves": {"baseline": _curve(base), "equal_time": _curve(timed)}})
             if progress:
@@ -162,7 +172,7 @@ def times_description(result: dict[str, Any]) -> str:
 
 
 def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
-    values = [r[run][key] for r in rows if r[run][key] is not None]
+    values = [r[run][key] for r in rows if r[run] is not None and r[run][key] is not None]
     if not values:
         return "-"
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2g}"
@@ -191,7 +201,7 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
              "time to the same perplexity (the paper's measure; 'never' when it does not get there).", ""]
     for entry in compared(result):
         rows = entry["seeds"]
-        first = rows[0]["equal_steps"]
+        first = rows[0]["equal_time"]
         described = " ".join(entry["overrides"]) or "the recipe as shipped"
         table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
                   f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
@@ -199,9 +209,9 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
                   "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
                   ("yes" if r["within"] else "no") if run == "equal_time" else "",
                   _speedup(r) if run == "equal_time" else "")
-                 for r in rows for run, label in RUNS]
+                 for r in rows for run, label in RUNS if r[run] is not None]
         means = [(label, _mean(rows, run, "val_loss"), _mean(rows, run, "exact_match"), _mean(rows, run, "time_s"))
-                 for run, label in RUNS]
+                 for run, label in RUNS if any(r[run] is not None for r in rows)]
         savings = rows[-1]["equal_time"].get("savings", rows[-1]["equal_time"].get("verdict"))
         lines += [f"## {entry['label']}", "",
                   f"Contender: {described} (technique {first['technique']}, drop rate {first['drop_rate']}, schedule "

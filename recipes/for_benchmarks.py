@@ -32,6 +32,7 @@ from dropbp.recipes.report.savings import training_flops
 from dropbp.recipes.training.evaluation import teacher_forced_exact_match
 from dropbp.recipes.training.labelled_head import head_fraction, labelled_positions_loss
 from dropbp.recipes.training.optim import lr_scheduler
+from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
 __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
@@ -44,7 +45,7 @@ __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGA
            "drop_rates_field", "environment", "family_folder", "find_recipe", "head_fraction",
            "labelled_positions_loss", "load_recipe", "load_records", "lr_scheduler", "markdown_table",
            "method_field", "mib", "model_field", "option_name", "out_field", "pool_size_field", "precision_field",
-           "publish", "pyplot", "quantize_4bit", "read_yaml", "resolve_model", "resolve_sampler", "results_folder",
+           "publish", "pyplot", "quantize_4bit", "rate_schedule", "read_yaml", "resolve_model", "resolve_sampler", "results_folder",
            "sampler_field", "seed_field", "seq_len_field", "set_checkpointing", "setting", "split_corpus", "stdlib_corpus",
            "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops",
            "write_text_atomic", "yaml_key"]

@@ -2,9 +2,9 @@
 equal-time rule and the verdict."""
 from .contender import (SCHEDULES, Contender, ContenderTrainer, attach, contender_trainer, study_schedule,
                         trainer_timer)
-from .runner import (Study, StudyRun, Timer, Verdict, Workload, calibrate, calibration_contenders, equal_time_steps,
-                     modelled, run_study, study_dict)
+from .runner import (PlansRates, Study, StudyRun, Timer, Verdict, Workload, calibrate, calibration_contenders,
+                     equal_time_steps, modelled, planned_equal_time_steps, run_study, study_dict)
 
-__all__ = ["SCHEDULES", "Contender", "ContenderTrainer", "Study", "StudyRun", "Timer", "Verdict", "Workload", "attach",
-           "calibrate", "calibration_contenders", "contender_trainer", "equal_time_steps", "modelled", "run_study",
+__all__ = ["SCHEDULES", "Contender", "ContenderTrainer", "PlansRates", "Study", "StudyRun", "Timer", "Verdict", "Workload", "attach",
+           "calibrate", "calibration_contenders", "contender_trainer", "equal_time_steps", "modelled", "planned_equal_time_steps", "run_study",
            "study_dict", "study_schedule", "trainer_timer"]

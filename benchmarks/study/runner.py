@@ -68,6 +68,15 @@ class Workload(Protocol):
         """A timer of ``contender``'s optimizer steps (untimed warm-up steps are its own business)."""
 
 
+class PlansRates(Protocol):
+    """A workload that can say, before training, the drop rate each step of a run targets (a share of the FLOPs
+    DropBP can drop, as a uniform rate drops): what a study needs to plan a contender's steps at the baseline's time
+    without training it at the baseline's steps first."""
+
+    def planned_rates(self, contender: Contender, steps: int) -> list[float]:
+        """The drop rate ``contender`` targets at each of the ``steps`` steps of a run that long."""
+
+
 # -- the one clock --------------------------------------------------------------------------------------------------
 #: Rounds of the calibration, and timed steps per configuration and round, unless a study says otherwise.
 CALIBRATION = (5, 6)
@@ -119,6 +128,39 @@ def equal_time_steps(steps: int, base_time: float, own_time: float, max_factor: 
     ``max_factor`` times ``steps``)."""
     count = max(1, round(steps * base_time / own_time))
     return count if max_factor is None else min(count, max(1, int(steps * max_factor)))
+
+
+def planned_equal_time_steps(workload: PlansRates, contender: Contender, model: StepTimeModel,
+                             clocked: Sequence[Contender], base_time: float, steps: int,
+                             max_factor: float | None = None) -> int:
+    """Steps whose modelled time comes nearest the baseline's ``base_time``, planned before training: a DropBP
+    contender's FLOPs per step from its planned drop rate through the calibration's FLOPs-against-rate line (exact
+    backprop and the uniform rates of ``clocked``, timed for ``model``), any other technique's from its own
+    calibration point. Starts from the equal-time rule's guess at the rate of ``steps`` steps and walks to the
+    nearest count (at most ``max_factor`` times ``steps``)."""
+    points = {p["label"]: float(p["flops"]) for p in model.points}
+    if not contender.on_dropbp_line:
+        per_step = points[contender.label]
+        def seconds(count: int) -> float:
+            return model.seconds(count, count * per_step, contender.label)
+    else:
+        line = [(c.rate if not c.is_baseline else 0.0, points[c.label]) for c in clocked if c.on_dropbp_line]
+        mean_rate = statistics.fmean(r for r, _ in line)
+        mean_flops = statistics.fmean(f for _, f in line)
+        slope = (sum((r - mean_rate) * (f - mean_flops) for r, f in line)
+                 / sum((r - mean_rate) ** 2 for r, _ in line))
+        def seconds(count: int) -> float:
+            rates = workload.planned_rates(contender, count)
+            return model.seconds(count, sum(mean_flops + slope * (r - mean_rate) for r in rates))
+    cap = max(1, int(steps * max_factor)) if max_factor is not None else None
+    count = equal_time_steps(steps, base_time, seconds(steps), max_factor)
+    while count > 1 and seconds(count) > base_time:
+        count -= 1
+    while (cap is None or count < cap) and seconds(count + 1) <= base_time:
+        count += 1
+    if (cap is None or count < cap) and abs(seconds(count + 1) - base_time) < abs(seconds(count) - base_time):
+        count += 1
+    return count
 
 
 # -- the one verdict --------------------------------------------------------------------------------------------------
@@ -188,13 +230,19 @@ def _cached(folder: Path | None, key: str, make: Callable[[], Any], read: Callab
 
 def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int, lrs: Sequence[float | None] = (None,),
               seeds: Sequence[int] = (0,), time_model: bool = True, equal_time: bool = True,
-              max_factor: float | None = None, timed: Sequence[Contender] | None = None, cache: Path | None = None,
+              equal_steps: bool = True, max_factor: float | None = None, timed: Sequence[Contender] | None = None, cache: Path | None = None,
               calibration: tuple[int, int] = CALIBRATION, progress: bool = True) -> Study:
     """Sweep ``lrs`` on the first seed (when there are several), keep each contender's best by final validation
     loss, train every seed at it for ``steps``; fit the clock to ``timed`` (default :func:`calibration_contenders`
     of ``contenders``, in ``calibration`` = (rounds, steps per round)) and read every run's time through it; then
-    train each contender again for the baseline's time (:func:`equal_time_steps`). ``cache``: a folder where finished
-    runs and the clock are kept."""
+    train each contender again for the baseline's time (:func:`equal_time_steps`). ``equal_steps=False`` trains the
+    contenders at the baseline's time only, their steps planned from the clock and the drop rates they target
+    (:func:`planned_equal_time_steps`; the workload must be :class:`PlansRates`, the clock the step-time model):
+    each contender's run at the baseline's steps is then not made. ``cache``: a folder where finished runs and the
+    clock are kept."""
+    if not equal_steps and not (time_model and equal_time and hasattr(workload, "planned_rates")):
+        raise ValueError("equal_steps=False needs the step-time model, the equal-time runs and a workload that "
+                         "plans its drop rates (PlansRates).")
     def run(contender: Contender, lr: float | None, seed: int, count: int) -> StudyRun:
         key = f"run|{contender!r}|{lr!r}|{seed}|{count}"
         return _cached(cache, key, lambda: workload.train(contender, lr, seed, count, progress=progress),
@@ -206,7 +254,8 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
         sweep[contender.label] = [run(contender, lr, seeds[0], steps) for lr in lrs] if len(lrs) > 1 else []
         chosen[contender.label] = (min(sweep[contender.label], key=lambda r: r.final_val_loss).lr
                                    if len(lrs) > 1 else lrs[0])
-    runs = [run(c, chosen[c.label], seed, steps) for c in contenders for seed in seeds]
+    runs = [run(c, chosen[c.label], seed, steps) for c in contenders for seed in seeds
+            if equal_steps or c.is_baseline]
     model = None
     if time_model:
         clocked = calibration_contenders(timed if timed is not None else contenders)
@@ -223,8 +272,11 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
         base_time = statistics.fmean(r.train_time_s for r in runs if r.kind == "baseline")
         for contender in contenders:
             mine = [r for r in runs if r.label == contender.label]
-            count = equal_time_steps(steps, base_time, statistics.fmean(r.train_time_s for r in mine), max_factor)
-            if contender.is_baseline or abs(count - steps) <= SAME_LENGTH * steps:
+            if not mine:  # not trained at the baseline's steps: planned
+                count = planned_equal_time_steps(workload, contender, model, clocked, base_time, steps, max_factor)
+            else:
+                count = equal_time_steps(steps, base_time, statistics.fmean(r.train_time_s for r in mine), max_factor)
+            if mine and (contender.is_baseline or abs(count - steps) <= SAME_LENGTH * steps):
                 longer += mine
                 continue
             again = [run(contender, chosen[contender.label], seed, count) for seed in seeds]

@@ -3,6 +3,8 @@ clock), the verdict; and the recipe's step-time calibration."""
 from __future__ import annotations
 
 import math
+import re
+import statistics
 
 import pytest
 
@@ -101,3 +103,29 @@ def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_withou
     monkeypatch.setattr("dropbp.benchmarks.recipe_runs.train_recipe", no_training)
     again = run_recipe_time(settings, backends.get("cpu"), progress=False)
     assert again["contenders"] == result["contenders"] and again["time_model"] == result["time_model"]
+
+
+@pytest.mark.slow
+def test_without_equal_steps_each_contender_trains_once_for_its_planned_count(tmp_path):
+    warmup = "dropbp.drop_rate=0.5 dropbp.allocation=uniform dropbp.schedule.kind=constant dropbp.schedule.warmup_steps=2"
+    settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, equal_steps=False,
+                                  contenders=(warmup,), calibration_rounds=1, calibration_steps=2)
+    result = run_recipe_time(settings, backends.get("cpu"), progress=False)
+    (row,) = result["seeds"]
+    assert row["equal_steps"] is None  # not trained at the baseline's steps
+    model = StepTimeModel.from_dict(result["time_model"])
+    rates = {"DropBP off": 0.0, "DropBP p=0.25": 0.25, "DropBP p=0.5": 0.5, "DropBP p=0.75": 0.75}
+    line = statistics.linear_regression([rates[p["label"]] for p in model.points], [p["flops"] for p in model.points])
+    exact, half = line.intercept, line.intercept + 0.5 * line.slope  # FLOPs per step against the drop rate
+    base_time = row["baseline"]["time_s"]
+
+    def planned(n):  # two exact steps, then steps at rate 0.5
+        return model.seconds(n, exact * min(n, 2) + half * max(0, n - 2))
+
+    steps = row["equal_time"]["steps"]
+    assert abs(planned(steps) - base_time) <= abs(planned(steps + 1) - base_time)
+    assert steps == 1 or abs(planned(steps) - base_time) <= abs(planned(steps - 1) - base_time)
+    assert row["equal_time"]["time_s"] == pytest.approx(base_time, rel=0.25)  # realised masks scatter about the plan
+    table = recipe_time_markdown(result)
+    assert "equal steps" not in table and re.search(r"\| 0 +\| baseline's time", table)
+    assert len(recipe_time_figure(result).axes) == 3

@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 from dropbp.benchmarks.harness import CurvePoint
 from dropbp.benchmarks.recipe_time import RecipeTimeSettings
 from dropbp.benchmarks.step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
-from dropbp.benchmarks.study import Contender, StudyRun, calibrate, equal_time_steps, run_study
+from dropbp.benchmarks.study import (Contender, StudyRun, calibrate, equal_time_steps, planned_equal_time_steps,
+                                    run_study)
 from dropbp.benchmarks.study.runner import CALIBRATION
 from dropbp.core.errors import ConfigError
 
@@ -119,6 +120,69 @@ def test_a_study_calibrates_in_the_rounds_and_steps_it_is_given_and_keys_its_cac
     assert len(workload.timed) == 2 * clocked  # the kept clock and runs are read back
     run_study(workload, contenders, steps=10, cache=tmp_path, progress=False)
     assert len(workload.timed) == 2 * clocked + CALIBRATION[0] * clocked  # another calibration is timed anew
+
+
+class PlanningWorkload(CountingWorkload):
+    """The counting workload that also plans its drop rates: exact backprop for the first ``warmup`` steps of every
+    DropBP run, then the contender's rate."""
+
+    def __init__(self, warmup=0):
+        super().__init__()
+        self.warmup, self.trained = warmup, []
+
+    def train(self, contender, lr, seed, steps, *, progress):
+        self.trained.append((contender.label, steps))
+        return super().train(contender, lr, seed, steps, progress=progress)
+
+    def planned_rates(self, contender, steps):
+        return [0.0 if step < self.warmup else contender.rate for step in range(steps)]
+
+
+def brute_force_steps(seconds, base_time, cap=1000):
+    """The count whose time is nearest ``base_time`` (the smaller on a tie), searched over every count."""
+    return min(range(1, cap), key=lambda n: (abs(seconds(n) - base_time), n))
+
+
+@pytest.mark.parametrize("warmup", [0, 4, 40])
+def test_planned_steps_at_the_baselines_time_are_the_count_nearest_its_time(warmup):
+    workload = PlanningWorkload(warmup)
+    clocked = [Contender("DropBP off"), *(Contender(f"DropBP p={r:g}", "dropbp", "dropbp", r) for r in (0.25, 0.5))]
+    model = fit_step_time([{"label": c.label, "flops": 10.0 * (1 - c.rate * 0.8), "seconds": 1.0 + 10.0 * (1 - c.rate * 0.8)}
+                           for c in clocked])
+    half = Contender("half", "dropbp", "dropbp", 0.5)
+    base_time = model.seconds(100, 1000.0)
+
+    def seconds(n):  # warm-up steps cost exact backprop's 10 FLOPs, the others the line's 6
+        return model.seconds(n, 10.0 * min(n, warmup) + 6.0 * max(0, n - warmup))
+
+    count = planned_equal_time_steps(workload, half, model, clocked, base_time, 100)
+    assert count == brute_force_steps(seconds, base_time) and count > 100
+    assert planned_equal_time_steps(workload, half, model, clocked, base_time, 100, max_factor=1.1) == min(count, 110)
+
+
+def test_planned_steps_of_a_technique_off_the_line_come_from_its_own_calibration_point():
+    clocked = [Contender("DropBP off"), Contender("DropBP p=0.5", "dropbp", "dropbp", 0.5), Contender("freeze", "freeze", "freeze")]
+    model = fit_step_time([{"label": "DropBP off", "flops": 10.0, "seconds": 2.0},
+                           {"label": "DropBP p=0.5", "flops": 6.0, "seconds": 1.5},
+                           {"label": "freeze", "flops": 7.0, "seconds": 1.3, "own_scale": True}])
+    count = planned_equal_time_steps(PlanningWorkload(), clocked[2], model, clocked, base_time=200.0, steps=100)
+    assert count == round(200.0 / 1.3) == 154
+
+
+def test_a_study_without_equal_steps_trains_each_contender_once_at_its_planned_count(tmp_path):
+    contenders = [Contender("DropBP off"), Contender("half", "dropbp", "dropbp", 0.5)]
+    workload = PlanningWorkload(warmup=2)
+    study = run_study(workload, contenders, steps=10, seeds=(0, 1), equal_steps=False, calibration=(1, 2),
+                      progress=False)
+    assert workload.trained == [("DropBP off", 10), ("DropBP off", 10), ("half", 13), ("half", 13)]
+    assert [r.label for r in study.runs] == ["DropBP off", "DropBP off"]  # no contender at the baseline's steps
+    assert [r.steps for r in study.at_equal_time("half")] == [13, 13]  # 2 steps at 1 s, 11 at 0.75 s: 10.25 s
+    with pytest.raises(ValueError, match="plans its drop rates"):
+        run_study(CountingWorkload(), contenders, steps=10, equal_steps=False, progress=False)
+    with pytest.raises(ValueError, match="step-time model"):
+        run_study(workload, contenders, steps=10, equal_steps=False, time_model=False, progress=False)
+    with pytest.raises(ConfigError, match="--equal-steps false plans each contender's steps"):
+        RecipeTimeSettings(equal_steps=False, time_model=False).validate()
 
 
 @pytest.mark.parametrize("field", ["calibration_rounds", "calibration_steps"])
