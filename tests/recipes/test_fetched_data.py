@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zipfile
 
 import pytest
 
@@ -18,6 +19,7 @@ from dropbp.recipes.config.fetched_data import FetchedData, check_fetched, fetch
 from dropbp.recipes.config.registry import shipped
 from dropbp.recipes.config.schema import load_recipe
 from dropbp.recipes.data.fetch import fetch
+from dropbp.recipes.data.fetched_formats import chatterbot_chat
 
 RECORDS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(40)]
 PAYLOAD = json.dumps(RECORDS).encode()
@@ -38,7 +40,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setitem(fetched_data.FETCHED, "toy", spec)
     calls = []
 
-    def download(package, folder, payload=PAYLOAD):
+    def download(package, folder, archive="sdist", payload=PAYLOAD):
         calls.append(package)
         _sdist(folder, "data/toy.json", payload)
 
@@ -57,7 +59,7 @@ def test_fetch_takes_the_file_checks_it_and_keeps_it(fake):
 def test_a_wrong_file_is_refused_and_nothing_is_written(fake):
     download, _ = fake
     with pytest.raises(ConfigError, match="not the file this project expects"):
-        fetch("toy", lambda package, folder: download(package, folder, b"[]"))
+        fetch("toy", lambda package, folder, archive: download(package, folder, archive, b"[]"))
     assert not fetched_path("toy").exists() and not list(fetched_path("toy").parent.iterdir())
 
 
@@ -84,3 +86,58 @@ def test_the_alpaca_recipe_names_the_fetched_data_and_the_papers_lora_settings()
     assert not recipe.data.mask_prompt and recipe.data.split_seed == 42
     assert (recipe.model.lora_rank, recipe.model.lora_alpha, recipe.model.lora_dropout) == (8, 16, 0.05)
     assert recipe.dropbp.drop_rate == 0.0
+
+
+def test_the_dialogue_recipe_names_its_fetched_chat_data_with_the_same_lora_settings():
+    recipe = load_recipe(shipped()["smollm2-chatterbot"], for_run=False)
+    spec = fetched_data.FETCHED["chatterbot-english"]
+    assert recipe.data.train == "fetched:chatterbot-english" and recipe.data.format == "chat"
+    assert spec.archive == "wheel" and spec.convert == "chatterbot-chat" and "BSD-3-Clause" in spec.origin
+    assert (recipe.model.lora_rank, recipe.model.lora_alpha, recipe.model.lora_dropout) == (8, 16, 0.05)
+    assert not recipe.data.mask_prompt and recipe.dropbp.drop_rate == 0.0
+
+
+GREETINGS = """categories: [greetings]
+conversations:
+- - Hello
+  - Hi there!
+- - How are you?
+  - Fine, and you?
+  - Fine too.
+- - Hello
+  - Hi there!
+"""
+SCIENCE = """conversations:
+- - What is gravity?
+  - The force that pulls masses together.
+"""
+
+
+def test_a_wheels_dialogue_files_become_one_checked_chat_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPBP_CACHE", str(tmp_path / "cache"))
+    members = {"corpus/data/english/greetings.yml": GREETINGS.encode(), "corpus/data/english/science.yml":
+               SCIENCE.encode(), "corpus/data/other/skip.yml": SCIENCE.encode()}
+    converted = chatterbot_chat({k: v for k, v in members.items() if "/english/" in k})
+    spec = FetchedData("corpus==1.0", "corpus/data/english/*.yml", hashlib.sha256(converted).hexdigest(), "a test",
+                       archive="wheel", convert="chatterbot-chat")
+    monkeypatch.setitem(fetched_data.FETCHED, "talk", spec)
+
+    def download(package, folder, archive):
+        assert archive == "wheel"
+        with zipfile.ZipFile(folder / "corpus-1.0-py3-none-any.whl", "w") as wheel:
+            for name, data in members.items():
+                wheel.writestr(name, data)
+
+    path = fetch("talk", download)
+    assert path.name == "talk.json"
+    records = json.loads(path.read_text())
+    assert [r["topic"] for r in records] == ["greetings", "greetings", "science"]  # the repeat kept once
+    assert records[1]["messages"] == [{"role": "user", "content": "How are you?"},  # the trailing user turn dropped
+                                      {"role": "assistant", "content": "Fine, and you?"}]
+    assert all(m["role"] == ("user" if i % 2 == 0 else "assistant") for r in records
+               for i, m in enumerate(r["messages"]))
+    with pytest.raises(ConfigError, match="holds no file matching"):
+        fetched_data.FETCHED["talk"] = FetchedData("corpus==1.0", "nothing/*.yml", spec.sha256, "a test",
+                                                   archive="wheel", convert="chatterbot-chat")
+        path.unlink()
+        fetch("talk", download)
