@@ -16,8 +16,8 @@ from dropbp.core.engine import DropBP
 from dropbp.core.progress import progress_bar
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, RATE, Naming, Problems, StepRunner, apply_method,
-                                           build_model, check_choice, check_positive, environment, markdown_table,
-                                           method_field, option_name, pool_size_field, pyplot, setting, steps_field)
+                                           build_model, environment, markdown_table, method_field, option_name,
+                                           pool_size_field, pyplot, setting, steps_field)
 
 from .harness import BenchSettings, run_benchmark
 
@@ -39,10 +39,6 @@ class CompilesSettings(BenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        p.check(check_choice, name("method"), self.method, ("full", "lora"))
-        p.check(validate_drop_rate, self.drop_rate, name("drop_rate"))
-        for field in ("pool_size", "steps"):
-            p.check(check_positive, self, field, naming=name)
 
 
 def count_compiles(backend: Backend, *, sampler: str, drop_rate: float = 0.75, steps: int = 200, pool_size: int = 8,

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.core.allocation import validate_drop_rate
+
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, Naming, Problems, StepRunner,
-                                           apply_method, batch_at, batch_size_field, build_model, check_choice,
-                                           check_drop_rates, check_number, check_positive, drop_rates_field,
-                                           environment, lr_field, markdown_table, method_field, model_field,
-                                           model_overrides_field, option_name, pool_size_field, pyplot, seq_len_field,
-                                           setting, split_corpus, stdlib_corpus, steps_field)
+from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, apply_method, batch_at,
+                                           batch_size_field, build_model, check_number, drop_rates_field, environment,
+                                           lr_field, markdown_table, method_field, model_field, model_overrides_field,
+                                           Naming, option_name, pool_size_field, Problems, pyplot, Rule,
+                                           seq_len_field, setting, split_corpus, stdlib_corpus, StepRunner,
+                                           steps_field)
 
 from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE
@@ -40,17 +40,19 @@ class ConvergenceSettings(StudySettings):
     method: str = method_field("full", ("full", "lora"))
     drop_rates: tuple[float, ...] = drop_rates_field()
     compare_pool_at: float | None = setting(0.875, "also run this rate with the pool sampler (none: skip)",
-                                            allowed=f"{RATE}, or none")
+                                            allowed=RATE.described(f"{RATE}, or none"))
     sensitivity_at: float | None = setting(0.875, "also run this rate with sensitivity-based rates (none: skip)",
-                                           allowed=f"{RATE}, or none")
+                                           allowed=RATE.described(f"{RATE}, or none"))
     sensitivity_allocators: tuple[str, ...] = setting(("paper", "optimal"), "allocators for the sensitivity runs, "
                                                                             "comma-separated (paper, optimal)",
+                                                      choices=("paper", "optimal"),
                                                       allowed="comma-separated, each paper or optimal")
     pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)",
                                   allowed=POSITIVE)
     steps: int = steps_field(150, "fine-tuning steps of the baseline; DropBP runs get its time")
     max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps",
-                                     allowed="finite number >= 1")
+                                     allowed=Rule("finite number >= 1",
+                                                  lambda name, value: check_number(name, value, low=1)))
     batch_size: int = batch_size_field(8)
     seq_len: int = seq_len_field(128, "tokens per sequence")
     lr: float = lr_field(1e-3, "AdamW learning rate of fine-tuning")
@@ -66,19 +68,6 @@ class ConvergenceSettings(StudySettings):
         if self.model != "tiny":
             p.add(f"{name('model')}: bench convergence trains its own built-in tiny Llama (pre-trained here, then "
                   f"fine-tuned); only 'tiny' is allowed, got {self.model!r}.")
-        p.check(check_choice, name("method"), self.method, ("full", "lora"))
-        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
-        for field in ("compare_pool_at", "sensitivity_at"):
-            if getattr(self, field) is not None:
-                p.check(validate_drop_rate, getattr(self, field), name(field))
-        for allocator in self.sensitivity_allocators:
-            p.check(check_choice, name("sensitivity_allocators"), allocator, ("paper", "optimal"))
-        for field in ("pretrain_steps", "steps", "batch_size", "seq_len", "eval_every", "eval_windows", "pool_size",
-                      "corpus_bytes"):
-            p.check(check_positive, self, field, naming=name)
-        p.check(check_number, name("max_step_factor"), self.max_step_factor, low=1)
-        p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
-        p.check(check_number, name("pretrain_lr"), self.pretrain_lr, low=0, low_open=True)
 
 
 def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend: Backend,

@@ -18,9 +18,8 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, Naming, Problems, cache_root, check_choice,
-                                           check_drop_rates, check_method, check_model, check_non_negative,
-                                           check_output_dir, check_positive, check_seed,
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, Naming, Problems, cache_root, check_declared,
+                                           check_model, check_output_dir,
                                            device_field, drop_rates_field, method_field, model_field, option_name,
                                            out_field, precision_field, publish, resolve_model, results_folder,
                                            seed_field, setting, write_text_atomic)
@@ -39,9 +38,9 @@ class BenchSettings:
     def check(self, p: Problems, name: Naming = option_name) -> None:
         """Record every problem of these settings in ``p``; ``name`` says how errors call a field (its flag on the
         command line, its key in a YAML file). Subclasses extend it. Bad numbers of a field are normalised here
-        (e.g. drop rates become a tuple of floats)."""
-        p.check(check_choice, name("device"), self.device, backends.DEVICE_CHOICES)
-        p.check(check_seed, self.seed, name("seed"))
+        (e.g. drop rates become a tuple of floats). What each field declares (choices, a rule) is checked here, for
+        every subclass's fields; subclasses add only the rules that join fields or need the machine."""
+        check_declared(self, p, name)
         p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
 
     def validate(self, name: Naming = option_name) -> None:
@@ -78,11 +77,6 @@ class StudySettings(BenchSettings):
     calibration_steps: int = setting(6, "timed steps per configuration and round of that calibration",
                                      allowed=POSITIVE)
 
-    def check(self, p: Problems, name: Naming = option_name) -> None:
-        super().check(p, name)
-        p.check(check_non_negative, self, "threads", naming=name)
-        p.check(check_positive, self, "calibration_rounds", "calibration_steps", naming=name)
-
     def calibration(self) -> tuple[int, int]:
         """Rounds and timed steps per round of the step-time model's calibration."""
         return self.calibration_rounds, self.calibration_steps
@@ -101,9 +95,6 @@ class ModelBenchSettings(BenchSettings):
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
         p.check(check_model, self.model, name("model"))
-        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
-        p.check(check_method, self.method, name("method"))
-        p.check(check_choice, name("precision"), self.precision, ("auto", *backends.PRECISIONS))
 
     def resolve(self: S, backend: type[Backend]) -> S:
         """``auto`` model and precision as they are on ``backend``."""

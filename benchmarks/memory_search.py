@@ -8,7 +8,6 @@ if the worst entry of the pool fits (with ``bernoulli`` the worst step drops not
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,10 @@ from dropbp.core.memory import captured_block_inputs, rerun_saved_bytes, saved_a
 from dropbp.core.memory_model import MemoryModel
 from dropbp.core.progress import progress_bar
 from dropbp.core.samplers import PoolSampler
-from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, POSITIVE, Naming, Problems, StepRunner, apply_method,
-                                           batch_size_field, build_model, check_fits, check_positive, environment,
-                                           markdown_table, mib, option_name, pool_size_field, pyplot, set_checkpointing,
-                                           setting)
+from dropbp.recipes.for_benchmarks import (DEFAULT_LORA_RANK, POSITIVE, POSITIVE_NUMBER, apply_method,
+                                           batch_size_field, build_model, check_fits, environment, markdown_table,
+                                           mib, Naming, option_name, pool_size_field, Problems, pyplot,
+                                           set_checkpointing, setting, StepRunner)
 
 from .harness import ModelBenchSettings, run_benchmark
 from .paper import PAPER_MEMORY
@@ -42,7 +41,8 @@ class MemorySettings(ModelBenchSettings):
 
     budget_gb: float | None = setting(None, f"CPU only: budget in GiB for weights + saved activations (default: "
                                             f"{DEFAULT_CPU_BUDGET_GB:g})",
-                                      allowed="finite number > 0 (CPU only; on a device the budget is its memory)")
+                                      allowed=POSITIVE_NUMBER.described("finite number > 0 (CPU only; on a device the "
+                                                                        "budget is its memory)"))
     batch_size: int = batch_size_field(1)
     max_seq_len: int = setting(65536, "upper end of the search", allowed=POSITIVE)
     pool_size: int = pool_size_field()
@@ -51,12 +51,6 @@ class MemorySettings(ModelBenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        for field in ("batch_size", "max_seq_len", "pool_size"):
-            p.check(check_positive, self, field, naming=name)
-        if self.budget_gb is not None and not (isinstance(self.budget_gb, (int, float)) and not
-                                               isinstance(self.budget_gb, bool) and math.isfinite(self.budget_gb)
-                                               and self.budget_gb > 0):
-            p.add(f"{name('budget_gb')} must be a positive number of GiB, got {self.budget_gb}.")
 
 
 def state_bytes(model: torch.nn.Module) -> int:

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems,
-                                           check_non_negative, check_number, check_seed, environment, find_recipe,
-                                           load_recipe, markdown_table, option_name, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, environment,
+                                           find_recipe, load_recipe, markdown_table, option_name, pyplot, setting)
 
 from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, recipe_contender
@@ -65,7 +64,7 @@ class RecipeTimeSettings(StudySettings):
                                allowed=NON_NEGATIVE)
     equal_steps: bool = setting(True, "also train each contender for the baseline's steps (the equal-steps row); "
                                       "false: only for the baseline's time, its steps planned from the step-time "
-                                      "model and the drop rates it targets (about 40% less training per "
+                                      "model and the drop rates it targets (about two fifths less training per "
                                       "contender; needs time_model)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
@@ -73,19 +72,12 @@ class RecipeTimeSettings(StudySettings):
         if not self.equal_steps and not self.time_model:
             p.add(f"{name('equal_steps')} false plans each contender's steps through the step-time model: set "
                   f"{name('time_model')} true, or {name('equal_steps')} true.")
-        if not self.seeds:
-            p.add(f"{name('seeds')} needs at least one seed.")
-        for seed in self.seeds:
-            p.check(check_seed, seed, name("seeds"))
         bad = [text for text in self.overrides if "=" not in text]
         if bad:
             p.add(f"{name('overrides')} must each look like key=value, got {', '.join(bad)}.")
         bad = [text for text in self.contenders if not text.split() or any("=" not in w for w in text.split())]
         if bad:
             p.add(f"{name('contenders')} must each be space-separated key=value, got {', '.join(map(repr, bad))}.")
-        p.check(check_number, name("loss_margin"), self.loss_margin, low=0)
-        p.check(check_number, name("match_margin"), self.match_margin, low=0)
-        p.check(check_non_negative, self, "curve_every", naming=name)
 
 
 def _row(run: StudyRun) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core import DropBP
 from dropbp.core.exactness import check_masks
-from dropbp.recipes.for_benchmarks import (POSITIVE, Naming, Problems, build_model, check_positive, markdown_table,
+from dropbp.recipes.for_benchmarks import (POSITIVE, Naming, Problems, build_model, markdown_table,
                                            model_overrides_field, option_name, pyplot, setting, steps_field)
 
 from .compiles import count_compiles
@@ -48,8 +48,6 @@ class SelfcheckSettings(BenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        for field in ("steps", "compile_steps", "pool_size"):
-            p.check(check_positive, self, field, naming=name)
 
 
 def _gradients(model: torch.nn.Module, mask: list[bool], batch: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -18,12 +18,11 @@ from dropbp.core.allocation import drop_fraction, uniform_rates
 from dropbp.core.engine import DropBP
 from dropbp.core.memory import saved_activation_bytes
 from dropbp.core.progress import progress_bar
-from dropbp.core.samplers import SAMPLERS, make_sampler
+from dropbp.core.samplers import make_sampler
 from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, IGNORE, NON_NEGATIVE, POSITIVE, Naming,
-                                           Problems, StepRunner, apply_method, batch_size_field, build_model,
-                                           causal_lm_loss, check_choice, check_fits, check_int, check_non_negative,
-                                           check_number, check_positive, check_seq_len, head_fraction,
+from dropbp.recipes.for_benchmarks import (COMPILE_BACKEND, IGNORE, NON_NEGATIVE, POSITIVE, Naming, Problems,
+                                           StepRunner, apply_method, batch_size_field, build_model, causal_lm_loss,
+                                           check_fits, check_int, check_seq_len, head_fraction,
                                            labelled_positions_loss, lr_field, model_overrides_field, option_name,
                                            pool_size_field, resolve_sampler, sampler_field, seq_len_field,
                                            set_checkpointing, setting, steps_field)
@@ -62,15 +61,9 @@ class ThroughputSettings(ModelBenchSettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        p.check(check_choice, name("sampler"), self.sampler, ("auto", *SAMPLERS))
-        for key in ("seq_len", "batch_size", "steps", "pool_size", "memory_masks"):
-            p.check(check_positive, self, key, naming=name)
-        p.check(check_choice, name("head_positions"), self.head_positions, ("all", "labelled"))
         if self.answer_tokens is not None:
             high = self.seq_len - 1 if isinstance(self.seq_len, int) and self.seq_len > 1 else None
             p.check(check_int, name("answer_tokens"), self.answer_tokens, 1, high)
-        p.check(check_non_negative, self, "warmup", naming=name)
-        p.check(check_number, name("lr"), self.lr, low=0, low_open=True)
         if self.checkpointing and self.compile:
             p.add(f"{name('checkpointing')} times eager steps; it cannot be combined with {name('compile')}.")
         if self.model != "auto" and not p.items:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
 from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE,
-                                          POSITIVE_NUMBER, RATE, SEEDS, Naming, add_command,
-                                          check_choice, check_drop_rates, check_non_negative, check_number,
+                                          POSITIVE_NUMBER, POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Rule, add_command,
+                                          check_choice, check_declared, check_drop_rates, check_non_negative, check_number,
                                           check_output_dir, check_positive, option_name, setting, yaml_key)
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
@@ -36,9 +36,9 @@ from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
 __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
-           "POSITIVE_NUMBER", "RATE", "SEEDS", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
+           "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "Rule", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
-           "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
+           "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_declared", "check_cpu_4bit_shapes",
            "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",
            "batch_size_field", "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len",
            "device_field", "lr_field", "model_overrides_field", "steps_field",

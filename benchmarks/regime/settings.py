@@ -6,10 +6,10 @@ from typing import Any
 
 from dropbp.core.freezing import blocks_for_backward_budget
 from dropbp.core.layerdrop import equal_flops_layerdrop_rate, pld_theta_for_drop
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, RATE, SEEDS,
-                                           Naming, Problems, batch_size_field, check_choice, check_cpu_4bit_shapes,
-                                           check_drop_rates, check_non_negative, check_number, check_positive,
-                                           check_seed, model_overrides_field, option_name, seq_len_field, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER,
+                                           POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Problems, batch_size_field,
+                                           check_cpu_4bit_shapes, model_overrides_field, option_name, seq_len_field,
+                                           setting)
 
 from ..harness import StudySettings
 from ..study import Contender
@@ -43,11 +43,11 @@ class RegimeSettings(StudySettings):
                                   "of 64)", choices=("lora", "qlora"))
     lora_rank: int = setting(8, "LoRA rank", allowed=POSITIVE)
     drop_rates: tuple[float, ...] = setting((0.5, 0.75, 0.875), "DropBP rates (uniform and sensitivity-allocated)",
-                                            allowed="comma-separated, at least one, each a number in [0, 1)")
+                                            allowed=RATES)
     contender_rate: float = setting(0.75, "LayerDrop, PLD and freezing are set to the training FLOPs of DropBP at "
                                           "this rate", allowed=RATE)
     lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2), "learning rates of the sweep (seed 0)",
-                                     allowed="comma-separated, at least one, each a finite number > 0")
+                                     allowed=POSITIVE_NUMBERS)
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds of the final runs at each contender's chosen rate",
                                      allowed=SEEDS)
     schedules: tuple[str, ...] = setting(("cosine",), "the schedule family's drop-rate schedules, each from "
@@ -58,7 +58,9 @@ class RegimeSettings(StudySettings):
                                                             "DropBP under each of schedules; "
                                                             "freeze-dropbp: the top half trained, DropBP at "
                                                             "contender_rate there)",
-                                          allowed=f"comma-separated, each one of {', '.join(CONTENDER_KINDS)}; baseline included")
+                                          choices=CONTENDER_KINDS,
+                                          allowed=f"comma-separated, each one of {', '.join(CONTENDER_KINDS)}; "
+                                                  "baseline included")
     epochs: float = setting(1.0, "passes over the training set per run (equal for every contender)",
                             allowed=POSITIVE_NUMBER)
     batch_size: int = batch_size_field(16, "examples per step")
@@ -76,30 +78,10 @@ class RegimeSettings(StudySettings):
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        p.check(check_choice, name("method"), self.method, ("lora", "qlora"))
-        p.check(check_choice, name("regime"), self.regime, REGIMES)
-        p.check(check_choice, name("family"), self.family, TASK_FAMILIES)
         if self.method == "qlora" and self.device != "cuda":
             p.check(check_cpu_4bit_shapes, "tiny", {**REGIME_MODEL, **self.model_overrides}, name("method"))
-        self.drop_rates = p.check(check_drop_rates, self.drop_rates, name("drop_rates")) or self.drop_rates
-        p.check(check_number, name("contender_rate"), self.contender_rate, low=0, high=1, high_open=True)
-        for lr in self.lrs:
-            p.check(check_number, name("lrs"), lr, low=0, low_open=True)
-        if not self.lrs or not self.seeds:
-            p.add(f"{name('lrs')} and {name('seeds')} need at least one value each.")
-        for kind in self.schedules:
-            p.check(check_choice, name("schedules"), kind, SCHEDULES)
-        for kind in self.contenders:
-            p.check(check_choice, name("contenders"), kind, CONTENDER_KINDS)
-        if "baseline" not in self.contenders:
+        if isinstance(self.contenders, (list, tuple)) and "baseline" not in self.contenders:
             p.add(f"{name('contenders')} must include baseline (every comparison is against it).")
-        for field in ("lora_rank", "batch_size", "seq_len", "eval_every", "pretrain_steps"):
-            p.check(check_positive, self, field, naming=name)
-        for seed in self.seeds:
-            p.check(check_seed, seed, name("seeds"))
-        p.check(check_number, name("epochs"), self.epochs, low=0, low_open=True)
-        p.check(check_number, name("pld_gamma_scale"), self.pld_gamma_scale, low=0)
-        p.check(check_non_negative, self, "warmup_steps", naming=name)
 
 
 def plan(settings: RegimeSettings, num_layers: int, total_steps: int) -> list[Contender]:

@@ -9,13 +9,13 @@ import torch
 
 from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
-from dropbp.core.checks import check_seed
+from dropbp.core.errors import ConfigError
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.fields import (POSITIVE, RATE, SEED, add_command, check_choice, check_number,
-                                          check_output_dir, check_positive, setting)
+from dropbp.recipes.config.fields import (POSITIVE, RATE, SEED, add_command, check_declared, check_number,
+                                          check_output_dir, setting)
 from dropbp.recipes.config.loader import Problems
 from dropbp.recipes.config.options import device_field, method_field, model_field, out_field, seq_len_field
-from dropbp.recipes.config.presets import PRESETS, check_method, check_model, check_seq_len
+from dropbp.recipes.config.presets import PRESETS, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 
 EXAMPLES = """examples:
@@ -53,18 +53,14 @@ class AllocateSettings:
     def validate(self) -> None:
         """Raise one :class:`ConfigError` listing every bad field, before anything is built."""
         p = Problems("")
-        p.check(check_choice, "--device", self.device, backends.DEVICE_CHOICES)
+        check_declared(self, p)
         before = len(p.items)
         p.check(check_model, self.model)
         model_ok = len(p.items) == before
-        p.check(check_method, self.method)
-        rate = p.check(validate_drop_rate, self.drop_rate, "--drop-rate")
-        p.check(check_choice, "--sensitivity", self.sensitivity, SENSITIVITY_METHODS)
-        p.check(check_choice, "--allocator", self.allocator, ALLOCATORS)
-        p.check(check_choice, "--compare", self.compare, (None, "exact"))
-        for name in ("seq_len", "batch_size"):
-            p.check(check_positive, self, name)
-        p.check(check_seed, self.seed, "--seed")
+        try:
+            rate = validate_drop_rate(self.drop_rate, "--drop-rate")
+        except ConfigError:
+            rate = None  # the declared check has reported it
         p.check(check_output_dir, "--out", self.out if self.out is not None else Path("results"))
         if model_ok and isinstance(self.seq_len, int) and self.seq_len >= 1:
             p.check(check_seq_len, self.model, self.seq_len)

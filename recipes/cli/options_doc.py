@@ -15,7 +15,7 @@ def allowed(field: dataclasses.Field) -> str | None:
     """What a field accepts, as the reference shows it: its own ``allowed`` words, else its choices, else "flag" for
     a boolean flag; None when the field declares nothing (a test keeps that list empty)."""
     if field.metadata.get("allowed"):
-        return field.metadata["allowed"]
+        return str(field.metadata["allowed"])
     if field.metadata.get("choices"):
         return "one of " + ", ".join(str(c) for c in field.metadata["choices"])
     if field.type in (bool, "bool"):

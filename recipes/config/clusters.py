@@ -8,7 +8,7 @@ from dropbp.backends import PRIORITY
 from dropbp.core.errors import ConfigError
 from dropbp.recipes.config.loader import Problems, build, read_yaml
 from dropbp.recipes.config.schema import CLUSTERS, PRECISIONS
-from dropbp.recipes.config.fields import check_choice, check_number, setting
+from dropbp.recipes.config.fields import check_declared, check_number, setting
 
 BACKENDS = ("nccl", "hccl", "gloo")
 
@@ -22,23 +22,18 @@ class ClusterProfile:
     device: str = setting("cuda", "device type", choices=tuple(PRIORITY))
     devices_per_node: int = setting(1, "accelerators (ranks) per node")
     memory_gb: float = setting(80.0, "memory per device, GB")
-    precisions: tuple[str, ...] = setting(("fp32",), "recipe precisions the device runs")
+    precisions: tuple[str, ...] = setting(("fp32",), "recipe precisions the device runs", choices=PRECISIONS[1:])
     distributed_backend: str = setting("nccl", "torch.distributed backend", choices=BACKENDS)
-    hpu_mode: str | None = setting(None, "lazy or eager (Gaudi only)")
+    hpu_mode: str | None = setting(None, "lazy or eager (Gaudi only)", choices=("lazy", "eager"))
     compiles_per_mask: bool = setting(False, "every distinct drop mask is a separately compiled graph (lazy Gaudi)")
     qlora: bool = setting(True, "bitsandbytes 4-bit kernels exist on this device")
 
     def check(self, p: Problems) -> None:
         """Record every problem of the profile."""
-        p.check(check_choice, "device", self.device, tuple(PRIORITY))
-        p.check(check_choice, "distributed_backend", self.distributed_backend, BACKENDS)
+        check_declared(self, p, lambda name: name)
         if not isinstance(self.devices_per_node, int) or self.devices_per_node < 1:
             p.add(f"devices_per_node must be an integer >= 1, got {self.devices_per_node!r}.")
         p.check(check_number, "memory_gb", self.memory_gb, low=0, low_open=True)
-        for precision in self.precisions:
-            p.check(check_choice, "precisions", precision, PRECISIONS[1:])
-        if self.hpu_mode is not None:
-            p.check(check_choice, "hpu_mode", self.hpu_mode, ("lazy", "eager"))
 
 
 def cluster_names() -> list[str]:

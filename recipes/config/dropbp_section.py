@@ -12,7 +12,7 @@ from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.core.techniques import technique_names, uses_dropbp
-from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, setting
+from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_declared, check_number, setting, yaml_key
 from dropbp.recipes.config.loader import Problems
 
 
@@ -41,7 +41,7 @@ class DropScheduleSection:
                   "DropBP off plus its probes; use constant (with warmup_steps for exact steps first), linear, "
                   "cosine or steps.")
         else:
-            p.check(check_choice, "dropbp.schedule.kind", self.kind, RATE_SCHEDULES)
+            check_declared(self, p, yaml_key("dropbp.schedule"))
         p.check(validate_drop_rate, self.end_rate, "dropbp.schedule.end_rate")
         _int(p, "dropbp.schedule.warmup_steps", self.warmup_steps, 0)
         _int(p, "dropbp.schedule.stages", self.stages, 2)
@@ -100,12 +100,9 @@ class DropBPSection:
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
         p.check(validate_drop_rate, self.drop_rate, "dropbp.drop_rate")
-        p.check(check_choice, "dropbp.sampler", self.sampler, ("auto", *SAMPLERS))
+        check_declared(self, p, yaml_key("dropbp"))
         _int(p, "dropbp.pool_size", self.pool_size, 1, MAX_SIZE)
-        p.check(check_choice, "dropbp.allocation", self.allocation, ("auto", *ALLOCATION_MODES))
         p.check(check_number, "dropbp.allocate_at", self.allocate_at, low=0, high=1, high_open=True)
-        p.check(check_choice, "dropbp.sensitivity", self.sensitivity, SENSITIVITY_METHODS)
-        p.check(check_choice, "dropbp.allocator", self.allocator, ("paper", "optimal"))
         _int(p, "dropbp.reallocate_every", self.reallocate_every, 1)
         if self.seed is not None:
             p.check(check_seed, self.seed, "dropbp.seed")

@@ -2,7 +2,10 @@
 
 A field is declared once, with :func:`setting` (default, help, allowed values); :func:`add_options` turns every
 field into ``--field-name`` with that default and help, and :func:`from_args` builds the dataclass back from the
-parsed arguments. So a default lives in one place, and the same object is what Python callers pass directly.
+parsed arguments. So a default lives in one place, and the same object is what Python callers pass directly. What a
+field allows (its ``choices``, or a :class:`Rule` such as :data:`POSITIVE`) is checked from that declaration on every
+path, command line, YAML file or Python, by :func:`check_declared`; a settings class's own ``check`` keeps only the
+rules that join several fields or need the machine.
 """
 from __future__ import annotations
 
@@ -20,28 +23,94 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dropbp.core.allocation import validate_drop_rate
-from dropbp.core.checks import check_int
+from dropbp.core.checks import check_int, check_seed
 from dropbp.core.errors import ConfigError
 
 T = TypeVar("T")
 
-#: The words the option reference uses for the commonest kinds of value.
-POSITIVE = "integer >= 1"
-NON_NEGATIVE = "integer >= 0"
-RATE = "number in [0, 1)"
-POSITIVE_NUMBER = "finite number > 0"
-NON_NEGATIVE_NUMBER = "finite number >= 0"
-SEED = "integer in [0, 2**32)"
-SEEDS = f"comma-separated, at least one, each an {SEED}"
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a field allows: the words the option reference shows, and the check :func:`check_declared` runs on every
+    path. ``test(name, value)`` raises :class:`ConfigError` naming ``name``, or returns the value (normalised where
+    it may be, e.g. a list of rates as a tuple of floats)."""
+
+    words: str
+    test: Callable[[str, Any], Any]
+
+    def __str__(self) -> str:
+        return self.words
+
+    def described(self, words: str) -> "Rule":
+        """The same check, shown with other words (e.g. with a bound the check cannot know)."""
+        return dataclasses.replace(self, words=words)
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number within the bounds (open or closed at each end); NaN and infinity are refused."""
+    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+                + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]"))
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}.")
+    return float(value)
+
+
+def _listed(name: str, values: Any, each: str) -> None:
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a list (comma-separated on the command line), each {each}; "
+                          f"got {values!r}.")
+
+
+def check_drop_rates(rates: Any, name: str = "--drop-rates") -> tuple[float, ...]:
+    """At least one rate, each in [0, 1); returned as a tuple of floats."""
+    _listed(name, rates, "a number in [0, 1)")
+    if not rates:
+        raise ConfigError(f"{name} needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
+    return tuple(validate_drop_rate(r, name) for r in rates)
+
+
+def check_seeds(name: str, seeds: Any) -> tuple[int, ...]:
+    """At least one seed, each an integer in [0, 2**32)."""
+    _listed(name, seeds, "an integer in [0, 2**32)")
+    if not seeds:
+        raise ConfigError(f"{name} needs at least one seed.")
+    return tuple(check_seed(seed, name) for seed in seeds)
+
+
+def check_positive_numbers(name: str, values: Any) -> tuple[float, ...]:
+    """At least one number, each finite and > 0; returned as a tuple of floats."""
+    _listed(name, values, "a finite number > 0")
+    if not values:
+        raise ConfigError(f"{name} needs at least one finite number > 0.")
+    return tuple(check_number(name, value, low=0, low_open=True) for value in values)
+
+
+#: What the commonest kinds of value allow: checked from the declaration, shown in the option reference.
+POSITIVE = Rule("integer >= 1", lambda name, value: check_int(name, value, 1))
+NON_NEGATIVE = Rule("integer >= 0", lambda name, value: check_int(name, value, 0))
+RATE = Rule("number in [0, 1)", lambda name, value: validate_drop_rate(value, name))
+RATES = Rule(f"comma-separated, at least one, each a {RATE}", lambda name, value: check_drop_rates(value, name))
+POSITIVE_NUMBER = Rule("finite number > 0", lambda name, value: check_number(name, value, low=0, low_open=True))
+POSITIVE_NUMBERS = Rule("comma-separated, at least one, each a finite number > 0", check_positive_numbers)
+NON_NEGATIVE_NUMBER = Rule("finite number >= 0", lambda name, value: check_number(name, value, low=0))
+SEED = Rule("integer in [0, 2**32)", lambda name, value: check_seed(value, name))
+SEEDS = Rule(f"comma-separated, at least one, each an {SEED}", check_seeds)
 FOLDER = "a folder that exists and is writable, or can be created"
 COMPILE_BACKEND = "a torch.compile backend registered in this process (e.g. inductor, aot_eager, eager)"
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
-            allowed: str | None = None, cli: bool = True, default_factory: Callable[[], Any] | None = None,
+            allowed: Rule | str | None = None, cli: bool = True, default_factory: Callable[[], Any] | None = None,
             metavar: str | None = None, positional: bool = False) -> Any:
-    """A dataclass field with its help text and allowed values: ``choices`` (checked by the parser) or ``allowed``,
-    the words ``docs/OPTIONS.md`` shows (a flag or a field with choices needs none); ``cli=False`` keeps it off the
+    """A dataclass field with its help text and allowed values: ``choices`` (of each item, for a tuple), or
+    ``allowed``: a :class:`Rule` (checked and shown) or the words ``docs/OPTIONS.md`` shows where the check needs more
+    than the value (a flag or a field with choices needs none); both checked by :func:`check_declared`; ``cli=False`` keeps it off the
     command line; ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "allowed": allowed, "cli": cli,
                 "metavar": metavar, "positional": positional}
@@ -149,8 +218,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
         if parse is None:
             raise TypeError(f"{cls.__name__}.{field.name}: no command-line parser for {hints[field.name]!r}")
         shown = "" if default is None else f" (default: {format_value(default)})"
+        listed = typing.get_origin(strip_optional(hints[field.name])[0]) is tuple  # choices are then per item
         parser.add_argument(flag, dest=field.name, type=parse, default=default,
-                            choices=field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
+                            choices=None if listed else field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
                             help=f"{help_text}{shown}")
 
 
@@ -178,6 +248,31 @@ def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}.")
 
 
+def _optional(field: dataclasses.Field) -> bool:
+    return field.default is None or "None" in str(field.type)
+
+
+def check_declared(settings: Any, p: Any, naming: Naming = option_name) -> None:
+    """Record in ``p`` (a :class:`~dropbp.recipes.config.loader.Problems`) every field of the dataclass ``settings``
+    that breaks what it declares: its ``choices`` (each item of a tuple) or its :class:`Rule` (whose normalised value
+    is kept). ``None`` passes where the field is optional. ``naming`` says how errors call a field."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is None and _optional(field):
+            continue
+        choices, rule = field.metadata.get("choices"), field.metadata.get("allowed")
+        if str(field.type).startswith("tuple") and not isinstance(value, (list, tuple)):
+            p.add(f"{naming(field.name)} must be a list (comma-separated on the command line), got {value!r}.")
+            continue
+        if choices is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                p.check(check_choice, naming(field.name), item, choices)
+        if isinstance(rule, Rule):
+            checked = p.check(rule.test, naming(field.name), value)
+            if checked is not None:
+                setattr(settings, field.name, checked)
+
+
 def check_positive(settings: Any, *names: str, naming: Naming = option_name) -> None:
     """Each named field must be an integer >= 1 (the first bad one is raised; record them one by one with
     :meth:`Problems.check` to report all)."""
@@ -189,28 +284,6 @@ def check_non_negative(settings: Any, *names: str, naming: Naming = option_name)
     """Each named field must be an integer >= 0."""
     for name in names:
         check_int(naming(name), getattr(settings, name), 0)
-
-
-def check_drop_rates(rates: Any, name: str = "--drop-rates") -> tuple[float, ...]:
-    """At least one rate, each in [0, 1); returned as a tuple of floats."""
-    if not rates:
-        raise ConfigError(f"{name} needs at least one rate in [0, 1), e.g. 0.5,0.75,0.875.")
-    return tuple(validate_drop_rate(r, name) for r in rates)
-
-
-def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number within the bounds (open or closed at each end); NaN and infinity are refused."""
-    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
-                + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]"))
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}.")
-    return float(value)
 
 
 #: Upper bound of sizes no recipe needs more of (a bigger value is a typo, and would exhaust memory or hang).

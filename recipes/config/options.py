@@ -8,7 +8,7 @@ from dropbp.backends import DEVICE_CHOICES, PRECISIONS, Backend
 from dropbp.core.samplers import SAMPLERS
 from dropbp.recipes.config.gguf_source import NAMED_MODELS
 from dropbp.recipes.config.presets import ENV_ALLOW_DOWNLOADS, PRESETS
-from dropbp.recipes.config.fields import FOLDER, POSITIVE, POSITIVE_NUMBER, RATE, SEED, setting
+from dropbp.recipes.config.fields import FOLDER, POSITIVE, POSITIVE_NUMBER, RATES, SEED, setting
 
 DEFAULT_DROP_RATES = (0.5, 0.75, 0.875)
 
@@ -50,13 +50,14 @@ def method_field(default: str = "lora", choices: tuple[str, ...] = ("full", "lor
 def drop_rates_field() -> Any:
     """``drop_rates``: the rates compared, comma-separated on the command line."""
     return setting(DEFAULT_DROP_RATES, "drop rates to compare, comma-separated, each in [0, 1)",
-                   allowed=f"comma-separated, at least one, each a {RATE}")
+                   allowed=RATES)
 
 
 def seq_len_field(default: int, help: str = "tokens per sequence") -> Any:
     """``seq_len``: tokens per sequence, at most the model's context."""
     return setting(default, help,
-                   allowed=f"{POSITIVE}, at most the model's max_position_embeddings (8192 for the presets)")
+                   allowed=POSITIVE.described(f"{POSITIVE}, at most the model's max_position_embeddings (8192 for "
+                                              "the presets)"))
 
 
 def batch_size_field(default: int, help: str = "sequences per step") -> Any:

@@ -22,7 +22,7 @@ from dropbp.recipes.config.fetched_data import FETCHED, check_fetched, check_fet
 from dropbp.recipes.config.presets import (METHODS, PRESETS, check_hub_access, check_model, check_preset_config, hub_id,
                                            max_positions, source_of)
 from dropbp.recipes.config.dropbp_section import DropBPSection
-from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_number, check_run_name, setting
+from dropbp.recipes.config.fields import MAX_SIZE, check_declared, check_number, check_run_name, setting, yaml_key
 
 DATA_FORMATS = ("alpaca", "chat", "text")
 TEMPLATES = ("alpaca", "plain", "chat")
@@ -75,7 +75,7 @@ class ModelSection:
             p.check(check_model, self.name, "model.name", for_run=for_run)
         if for_run and self.tokenizer not in ("auto", BYTE_TOKENIZER):
             p.check(check_hub_access, self.tokenizer, "model.tokenizer")
-        p.check(check_choice, "model.method", self.method, METHODS)
+        check_declared(self, p, yaml_key("model"))
         if self.config and self.name not in PRESETS:
             p.add(f"model.config changes preset fields and applies only to presets ({', '.join(PRESETS)}); "
                   f"model.name is {self.name!r}.")
@@ -118,8 +118,7 @@ class DataSection:
 
     def check(self, p: Problems, base: Path, for_run: bool = True) -> None:
         """Record every problem of this section; relative paths are resolved against ``base``."""
-        p.check(check_choice, "data.format", self.format, DATA_FORMATS)
-        p.check(check_choice, "data.template", self.template, TEMPLATES)
+        check_declared(self, p, yaml_key("data"))
         for name in ("train", "validation"):
             value = getattr(self, name)
             if value is None:
@@ -156,8 +155,7 @@ class OptimSection:
 
     def check(self, p: Problems) -> None:
         """Record every problem of this section."""
-        p.check(check_choice, "optim.optimizer", self.optimizer, OPTIMIZERS)
-        p.check(check_choice, "optim.lr_schedule", self.lr_schedule, SCHEDULES)
+        check_declared(self, p, yaml_key("optim"))
         p.check(check_number, "optim.lr", self.lr, low=0, low_open=True)
         p.check(check_number, "optim.weight_decay", self.weight_decay, low=0)
         _int(p, "optim.warmup_steps", self.warmup_steps, 0)
@@ -220,8 +218,7 @@ class TrainSection:
         if self.stop_after_steps is not None:
             _int(p, "train.stop_after_steps", self.stop_after_steps, 1)
         p.check(check_number, "train.divergence_factor", self.divergence_factor, low=0)
-        p.check(check_choice, "train.precision", self.precision, PRECISIONS)
-        p.check(check_choice, "train.head_positions", self.head_positions, HEAD_POSITIONS)
+        check_declared(self, p, yaml_key("train"))
         p.check(check_seed, self.seed, "train.seed")
 
 
@@ -252,7 +249,7 @@ class Recipe:
     def check(self, p: Problems, for_run: bool = True) -> None:
         """Record every problem, the sections' and those of combinations (``for_run``: also the environment's)."""
         p.check(check_run_name, self.name)
-        p.check(check_choice, "device", self.device, backends.DEVICE_CHOICES)
+        check_declared(self, p, lambda name: name)
         known = sorted(path.stem for path in CLUSTERS.glob("*.yaml"))
         if self.cluster is not None and self.cluster not in known:
             p.add(f"cluster must be one of {', '.join(known)} or none, got {self.cluster!r}.")
