@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, check_output_dir, markdown_table, option_name,
+from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, Settings, check_output_dir, markdown_table, option_name,
                                            publish, pyplot, results_folder, setting)
 
 from .paper import PAPER_THROUGHPUT
@@ -20,8 +20,8 @@ from .throughput_report import mark_paper_points, paper_line
 
 
 @dataclass
-class CompareSettings:
-    """The result folders to compare and where the comparison goes."""
+class CompareSettings(Settings):
+    """The result folders to compare and where the comparison goes (no device or seed: it only reads results)."""
 
     dirs: tuple[Path, ...] = setting((), "folders holding throughput.json (one per device or cluster)",
                                      positional=True, metavar="DIR",
@@ -31,6 +31,7 @@ class CompareSettings:
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         """Record every problem in ``p`` (``name``: how errors call a field)."""
+        super().check(p, name)
         dirs = "DIR" if name is option_name else name("dirs")
         if len(self.dirs) < 1:
             p.add(f"{dirs}: give at least one folder holding a throughput.json (usually two or more).")
@@ -41,12 +42,6 @@ class CompareSettings:
             else:
                 p.check(load_throughput, Path(folder))  # unreadable or foreign results, all reported together
         p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
-
-    def validate(self, name: Naming = option_name) -> None:
-        """Raise one :class:`ConfigError` listing every problem."""
-        problems = Problems("")
-        self.check(problems, name)
-        problems.raise_if_any()
 
 
 def load_throughput(folder: Path) -> dict[str, Any]:

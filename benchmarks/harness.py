@@ -18,40 +18,18 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, Naming, Problems, cache_root, check_declared,
-                                           check_model, check_output_dir,
-                                           device_field, drop_rates_field, method_field, model_field, option_name,
-                                           out_field, precision_field, publish, resolve_model, results_folder,
-                                           seed_field, setting, write_text_atomic)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, CommandSettings, Naming, Problems, cache_root,
+                                           check_model, drop_rates_field, method_field, model_field, option_name,
+                                           precision_field, publish, resolve_model, results_folder, setting,
+                                           write_text_atomic)
 
 S = TypeVar("S", bound="BenchSettings")
 
 
 @dataclasses.dataclass
-class BenchSettings:
-    """Fields every benchmark has. Subclasses add their own and extend :meth:`check` / :meth:`resolve`."""
-
-    device: str = device_field()
-    seed: int = seed_field()
-    out: Path | None = out_field()
-
-    def check(self, p: Problems, name: Naming = option_name) -> None:
-        """Record every problem of these settings in ``p``; ``name`` says how errors call a field (its flag on the
-        command line, its key in a YAML file). Subclasses extend it. Bad numbers of a field are normalised here
-        (e.g. drop rates become a tuple of floats). What each field declares (choices, a rule) is checked here, for
-        every subclass's fields; subclasses add only the rules that join fields or need the machine."""
-        check_declared(self, p, name)
-        p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
-
-    def validate(self, name: Naming = option_name) -> None:
-        """Raise one :class:`ConfigError` listing every problem; called before any work starts."""
-        problems = Problems("")
-        self.check(problems, name)
-        problems.raise_if_any()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of every field (paths as strings), recorded in each result."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+class BenchSettings(CommandSettings):
+    """Fields every benchmark has (device, seed, results folder; checked as every command's). Subclasses add their
+    own and extend :meth:`check` / :meth:`resolve`."""
 
     def resolve(self: S, backend: type[Backend]) -> S:
         """A copy with every ``auto`` value replaced by what it means on ``backend``."""

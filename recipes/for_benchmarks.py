@@ -10,6 +10,7 @@ from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE,
                                           POSITIVE_NUMBER, POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Rule, add_command,
                                           check_choice, check_declared, check_drop_rates, check_non_negative, check_number,
                                           check_output_dir, check_positive, option_name, setting, yaml_key)
+from dropbp.recipes.config.command_settings import CommandSettings, Settings
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
 from dropbp.recipes.config.options import (batch_size_field, device_field, drop_rates_field, lr_field, method_field,
@@ -35,7 +36,7 @@ from dropbp.recipes.training.optim import lr_scheduler
 from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
-__all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
+__all__ = ["COMPILE_BACKEND", "CommandSettings", "Settings", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
            "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "Rule", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
            "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_declared", "check_cpu_4bit_shapes",

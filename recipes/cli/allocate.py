@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -11,10 +10,10 @@ from dropbp import backends
 from dropbp.core.allocation import ALLOCATORS, allocate, check_feasible, drop_fraction, validate_drop_rate
 from dropbp.core.errors import ConfigError
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
-from dropbp.recipes.config.fields import (POSITIVE, RATE, SEED, add_command, check_declared, check_number,
-                                          check_output_dir, setting)
+from dropbp.recipes.config.command_settings import CommandSettings
+from dropbp.recipes.config.fields import POSITIVE, RATE, SEED, Naming, add_command, check_number, option_name, setting
 from dropbp.recipes.config.loader import Problems
-from dropbp.recipes.config.options import device_field, method_field, model_field, out_field, seq_len_field
+from dropbp.recipes.config.options import method_field, model_field, seq_len_field
 from dropbp.recipes.config.presets import PRESETS, check_model, check_seq_len
 from dropbp.recipes.config.registry import find_recipe
 
@@ -26,10 +25,9 @@ EXAMPLES = """examples:
 
 
 @dataclass
-class AllocateSettings:
+class AllocateSettings(CommandSettings):
     """One sensitivity measurement and the drop rates an allocator derives from it."""
 
-    device: str = device_field()
     model: str = model_field("tiny")
     method: str = method_field()
     drop_rate: float = setting(0.875, "target rate in [0, 1)", allowed=RATE)
@@ -48,20 +46,16 @@ class AllocateSettings:
     seq_len: int = seq_len_field(256, "tokens per sequence")
     batch_size: int = setting(4, "sequences in the batch", allowed=POSITIVE)
     seed: int = setting(0, "seed for the weights and the batch", allowed=SEED)
-    out: Path | None = out_field()
 
-    def validate(self) -> None:
-        """Raise one :class:`ConfigError` listing every bad field, before anything is built."""
-        p = Problems("")
-        check_declared(self, p)
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
         before = len(p.items)
-        p.check(check_model, self.model)
+        p.check(check_model, self.model, name("model"))
         model_ok = len(p.items) == before
         try:
             rate = validate_drop_rate(self.drop_rate, "--drop-rate")
         except ConfigError:
             rate = None  # the declared check has reported it
-        p.check(check_output_dir, "--out", self.out if self.out is not None else Path("results"))
         if model_ok and isinstance(self.seq_len, int) and self.seq_len >= 1:
             p.check(check_seq_len, self.model, self.seq_len)
         if self.data != "corpus":
@@ -69,7 +63,6 @@ class AllocateSettings:
         cap = p.check(check_number, "--cap", self.cap, low=0, high=1, low_open=True, high_open=True)
         if self.allocator != "uniform" and cap is not None and rate is not None:
             p.check(check_feasible, rate, cap)
-        p.raise_if_any()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
