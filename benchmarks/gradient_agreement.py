@@ -10,33 +10,37 @@ parameters together):
 - ``mean_cos`` and ``mean_norm_ratio``: the same for the mean of ``g_m`` over the masks (what many steps average
   to: an unbiased estimator would point the same way as ``g``, scaled by the share of steps that train it).
 
-``python -m dropbp.benchmarks.gradient_agreement smollm2-tasks --drop-rate 0.5 --masks 8 --out DIR`` writes
-``gradient-agreement.{json,md,png}`` under ``DIR``.
+``dropbp bench gradient-agreement --recipe smollm2-tasks --drop-rates 0.5 --masks 8 --out DIR`` writes
+``gradient-agreement.{json,md,png}`` under ``DIR``. Blocks are found by structure (the decoder blocks that hold the
+branches DropBP discovers), so any model the engine runs on is measured.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dropbp.core.branches import DiscoveredBranches, find_branches
+from dropbp.backends import Backend
+from dropbp.core.branches import DiscoveredBranches, find_blocks, find_branches
 from dropbp.core.engine import DropBP
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, RATES, FineTune, Naming, Problems, find_recipe,
+                                           load_recipe, markdown_table, option_name, pyplot, setting)
 
-_BLOCK = re.compile(r"\.layers\.(\d+)\.")
+from .harness import BenchSettings, run_benchmark
 
 
-def block_of(name: str) -> int:
-    """The decoder block a parameter belongs to (``-1``: outside every block, e.g. embeddings or the head)."""
-    match = _BLOCK.search("." + name)
-    return int(match.group(1)) if match else -1
+def block_index(model: nn.Module) -> dict[str, int]:
+    """The decoder block (0 nearest the input) of every parameter inside one, by name: blocks found by structure,
+    whatever the model calls them; a parameter outside every block (embeddings, the head) is not listed."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return {names[id(param)]: block for block, (_, module) in enumerate(find_blocks(model))
+            for param in module.parameters() if id(param) in names}
 
 
 def _gradients(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batch: Any,
@@ -46,9 +50,10 @@ def _gradients(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tenso
     if loss.requires_grad:
         loss.backward()
     flat: dict[int, list[torch.Tensor]] = {}
+    blocks = block_index(model)
     for name, param in params.items():
         grad = param.grad if param.grad is not None else torch.zeros_like(param)
-        flat.setdefault(block_of(name), []).append(grad.detach().double().flatten())
+        flat.setdefault(blocks.get(name, -1), []).append(grad.detach().double().flatten())
     model.zero_grad(set_to_none=True)
     return {block: torch.cat(parts) for block, parts in flat.items()}
 
@@ -119,8 +124,6 @@ def _fmt(value: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """A summary (whole model, lower and upper third of the blocks) per setting, then cosine per block."""
-    from dropbp.recipes.for_benchmarks import markdown_table
-
     settings = result["settings"]
     layers = max(r["block"] for r in settings[0]["blocks"] if r["block"] != "all") + 1
 
@@ -152,16 +155,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 def figure(result: dict[str, Any]) -> Any:
     """Cosine with the exact gradient against block, one line per setting: per mask, and of the mean over masks."""
-    from dropbp.recipes.for_benchmarks import pyplot
-
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for s in result["settings"]:
         blocks = [r for r in s["blocks"] if r["block"] != "all" and r["block"] >= 0]
         x = [r["block"] for r in blocks]
-        style = dict(color="black", linestyle="--") if s["allocation"] == "none" else {}  # the noise floor
-        axes[0].plot(x, [r["cos_when_trained"] or 0.0 for r in blocks], "o-", ms=3, label=s["label"], **style)
-        axes[1].plot(x, [r["mean_cos"] for r in blocks], "s-", ms=3, label=s["label"], **style)
+        style = dict(color="black", linestyle="--") if s["allocation"] == "none" else {"linestyle": "-"}  # noise floor
+        axes[0].plot(x, [r["cos_when_trained"] or 0.0 for r in blocks], marker="o", ms=3, label=s["label"], **style)
+        axes[1].plot(x, [r["mean_cos"] for r in blocks], marker="s", ms=3, label=s["label"], **style)
     axes[0].set(xlabel="decoder block (0 = nearest the input)", ylabel="cosine with the exact gradient",
                 ylim=(-0.1, 1.05), title="one mask (when the block trains)")
     axes[1].set(xlabel="decoder block (0 = nearest the input)", title=f"mean of {result['masks']} masks")
@@ -198,61 +199,70 @@ def settings_for(found: DiscoveredBranches, drop_rates: Sequence[float],
 ALLOCATIONS = ("uniform", "depth")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure on a recipe's batch (after ``--after-steps`` exact training steps) and publish the result set."""
-    from dropbp.recipes.for_benchmarks import FineTune, find_recipe, load_recipe, publish
+@dataclass
+class GradientAgreementSettings(BenchSettings):
+    """What the gradient-agreement measurement depends on; :meth:`validate` checks it before any work starts."""
 
-    parser = argparse.ArgumentParser(prog="python -m dropbp.benchmarks.gradient_agreement", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe")
-    parser.add_argument("--drop-rates", default="0.5", help="comma-separated rates in [0, 1)")
-    parser.add_argument("--allocations", default="uniform",
-                        help=f"comma-separated, each one of {', '.join(ALLOCATIONS)} or a dropbp allocate JSON result")
-    parser.add_argument("--output-projection", action="store_true",
-                        help="each setting also with dropbp.train_output_projection (a dropped branch still trains "
-                             "the layer it ends with)")
-    parser.add_argument("--masks", type=int, default=8)
-    parser.add_argument("--after-steps", type=int, default=0, help="exact (DropBP off) training steps first")
-    parser.add_argument("--out", type=Path, default=Path("results/cpu"))
-    args = parser.parse_args(argv)
-    drop_rates = [float(r) for r in args.drop_rates.split(",") if r.strip()]
-    allocations = [a.strip() for a in args.allocations.split(",") if a.strip()]
-    bad = [a for a in allocations if a not in ALLOCATIONS and not (a.endswith(".json") and Path(a).is_file())]
-    if bad or not drop_rates or any(not 0 <= r < 1 for r in drop_rates) or args.masks < 1 or args.after_steps < 0:
-        parser.error(f"--allocations must each be one of {', '.join(ALLOCATIONS)} or an existing allocate JSON file "
-                     f"(got {bad}); --drop-rates each in [0, 1); --masks >= 1; --after-steps >= 0.")
-    overrides = ["dropbp.drop_rate=0", "train.eval_every=0", "train.exact_match=0"]
-    if args.after_steps:  # the learning-rate schedule spans the recipe's steps, as in a real run
-        overrides.append(f"train.stop_after_steps={args.after_steps}")
-    recipe = load_recipe(find_recipe(args.recipe), overrides, device="cpu")
+    recipe: str = setting("smollm2-tasks", "the recipe whose model, adapters, data, labels and loss are measured "
+                                           "(its first batch after after_steps exact steps)",
+                          allowed="a shipped recipe (dropbp recipes ls) or a recipe file")
+    drop_rates: tuple[float, ...] = setting((0.5,), "drop rates of the uniform and depth allocations", allowed=RATES)
+    allocations: tuple[str, ...] = setting(("uniform",), f"rate allocations, each {', '.join(ALLOCATIONS)} (at every "
+                                                         "drop rate) or a dropbp allocate JSON result (its rates)",
+                                           allowed=f"comma-separated, each one of {', '.join(ALLOCATIONS)} or an "
+                                                   "existing allocate JSON file")
+    output_projection: bool = setting(False, "each setting also with dropbp.train_output_projection (a dropped "
+                                             "branch still trains the layer it ends with)")
+    masks: int = setting(8, "DropBP masks drawn per setting", allowed=POSITIVE)
+    after_steps: int = setting(0, "exact (DropBP off) training steps of the recipe first (its learning-rate schedule "
+                                  "spanning the recipe's steps, as in a real run)", allowed=NON_NEGATIVE)
+
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        p.check(find_recipe, self.recipe)
+        bad = [a for a in self.allocations if a not in ALLOCATIONS and not (str(a).endswith(".json")
+                                                                              and Path(a).is_file())]
+        if bad:
+            p.add(f"{name('allocations')} must each be one of {', '.join(ALLOCATIONS)} or an existing dropbp "
+                  f"allocate JSON file, got {', '.join(map(repr, bad))}.")
+
+
+def measure(settings: GradientAgreementSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """On the recipe's batch (after ``after_steps`` exact training steps): the next batch's exact gradient, then
+    every setting's DropBP gradients, against this batch's exact gradient."""
+    overrides = ["dropbp.drop_rate=0", "train.eval_every=0", "train.exact_match=0", f"train.seed={settings.seed}"]
+    if settings.after_steps:
+        overrides.append(f"train.stop_after_steps={settings.after_steps}")
+    recipe = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name)
     with tempfile.TemporaryDirectory() as scratch:  # the recipe's run folder: nothing of it is kept
-        job = FineTune(recipe, Path(scratch) / "run", progress=False)
+        job = FineTune(recipe, Path(scratch) / "run", progress=progress)
         job.setup()
         try:
-            if args.after_steps:
+            if settings.after_steps:
                 job.train()
-            batch = job.data.batch(args.after_steps, 0, 1, recipe.train.micro_batch_size, 0, 1)
-            settings = settings_for(find_branches(job.model, seq_len=recipe.data.seq_len), drop_rates, allocations)
-            if args.output_projection:
-                settings = [twin for s in settings for twin in
-                            (s, {**s, "label": f"{s['label']}, output projection trained", "output_projection": True})]
-            other = job.data.batch(args.after_steps + 1, 0, 1, recipe.train.micro_batch_size, 0, 1)
-            settings.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0,
-                                "rates": None, "drop_fraction": 0.0,
-                                "blocks": batch_agreement(job.model, job.loss_fn, batch, other)})
-            for s in settings[1:]:
-                s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], args.masks,
-                                                 seq_len=recipe.data.seq_len, rates=s["rates"],
+            size = recipe.train.micro_batch_size
+            batch = job.data.batch(settings.after_steps, 0, 1, size, 0, 1)
+            rows = settings_for(find_branches(job.model, seq_len=recipe.data.seq_len), settings.drop_rates,
+                                settings.allocations)
+            if settings.output_projection:
+                rows = [twin for s in rows for twin in
+                        (s, {**s, "label": f"{s['label']}, output projection trained", "output_projection": True})]
+            other = job.data.batch(settings.after_steps + 1, 0, 1, size, 0, 1)
+            rows.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0, "rates": None,
+                            "drop_fraction": 0.0, "blocks": batch_agreement(job.model, job.loss_fn, batch, other)})
+            for s in rows[1:]:
+                if progress:
+                    print(f"gradient agreement: {s['label']} ({settings.masks} masks)", flush=True)
+                s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], settings.masks,
+                                                 seed=settings.seed, seq_len=recipe.data.seq_len, rates=s["rates"],
                                                  train_output_projection=s.get("output_projection", False))
         finally:
             job.cleanup()
-    result = {"benchmark": "gradient-agreement", "recipe": args.recipe, "method": recipe.model.method,
-              "masks": args.masks, "after_steps": args.after_steps, "batch": list(batch[0].shape),
-              "command": "python -m dropbp.benchmarks.gradient_agreement " + " ".join(sys.argv[1:] if argv is None else argv),
-              "settings": settings}
-    publish(args.out, "gradient-agreement", result, markdown(result), figure(result))
-    return result
+    return {"benchmark": "gradient-agreement", "recipe": settings.recipe, "method": recipe.model.method,
+            "masks": settings.masks, "after_steps": settings.after_steps, "batch": list(batch[0].shape),
+            "options": settings.to_dict(), "settings": rows}
 
 
-if __name__ == "__main__":
-    main()
+def main(settings: GradientAgreementSettings, *, progress: bool = True) -> dict[str, Any]:
+    """``dropbp bench gradient-agreement``: measure, then write ``gradient-agreement.{json,md,png}``."""
+    return run_benchmark("gradient-agreement", settings, measure, markdown, figure, progress=progress)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import compare, compiles, convergence, memory_search, recipe_time, regime, selfcheck, throughput
+from . import (compare, compiles, convergence, gradient_agreement, memory_search, recipe_time, regime, selfcheck,
+               throughput)
 
 #: name -> (settings class, main function, one-line help)
 BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
@@ -19,6 +20,8 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
     "recipe-time": (recipe_time.RecipeTimeSettings, recipe_time.main,
                     "a recipe's DropBP setting against DropBP off at the baseline's time, over seeds"),
+    "gradient-agreement": (gradient_agreement.GradientAgreementSettings, gradient_agreement.main,
+                           "DropBP's gradient against the exact one, block by block, on a recipe's batch"),
     "compiles": (compiles.CompilesSettings, compiles.main,
                  "graphs torch.compile builds over training: pool vs bernoulli"),
     "selfcheck": (selfcheck.SelfcheckSettings, selfcheck.main,

@@ -1,19 +1,41 @@
 """The gradient-agreement diagnostic: exact at drop rate 0, and what DropBP does to a block's gradient at 0.5 is
 measured, not assumed (a block whose branches are dropped gets none; the top block, with nothing above it but the
-head, keeps the exact direction whenever it trains)."""
+head, keeps the exact direction whenever it trains); blocks found by structure; and the `dropbp bench` entry on a
+recipe, its settings checked like every benchmark's."""
 from __future__ import annotations
 
 import pytest
 
-from dropbp.benchmarks.gradient_agreement import block_of, gradient_agreement, markdown
+from dropbp.benchmarks.gradient_agreement import (GradientAgreementSettings, block_index, gradient_agreement, main,
+                                                  markdown)
+from dropbp.core.errors import ConfigError
 from dropbp.recipes.training.step import causal_lm_loss
 
 from ..conftest import tiny_model, token_batch
 
 
-def test_block_of_reads_the_decoder_block_index():
-    assert block_of("base_model.model.model.layers.12.mlp.up_proj.lora_A.default.weight") == 12
-    assert block_of("model.embed_tokens.weight") == -1
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_blocks_are_found_by_structure_whatever_the_model_calls_them(arch):
+    model = tiny_model(arch, "lora", layers=3)
+    blocks = block_index(model)
+    assert sorted(set(blocks.values())) == [0, 1, 2]
+    for name, block in blocks.items():
+        assert f".{block}." in name  # llama: model.layers.N, gpt2: transformer.h.N
+    assert not any("embed" in name or "wte" in name for name in blocks)  # outside every block: not listed
+
+
+@pytest.mark.slow
+def test_the_bench_entry_measures_a_recipe_and_publishes_its_table(tmp_path):
+    settings = GradientAgreementSettings(recipe="tiny-tasks", device="cpu", out=tmp_path, masks=2,
+                                         allocations=("uniform", "depth"), drop_rates=(0.5,), after_steps=1)
+    result = main(settings, progress=False)
+    labels = [s["label"] for s in result["settings"]]
+    assert labels == ["exact, the next batch", "uniform p=0.5", "depth p=0.5"]
+    layers = {row["block"] for s in result["settings"] for row in s["blocks"]} - {"all", -1}
+    assert layers == set(range(len(layers))) and len(layers) >= 2
+    assert result["options"]["masks"] == 2 and (tmp_path / "gradient-agreement.md").is_file()
+    with pytest.raises(ConfigError, match="--allocations must each be one of uniform, depth"):
+        GradientAgreementSettings(allocations=("nope",)).validate()
 
 
 def test_nothing_dropped_is_the_exact_gradient():

@@ -47,6 +47,7 @@ CHEAP_BENCH: dict[str, dict[str, object]] = {
     "regime": {"seeds": (0,), "epochs": 0.02, "pretrain_steps": 2, "eval_every": 2, "batch_size": 4,
                "calibration_rounds": 1, "calibration_steps": 1},
     "recipe-time": {"seeds": (0,), "calibration_rounds": 1, "calibration_steps": 1, "cache_runs": False},
+    "gradient-agreement": {"masks": 1},
     "selfcheck": {"steps": 1, "compile_steps": 1},
     "compare": {},
 }
@@ -58,7 +59,6 @@ SHRUNK_WITH_THE_RUN = {"train.stop_after_steps": "1", "dropbp.schedule.warmup_st
                        "dropbp.reallocate_every": "1"}
 #: Other options that shrink a command: ``dropbp check`` on one block, ``dropbp allocate`` on two short sequences.
 CHEAP_OPTIONS = {"check": ["--layers", "1", "--seq-len", "8", "--methods", "lora"], "allocate": ["--seq-len", "32", "--batch-size", "2"],
-                 "python -m dropbp.benchmarks.gradient_agreement": ["--masks", "1"],
                  "python -m dropbp.recipes.data.tasks": ["task_data"]}  # written here, not into the package
 
 
@@ -101,8 +101,11 @@ def _cheap_settings(name: str, settings: object) -> object:
     if name == "recipe-time":  # the first contender: each runs the same code
         changes["overrides"] = (*settings.overrides, *CHEAP_TRAIN)
         changes["contenders"] = settings.contenders[:1]
-    if name in ("memory", "throughput"):  # the first rate: each is measured the same way
+    if name in ("memory", "throughput", "gradient-agreement"):  # the first rate: each is measured the same way
         changes["drop_rates"] = settings.drop_rates[:1]
+    if name == "gradient-agreement":  # the first allocation, one exact step at most
+        changes["allocations"] = settings.allocations[:1]
+        changes["after_steps"] = min(settings.after_steps, 1)
     if name == "regime":
         changes["lrs"] = settings.lrs[:1]
     return dataclasses.replace(settings, **changes)
