@@ -7,6 +7,7 @@ from typing import Any
 
 from . import (compare, compiles, convergence, gradient_agreement, memory_search, recipe_time, regime, selfcheck,
                throughput)
+from .regime import verdict
 
 #: name -> (settings class, main function, one-line help)
 BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
@@ -20,6 +21,8 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                "time to accuracy fine-tuning a deep model: DropBP vs LayerDrop, PLD, freezing"),
     "recipe-time": (recipe_time.RecipeTimeSettings, recipe_time.main,
                     "a recipe's DropBP setting against DropBP off at the baseline's time, over seeds"),
+    "regime-verdict": (verdict.VerdictSettings, verdict.main,
+                       "one table over several regime studies: which contender holds, and how much sooner"),
     "gradient-agreement": (gradient_agreement.GradientAgreementSettings, gradient_agreement.main,
                            "DropBP's gradient against the exact one, block by block, on a recipe's batch"),
     "compiles": (compiles.CompilesSettings, compiles.main,

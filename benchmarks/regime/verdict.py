@@ -1,21 +1,23 @@
 """One table over several regime studies: per study and contender, how it ends given the baseline's wall time
 against the baseline of the same seed, and how much sooner it reaches the baseline's final loss and exact match.
 
-``python -m dropbp.benchmarks.regime.verdict RESULT.json ... [-o OUT.md]`` (the ``regime-*.json`` files that
-``dropbp bench regime`` writes). A contender *holds* in a seed when, given the baseline's time (its equal-time run;
+``dropbp bench regime-verdict RESULT.json ... [--out DIR]`` (the ``regime-*.json`` files that ``dropbp bench regime``
+writes) writes ``regime-verdict.{json,md,png}``. A contender *holds* in a seed when, given the baseline's time (its equal-time run;
 its equal-epochs run when it was not faster), its final validation loss is at most the baseline's + ``loss_margin``
 (relative) and its exact match at least the baseline's - ``match_margin``. *Sooner* is the baseline's time to its own
 final validation loss (and, separately, exact match) over the contender's, read off the equal-time curves.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dropbp.recipes.for_benchmarks import markdown_table
+from dropbp.core.errors import ConfigError
+from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, Settings, check_output_dir, markdown_table,
+                                           option_name, publish, pyplot, results_folder, setting)
 
 from ..harness import HOLDS_LOSS_MARGIN as LOSS_MARGIN
 from ..harness import HOLDS_MATCH_MARGIN as MATCH_MARGIN
@@ -87,17 +89,62 @@ def verdict_markdown(results: list[dict[str, Any]]) -> str:
                        table), ""])
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Read the result files, print the table (and write it with ``-o``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", type=Path)
-    parser.add_argument("-o", "--output", type=Path)
-    args = parser.parse_args(argv)
-    text = verdict_markdown([json.loads(path.read_text(encoding="utf-8")) for path in args.results])
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
+def verdict_figure(document: dict[str, Any]) -> Any:
+    """Final validation loss over the baseline's, given its time: one bar per contender and study (log scale)."""
+    plt = pyplot()
+    rows = [(study["study"], row) for study in document["studies"] for row in study["rows"]]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
+    colours = {name: f"C{k}" for k, name in enumerate(dict.fromkeys(study for study, _ in rows))}
+    ax.barh(range(len(rows)), [row["loss_ratio"] for _, row in rows], color=[colours[s] for s, _ in rows], left=0)
+    ax.set_yticks(range(len(rows)), [f"{row['label'][:32]} ({study})" for study, row in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.axvline(1.0 + LOSS_MARGIN, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="final validation loss / the baseline's, given its time (log; dotted: the margin)",
+           title="every regime study")
+    fig.tight_layout()
+    return fig
 
 
-if __name__ == "__main__":
-    main()
+@dataclass
+class VerdictSettings(Settings):
+    """The regime results to gather and where the table goes."""
+
+    results: tuple[Path, ...] = setting((), "regime-*.json files written by dropbp bench regime", positional=True,
+                                        metavar="RESULT.json", allowed="one or more regime result files")
+    out: Path | None = setting(None, "where regime-verdict.{json,md,png} are written (default: results/verdict)",
+                               allowed=FOLDER)
+
+    def check(self, p: Problems, name: Naming = option_name) -> None:
+        super().check(p, name)
+        files = "RESULT.json" if name is option_name else name("results")
+        if not self.results:
+            p.add(f"{files}: give at least one regime-*.json written by dropbp bench regime.")
+        for path in self.results:
+            p.check(load_regime_result, Path(path), files)
+        p.check(check_output_dir, name("out"), self.out if self.out is not None else Path("results"))
+
+
+def load_regime_result(path: Path, field: str = "RESULT.json") -> dict[str, Any]:
+    """One regime study's result, refused with one line when it is missing, unreadable or another benchmark's."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{field} {path}: not a readable JSON result ({type(err).__name__}); give the "
+                          "regime-*.json files dropbp bench regime writes.") from None
+    if not isinstance(result, dict) or "runs" not in result or "summary" not in result:
+        raise ConfigError(f"{field} {path}: not a dropbp bench regime result (no runs and summary).")
+    return result
+
+
+def main(settings: VerdictSettings, *, progress: bool = True) -> dict[str, Any]:
+    """``dropbp bench regime-verdict``: read the results, write ``regime-verdict.{json,md,png}`` (atomically, as one
+    set) and print the table."""
+    settings.validate()
+    results = [load_regime_result(Path(path)) for path in settings.results]
+    document = {"benchmark": "regime-verdict", "files": [str(path) for path in settings.results],
+                "studies": [{"study": study_name(r), "rows": study_rows(r)} for r in results]}
+    publish(results_folder(settings.out, "verdict"), "regime-verdict", document, verdict_markdown(results),
+            verdict_figure(document))
+    return document

@@ -176,9 +176,9 @@ def test_the_new_contenders_train_and_charge_their_flops(tmp_path, monkeypatch):
     assert runs["baseline"]["realized_drop_fraction"] == 0.0 < runs["schedule"]["realized_drop_fraction"]
 
 
-def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
-    from dropbp.benchmarks.regime.verdict import study_rows, verdict_markdown
-
+def _verdict_study() -> dict:
+    """A regime result of two seeds: the baseline, and ``q`` that reaches its loss twice as soon in seed 0 and ends
+    +20% in seed 1."""
     def run(label, family, seed, losses, matches, epochs=1.0):
         curve = [{"step": i, "time_s": 10.0 * i, "flops": 0.0, "val_loss": loss, "exact_match": match}
                  for i, (loss, match) in enumerate(zip(losses, matches))]
@@ -189,8 +189,14 @@ def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
     quick = [run("q", "dropbp", 0, [2.0, 0.5, 0.4], [0.0, 0.9, 0.95]),  # reaches 0.5 at 10 s, not 20: 2x
              run("q", "dropbp", 1, [2.0, 1.5, 0.6], [0.0, 0.5, 0.85])]  # +20% loss, -5 points: does not hold
     quick[0]["realized_drop_fraction"], quick[1]["realized_drop_fraction"] = 0.5, 0.25
-    result = {"settings": {"regime": "adapt", "family": "numbers"}, "runs": base + quick, "equal_time_runs": [],
-              "summary": [{"label": "baseline", "family": "baseline"}, {"label": "q", "family": "dropbp"}]}
+    return {"settings": {"regime": "adapt", "family": "numbers"}, "runs": base + quick, "equal_time_runs": [],
+            "summary": [{"label": "baseline", "family": "baseline"}, {"label": "q", "family": "dropbp"}]}
+
+
+def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
+    from dropbp.benchmarks.regime.verdict import study_rows, verdict_markdown
+
+    result = _verdict_study()
     (row,) = study_rows(result)
     assert row["holds"] == 1 and row["loss_speedup"] == [2.0] and row["match_speedup"] == [2.0]
     assert row["loss_ratio"] == pytest.approx((0.8 + 1.2) / 2)
@@ -199,3 +205,23 @@ def test_the_verdict_table_compares_each_seed_with_its_baseline_at_equal_time():
     assert "2.00x (1/2)" in verdict_markdown([result]) and "| 0.38 " in verdict_markdown([result])  # realised drop
     result["settings"]["seeds"], result["step_time_model"] = [3, 4], {"per_step_s": 0.0}
     assert "| adapt, numbers, seeds 3, 4 | model | q " in verdict_markdown([result])
+
+
+def test_the_verdict_is_a_bench_command_that_writes_one_set_and_refuses_foreign_files(tmp_path, capsys):
+    import json
+
+    from dropbp.recipes.cli import main
+
+    result = _verdict_study()
+    study = tmp_path / "regime-adapt-numbers.json"
+    study.write_text(json.dumps(result))
+    assert main(["bench", "regime-verdict", str(study), "--out", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "regime-verdict.json").read_text())
+    assert written["studies"][0]["rows"][0]["label"] == "q" and (tmp_path / "out" / "regime-verdict.png").is_file()
+    assert "| adapt, numbers | step clock | q " in (tmp_path / "out" / "regime-verdict.md").read_text()
+    foreign = tmp_path / "throughput.json"
+    foreign.write_text(json.dumps({"benchmark": "throughput"}))
+    capsys.readouterr()
+    assert main(["bench", "regime-verdict", str(foreign), "--out", str(tmp_path / "refused")]) == 2
+    assert "not a dropbp bench regime result" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

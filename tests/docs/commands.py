@@ -154,11 +154,10 @@ def help_examples(parser_commands) -> list[Command]:
 OUTPUT_OPTIONS = ("--out", "-o", "--output-dir")
 #: Command names: a line of nothing else names a command in prose (`dropbp train`) rather than runs one.
 COMMAND_NAMES = {"train", "recipes", "port", "allocate", "check", "bench", "selfcheck", "ls", "throughput", "memory",
-                 "convergence", "regime", "recipe-time", "gradient-agreement", "compiles", "compare"}
+                 "convergence", "regime", "recipe-time", "gradient-agreement", "regime-verdict", "compiles", "compare"}
 #: The programs whose documented lines are collected.
 PROGRAMS = {"dropbp", "make", "bash", "torchrun -m dropbp.recipes", "accelerate -m dropbp.recipes", "torchrun",
             "accelerate"} | {f"python -m {m}" for m in ("dropbp.recipes", "dropbp.benchmarks",
-                                                          "dropbp.benchmarks.regime.verdict",
                                                           "dropbp.recipes.data.tasks", "dropbp.recipes.cli.options_doc")}
 
 

@@ -48,6 +48,7 @@ CHEAP_BENCH: dict[str, dict[str, object]] = {
                "calibration_rounds": 1, "calibration_steps": 1},
     "recipe-time": {"seeds": (0,), "calibration_rounds": 1, "calibration_steps": 1, "cache_runs": False},
     "gradient-agreement": {"masks": 1},
+    "regime-verdict": {},
     "selfcheck": {"steps": 1, "compile_steps": 1},
     "compare": {},
 }

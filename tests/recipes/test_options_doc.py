@@ -15,7 +15,7 @@ def test_every_option_says_what_it_accepts():
                                                  "dropbp bench memory", "dropbp bench convergence",
                                                  "dropbp bench compiles", "dropbp bench regime",
                                                  "dropbp bench recipe-time", "dropbp bench compare",
-                                                 "dropbp bench gradient-agreement",
+                                                 "dropbp bench gradient-agreement", "dropbp bench regime-verdict",
                                                  "dropbp bench selfcheck", "dropbp selfcheck"}
     assert missing(parser) == []
 
