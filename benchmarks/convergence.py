@@ -15,16 +15,14 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, apply_method, batch_at,
-                                           batch_size_field, build_model, check_number, drop_rates_field, environment,
-                                           lr_field, markdown_table, method_field, model_field, model_overrides_field,
-                                           Naming, option_name, pool_size_field, Problems, pyplot, Rule,
-                                           seq_len_field, setting, split_corpus, stdlib_corpus, StepRunner,
-                                           steps_field)
+from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, Naming, Problems, StepRunner,
+                                           apply_method, batch_at, batch_size_field, build_model,
+                                           drop_rates_field, environment, lr_field, markdown_table, method_field,
+                                           model_field, model_overrides_field, option_name, pool_size_field, pyplot,
+                                           seq_len_field, setting, split_corpus, stdlib_corpus, steps_field)
 
-from .harness import CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
+from .harness import STEP_FACTOR, CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
 from .paper import PAPER_CONVERGENCE
 from .study import Contender, ContenderTrainer, StudyRun, Timer, Verdict, contender_trainer, run_study, trainer_timer
 
@@ -50,12 +48,11 @@ class ConvergenceSettings(StudySettings):
     pretrain_steps: int = setting(300, "pre-training steps of the base model (cached on disk afterwards)",
                                   allowed=POSITIVE)
     steps: int = steps_field(150, "fine-tuning steps of the baseline; DropBP runs get its time")
-    max_step_factor: float = setting(3.0, "a DropBP run stops after this many times the baseline's steps",
-                                     allowed=Rule("finite number >= 1",
-                                                  lambda name, value: check_number(name, value, low=1)))
+    max_step_factor: float | None = setting(3.0, "a DropBP run stops after this many times the baseline's steps "
+                                                 "(none: no limit)", allowed=STEP_FACTOR)
     batch_size: int = batch_size_field(8)
     seq_len: int = seq_len_field(128, "tokens per sequence")
-    lr: float = lr_field(1e-3, "AdamW learning rate of fine-tuning")
+    lr: float = lr_field(1e-3, "AdamW learning rate of fine-tuning (when lrs sweeps none)")
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
     eval_every: int = setting(10, "steps between validation-loss evaluations", allowed=POSITIVE)
     eval_windows: int = setting(64, "held-out windows in the validation loss", allowed=POSITIVE)
@@ -192,9 +189,8 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
                            for i in range(settings.eval_windows)])
     base_state, pretrain_info = _pretrained(settings, pretrain, backend, progress)
     workload = TextWorkload(settings, base_state, finetune, windows, backend)
-    study = run_study(workload, contenders(settings), steps=settings.steps, lrs=(settings.lr,), seeds=(settings.seed,),
-                      time_model=settings.time_model, max_factor=settings.max_step_factor,
-                      calibration=settings.calibration(), progress=progress)
+    study = run_study(workload, contenders(settings), steps=settings.steps, seeds=(settings.seed,),
+                      **{**settings.runner_options(), "lrs": settings.lrs or (settings.lr,)}, progress=progress)
     baseline = study.baseline(settings.seed)
     target = baseline.final_val_loss
     runs = []

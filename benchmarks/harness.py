@@ -18,8 +18,9 @@ import torch
 
 from dropbp import backends
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, CommandSettings, Naming, Problems, cache_root,
-                                           check_model, drop_rates_field, method_field, model_field, option_name,
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, SOME_POSITIVE_NUMBERS,
+                                           CommandSettings, Naming, Problems, Rule, cache_root, check_model,
+                                           check_number, drop_rates_field, method_field, model_field, option_name,
                                            precision_field, publish, resolve_model, results_folder, setting,
                                            write_text_atomic)
 
@@ -40,6 +41,15 @@ class BenchSettings(CommandSettings):
         return results_folder(self.out, backend_name)
 
 
+#: A contender *holds* when it ends at most this much above the baseline's validation loss (relative) and this much
+#: below its exact match (absolute): the one definition every time-to-accuracy study uses.
+HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN = 0.03, 0.02
+
+
+#: A step limit: at least 1 (none: no limit).
+STEP_FACTOR = Rule("finite number >= 1, or none", lambda name, value: check_number(name, value, low=1))
+
+
 @dataclasses.dataclass
 class StudySettings(BenchSettings):
     """The fields of every time-to-accuracy study (the one study runner's clock and threads), declared once."""
@@ -54,10 +64,33 @@ class StudySettings(BenchSettings):
                                          "per round; its time is the median over rounds)", allowed=POSITIVE)
     calibration_steps: int = setting(6, "timed steps per configuration and round of that calibration",
                                      allowed=POSITIVE)
+    lrs: tuple[float, ...] = setting((), "learning rates swept on the first seed, each contender then trained on "
+                                         "every seed at its own best (lowest final validation loss); none: the "
+                                         "workload's own", allowed=SOME_POSITIVE_NUMBERS)
+    equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more "
+                                     "than 5% again for the baseline's time, and judge it there")
+    max_step_factor: float | None = setting(None, "a contender's run at the baseline's time takes at most this many "
+                                                  "times the baseline's steps (none: no limit)",
+                                            allowed=STEP_FACTOR)
+    loss_margin: float = setting(HOLDS_LOSS_MARGIN, "a contender holds when it ends at most this much above the "
+                                                    "baseline's validation loss (relative)",
+                                 allowed=NON_NEGATIVE_NUMBER)
+    match_margin: float = setting(HOLDS_MATCH_MARGIN, "and at most this much below its exact match (absolute)",
+                                  allowed=NON_NEGATIVE_NUMBER)
 
     def calibration(self) -> tuple[int, int]:
         """Rounds and timed steps per round of the step-time model's calibration."""
         return self.calibration_rounds, self.calibration_steps
+
+    def runner_options(self) -> dict[str, Any]:
+        """What :func:`~dropbp.benchmarks.study.run_study` takes from these settings, the same for every study:
+        the learning rates, the clock and its calibration, the equal-time rule and its step limit."""
+        return {"lrs": self.lrs or (None,), "time_model": self.time_model, "equal_time": self.equal_time,
+                "max_factor": self.max_step_factor, "calibration": self.calibration()}
+
+    def margins(self) -> dict[str, float]:
+        """The verdict's margins, as :meth:`~dropbp.benchmarks.study.Verdict.of` takes them."""
+        return {"loss_margin": self.loss_margin, "match_margin": self.match_margin}
 
 
 @dataclasses.dataclass
@@ -190,9 +223,6 @@ def time_to(curve: list[CurvePoint], target: float, axis: str = "time_s", metric
     return None
 
 
-#: A contender *holds* when it ends at most this much above the baseline's validation loss (relative) and this much
-#: below its exact match (absolute): the one definition every time-to-accuracy study uses.
-HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN = 0.03, 0.02
 
 
 def holds(loss: float, base_loss: float, match: float | None = None, base_match: float | None = None, *,

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from dropbp.backends import Backend
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, NON_NEGATIVE_NUMBER, SEEDS, Naming, Problems, environment,
-                                           find_recipe, load_recipe, markdown_table, option_name, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, SEEDS, Naming, Problems, environment, find_recipe,
+                                           load_recipe, markdown_table, option_name, pyplot, setting)
 
-from .harness import HOLDS_LOSS_MARGIN, HOLDS_MATCH_MARGIN, StudySettings, cache_dir, run_benchmark, step_clock
+from .harness import StudySettings, cache_dir, run_benchmark, step_clock
 from .recipe_runs import RecipeWorkload, recipe_contender
 from .step_time_model import StepTimeModel
 from .study import Contender, StudyRun, Verdict, run_study
@@ -54,10 +54,6 @@ class RecipeTimeSettings(StudySettings):
                                       "stopped part-way resumes where it was")
     seeds: tuple[int, ...] = setting((0, 1, 2), "train.seed of each comparison",
                                      allowed=SEEDS)
-    loss_margin: float = setting(HOLDS_LOSS_MARGIN, "the contender may end this much above the baseline's "
-                                                    "validation loss (relative)", allowed=NON_NEGATIVE_NUMBER)
-    match_margin: float = setting(HOLDS_MATCH_MARGIN, "and this much below its exact match (absolute)",
-                                  allowed=NON_NEGATIVE_NUMBER)
     curve_every: int = setting(0, "evaluate every run's validation loss every N steps (the recipe's own evaluation, "
                                   "exact match included), for the perplexity-against-time curve and the speed-up to "
                                   "DropBP off's final perplexity; 0: at the start and the end only",
@@ -112,8 +108,7 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
                   or [recipe_contender(settings.recipe, overrides, backend)])
     steps = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name).train.steps
     study = run_study(workload, [Contender("DropBP off"), *contenders], steps=steps, seeds=settings.seeds,
-                      time_model=settings.time_model, equal_steps=settings.equal_steps,
-                      calibration=settings.calibration(),
+                      equal_steps=settings.equal_steps, **settings.runner_options(),
                       cache=study_cache(settings) if settings.cache_runs else None, progress=progress)
     compared = []
     for contender in contenders:
@@ -122,7 +117,7 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
             base = study.baseline(seed)
             same = next((r for r in study.runs if r.label == contender.label and r.seed == seed), None)
             timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
-            verdict = Verdict.of(timed, base, loss_margin=settings.loss_margin, match_margin=settings.match_margin)
+            verdict = Verdict.of(timed, base, **settings.margins())
             within = verdict.holds
             seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": None if same is None else _row(same),
                           "equal_time": _row(timed),

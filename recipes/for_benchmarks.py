@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
 from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE,
-                                          POSITIVE_NUMBER, POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Rule, add_command,
+                                          POSITIVE_NUMBER, POSITIVE_NUMBERS, SOME_POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Rule, add_command,
                                           check_choice, check_declared, check_drop_rates, check_non_negative, check_number,
                                           check_output_dir, check_positive, option_name, setting, yaml_key)
 from dropbp.recipes.config.command_settings import CommandSettings, Settings
@@ -37,7 +37,7 @@ from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
 __all__ = ["COMPILE_BACKEND", "CommandSettings", "Settings", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
-           "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "Rule", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
+           "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "SOME_POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "Rule", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
            "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
            "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_declared", "check_cpu_4bit_shapes",
            "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",

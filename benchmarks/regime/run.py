@@ -244,10 +244,8 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     contenders = plan(settings, layers, total)
     every = plan(dataclasses.replace(settings, contenders=CONTENDER_KINDS), layers, total)  # one clock for any subset
     folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
-    study = run_study(TaskWorkload(settings, state, data, backend), contenders, steps=total, lrs=settings.lrs,
-                      seeds=settings.seeds, time_model=settings.time_model, equal_time=settings.equal_time,
-                      timed=every, cache=folder, calibration=settings.calibration(),
-                      progress=progress)
+    study = run_study(TaskWorkload(settings, state, data, backend), contenders, steps=total, seeds=settings.seeds,
+                      **settings.runner_options(), timed=every, cache=folder, progress=progress)
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),
             "model": dict(settings.model_overrides), "method": settings.method, "pretrain": pretrain_info,
             "train_examples": len(data.train_ids), "validation_examples": len(data.val_ids), "steps_per_run": total,

@@ -71,9 +71,6 @@ class RegimeSettings(StudySettings):
                                      allowed=NON_NEGATIVE_NUMBER)
     pretrain_steps: int = setting(1200, "pre-training steps (cached on disk afterwards)", allowed=POSITIVE)
     pretrain_lr: float = setting(3e-3, "AdamW learning rate of pre-training", allowed=POSITIVE_NUMBER)
-    equal_time: bool = setting(True, "then train each contender whose time differs from the baseline's by more than "
-                                     "5% again for the baseline's time (steps scaled by the ratio of the times, same "
-                                     "learning rate) and compare there too")
     model_overrides: dict[str, Any] = model_overrides_field("model shape (width, depth, heads)", REGIME_MODEL)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:

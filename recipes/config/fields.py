@@ -83,10 +83,11 @@ def check_seeds(name: str, seeds: Any) -> tuple[int, ...]:
     return tuple(check_seed(seed, name) for seed in seeds)
 
 
-def check_positive_numbers(name: str, values: Any) -> tuple[float, ...]:
-    """At least one number, each finite and > 0; returned as a tuple of floats."""
+def check_positive_numbers(name: str, values: Any, *, at_least_one: bool = True) -> tuple[float, ...]:
+    """Numbers (at least one unless ``at_least_one`` is false), each finite and > 0; returned as a tuple of
+    floats."""
     _listed(name, values, "a finite number > 0")
-    if not values:
+    if at_least_one and not values:
         raise ConfigError(f"{name} needs at least one finite number > 0.")
     return tuple(check_number(name, value, low=0, low_open=True) for value in values)
 
@@ -98,6 +99,8 @@ RATE = Rule("number in [0, 1)", lambda name, value: validate_drop_rate(value, na
 RATES = Rule(f"comma-separated, at least one, each a {RATE}", lambda name, value: check_drop_rates(value, name))
 POSITIVE_NUMBER = Rule("finite number > 0", lambda name, value: check_number(name, value, low=0, low_open=True))
 POSITIVE_NUMBERS = Rule("comma-separated, at least one, each a finite number > 0", check_positive_numbers)
+SOME_POSITIVE_NUMBERS = Rule("comma-separated, each a finite number > 0, or none",
+                             lambda name, values: check_positive_numbers(name, values, at_least_one=False))
 NON_NEGATIVE_NUMBER = Rule("finite number >= 0", lambda name, value: check_number(name, value, low=0))
 SEED = Rule("integer in [0, 2**32)", lambda name, value: check_seed(value, name))
 SEEDS = Rule(f"comma-separated, at least one, each an {SEED}", check_seeds)
