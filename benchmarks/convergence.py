@@ -17,14 +17,15 @@ import torch
 from dropbp.backends import Backend
 from dropbp.core.progress import progress_bar
 from dropbp.recipes.for_benchmarks import (POSITIVE, POSITIVE_NUMBER, RATE, VOCAB_SIZE, Naming, Problems, StepRunner,
-                                           apply_method, batch_at, batch_size_field, build_model,
-                                           drop_rates_field, environment, lr_field, markdown_table, method_field,
-                                           model_field, model_overrides_field, option_name, pool_size_field, pyplot,
-                                           seq_len_field, setting, split_corpus, stdlib_corpus, steps_field)
+                                           apply_method, batch_at, batch_size_field, build_model, drop_rates_field,
+                                           environment, lr_field, markdown_table, method_field, model_field,
+                                           model_overrides_field, option_name, pool_size_field, pyplot, seq_len_field,
+                                           setting, split_corpus, stdlib_corpus, steps_field)
 
-from .harness import STEP_FACTOR, CurvePoint, StudySettings, cached_pretraining, run_benchmark, step_clock, time_to
+from .harness import STEP_FACTOR, StudySettings, cached_pretraining, run_benchmark, time_to
 from .paper import PAPER_CONVERGENCE
-from .study import Contender, ContenderTrainer, StudyRun, Timer, Verdict, contender_trainer, run_study, trainer_timer
+from .study import (Contender, ContenderTrainer, StudyRun, Timer, Verdict, contender_trainer, run_study,
+                    train_contender, trainer_timer)
 
 MODEL_OVERRIDES = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
                        vocab_size=VOCAB_SIZE)
@@ -141,34 +142,20 @@ class TextWorkload:
         s = self.settings
         return batch_at(self.tokens, step, s.batch_size, s.seq_len, s.seed + 2).to(self.backend.device), None
 
-    def _point(self, model: torch.nn.Module, step: int, elapsed: float, flops: float) -> CurvePoint:
-        return CurvePoint(step=step, time_s=elapsed, flops=flops,
-                          val_loss=validation_loss(model, self.windows, self.backend, 8))
+    def _evaluate(self, model: torch.nn.Module) -> tuple[float, None]:
+        return validation_loss(model, self.windows, self.backend, 8), None
 
     def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
         """One fine-tuning run of ``contender`` for ``steps`` steps; its curve timed by the step clock."""
-        trainer = self.trainer(contender, float(lr), steps)
-        clock, _ = step_clock(self.backend)
-        curve = [self._point(trainer.model, 0, 0.0, 0.0)]
-        flops = elapsed = 0.0
-        bar = progress_bar(range(steps), desc=contender.label, enabled=progress)
-        for step in bar:
-            ids, _ = self._batch(step)
-            self.backend.synchronize()
-            start = clock()
-            flops += trainer.step(step, ids)[1]
-            self.backend.synchronize()
-            elapsed += clock() - start
-            if (step + 1) % self.settings.eval_every == 0 or step + 1 == steps:
-                curve.append(self._point(trainer.model, step + 1, elapsed, flops))
-                bar.set_postfix(val=f"{curve[-1].val_loss:.3f}")
-        bar.close()
-        policy = None if trainer.applied is None else trainer.applied.policy
-        notes = {"sampler": contender.sampler, "allocation": contender.allocation,
-                 "rates": list(getattr(policy, "rates", []))} if not contender.is_baseline else {}
-        return StudyRun(label=contender.label, steps=steps, train_time_s=elapsed, train_flops=flops, curve=curve,
-                        realized_drop_fraction=trainer.close(), kind=contender.kind, rate=contender.rate, lr=lr,
-                        seed=seed, notes=notes)
+        def notes(trainer: ContenderTrainer) -> dict[str, Any]:
+            policy = None if trainer.applied is None else trainer.applied.policy
+            return {} if contender.is_baseline else {"sampler": contender.sampler, "allocation": contender.allocation,
+                                                     "rates": list(getattr(policy, "rates", []))}
+
+        return train_contender(self.trainer(contender, float(lr), steps), contender, lr=float(lr), seed=seed,
+                               steps=steps, batch=lambda step: (self._batch(step)[0], None), evaluate=self._evaluate,
+                               eval_every=self.settings.eval_every, backend=self.backend, progress=progress,
+                               notes=notes)
 
     def timer(self, contender: Contender) -> Timer:
         """Steps of ``contender`` for the study's clock."""

@@ -14,15 +14,16 @@ from dropbp.backends import Backend
 from dropbp.core.progress import progress_bar
 from dropbp.core.errors import ConfigError
 from dropbp.core.seeding import seeded
-from dropbp.recipes.for_benchmarks import (ByteTokenizer, DataSection, StepRunner, apply_method, batch_at, build_model,
-                                           environment, family_folder, load_records, lr_scheduler, quantize_4bit,
-                                           stdlib_corpus, teacher_forced_exact_match, to_windows, tokenize)
+from dropbp.recipes.for_benchmarks import (ByteTokenizer, DataSection, StepRunner, apply_method, batch_at,
+                                           build_model, environment, family_folder, load_records, lr_scheduler,
+                                           quantize_4bit, stdlib_corpus, teacher_forced_exact_match, to_windows,
+                                           tokenize)
 
-from ..harness import CurvePoint, cache_dir, cache_key, cached_pretraining, step_clock
+from ..harness import cache_dir, cache_key, cached_pretraining, step_clock
 from ..paper import PAPER_CONVERGENCE
 from ..step_time_model import StepTimeModel
 from ..study import (Contender, ContenderTrainer, StudyRun, Timer, contender_trainer, run_study, study_dict,
-                     trainer_timer)
+                     train_contender, trainer_timer)
 from .report import summarise
 from .settings import CONTENDER_KINDS, RegimeSettings, plan
 
@@ -160,31 +161,13 @@ class TaskWorkload:
     def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
         """One fine-tuning run of ``contender`` for ``steps`` steps; its curve timed by the step clock."""
         settings, data = self.settings, self.data
-        trainer = self.trainer(contender, float(lr), seed, steps)
         order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(seed))
-        loss0, acc0 = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
-        curve = [CurvePoint(step=0, examples=0, time_s=0.0, flops=0.0, val_loss=loss0, exact_match=acc0)]
-        elapsed = flops = 0.0
-        clock, _ = step_clock(self.backend)
-        bar = progress_bar(range(steps), desc=f"{contender.label} lr={lr:g} seed={seed}", enabled=progress)
-        for step in bar:
-            ids, labels = self._batch(order, step)
-            self.backend.synchronize()
-            start = clock()
-            _, step_flops = trainer.step(step, ids, labels)
-            self.backend.synchronize()
-            elapsed += clock() - start
-            flops += step_flops
-            if (step + 1) % settings.eval_every == 0 or step + 1 == steps:
-                val_loss, accuracy = teacher_forced_exact_match(trainer.model, data.val_ids, data.val_labels)
-                curve.append(CurvePoint(step=step + 1, examples=(step + 1) * settings.batch_size, time_s=elapsed,
-                                        flops=flops, val_loss=val_loss, exact_match=accuracy))
-                bar.set_postfix(val=f"{val_loss:.3f}", em=f"{accuracy:.2f}")
-        bar.close()
-        realized = trainer.close()
-        return StudyRun(label=contender.label, steps=steps, train_time_s=elapsed, train_flops=flops, curve=curve,
-                        realized_drop_fraction=realized, kind=contender.kind, rate=contender.rate, lr=lr, seed=seed,
-                        notes={"epochs": steps * settings.batch_size / len(data.train_ids)})
+        return train_contender(self.trainer(contender, float(lr), seed, steps), contender, lr=float(lr), seed=seed,
+                               steps=steps, batch=lambda step: self._batch(order, step),
+                               evaluate=lambda model: teacher_forced_exact_match(model, data.val_ids, data.val_labels),
+                               eval_every=settings.eval_every, backend=self.backend, progress=progress,
+                               examples_per_step=settings.batch_size,
+                               notes=lambda trainer: {"epochs": steps * settings.batch_size / len(data.train_ids)})
 
     def timer(self, contender: Contender) -> Timer:
         """Steps of ``contender`` (seed 0, the sweep's middle learning rate) for the study's clock."""
