@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dropbp.core.errors import ConfigError
-from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, Settings, check_output_dir, markdown_table, option_name,
-                                           publish, pyplot, results_folder, setting)
+from dropbp.recipes.for_benchmarks import (FOLDER, Naming, Problems, Settings, check_output_dir, markdown_table,
+                                           option_name, publish, pyplot, results_folder, setting)
 
 from .paper import PAPER_THROUGHPUT
 from .throughput_report import mark_paper_points, paper_line

@@ -68,7 +68,7 @@ class ConvergenceSettings(StudySettings):
                   f"fine-tuned); only 'tiny' is allowed, got {self.model!r}.")
 
 
-def _pretrained(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend: Backend,
+def _pretrained_base(settings: ConvergenceSettings, pretrain_tokens: torch.Tensor, backend: Backend,
                 progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The pre-trained base weights, from the cache when the same settings were pre-trained before."""
     described = {"overrides": settings.model_overrides, "steps": settings.pretrain_steps, "seed": settings.seed,
@@ -148,7 +148,7 @@ class TextWorkload:
     def train(self, contender: Contender, lr: float | None, seed: int, steps: int, *, progress: bool) -> StudyRun:
         """One fine-tuning run of ``contender`` for ``steps`` steps; its curve timed by the step clock."""
         def notes(trainer: ContenderTrainer) -> dict[str, Any]:
-            policy = None if trainer.applied is None else trainer.applied.policy
+            policy = None if trainer.technique is None else trainer.technique.policy
             return {} if contender.is_baseline else {"sampler": contender.sampler, "allocation": contender.allocation,
                                                      "rates": list(getattr(policy, "rates", []))}
 
@@ -174,7 +174,7 @@ def run_convergence(settings: ConvergenceSettings, backend: Backend, *, progress
     pretrain, finetune, validation = split_corpus(stdlib_corpus(settings.corpus_bytes), (0.5, 0.4, 0.1))
     windows = torch.stack([batch_at(validation, i, 1, settings.seq_len, settings.seed + 3)[0]
                            for i in range(settings.eval_windows)])
-    base_state, pretrain_info = _pretrained(settings, pretrain, backend, progress)
+    base_state, pretrain_info = _pretrained_base(settings, pretrain, backend, progress)
     workload = TextWorkload(settings, base_state, finetune, windows, backend)
     study = run_study(workload, contenders(settings), steps=settings.steps, seeds=(settings.seed,),
                       **{**settings.runner_options(), "lrs": settings.lrs or (settings.lr,)}, progress=progress)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dropbp.core.checks import check_int, check_seed
 from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE,
-                                          POSITIVE_NUMBER, POSITIVE_NUMBERS, SOME_POSITIVE_NUMBERS, RATE, RATES, SEEDS, Naming, Rule, add_command,
-                                          check_choice, check_declared, check_drop_rates, check_non_negative, check_number,
-                                          check_output_dir, check_positive, option_name, setting, yaml_key)
+                                          POSITIVE_NUMBER, POSITIVE_NUMBERS, RATE, RATES, SEEDS, SOME_POSITIVE_NUMBERS,
+                                          Naming, Rule, add_command, check_choice, check_declared, check_drop_rates,
+                                          check_non_negative, check_number, check_output_dir, check_positive,
+                                          option_name, setting, yaml_key)
 from dropbp.recipes.config.command_settings import CommandSettings, Settings
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
@@ -36,17 +37,17 @@ from dropbp.recipes.training.optim import lr_scheduler
 from dropbp.recipes.training.rates import rate_schedule
 from dropbp.recipes.training.step import StepRunner, causal_lm_loss
 
-__all__ = ["COMPILE_BACKEND", "CommandSettings", "Settings", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER", "POSITIVE",
-           "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "SOME_POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "Rule", "VOCAB_SIZE", "ByteTokenizer", "DataSection", "FineTune", "Naming",
-           "Problems", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "build",
-           "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_declared", "check_cpu_4bit_shapes",
-           "check_drop_rates", "check_fits", "check_int", "check_method", "check_model", "check_non_negative",
-           "batch_size_field", "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len",
-           "device_field", "lr_field", "model_overrides_field", "steps_field",
-           "drop_rates_field", "environment", "family_folder", "find_recipe", "head_fraction",
-           "labelled_positions_loss", "load_recipe", "load_records", "lr_scheduler", "markdown_table",
-           "method_field", "mib", "model_field", "option_name", "out_field", "pool_size_field", "precision_field",
-           "publish", "pyplot", "quantize_4bit", "rate_schedule", "read_yaml", "resolve_model", "resolve_sampler", "results_folder",
-           "sampler_field", "seed_field", "seq_len_field", "set_checkpointing", "setting", "split_corpus", "stdlib_corpus",
-           "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops",
-           "write_text_atomic", "yaml_key"]
+__all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGATIVE", "NON_NEGATIVE_NUMBER",
+           "POSITIVE", "POSITIVE_NUMBER", "POSITIVE_NUMBERS", "RATE", "RATES", "SEEDS", "SOME_POSITIVE_NUMBERS",
+           "VOCAB_SIZE", "ByteTokenizer", "CommandSettings", "DataSection", "FineTune", "Naming", "Problems", "Rule",
+           "Settings", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "batch_size_field",
+           "build", "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
+           "check_declared", "check_drop_rates", "check_fits", "check_int", "check_method", "check_model",
+           "check_non_negative", "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len",
+           "device_field", "drop_rates_field", "environment", "family_folder", "find_recipe", "head_fraction",
+           "labelled_positions_loss", "load_recipe", "load_records", "lr_field", "lr_scheduler", "markdown_table",
+           "method_field", "mib", "model_field", "model_overrides_field", "option_name", "out_field",
+           "pool_size_field", "precision_field", "publish", "pyplot", "quantize_4bit", "rate_schedule", "read_yaml",
+           "resolve_model", "resolve_sampler", "results_folder", "sampler_field", "seed_field", "seq_len_field",
+           "set_checkpointing", "setting", "split_corpus", "stdlib_corpus", "steps_field",
+           "teacher_forced_exact_match", "to_windows", "tokenize", "training_flops", "write_text_atomic", "yaml_key"]

@@ -19,7 +19,7 @@ CONTENDER_KINDS = ("baseline", "dropbp", "sensitivity", "layerdrop", "pld", "fre
 #: The kinds run unless the settings name others (the committed study's).
 DEFAULT_KINDS = CONTENDER_KINDS[:6]
 REGIMES = ("learn", "adapt")
-SCHEDULES = ("cosine", "linear", "steps", "warmup")
+FAMILY_SCHEDULES = ("cosine", "linear", "steps", "warmup")
 TASK_FAMILIES = ("strings", "numbers")
 REGIME_MODEL = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=16, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=256)
@@ -53,7 +53,7 @@ class RegimeSettings(StudySettings):
     schedules: tuple[str, ...] = setting(("cosine",), "the schedule family's drop-rate schedules, each from "
                                                       "contender_rate: cosine, linear or steps (decay to 0), "
                                                       "warmup (0 for the first quarter, then constant)",
-                                         choices=SCHEDULES)
+                                         choices=FAMILY_SCHEDULES)
     contenders: tuple[str, ...] = setting(DEFAULT_KINDS, f"kinds of contender to run ({', '.join(CONTENDER_KINDS)}; schedule: "
                                                             "DropBP under each of schedules; "
                                                             "freeze-dropbp: the top half trained, DropBP at "

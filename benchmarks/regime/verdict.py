@@ -2,9 +2,9 @@
 against the baseline of the same seed, and how much sooner it reaches the baseline's final loss and exact match.
 
 ``dropbp bench regime-verdict RESULT.json ... [--out DIR]`` (the ``regime-*.json`` files that ``dropbp bench regime``
-writes) writes ``regime-verdict.{json,md,png}``. A contender *holds* in a seed when, given the baseline's time (its equal-time run;
-its equal-epochs run when it was not faster), its final validation loss is at most the baseline's + ``loss_margin``
-(relative) and its exact match at least the baseline's - ``match_margin``. *Sooner* is the baseline's time to its own
+writes) writes ``regime-verdict.{json,md,png}``. A contender *holds* in a seed when, given the baseline's time (its
+equal-time run; its equal-epochs run when it was not faster), its final validation loss is at most the baseline's +
+``loss_margin`` (relative) and its exact match at least the baseline's - ``match_margin``. *Sooner* is the baseline's time to its own
 final validation loss (and, separately, exact match) over the contender's, read off the equal-time curves.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ..harness import step_clock
 
 #: Drop-rate schedules a contender may follow: constant, a decay to 0 (cosine, linear, steps) and ``warmup`` (exact
 #: backprop for the first quarter, then the rate).
-SCHEDULES = ("constant", "cosine", "linear", "steps", "warmup")
+CONTENDER_SCHEDULES = ("constant", "cosine", "linear", "steps", "warmup")
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,13 @@ def attach(model: torch.nn.Module, contender: Contender, *, total_steps: int, se
         engine["pool_size"] = pool_size
     if contender.schedule != "constant":
         engine["schedule"] = study_schedule(contender.schedule, total_steps)
-    applied = apply_technique(model, contender.technique, contender.rate, seed=seed, options=dict(contender.options),
-                              **engine)
+    technique = apply_technique(model, contender.technique, contender.rate, seed=seed,
+                                options=dict(contender.options), **engine)
     if contender.allocation != "uniform":
-        applied.allocation = RateAllocation(model, applied.policy, mode="sensitivity", drop_rate=contender.rate,
-                                                total_steps=total_steps, allocate_at=0.1,
-                                                allocator=contender.allocation, seed=seed)
-    return applied, flops_model
+        technique.allocation = RateAllocation(model, technique.policy, mode="sensitivity", drop_rate=contender.rate,
+                                              total_steps=total_steps, allocate_at=0.1,
+                                              allocator=contender.allocation, seed=seed)
+    return technique, flops_model
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ContenderTrainer:
     """One contender's model, technique and optimizer, ready to train: :meth:`step` runs one optimizer step."""
 
     model: torch.nn.Module
-    applied: Technique | None
+    technique: Technique | None
     runner: StepRunner
     flops_model: StepFlops
 
@@ -93,21 +93,21 @@ class ContenderTrainer:
         """Optimizer step ``step`` on one batch (labels: the ids themselves when None); its training loss and its
         training FLOPs (FLOPs model, at what the technique did this step)."""
         batch: Any = ids if labels is None else {"input_ids": ids, "labels": labels}
-        if self.applied is not None:
-            self.applied.before_step(step, batch)
+        if self.technique is not None:
+            self.technique.before_step(step, batch)
         loss = self.runner.step(step, [ids if labels is None else (ids, labels)]).loss
         effect: dict[str, Any] = {}
-        if self.applied is not None:
-            effect = self.applied.step_effect(self.flops_model.names)
+        if self.technique is not None:
+            effect = self.technique.step_effect(self.flops_model.names)
         return loss, self.flops_model.step(ids.numel(), **effect)
 
     def close(self) -> float:
         """Remove the technique; the realised drop fraction of the run."""
-        if self.applied is None:
+        if self.technique is None:
             return 0.0
-        policy = self.applied.policy
+        policy = self.technique.policy
         realized = policy.realized_drop_fraction() if policy is not None else 0.0
-        self.applied.remove()
+        self.technique.remove()
         return realized
 
 
@@ -116,12 +116,12 @@ def contender_trainer(model: torch.nn.Module, contender: Contender, lr: float, b
                       pool_size: int | None = None) -> ContenderTrainer:
     """``model`` (in training mode) with ``contender``'s technique and AdamW at ``lr`` on its trainable weights;
     with ``warmup_steps``, a linear warm-up then cosine decay over ``total_steps``, else a constant rate."""
-    applied, flops_model = attach(model.train(), contender, total_steps=total_steps, seq_len=seq_len, seed=seed,
+    technique, flops_model = attach(model.train(), contender, total_steps=total_steps, seq_len=seq_len, seed=seed,
                                   backward=backward, pool_size=pool_size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     scheduler = None if warmup_steps is None else lr_scheduler(optimizer, warmup_steps, total_steps, "cosine")
-    policy = None if applied is None else applied.policy
-    return ContenderTrainer(model, applied, StepRunner(model, backend, optimizer, policy, scheduler=scheduler),
+    policy = None if technique is None else technique.policy
+    return ContenderTrainer(model, technique, StepRunner(model, backend, optimizer, policy, scheduler=scheduler),
                             flops_model)
 
 

@@ -230,8 +230,8 @@ def _cached(folder: Path | None, key: str, make: Callable[[], Any], read: Callab
 
 def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int, lrs: Sequence[float | None] = (None,),
               seeds: Sequence[int] = (0,), time_model: bool = True, equal_time: bool = True,
-              equal_steps: bool = True, max_factor: float | None = None, timed: Sequence[Contender] | None = None, cache: Path | None = None,
-              calibration: tuple[int, int] = CALIBRATION, progress: bool = True) -> Study:
+              equal_steps: bool = True, max_factor: float | None = None, timed: Sequence[Contender] | None = None,
+              cache: Path | None = None, calibration: tuple[int, int] = CALIBRATION, progress: bool = True) -> Study:
     """Sweep ``lrs`` on the first seed (when there are several), keep each contender's best by final validation
     loss, train every seed at it for ``steps``; fit the clock to ``timed`` (default :func:`calibration_contenders`
     of ``contenders``, in ``calibration`` = (rounds, steps per round)) and read every run's time through it; then

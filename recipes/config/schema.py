@@ -27,7 +27,7 @@ from dropbp.recipes.config.fields import MAX_SIZE, check_declared, check_number,
 DATA_FORMATS = ("alpaca", "chat", "text")
 TEMPLATES = ("alpaca", "plain", "chat")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("constant", "linear", "cosine")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "mixed-bf16", "mixed-fp16")
 HEAD_POSITIONS = ("auto", "labelled", "all")
 BYTE_TOKENIZER = "byte"
@@ -149,7 +149,7 @@ class OptimSection:
     lr: float = setting(1e-4, "peak learning rate")
     weight_decay: float = setting(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
     lr_schedule: str = setting("cosine", "learning-rate schedule after warm-up: constant, linear decay to 0, or cosine "
-                                      "decay to 0", choices=SCHEDULES)
+                                      "decay to 0", choices=LR_SCHEDULES)
     warmup_steps: int = setting(0, "optimizer steps of linear warm-up from 0")
     max_grad_norm: float | None = setting(1.0, "clip the gradient norm to this (none: no clipping)")
 

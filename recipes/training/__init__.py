@@ -10,7 +10,7 @@ _DISTRIBUTED = "dropbp.recipes.training.distributed"
 _HEAD = "dropbp.recipes.training.labelled_head"
 EXPORTS: dict[str, str] = {
     "StepRunner": _STEP, "StepResult": _STEP, "causal_lm_loss": _STEP,
-    "build_optimizer": _OPTIM, "lr_factor": _OPTIM, "lr_scheduler": _OPTIM, "SCHEDULES": "dropbp.recipes.config.schema",
+    "build_optimizer": _OPTIM, "lr_factor": _OPTIM, "lr_scheduler": _OPTIM, "LR_SCHEDULES": "dropbp.recipes.config.schema",
     "validation_loss": _EVAL, "greedy_exact_match": _EVAL, "teacher_forced_exact_match": _EVAL,
     "save_checkpoint": _CHECKPOINT, "load_checkpoint": _CHECKPOINT, "latest_checkpoint": _CHECKPOINT,
     "checkpoints": _CHECKPOINT, "POLICY_KEY": _CHECKPOINT, "ALLOCATION_KEY": _CHECKPOINT,
