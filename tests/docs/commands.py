@@ -16,7 +16,8 @@ INLINE = re.compile(r"`((?:[A-Z_]+=\S+ )*(?:\.venv/bin/)?(?:dropbp|python -m|mak
 #: Placeholders a reader fills in, and what stands for them here: whole words, then values by the option or key
 #: they follow.
 PLACEHOLDERS = {"RECIPE": "tiny-tasks", "DIR...": "results/a", "DIR": "results/a", "MODEL": "tiny",
-                "CLUSTER": "gaudi2", "my-recipe.yaml": "recipes/configs/tiny-tasks.yaml"}
+                "CLUSTER": "gaudi2", "my-recipe.yaml": "recipes/configs/tiny-tasks.yaml",
+                "RESULT.json...": str(ROOT / "benchmarks/results/cpu/regime-learn-strings.json")}
 #: Placeholders inside a word: an allocation file of the tiny model (made by ``dropbp allocate``), a rank, a host.
 IN_WORDS = {"ALLOCATE.json": str(ROOT / "benchmarks/results/cpu/allocate/full-seed0/allocate.json"), "$RANK": "0",
             "$HEAD": "localhost"}
