@@ -238,22 +238,32 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
     train each contender again for the baseline's time (:func:`equal_time_steps`). ``equal_steps=False`` trains the
     contenders at the baseline's time only, their steps planned from the clock and the drop rates they target
     (:func:`planned_equal_time_steps`; the workload must be :class:`PlansRates`, the clock the step-time model):
-    each contender's run at the baseline's steps is then not made. ``cache``: a folder where finished runs and the
+    each contender's run at the baseline's steps is then not made, and its learning rates are swept at its planned
+    count, so that it is judged at the rate that serves it best in the baseline's time. ``cache``: a folder where finished runs and the
     clock are kept."""
     if not equal_steps and not (time_model and equal_time and hasattr(workload, "planned_rates")):
         raise ValueError("equal_steps=False needs the step-time model, the equal-time runs and a workload that "
                          "plans its drop rates (PlansRates).")
+    made: dict[str, StudyRun] = {}
+
     def run(contender: Contender, lr: float | None, seed: int, count: int) -> StudyRun:
         key = f"run|{contender!r}|{lr!r}|{seed}|{count}"
-        return _cached(cache, key, lambda: workload.train(contender, lr, seed, count, progress=progress),
-                       StudyRun.from_dict)
+        if key not in made:  # a run the sweep made is not trained again for the seeds, cache or not
+            made[key] = _cached(cache, key, lambda: workload.train(contender, lr, seed, count, progress=progress),
+                                StudyRun.from_dict)
+        return made[key]
 
     sweep: dict[str, list[StudyRun]] = {}
     chosen: dict[str, float | None] = {}
-    for contender in contenders:
-        sweep[contender.label] = [run(contender, lr, seeds[0], steps) for lr in lrs] if len(lrs) > 1 else []
+
+    def sweep_at(contender: Contender, count: int) -> None:  # seed 0 at every rate; the best is kept
+        sweep[contender.label] = [run(contender, lr, seeds[0], count) for lr in lrs] if len(lrs) > 1 else []
         chosen[contender.label] = (min(sweep[contender.label], key=lambda r: r.final_val_loss).lr
                                    if len(lrs) > 1 else lrs[0])
+
+    for contender in contenders:
+        if equal_steps or contender.is_baseline:  # without equal steps, a contender sweeps at its planned count
+            sweep_at(contender, steps)
     runs = [run(c, chosen[c.label], seed, steps) for c in contenders for seed in seeds
             if equal_steps or c.is_baseline]
     model = None
@@ -272,8 +282,9 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
         base_time = statistics.fmean(r.train_time_s for r in runs if r.kind == "baseline")
         for contender in contenders:
             mine = [r for r in runs if r.label == contender.label]
-            if not mine:  # not trained at the baseline's steps: planned
+            if not mine:  # not trained at the baseline's steps: planned, and its rates swept there
                 count = planned_equal_time_steps(workload, contender, model, clocked, base_time, steps, max_factor)
+                sweep_at(contender, count)
             else:
                 count = equal_time_steps(steps, base_time, statistics.fmean(r.train_time_s for r in mine), max_factor)
             if mine and (contender.is_baseline or abs(count - steps) <= SAME_LENGTH * steps):

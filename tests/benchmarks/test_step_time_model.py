@@ -177,6 +177,12 @@ def test_a_study_without_equal_steps_trains_each_contender_once_at_its_planned_c
     assert workload.trained == [("DropBP off", 10), ("DropBP off", 10), ("half", 13), ("half", 13)]
     assert [r.label for r in study.runs] == ["DropBP off", "DropBP off"]  # no contender at the baseline's steps
     assert [r.steps for r in study.at_equal_time("half")] == [13, 13]  # 2 steps at 1 s, 11 at 0.75 s: 10.25 s
+    swept = PlanningWorkload(warmup=2)
+    study = run_study(swept, contenders, steps=10, seeds=(0, 1), lrs=(0.1, 0.2), equal_steps=False,
+                      calibration=(1, 2), progress=False)
+    assert swept.trained == [("DropBP off", 10), ("DropBP off", 10), ("DropBP off", 10),  # off's sweep, then seed 1
+                             ("half", 13), ("half", 13), ("half", 13)]  # half's sweep at its planned count, seed 1
+    assert [r.steps for r in study.sweep["half"]] == [13, 13] and study.chosen_lr["half"] in (0.1, 0.2)
     with pytest.raises(ValueError, match="plans its drop rates"):
         run_study(CountingWorkload(), contenders, steps=10, equal_steps=False, progress=False)
     with pytest.raises(ValueError, match="step-time model"):
