@@ -141,17 +141,17 @@ def planned_equal_time_steps(workload: PlansRates, contender: Contender, model: 
     points = {p["label"]: float(p["flops"]) for p in model.points}
     if not contender.on_dropbp_line:
         per_step = points[contender.label]
+
         def seconds(count: int) -> float:
             return model.seconds(count, count * per_step, contender.label)
     else:
-        line = [(c.rate if not c.is_baseline else 0.0, points[c.label]) for c in clocked if c.on_dropbp_line]
-        mean_rate = statistics.fmean(r for r, _ in line)
-        mean_flops = statistics.fmean(f for _, f in line)
-        slope = (sum((r - mean_rate) * (f - mean_flops) for r, f in line)
-                 / sum((r - mean_rate) ** 2 for r, _ in line))
+        on_line = [c for c in clocked if c.on_dropbp_line]
+        line = statistics.linear_regression([0.0 if c.is_baseline else c.rate for c in on_line],
+                                            [points[c.label] for c in on_line])
+
         def seconds(count: int) -> float:
             rates = workload.planned_rates(contender, count)
-            return model.seconds(count, sum(mean_flops + slope * (r - mean_rate) for r in rates))
+            return model.seconds(count, sum(line.intercept + line.slope * r for r in rates))
     cap = max(1, int(steps * max_factor)) if max_factor is not None else None
     count = equal_time_steps(steps, base_time, seconds(steps), max_factor)
     while count > 1 and seconds(count) > base_time:
@@ -239,8 +239,8 @@ def run_study(workload: Workload, contenders: Sequence[Contender], *, steps: int
     contenders at the baseline's time only, their steps planned from the clock and the drop rates they target
     (:func:`planned_equal_time_steps`; the workload must be :class:`PlansRates`, the clock the step-time model):
     each contender's run at the baseline's steps is then not made, and its learning rates are swept at its planned
-    count, so that it is judged at the rate that serves it best in the baseline's time. ``cache``: a folder where finished runs and the
-    clock are kept."""
+    count, so that it is judged at the rate that serves it best in the baseline's time. ``cache``: a folder where
+    finished runs and the clock are kept."""
     if not equal_steps and not (time_model and equal_time and hasattr(workload, "planned_rates")):
         raise ValueError("equal_steps=False needs the step-time model, the equal-time runs and a workload that "
                          "plans its drop rates (PlansRates).")
