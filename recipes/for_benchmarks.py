@@ -8,9 +8,8 @@ from __future__ import annotations
 from dropbp.core.checks import check_int, check_seed
 from dropbp.recipes.config.fields import (COMPILE_BACKEND, FOLDER, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE,
                                           POSITIVE_NUMBER, POSITIVE_NUMBERS, RATE, RATES, SEEDS, SOME_POSITIVE_NUMBERS,
-                                          Naming, Rule, add_command, check_choice, check_declared, check_drop_rates,
-                                          check_non_negative, check_number, check_output_dir, check_positive,
-                                          option_name, setting, yaml_key)
+                                          Naming, Rule, add_command, check_choice, check_declared, check_number,
+                                          check_output_dir, option_name, setting, yaml_key)
 from dropbp.recipes.config.command_settings import CommandSettings, Settings
 from dropbp.recipes.config.gguf_source import cache_root
 from dropbp.recipes.config.loader import Problems, apply_overrides, build, read_yaml
@@ -42,8 +41,8 @@ __all__ = ["COMPILE_BACKEND", "DEFAULT_LORA_RANK", "FOLDER", "IGNORE", "NON_NEGA
            "VOCAB_SIZE", "ByteTokenizer", "CommandSettings", "DataSection", "FineTune", "Naming", "Problems", "Rule",
            "Settings", "StepRunner", "add_command", "apply_method", "apply_overrides", "batch_at", "batch_size_field",
            "build", "build_model", "cache_root", "causal_lm_loss", "check_choice", "check_cpu_4bit_shapes",
-           "check_declared", "check_drop_rates", "check_fits", "check_int", "check_method", "check_model",
-           "check_non_negative", "check_number", "check_output_dir", "check_positive", "check_seed", "check_seq_len",
+           "check_declared", "check_fits", "check_int", "check_method", "check_model",
+           "check_number", "check_output_dir", "check_seed", "check_seq_len",
            "device_field", "drop_rates_field", "environment", "family_folder", "find_recipe", "head_fraction",
            "labelled_positions_loss", "load_recipe", "load_records", "lr_field", "lr_scheduler", "markdown_table",
            "method_field", "mib", "model_field", "model_overrides_field", "option_name", "out_field",

@@ -276,19 +276,6 @@ def check_declared(settings: Any, p: Any, naming: Naming = option_name) -> None:
                 setattr(settings, field.name, checked)
 
 
-def check_positive(settings: Any, *names: str, naming: Naming = option_name) -> None:
-    """Each named field must be an integer >= 1 (the first bad one is raised; record them one by one with
-    :meth:`Problems.check` to report all)."""
-    for name in names:
-        check_int(naming(name), getattr(settings, name), 1)
-
-
-def check_non_negative(settings: Any, *names: str, naming: Naming = option_name) -> None:
-    """Each named field must be an integer >= 0."""
-    for name in names:
-        check_int(naming(name), getattr(settings, name), 0)
-
-
 #: Upper bound of sizes no recipe needs more of (a bigger value is a typo, and would exhaust memory or hang).
 MAX_SIZE = 1 << 16
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
