@@ -113,8 +113,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
             metavar: str | None = None, positional: bool = False) -> Any:
     """A dataclass field with its help text and allowed values: ``choices`` (of each item, for a tuple), or
     ``allowed``: a :class:`Rule` (checked and shown) or the words ``docs/OPTIONS.md`` shows where the check needs more
-    than the value (a flag or a field with choices needs none); both checked by :func:`check_declared`; ``cli=False`` keeps it off the
-    command line; ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
+    than the value (a flag or a field with choices needs none); choices and a rule are checked by
+    :func:`check_declared`; ``cli=False`` keeps it off the command line; ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "allowed": allowed, "cli": cli,
                 "metavar": metavar, "positional": positional}
     if default_factory is not None:
@@ -223,7 +223,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[st
         shown = "" if default is None else f" (default: {format_value(default)})"
         listed = typing.get_origin(strip_optional(hints[field.name])[0]) is tuple  # choices are then per item
         parser.add_argument(flag, dest=field.name, type=parse, default=default,
-                            choices=None if listed else field.metadata.get("choices"), metavar=field.metadata.get("metavar"),
+                            choices=None if listed else field.metadata.get("choices"),
+                            metavar=field.metadata.get("metavar"),
                             help=f"{help_text}{shown}")
 
 
