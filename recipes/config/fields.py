@@ -114,7 +114,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
     """A dataclass field with its help text and allowed values: ``choices`` (of each item, for a tuple), or
     ``allowed``: a :class:`Rule` (checked and shown) or the words ``docs/OPTIONS.md`` shows where the check needs more
     than the value (a flag or a field with choices needs none); choices and a rule are checked by
-    :func:`check_declared`; ``cli=False`` keeps it off the command line; ``positional=True`` makes a tuple field the command's positional arguments (one or more)."""
+    :func:`check_declared`; ``cli=False`` keeps it off the command line; ``positional=True`` makes a tuple field
+    the command's positional arguments (one or more)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "allowed": allowed, "cli": cli,
                 "metavar": metavar, "positional": positional}
     if default_factory is not None:
