@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import dynamo_settings
+from .assembly import AllocationSpec, TechniqueSpec, build_technique, engine_keywords
 from .allocation import drop_fraction, greedy_paper_rates, uniform_rates, validate_drop_rate
 from .branches import Branch, find_branches
 from .engine import DropBP
@@ -23,4 +24,5 @@ __all__ = ["DropBP", "dynamo_settings", "Branch", "find_branches", "drop_fractio
            "ConfigError", "NoMatchingBranchError", "BackendUnavailableError", "AllocationError", "LayerDrop",
            "pld_keep_probability", "freeze_bottom_layers", "blocks_for_backward_budget", "Technique",
            "apply_technique", "register_technique", "technique_names", "MemoryModel", "RateSchedule", "RATE_SCHEDULES",
-           "RateAllocation", "StepFlops", "StepPolicy", "__version__"]
+           "RateAllocation", "StepFlops", "StepPolicy", "AllocationSpec", "TechniqueSpec", "build_technique",
+           "engine_keywords", "__version__"]

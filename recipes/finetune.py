@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from dropbp import backends
-from dropbp.core.rate_allocation import RateAllocation
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.policy import StepPolicy
 from dropbp.core.progress import progress_bar
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import Technique, apply_technique
+from dropbp.core.assembly import build_technique
+from dropbp.core.techniques import Technique
 from dropbp.recipes.config.loader import dump_yaml
 from dropbp.recipes.config.options import resolve_sampler
 from dropbp.recipes.config.presets import PRESETS, downloads_allowed
@@ -45,7 +45,7 @@ from dropbp.recipes.training.divergence import DivergenceGuard, TrainingDiverged
 from dropbp.recipes.training.distributed import World, join, world_from_environment
 from dropbp.recipes.training.evaluation import greedy_exact_match, validation_loss
 from dropbp.recipes.training.optim import build_optimizer, lr_scheduler
-from dropbp.recipes.training.rates import rate_schedule
+from dropbp.recipes.training.rates import technique_spec
 from dropbp.recipes.training.run_folder import (DATA_KEY, check_run_folder, check_same_data, resume_point,
                                                 resumed_step, trim_masks_log)
 from dropbp.recipes.training.run_lock import RunLock
@@ -122,23 +122,11 @@ class FineTune:
         self.loss_fn: LossFn = choose_loss(recipe.train.head_positions, self.model, self.data.train_ids,
                                            self.data.train_labels)
         self.forward_model: nn.Module = self.model  # the DDP wrapper with several ranks
-        self.technique: Technique | None = None
-        options = recipe.dropbp
-        if options.technique != "dropbp" or options.drop_rate > 0:
-            sampler = resolve_sampler(options.sampler, self.backend)
-            schedule = rate_schedule(options.schedule, self.total_steps, sampler)
-            self.technique = apply_technique(
-                self.model, options.technique, options.drop_rate, seed=recipe.masks_seed(),
-                options=recipe.technique_options(), option_prefix="technique.", sampler=sampler,
-                pool_size=options.pool_size, seq_len=recipe.data.seq_len, schedule=schedule,
-                train_output_projection=options.train_output_projection)
-        if self.dropbp is not None:
-            mode = options.allocation_mode if self.world.size == 1 else "uniform"  # auto: uniform with several ranks
-            self.technique.allocation = RateAllocation(self.model, self.dropbp, mode=mode,
-                                               drop_rate=options.drop_rate, total_steps=self.total_steps,
-                                               allocate_at=options.allocate_at, sensitivity=options.sensitivity,
-                                               allocator=options.allocator, every=options.reallocate_every,
-                                               seed=recipe.masks_seed())
+        asked = technique_spec(recipe.dropbp, sampler=resolve_sampler(recipe.dropbp.sampler, self.backend),
+                              total_steps=self.total_steps, seq_len=recipe.data.seq_len,
+                              options=recipe.technique_options(), ranks=self.world.size)
+        self.technique: Technique | None = build_technique(self.model, asked, total_steps=self.total_steps,
+                                                           seed=recipe.masks_seed(), option_prefix="technique.")
         if self.world.size > 1:  # after DropBP: its hooks sit on the inner model; dropped branches are unused
             from torch.nn.parallel import DistributedDataParallel
 

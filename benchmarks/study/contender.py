@@ -3,16 +3,16 @@ model: its technique, rate policy and allocation, then one optimizer step at a t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from dropbp.backends import Backend
-from dropbp.core.rate_allocation import RateAllocation
+from dropbp.core.assembly import AllocationSpec, TechniqueSpec, build_technique
 from dropbp.core.rate_schedule import RateSchedule
 from dropbp.core.step_flops import StepFlops
-from dropbp.core.techniques import Technique, apply_technique
+from dropbp.core.techniques import Technique
 from dropbp.recipes.for_benchmarks import StepRunner, lr_scheduler
 
 from ..harness import step_clock
@@ -22,12 +22,13 @@ from ..harness import step_clock
 CONTENDER_SCHEDULES = ("constant", "cosine", "linear", "steps", "warmup")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Contender:
     """One configuration of a study. ``kind`` groups contenders in tables and figures (baseline, dropbp,
     sensitivity, layerdrop, ...); ``technique`` is a registered technique's name, or ``off`` for exact backprop;
     ``allocation`` is ``uniform`` or the allocator of sensitivity-based rates (``paper``, ``optimal``), measured at
-    10% of the run; ``overrides`` are recipe keys, for studies that train a recipe."""
+    10% of the run; ``overrides`` are recipe keys, for studies that train a recipe; ``engine``: further keywords of
+    the DropBP engine (any it takes, see :func:`~dropbp.core.engine_keywords`)."""
 
     label: str
     kind: str = "baseline"
@@ -38,11 +39,28 @@ class Contender:
     schedule: str = "constant"
     sampler: str = "bernoulli"
     overrides: tuple[str, ...] = ()
+    engine: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:  # the dataclass form, ``engine`` shown only when set: cached runs' keys stay put
+        shown = [f.name for f in fields(self) if f.name != "engine" or self.engine]
+        return f"Contender({', '.join(f'{name}={getattr(self, name)!r}' for name in shown)})"
 
     @property
     def is_baseline(self) -> bool:
         """Exact backprop: what every contender is compared with."""
         return self.technique == "off"
+
+    def spec(self, total_steps: int, seq_len: int, pool_size: int | None = None) -> TechniqueSpec:
+        """This contender as the technique :func:`~dropbp.core.build_technique` puts on a model for a run of
+        ``total_steps`` steps of ``seq_len`` tokens (``pool_size``: the pool sampler's masks, none: the engine's)."""
+        engine: dict[str, Any] = {"seq_len": seq_len, "sampler": self.sampler, **dict(self.engine)}
+        if pool_size is not None:
+            engine["pool_size"] = pool_size
+        if self.schedule != "constant":
+            engine["schedule"] = study_schedule(self.schedule, total_steps)
+        allocation = (AllocationSpec() if self.allocation == "uniform"
+                      else AllocationSpec(mode="sensitivity", allocator=self.allocation))
+        return TechniqueSpec(self.technique, self.rate, dict(self.options), engine, allocation)
 
     @property
     def on_dropbp_line(self) -> bool:
@@ -66,18 +84,8 @@ def attach(model: torch.nn.Module, contender: Contender, *, total_steps: int, se
     flops_model = StepFlops(model, seq_len, backward=backward)
     if contender.is_baseline:
         return None, flops_model
-    engine: dict[str, Any] = {"seq_len": seq_len, "sampler": contender.sampler}
-    if pool_size is not None:
-        engine["pool_size"] = pool_size
-    if contender.schedule != "constant":
-        engine["schedule"] = study_schedule(contender.schedule, total_steps)
-    technique = apply_technique(model, contender.technique, contender.rate, seed=seed,
-                                options=dict(contender.options), **engine)
-    if contender.allocation != "uniform":
-        technique.allocation = RateAllocation(model, technique.policy, mode="sensitivity", drop_rate=contender.rate,
-                                              total_steps=total_steps, allocate_at=0.1,
-                                              allocator=contender.allocation, seed=seed)
-    return technique, flops_model
+    return build_technique(model, contender.spec(total_steps, seq_len, pool_size), total_steps=total_steps,
+                           seed=seed), flops_model
 
 
 @dataclass

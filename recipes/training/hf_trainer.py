@@ -10,7 +10,8 @@ in PEFT itself): ``callbacks=[DropBPCallback(drop_rate=0.75)]`` attaches DropBP 
 begins (``callback.dropbp`` is the engine from then on).
 
 The same settings as ``dropbp train``: ``DropBPCallback(drop_rate=0.5, schedule=RateSchedule(...))`` moves the
-rate over training; ``allocation="sensitivity"`` (with ``allocate_at``, ``sensitivity``, ``allocator``) measures
+rate over training; ``allocation="sensitivity"`` (with ``allocate_at``, ``sensitivity``, ``allocator``, or an
+:class:`~dropbp.core.AllocationSpec` with every knob of ``dropbp train``) measures
 branch sensitivities at that share of ``max_steps`` on the step's first micro-batch exactly as the trainer feeds it,
 labels included, and allocates the rates, through :class:`~dropbp.core.techniques.Technique`, as in ``dropbp
 train``.
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from dropbp.core.rate_allocation import RateAllocation
+from dropbp.core.assembly import AllocationSpec, TechniqueSpec, build_technique
 from dropbp.core.engine import DropBP
 from dropbp.core.errors import ConfigError
 from dropbp.core.techniques import Technique
@@ -40,16 +41,15 @@ class DropBPCallback(TrainerCallback):
     """Begin each optimizer step of a ``Trainer`` with its DropBP mask, run the technique's work before the step
     (sensitivity allocation), and report the realised rates in the logs."""
 
-    def __init__(self, dropbp: DropBP | None = None, *, allocation: str = "uniform", allocate_at: float = 0.1,
-                 sensitivity: str = "fast", allocator: str = "paper", **engine: Any) -> None:
+    def __init__(self, dropbp: DropBP | None = None, *, allocation: str | AllocationSpec = "uniform",
+                 allocate_at: float = 0.1, sensitivity: str = "fast", allocator: str = "paper", **engine: Any) -> None:
         if dropbp is not None and engine:
             raise ConfigError("DropBPCallback takes an engine or the engine's settings (drop_rate=..., seed=...), "
                               "not both.")
         self.dropbp: DropBP | None = dropbp
         self.engine_settings = engine
-        self.allocation_settings = {"mode": allocation, "allocate_at": allocate_at, "sensitivity": sensitivity,
-                                    "allocator": allocator}
-        RateAllocation.check_settings(**self.allocation_settings)
+        self.allocation = (allocation if isinstance(allocation, AllocationSpec)
+                           else AllocationSpec(allocation, allocate_at, sensitivity, allocator))
         self.technique: Technique | None = None
         self._step = 0
         self._before_pending = False
@@ -62,19 +62,21 @@ class DropBPCallback(TrainerCallback):
             if model is None:
                 raise ConfigError("DropBPCallback: the trainer passed no model to attach DropBP to; create the engine "
                                   "yourself, DropBPCallback(DropBP(model, drop_rate=...)).")
-            self.dropbp = DropBP.of(model) or DropBP(model, **self.engine_settings)
-        self.technique = Technique("dropbp", policy=self.dropbp)
-        settings = self.allocation_settings
-        if settings["mode"] != "uniform":
-            self.technique.allocation = RateAllocation(
-                model, self.dropbp, mode=settings["mode"], drop_rate=self.dropbp.asked_drop_fraction,
-                total_steps=state.max_steps, allocate_at=settings["allocate_at"], sensitivity=settings["sensitivity"],
-                allocator=settings["allocator"], seed=self.dropbp.seed)
+            self.dropbp = DropBP.of(model)
+        if self.dropbp is None:  # built here, as every driver builds it
+            settings = dict(self.engine_settings)
+            rate, seed = settings.pop("drop_rate", 0.5), settings.pop("seed", 0)
+            spec = TechniqueSpec("dropbp", rate, None, settings, self.allocation)
+            self.technique = build_technique(model, spec, total_steps=state.max_steps, seed=seed)
+            self.dropbp = None if self.technique is None else self.technique.engine  # rate 0: exact backprop
+        else:
+            self.technique = self.allocation.attach(Technique("dropbp", policy=self.dropbp), model,
+                                                    total_steps=state.max_steps, seed=self.dropbp.seed)
         if model is not None:
             self._handles = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
 
     def _before_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self._before_pending and module.training and torch.is_grad_enabled():
+        if self._before_pending and self.technique is not None and module.training and torch.is_grad_enabled():
             self._before_pending = False  # the measurement runs forwards of its own
             self.technique.before_step(self._step, dict(kwargs) if kwargs else {"input_ids": args[0]})
 
