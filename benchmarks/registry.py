@@ -32,3 +32,11 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
     "compare": (compare.CompareSettings, compare.main,
                 "throughput results of several devices side by side (folders from bench throughput)"),
 }
+
+
+def register_benchmark(name: str, settings_class: type, main: Callable[..., dict[str, Any]], help_text: str) -> None:
+    """Make ``name`` a benchmark of ``dropbp bench`` (its options from ``settings_class``'s fields) and of
+    ``dropbp bench --config``; a name already taken is refused."""
+    if name in BENCHMARKS:
+        raise ValueError(f"benchmark {name!r} is already registered.")
+    BENCHMARKS[name] = (settings_class, main, help_text)
