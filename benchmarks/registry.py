@@ -7,6 +7,7 @@ from typing import Any
 
 from . import (compare, compiles, convergence, gradient_agreement, memory_search, recipe_time, regime, selfcheck,
                throughput)
+from .advise import validation as advise_validation
 from .regime import verdict
 
 #: name -> (settings class, main function, one-line help)
@@ -29,6 +30,8 @@ BENCHMARKS: dict[str, tuple[type, Callable[..., dict[str, Any]], str]] = {
                  "graphs torch.compile builds over training: pool vs bernoulli"),
     "selfcheck": (selfcheck.SelfcheckSettings, selfcheck.main,
                   "the engine, the paper's throughput shape and graph counts on one device, in one command"),
+    "advise-validation": (advise_validation.AdviseValidationSettings, advise_validation.main,
+                          "dropbp advise's probe on every regime with an equal-time verdict, against the verdict"),
     "compare": (compare.CompareSettings, compare.main,
                 "throughput results of several devices side by side (folders from bench throughput)"),
 }

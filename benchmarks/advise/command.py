@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,34 +12,41 @@ from typing import Any
 from dropbp.backends import Backend
 from dropbp.core.errors import ConfigError
 from dropbp.core.progress import progress_bar
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATES, FineTune, Naming, Problems,
-                                           add_command, find_recipe, load_recipe, markdown_table, option_name,
-                                           pyplot, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER, RATES, Naming, Problems,
+                                           add_command, find_recipe, markdown_table, option_name, pyplot, setting)
 
 from ..harness import BenchSettings, run_benchmark
 from .predict import BASES, predict, recommend
 from .probe import ALLOCATIONS, Candidate, GradientProbe, measure_candidates
+from .targets import Target, recipe_target
 
 #: Rounds the probe never goes beyond, however large the budget (more buys little: the bootstrap shows it).
 MAX_ROUNDS = 8
 
 
 @dataclasses.dataclass
-class AdviseSettings(BenchSettings):
+class ProbeSettings(BenchSettings):
+    """How the probe measures: its budget, the candidate settings, masks, when, and what it recommends on."""
+
+    budget: float = setting(5.0, "minutes the probe may take once the model is loaded and its exact steps trained "
+                                 "(its rounds are sized to fit; at least two rounds are needed)",
+                            allowed=POSITIVE_NUMBER)
+    drop_rates: tuple[float, ...] = setting((0.5, 0.75), "drop rates of the candidate settings", allowed=RATES)
+    allocations: tuple[str, ...] = setting(ALLOCATIONS, "how each candidate's rates are allocated", choices=ALLOCATIONS)
+    masks: int = setting(2, "masks per candidate and round", allowed=POSITIVE)
+    after_steps: int = setting(0, "exact training steps before probing (the gradient later in a run)",
+                               allowed=NON_NEGATIVE)
+    basis: str = setting("per-mask", "what the recommendation rests on: the gradient kept per mask (one step) or of "
+                                     "the mean of masks (what steps average to)", choices=BASES)
+
+
+@dataclasses.dataclass
+class AdviseSettings(ProbeSettings):
     """What ``dropbp advise`` probes and for how long; :meth:`validate` checks it before any work starts."""
 
     recipe: str = setting("", "the recipe to advise on (also the positional RECIPE)",
                           allowed="a shipped recipe (dropbp recipes ls) or a recipe file")
     overrides: tuple[str, ...] = setting((), "key=value changes to the recipe (e.g. train.precision=mixed-bf16)")
-    budget: float = setting(5.0, "minutes the probe may take after the model is loaded (its rounds are sized to "
-                                 "fit; at least two rounds are needed)", allowed=POSITIVE_NUMBER)
-    drop_rates: tuple[float, ...] = setting((0.5, 0.75), "drop rates of the candidate settings", allowed=RATES)
-    allocations: tuple[str, ...] = setting(ALLOCATIONS, "how each candidate's rates are allocated", choices=ALLOCATIONS)
-    masks: int = setting(2, "masks per candidate and round", allowed=POSITIVE)
-    after_steps: int = setting(0, "exact training steps of the recipe before probing (the gradient later in a run; "
-                                  "they count against the budget)", allowed=NON_NEGATIVE)
-    basis: str = setting("per-mask", "what the recommendation rests on: the gradient kept per mask (one step) or of "
-                                     "the mean of masks (what steps average to)", choices=BASES)
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
@@ -51,71 +57,59 @@ class AdviseSettings(BenchSettings):
             p.check(find_recipe, self.recipe)
 
 
-def _candidates(settings: AdviseSettings) -> list[Candidate]:
+def _candidates(settings: ProbeSettings) -> list[Candidate]:
     return [Candidate(rate, allocation) for allocation in settings.allocations for rate in settings.drop_rates]
 
 
-def measure(settings: AdviseSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """Load the recipe (DropBP off), train ``after_steps`` exact steps, size the rounds to the budget from one
-    untimed pass, measure every candidate in interleaved rounds and predict."""
-    overrides = [*settings.overrides, "dropbp.drop_rate=0", "dropbp.technique=dropbp", "train.eval_every=0",
-                 "train.exact_match=0", f"train.seed={settings.seed}"]
-    if settings.after_steps:
-        overrides.append(f"train.stop_after_steps={settings.after_steps}")
-    recipe = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name)
+def probe_target(target: Target, settings: ProbeSettings, backend: Backend, *, started: float,
+                 progress: bool = True) -> dict[str, Any]:
+    """Size the rounds to what is left of the budget (from one untimed and one timed exact pass), measure every
+    candidate in interleaved rounds on ``target`` and predict; the result (a budget too small is refused)."""
     candidates = _candidates(settings)
-    with tempfile.TemporaryDirectory() as scratch:  # the recipe's run folder: nothing of it is kept
-        job = FineTune(recipe, Path(scratch) / "run", progress=progress)
-        job.setup()
-        started = time.perf_counter()
-        try:
-            if settings.after_steps:
-                job.train()
-            size = recipe.train.micro_batch_size
-
-            def batch(step: int) -> Any:
-                return job.data.batch(settings.after_steps + step, 0, 1, size, 0, 1)
-
-            probe = GradientProbe(job.model, job.loss_fn, backend, seq_len=recipe.data.seq_len, seed=settings.seed)
-            try:
-                probe.gradient(batch(0), None)  # warm-up, untimed
-                one = probe.gradient(batch(0), None)[1]
-                per_round = one * (1 + len(candidates) * settings.masks)
-                left = settings.budget * 60 - (time.perf_counter() - started)
-                rounds = min(MAX_ROUNDS, int(left // per_round))
-                if rounds < 2:
-                    raise ConfigError(
-                        f"--budget {settings.budget:g} minutes is too small to measure {settings.recipe} here: one "
-                        f"round (exact backprop and {len(candidates)} candidates x {settings.masks} masks) takes "
-                        f"about {per_round:.0f} s and two are needed; give at least "
-                        f"{(2 * per_round + (settings.budget * 60 - left)) / 60 * 1.2:.1f} minutes, or fewer "
-                        "candidates (--drop-rates, --allocations) or masks.")
-                bar = progress_bar(total=rounds * (1 + len(candidates) * settings.masks), desc="probing",
-                                   enabled=progress)
-                exact, measured = measure_candidates(
-                    probe, candidates, batch, rounds=rounds, masks=settings.masks, tick=lambda: bar.update(1),
-                    flops_model=job.flops_model,
-                    model_inputs=lambda b: {"input_ids": b[0].to(backend.device), "labels": b[1].to(backend.device)})
-                bar.close()
-            finally:
-                probe.close()
-        finally:
-            job.cleanup()
+    probe = GradientProbe(target.model, target.loss_fn, backend, seq_len=target.seq_len, seed=settings.seed)
+    try:
+        probe.gradient(target.batch(0), None)  # warm-up, untimed
+        one = probe.gradient(target.batch(0), None)[1]
+        per_round = one * (1 + len(candidates) * settings.masks)
+        spent = time.perf_counter() - started
+        rounds = min(MAX_ROUNDS, int((settings.budget * 60 - spent) // per_round))
+        if rounds < 2:
+            raise ConfigError(
+                f"--budget {settings.budget:g} minutes is too small to measure {target.name} here: one round (exact "
+                f"backprop and {len(candidates)} candidates x {settings.masks} masks) takes about {per_round:.0f} s "
+                f"and two are needed; give at least {(2 * per_round + spent) / 60 * 1.2:.1f} minutes, or fewer "
+                "candidates (--drop-rates, --allocations) or masks.")
+        bar = progress_bar(total=rounds * (1 + len(candidates) * settings.masks), desc="probing", enabled=progress)
+        exact, measured = measure_candidates(probe, candidates, target.batch, rounds=rounds, masks=settings.masks,
+                                             tick=lambda: bar.update(1), flops_model=target.flops_model,
+                                             model_inputs=target.model_inputs)
+        bar.close()
+    finally:
+        probe.close()
     predictions = [predict(exact, m, seed=settings.seed) for m in measured]
     best = recommend(predictions, settings.basis)
     chosen = None if best is None else candidates[predictions.index(best)]
-    return {"benchmark": "advise", "recipe": settings.recipe, "method": recipe.model.method,
-            "options": settings.to_dict(), "rounds": rounds, "masks": settings.masks,
-            "probe_seconds": time.perf_counter() - started, "exact": exact.to_dict(),
-            "candidates": [m.to_dict() for m in measured], "predictions": [p.to_dict() for p in predictions],
+    return {"benchmark": "advise", "recipe": target.name, "method": target.method, "options": settings.to_dict(),
+            "rounds": rounds, "masks": settings.masks, "probe_seconds": time.perf_counter() - started,
+            "exact": exact.to_dict(), "candidates": [m.to_dict() for m in measured],
+            "predictions": [p.to_dict() for p in predictions],
             "recommendation": None if best is None else best.to_dict(),
             "keys": [] if chosen is None else chosen.recipe_keys()}
 
 
+def measure(settings: AdviseSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
+    """Load the recipe (DropBP off), train ``after_steps`` exact steps, then :func:`probe_target` (the budget
+    counts from the loaded model)."""
+    with recipe_target(settings.recipe, settings.overrides, backend, seed=settings.seed,
+                       after_steps=settings.after_steps, progress=progress) as target:
+        return probe_target(target, settings, backend, started=time.perf_counter(), progress=progress)
+
+
 def _row(p: dict[str, Any]) -> list[str]:
     flops = "-" if p["flops_speed"] is None else f"{p['flops_speed']:.2f}x"
-    return [p["label"], f"{p['drop_fraction']:.2f}", flops, f"{p['speed']:.2f}x", f"{p['kept']:.3f}", f"{p['kept_mean']:.3f}",
-            f"{p['predicted']:.2f}x ({p['low']:.2f}-{p['high']:.2f})", f"{p['predicted_mean']:.2f}x"]
+    return [p["label"], f"{p['drop_fraction']:.2f}", flops, f"{p['speed']:.2f}x", f"{p['kept']:.3f}",
+            f"{p['kept_mean']:.3f}", f"{p['predicted']:.2f}x ({p['low']:.2f}-{p['high']:.2f})",
+            f"{p['predicted_mean']:.2f}x"]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -135,12 +129,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"Probe: {result['rounds']} rounds x (exact backprop + {len(result['candidates'])} candidates x "
         f"{result['masks']} masks), {result['probe_seconds'] / 60:.1f} min, after {options['after_steps']} exact "
         f"steps; basis of the recommendation: {options['basis']}. *Step speed*: exact backprop's forward+backward "
-        "time over the candidate's (medians); *FLOPs speed*: the same by the FLOPs model. *Kept*: the candidate's gradient's cosine with the next batch's exact "
-        "gradient over exact backprop's (per mask; of the mean of masks). *Predicted*: speed x kept, the 10-90% "
+        "time over the candidate's (medians); *FLOPs speed*: the same by the FLOPs model. *Kept*: the candidate's "
+        "gradient's cosine with the next batch's exact gradient over exact backprop's (per mask; of the mean of "
+        "masks). *Predicted*: speed x kept, the 10-90% "
         "range of a bootstrap over rounds. Experimental: how these predictions held against equal-time studies is "
         "in benchmarks/README.md.", "",
-        markdown_table(["candidate", "drop", "FLOPs speed", "step speed", "kept / mask", "kept / mean", "predicted (10-90%)",
-                        "predicted (mean)"], [_row(p) for p in result["predictions"]])])
+        markdown_table(["candidate", "drop", "FLOPs speed", "step speed", "kept / mask", "kept / mean",
+                        "predicted (10-90%)", "predicted (mean)"], [_row(p) for p in result["predictions"]])])
 
 
 def figure(result: dict[str, Any]) -> Any:

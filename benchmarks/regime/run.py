@@ -101,7 +101,7 @@ def pretrain_description(settings: RegimeSettings) -> str:
     return "Python standard-library source and the copy/capitals string tasks (training words), alternating"
 
 
-def _pretrained_state(settings: RegimeSettings, backend: Backend,
+def pretrained_state(settings: RegimeSettings, backend: Backend,
                       progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The pre-trained base weights, from the cache when the same settings were pre-trained before."""
     described = {"model": settings.model_overrides, "steps": settings.pretrain_steps, "lr": settings.pretrain_lr,
@@ -220,7 +220,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     with seeded(settings.seed):
-        state, pretrain_info = _pretrained_state(settings, backend, progress)
+        state, pretrain_info = pretrained_state(settings, backend, progress)
     data = task_data(settings.seq_len, settings.family, settings.regime)
     total = steps_per_run(settings, data)
     layers = settings.model_overrides["num_hidden_layers"]
