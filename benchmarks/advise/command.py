@@ -46,7 +46,8 @@ class AdviseSettings(ProbeSettings):
 
     recipe: str = setting("", "the recipe to advise on (also the positional RECIPE)",
                           allowed="a shipped recipe (dropbp recipes ls) or a recipe file")
-    overrides: tuple[str, ...] = setting((), "key=value changes to the recipe (e.g. train.precision=mixed-bf16)")
+    overrides: tuple[str, ...] = setting((), "key=value changes to the recipe (e.g. train.precision=mixed-bf16)",
+                                         allowed="comma-separated key=value, each a recipe field (docs/OPTIONS.md)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)

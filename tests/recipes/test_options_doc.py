@@ -16,7 +16,8 @@ def test_every_option_says_what_it_accepts():
                                                  "dropbp bench compiles", "dropbp bench regime",
                                                  "dropbp bench recipe-time", "dropbp bench compare",
                                                  "dropbp bench gradient-agreement", "dropbp bench regime-verdict",
-                                                 "dropbp bench selfcheck", "dropbp selfcheck"}
+                                                 "dropbp bench selfcheck", "dropbp selfcheck", "dropbp advise",
+                                                 "dropbp bench advise-validation"}
     assert missing(parser) == []
 
 
