@@ -88,6 +88,15 @@ def test_the_alpaca_recipe_names_the_fetched_data_and_the_papers_lora_settings()
     assert recipe.dropbp.drop_rate == 0.0
 
 
+def test_the_qlora_recipe_is_the_alpaca_recipe_with_a_4_bit_base():
+    lora = load_recipe(shipped()["smollm2-alpaca"], for_run=False).to_data()
+    qlora = load_recipe(shipped()["smollm2-alpaca-qlora"], for_run=False).to_data()
+    assert qlora["model"]["method"] == "qlora" and lora["model"]["method"] == "lora"
+    differ = {section for section in lora if section not in ("name", "description") and lora[section] != qlora[section]}
+    assert differ == {"model"}
+    assert {k for k in lora["model"] if lora["model"][k] != qlora["model"][k]} == {"method"}
+
+
 def test_the_dialogue_recipe_names_its_fetched_chat_data_with_the_same_lora_settings():
     recipe = load_recipe(shipped()["smollm2-chatterbot"], for_run=False)
     spec = fetched_data.FETCHED["chatterbot-english"]
