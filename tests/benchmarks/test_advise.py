@@ -90,6 +90,22 @@ def test_advise_runs_on_a_recipe_and_prints_its_recommendation(tmp_path, capsys)
     assert (tmp_path / "advise-tiny-tasks.png").stat().st_size > 0
 
 
+def test_every_validation_case_names_a_target_that_exists_and_a_verdict():
+    from pathlib import Path
+
+    from dropbp.benchmarks.advise.validation import CASES
+    from dropbp.recipes.config.registry import find_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    for case in CASES:
+        assert case.verdict in ("pays", "off") and case.evidence
+        if case.target.endswith(".yaml"):
+            assert (root / case.target).is_file(), case.target
+        else:
+            find_recipe(case.target)
+            load_recipe(find_recipe(case.target), list(case.overrides), for_run=False)
+
+
 @pytest.mark.parametrize("argv, words", [
     (["advise", "--device", "cpu"], "needs a RECIPE"),
     (["advise", "no-such-recipe", "--device", "cpu"], "no-such-recipe"),
