@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,43 +218,67 @@ def _speedup(row: dict[str, Any]) -> str:
     return "never" if row["speedup_to_target"] is None else f"{row['speedup_to_target']:.2f}x"
 
 
-def _perplexity_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
-    """Validation perplexity against hours of (modelled) training, one line per contender, the first seed's runs."""
+def short_label(label: str, width: int = 34) -> str:
+    """A contender's label for a legend: recipe keys without the ``dropbp.`` prefix, wrapped at ``width``."""
+    return textwrap.fill(label.replace("dropbp.", ""), width)
+
+
+def _perplexity_panel(ax: Any, entries: list[dict[str, Any]], *, zoom: bool = False) -> None:
+    """Validation perplexity against hours of (modelled) training, one line per contender, the first seed's runs;
+    ``zoom``: the second half of the time, on a linear scale, where the curves flatten."""
     first = entries[0]["seeds"][0]
     lines = [("DropBP off", first["curves"]["baseline"])]
     lines += [(entry["label"], entry["seeds"][0]["curves"]["equal_time"]) for entry in entries]
+    end = max(p["time_s"] for _, curve in lines for p in curve) / 3600
     for label, curve in lines:
-        ax.plot([p["time_s"] / 3600 for p in curve], [perplexity(p["val_loss"]) for p in curve], "o-", ms=3,
-                label=label[:40])
-    ax.axhline(perplexity(first["baseline"]["val_loss"]), color="grey", lw=0.8, ls=":")
-    ax.set_yscale("log")
+        points = [p for p in curve if not zoom or p["time_s"] / 3600 >= end / 2]
+        ax.plot([p["time_s"] / 3600 for p in points], [perplexity(p["val_loss"]) for p in points], "o-", ms=3,
+                label=short_label(label))
+    ax.axhline(perplexity(first["baseline"]["val_loss"]), color="grey", lw=0.8, ls=":",
+               label="DropBP off's final perplexity")
+    ax.set_yscale("linear" if zoom else "log")
     ax.set_xlabel("training time (hours)")
-    ax.set_title(f"validation perplexity, seed {first['seed']}")
-    ax.legend(fontsize=6)
+    ax.set_title(f"validation perplexity, seed {first['seed']}" + (", second half" if zoom else ""))
+    if zoom:
+        ax.legend(fontsize=6)
+
+
+def _bars(ax: Any, bars: list[tuple[str, list[dict[str, Any]]]], seeds: list[int], key: str, title: str) -> None:
+    width = 0.8 / len(bars)
+    values = []
+    for k, (label, runs) in enumerate(bars):
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(seeds))]
+        heights = [run[key] or 0.0 for run in runs]
+        values += heights
+        ax.bar(xs, heights, width, label=short_label(label))
+    if key == "val_loss" and values:  # the differences are a few percent: show them
+        low, high = min(values), max(values)
+        ax.set_ylim(low - 0.5 * (high - low) - 1e-3, high + 0.5 * (high - low) + 1e-3)
+    ax.set_xticks(range(len(seeds)), [f"seed {seed}" for seed in seeds])
+    ax.set_title(f"{title}, at the baseline's time")
 
 
 def recipe_time_figure(result: dict[str, Any]) -> Any:
-    """Validation perplexity against hours (the paper's figure), and validation loss and exact match at the
-    baseline's time: the baseline and each contender, per seed."""
+    """Validation perplexity against hours (the paper's figure) and its flat second half, and validation loss (and
+    exact match, where the recipe measures it) at the baseline's time: the baseline and each contender, per seed."""
     plt = pyplot()
     entries = compared(result)
     curves = "curves" in entries[0]["seeds"][0]
-    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(15 if curves else 10, 4))
-    if curves:
-        _perplexity_panel(axes[0], entries)
-        axes = axes[1:]
     bars = [("DropBP off", [r["baseline"] for r in entries[0]["seeds"]])]
     bars += [(entry["label"], [r["equal_time"] for r in entry["seeds"]]) for entry in entries]
-    width = 0.8 / len(bars)
+    matched = any(run["exact_match"] is not None for _, runs in bars for run in runs)
+    panels = (2 if curves else 0) + 1 + matched
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    axes = list(axes) if panels > 1 else [axes]
+    if curves:
+        _perplexity_panel(axes.pop(0), entries)
+        _perplexity_panel(axes.pop(0), entries, zoom=True)
     seeds = [r["seed"] for r in entries[0]["seeds"]]
-    for k, (label, runs) in enumerate(bars):
-        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(seeds))]
-        axes[0].bar(xs, [run["val_loss"] for run in runs], width, label=label)
-        axes[1].bar(xs, [run["exact_match"] or 0.0 for run in runs], width, label=label)
-    for ax, title in zip(axes, ("final validation loss", "final exact match")):
-        ax.set_xticks(range(len(seeds)), [f"seed {seed}" for seed in seeds])
-        ax.set_title(f"{title}, at the baseline's time")
-    axes[0].legend(fontsize=7)
+    _bars(axes[0], bars, seeds, "val_loss", "final validation loss")
+    if matched:
+        _bars(axes[1], bars, seeds, "exact_match", "final exact match")
+    if not curves:
+        axes[0].legend(fontsize=7)
     fig.suptitle(f"{result['settings']['recipe']}: DropBP settings vs DropBP off")
     fig.tight_layout()
     return fig
