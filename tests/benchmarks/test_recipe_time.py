@@ -40,7 +40,7 @@ def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path
     assert row["within"] == within_margins(row) and result["within"] == int(within_margins(row))
     table = recipe_time_markdown(result)
     assert f"Within the margins in {int(within_margins(row))} of 1 seeds" in table
-    assert len(recipe_time_figure(result).axes) == 3  # perplexity against hours, then the two bar charts
+    assert len(recipe_time_figure(result).axes) == 4  # perplexity against hours, its second half, two bar charts
     curve = row["curves"]["baseline"]  # the paper's measure: the time to DropBP off's final perplexity
     assert curve[-1]["val_loss"] == base["val_loss"] and curve[-1]["time_s"] > 0
     points = {run: [CurvePoint(0, p["time_s"], 0.0, p["val_loss"]) for p in row["curves"][run]]
@@ -95,7 +95,7 @@ def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_withou
     assert frozen["flops"] < model.points[0]["flops"]
     table = recipe_time_markdown(result)
     assert table.count("## ") == 2 and "dropbp.allocation=depth" in table
-    assert len(recipe_time_figure(result).axes) == 3
+    assert len(recipe_time_figure(result).axes) == 4
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached study trained again")
@@ -128,4 +128,4 @@ def test_without_equal_steps_each_contender_trains_once_for_its_planned_count(tm
     assert row["equal_time"]["time_s"] == pytest.approx(base_time, rel=0.25)  # realised masks scatter about the plan
     table = recipe_time_markdown(result)
     assert "equal steps" not in table and re.search(r"\| 0 +\| baseline's time", table)
-    assert len(recipe_time_figure(result).axes) == 3
+    assert len(recipe_time_figure(result).axes) == 4
