@@ -131,7 +131,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['masks']} masks), {result['probe_seconds'] / 60:.1f} min, after {options['after_steps']} exact "
         f"steps; basis of the recommendation: {options['basis']}. *Step speed*: exact backprop's forward+backward "
         "time over the candidate's (medians); *FLOPs speed*: the same by the FLOPs model. *Kept*: the candidate's "
-        "gradient's cosine with the next batch's exact gradient over exact backprop's (per mask; of the mean of "
+        "gradient's cosine with another batch's exact gradient over exact backprop's (per mask; of the mean of "
         "masks). *Predicted*: speed x kept, the 10-90% "
         "range of a bootstrap over rounds. Experimental: how these predictions held against equal-time studies is "
         "in benchmarks/README.md.", "",

@@ -3,7 +3,7 @@ the same time, and the recommendation (a setting, or off).
 
 The predictor is *useful gradient per second against exact backprop's*: a candidate's step is ``speed`` times
 cheaper (exact's median forward+backward time over its own), and keeps ``kept`` of what an exact step contributes
-towards the next batch (its gradient's mean cosine with the next batch's exact gradient, over exact backprop's own
+towards another batch (its gradient's mean cosine with another batch's exact gradient, over exact backprop's own
 cosine with it). Predicted speed-up = ``speed x kept``. ``kept`` comes in two forms, both reported: per mask (what one
 step does) and of the mean over the masks (what steps average to, as an optimiser's moments do). The uncertainty is
 a seeded bootstrap over the probe's rounds (10th to 90th percentile).

@@ -1,10 +1,11 @@
 """The probe's measurements on a model: for each candidate DropBP setting, what a forward+backward costs against
-exact backprop's, and how well its gradient points where the *next* batch's exact gradient points.
+exact backprop's, and how well its gradient points where *another* batch's exact gradient points.
 
 Rounds are interleaved (round ``r``: the exact gradient of batch ``r``, then each candidate's gradients of the same
-batch under ``masks`` masks), so load on the machine falls on every configuration alike. Comparing with the next
-batch's exact gradient, not this batch's, measures the part of a step that generalises: the batch's own noise is
-in the denominator too (exact backprop's agreement with the next batch), so what remains is what DropBP adds.
+batch under ``masks`` masks), so load on the machine falls on every configuration alike. Comparing with another
+batch's exact gradient (the previous round's), not this batch's, measures the part of a step that generalises: the
+batch's own noise is in the denominator too (exact backprop's agreement with that batch), so what remains is what
+DropBP adds.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class Candidate:
 @dataclass
 class Measured:
     """One configuration's measurements over the rounds: pass times, and per round the mean cosine of its masks'
-    gradients with the next batch's exact gradient (``next_cos``), the cosine of their mean (``mean_next_cos``) and
+    gradients with another batch's exact gradient (``next_cos``), the cosine of their mean (``mean_next_cos``) and
     the mean cosine with this batch's exact gradient (``same_cos``)."""
 
     label: str
@@ -72,6 +73,7 @@ class Measured:
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()  # fp32 gradients, the dot products in double
     denominator = float(a.norm() * b.norm())
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
@@ -110,7 +112,7 @@ class GradientProbe:
         finally:
             if mask is None:
                 self.engine.attach()
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten()
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten()
                           for p in self.params])
         self.model.zero_grad(set_to_none=True)
         return flat, seconds
@@ -138,7 +140,8 @@ def measure_candidates(probe: GradientProbe, candidates: Sequence[Candidate], ba
                        flops_model: StepFlops | None = None,
                        tick: Callable[[], None] | None = None) -> tuple[Measured, list[Measured]]:
     """Exact backprop and every candidate over ``rounds`` interleaved rounds on batches ``first``, ``first + 1``,
-    ...: times and agreement with the next round's exact gradient (the last round's next batch is the first's).
+    ...: times, and agreement with another batch's exact gradient (the previous round's; for round 0 batch
+    ``first + rounds``, computed first and untimed). Four gradients at most are held at a time.
     Sensitivities are measured on ``model_inputs(batch(first))``; with ``flops_model`` each candidate's expected
     step FLOPs over exact backprop's are kept too; ``tick`` is called after every pass."""
     rates = {c: probe.rates(c, model_inputs(batch(first))) for c in candidates}
@@ -155,31 +158,27 @@ def measure_candidates(probe: GradientProbe, candidates: Sequence[Candidate], ba
         return flops_model.step(1, no_backward=[by_name.get(n, 0.0) for n in flops_model.names]) / flops_model.step(1)
 
     measured = {c: Measured(c.label, drop_fraction(flops, rates[c]), flops_ratio(c)) for c in candidates}
-    exact_grads: list[torch.Tensor] = []
-    sampled: dict[Candidate, list[list[torch.Tensor]]] = {c: [] for c in candidates}
+    other, _ = probe.gradient(batch(first + rounds), None)  # the batch round 0 is compared with
     for r in range(rounds):
         grad, seconds = probe.gradient(batch(first + r), None)
-        exact_grads.append(grad)
         exact.seconds.append(seconds)
+        exact.next_cos.append(_cos(grad, other))
+        exact.mean_next_cos.append(exact.next_cos[-1])
+        exact.same_cos.append(1.0)
         if tick:
             tick()
         for c in candidates:
-            grads = []
+            total, next_cos, same_cos = torch.zeros_like(grad), [], []
             for k in range(masks):
                 g, seconds = probe.gradient(batch(first + r), samplers[c].mask(r * masks + k).tolist())
-                grads.append(g)
                 measured[c].seconds.append(seconds)
+                next_cos.append(_cos(g, other))
+                same_cos.append(_cos(g, grad))
+                total += g
                 if tick:
                     tick()
-            sampled[c].append(grads)
-    for r in range(rounds):
-        following = exact_grads[(r + 1) % rounds]
-        exact.next_cos.append(_cos(exact_grads[r], following))
-        exact.mean_next_cos.append(exact.next_cos[-1])
-        exact.same_cos.append(1.0)
-        for c in candidates:
-            grads = sampled[c][r]
-            measured[c].next_cos.append(statistics.fmean(_cos(g, following) for g in grads))
-            measured[c].mean_next_cos.append(_cos(torch.stack(grads).mean(0), following))
-            measured[c].same_cos.append(statistics.fmean(_cos(g, exact_grads[r]) for g in grads))
+            measured[c].next_cos.append(statistics.fmean(next_cos))
+            measured[c].mean_next_cos.append(_cos(total / masks, other))
+            measured[c].same_cos.append(statistics.fmean(same_cos))
+        other = grad  # the next round is compared with this one's batch
     return exact, [measured[c] for c in candidates]
