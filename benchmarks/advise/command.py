@@ -44,18 +44,15 @@ class ProbeSettings(BenchSettings):
 class AdviseSettings(ProbeSettings):
     """What ``dropbp advise`` probes and for how long; :meth:`validate` checks it before any work starts."""
 
-    recipe: str = setting("", "the recipe to advise on (also the positional RECIPE)",
+    recipe: str = setting("tiny-tasks", "the recipe to advise on (also the positional RECIPE; the default is the "
+                                        "one-minute example)",
                           allowed="a shipped recipe (dropbp recipes ls) or a recipe file")
     overrides: tuple[str, ...] = setting((), "key=value changes to the recipe (e.g. train.precision=mixed-bf16)",
                                          allowed="comma-separated key=value, each a recipe field (docs/OPTIONS.md)")
 
     def check(self, p: Problems, name: Naming = option_name) -> None:
         super().check(p, name)
-        if not self.recipe:
-            p.add("dropbp advise needs a RECIPE: a shipped recipe (dropbp recipes ls) or a recipe file, e.g. "
-                  "dropbp advise smollm2-alpaca.")
-        else:
-            p.check(find_recipe, self.recipe)
+        p.check(find_recipe, self.recipe)
 
 
 def _candidates(settings: ProbeSettings) -> list[Candidate]:

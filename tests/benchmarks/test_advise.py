@@ -107,7 +107,7 @@ def test_every_validation_case_names_a_target_that_exists_and_a_verdict():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["advise", "--device", "cpu"], "needs a RECIPE"),
+    (["advise", "", "--device", "cpu", "--recipe", ""], "recipe"),
     (["advise", "no-such-recipe", "--device", "cpu"], "no-such-recipe"),
     (["advise", "tiny-tasks", "--device", "cpu", "--budget", "0"], "--budget"),
     (["advise", "tiny-tasks", "--device", "cpu", "--allocations", "random"], "--allocations"),

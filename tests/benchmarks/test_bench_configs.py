@@ -27,7 +27,7 @@ def test_every_shipped_bench_config_validates_and_says_how_to_run_it():
     ("benchmark: throughput\nthroughput: {steps: two, colour: red}\n",
      ["throughput.steps must be an integer, got 'two'", "unknown key throughput.colour", "has 2 problems"]),
     ("benchmark: speed\n", ["benchmark must be one of throughput, memory, convergence, regime, recipe-time, "
-                           "regime-verdict, gradient-agreement, compiles, selfcheck, compare"]),
+                           "regime-verdict, gradient-agreement, compiles, selfcheck, advise-validation, compare"]),
     ("benchmark: memory\nmemory: {budget_gb: 0}\n", ["memory.budget_gb must be a finite number in (0, inf)"]),
     ("benchmark: regime\nregime: {batch_size: 0, epochs: -1, contenders: [dropbp], seeds: [-3]}\n",
      ["has 4 problems", "regime.batch_size must be an integer >= 1", "regime.epochs must be a finite number",
