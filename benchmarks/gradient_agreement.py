@@ -58,7 +58,9 @@ def _gradients(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tenso
     return {block: torch.cat(parts) for block, parts in flat.items()}
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The cosine of two flat gradients, computed in double (0 when either is zero)."""
+    a, b = a.double(), b.double()
     denominator = float(a.norm() * b.norm())
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
@@ -113,9 +115,9 @@ def _agreement(block: int | str, full: torch.Tensor, grads: list[torch.Tensor]) 
     mean = torch.stack(grads).mean(0)
     norm = float(full.norm())
     return {"block": block, "masks_trained": len(trained), "masks": len(grads),
-            "cos_when_trained": sum(_cos(g, full) for g in trained) / len(trained) if trained else None,
+            "cos_when_trained": sum(cosine(g, full) for g in trained) / len(trained) if trained else None,
             "norm_ratio": sum(float(g.norm()) for g in grads) / len(grads) / norm if norm else None,
-            "mean_cos": _cos(mean, full), "mean_norm_ratio": float(mean.norm()) / norm if norm else None}
+            "mean_cos": cosine(mean, full), "mean_norm_ratio": float(mean.norm()) / norm if norm else None}
 
 
 def _fmt(value: float | None) -> str:

@@ -24,6 +24,7 @@ from dropbp.core.samplers import make_sampler
 from dropbp.core.sensitivity import compute_sensitivity
 from dropbp.core.step_flops import StepFlops
 
+from ..gradient_agreement import cosine
 from ..harness import step_clock
 
 #: ``loss_fn(model, batch) -> loss``.
@@ -70,12 +71,6 @@ class Measured:
                 "seconds": self.seconds,
                 "next_cos": self.next_cos, "mean_next_cos": self.mean_next_cos, "same_cos": self.same_cos,
                 "median_seconds": statistics.median(self.seconds) if self.seconds else None}
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()  # fp32 gradients, the dot products in double
-    denominator = float(a.norm() * b.norm())
-    return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
 class GradientProbe:
@@ -162,7 +157,7 @@ def measure_candidates(probe: GradientProbe, candidates: Sequence[Candidate], ba
     for r in range(rounds):
         grad, seconds = probe.gradient(batch(first + r), None)
         exact.seconds.append(seconds)
-        exact.next_cos.append(_cos(grad, other))
+        exact.next_cos.append(cosine(grad, other))
         exact.mean_next_cos.append(exact.next_cos[-1])
         exact.same_cos.append(1.0)
         if tick:
@@ -172,13 +167,13 @@ def measure_candidates(probe: GradientProbe, candidates: Sequence[Candidate], ba
             for k in range(masks):
                 g, seconds = probe.gradient(batch(first + r), samplers[c].mask(r * masks + k).tolist())
                 measured[c].seconds.append(seconds)
-                next_cos.append(_cos(g, other))
-                same_cos.append(_cos(g, grad))
+                next_cos.append(cosine(g, other))
+                same_cos.append(cosine(g, grad))
                 total += g
                 if tick:
                     tick()
             measured[c].next_cos.append(statistics.fmean(next_cos))
-            measured[c].mean_next_cos.append(_cos(total / masks, other))
+            measured[c].mean_next_cos.append(cosine(total / masks, other))
             measured[c].same_cos.append(statistics.fmean(same_cos))
         other = grad  # the next round is compared with this one's batch
     return exact, [measured[c] for c in candidates]
