@@ -67,8 +67,9 @@ def recipe_target(recipe_name: str, overrides: list[str] | tuple[str, ...], back
             job.cleanup()
 
 
+@contextlib.contextmanager
 def regime_target(config: str | Path, backend: Backend, *, seed: int, after_steps: int = 0,
-                  progress: bool = True) -> Target:
+                  progress: bool = True) -> Iterator[Target]:
     """A regime study's pre-trained toy model (cached pre-training) with its adapters on its task data, as the
     study's DropBP-off runs start, after ``after_steps`` exact steps at the study's middle learning rate."""
     data_file = read_yaml(config)
@@ -91,6 +92,6 @@ def regime_target(config: str | Path, backend: Backend, *, seed: int, after_step
 
     for step in range(after_steps):
         trainer.step(step, *batch(step))
-    return Target(f"{settings.regime}, {settings.family} ({Path(config).stem})", settings.method, trainer.model,
+    yield Target(f"{settings.regime}, {settings.family} ({Path(config).stem})", settings.method, trainer.model,
                   causal_lm_loss, lambda k: batch(after_steps + k), _inputs(backend), trainer.flops_model,
                   settings.seq_len)

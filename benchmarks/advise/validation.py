@@ -75,14 +75,12 @@ def measure(settings: AdviseValidationSettings, backend: Backend, *, progress: b
     for case in (c for c in CASES if c.name in settings.cases):
         if progress:
             print(f"advise-validation: {case.name}", flush=True)
-        if case.target.endswith(".yaml"):
-            target = regime_target(case.target, backend, seed=settings.seed, after_steps=settings.after_steps,
-                                   progress=progress)
+        opened = (regime_target(case.target, backend, seed=settings.seed, after_steps=settings.after_steps,
+                                progress=progress) if case.target.endswith(".yaml")
+                  else recipe_target(case.target, case.overrides, backend, seed=settings.seed,
+                                     after_steps=settings.after_steps, progress=progress))
+        with opened as target:
             probed = probe_target(target, settings, backend, started=time.perf_counter(), progress=progress)
-        else:
-            with recipe_target(case.target, case.overrides, backend, seed=settings.seed,
-                               after_steps=settings.after_steps, progress=progress) as target:
-                probed = probe_target(target, settings, backend, started=time.perf_counter(), progress=progress)
         predictions = [Prediction(**p) for p in probed["predictions"]]
         advice = {basis: recommend(predictions, basis) for basis in BASES}
         rows.append({"case": case.name, "target": case.target, "verdict": case.verdict, "evidence": case.evidence,
