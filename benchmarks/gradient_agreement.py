@@ -17,7 +17,6 @@ branches DropBP discovers), so any model the engine runs on is measured.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,11 @@ from torch import nn
 from dropbp.backends import Backend
 from dropbp.core.branches import DiscoveredBranches, find_blocks, find_branches
 from dropbp.core.engine import DropBP
-from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, RATES, FineTune, Naming, Problems, find_recipe,
-                                           load_recipe, markdown_table, option_name, pyplot, setting)
+from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, POSITIVE, RATES, Naming, Problems, find_recipe, markdown_table,
+                                           option_name, pyplot, setting)
 
 from .harness import BenchSettings, run_benchmark
+from .recipe_target import recipe_target
 
 
 def block_index(model: nn.Module) -> dict[str, int]:
@@ -230,37 +230,25 @@ class GradientAgreementSettings(BenchSettings):
 
 
 def measure(settings: GradientAgreementSettings, backend: Backend, *, progress: bool = True) -> dict[str, Any]:
-    """On the recipe's batch (after ``after_steps`` exact training steps): the next batch's exact gradient, then
-    every setting's DropBP gradients, against this batch's exact gradient."""
-    overrides = ["dropbp.drop_rate=0", "train.eval_every=0", "train.exact_match=0", f"train.seed={settings.seed}"]
-    if settings.after_steps:
-        overrides.append(f"train.stop_after_steps={settings.after_steps}")
-    recipe = load_recipe(find_recipe(settings.recipe), overrides, device=backend.name)
-    with tempfile.TemporaryDirectory() as scratch:  # the recipe's run folder: nothing of it is kept
-        job = FineTune(recipe, Path(scratch) / "run", progress=progress)
-        job.setup()
-        try:
-            if settings.after_steps:
-                job.train()
-            size = recipe.train.micro_batch_size
-            batch = job.data.batch(settings.after_steps, 0, 1, size, 0, 1)
-            rows = settings_for(find_branches(job.model, seq_len=recipe.data.seq_len), settings.drop_rates,
-                                settings.allocations)
-            if settings.output_projection:
-                rows = [twin for s in rows for twin in
-                        (s, {**s, "label": f"{s['label']}, output projection trained", "output_projection": True})]
-            other = job.data.batch(settings.after_steps + 1, 0, 1, size, 0, 1)
-            rows.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0, "rates": None,
-                            "drop_fraction": 0.0, "blocks": batch_agreement(job.model, job.loss_fn, batch, other)})
-            for s in rows[1:]:
-                if progress:
-                    print(f"gradient agreement: {s['label']} ({settings.masks} masks)", flush=True)
-                s["blocks"] = gradient_agreement(job.model, job.loss_fn, batch, s["drop_rate"], settings.masks,
-                                                 seed=settings.seed, seq_len=recipe.data.seq_len, rates=s["rates"],
-                                                 train_output_projection=s.get("output_projection", False))
-        finally:
-            job.cleanup()
-    return {"benchmark": "gradient-agreement", "recipe": settings.recipe, "method": recipe.model.method,
+    """On the recipe's batch (after ``after_steps`` exact training steps; :func:`..recipe_target.recipe_target`):
+    the next batch's exact gradient, then every setting's DropBP gradients, against this batch's exact gradient."""
+    with recipe_target(settings.recipe, (), backend, seed=settings.seed, after_steps=settings.after_steps,
+                       progress=progress) as target:
+        batch, other = target.batch(0), target.batch(1)
+        rows = settings_for(find_branches(target.model, seq_len=target.seq_len), settings.drop_rates,
+                            settings.allocations)
+        if settings.output_projection:
+            rows = [twin for s in rows for twin in
+                    (s, {**s, "label": f"{s['label']}, output projection trained", "output_projection": True})]
+        rows.insert(0, {"label": "exact, the next batch", "allocation": "none", "drop_rate": 0.0, "rates": None,
+                        "drop_fraction": 0.0, "blocks": batch_agreement(target.model, target.loss_fn, batch, other)})
+        for s in rows[1:]:
+            if progress:
+                print(f"gradient agreement: {s['label']} ({settings.masks} masks)", flush=True)
+            s["blocks"] = gradient_agreement(target.model, target.loss_fn, batch, s["drop_rate"], settings.masks,
+                                             seed=settings.seed, seq_len=target.seq_len, rates=s["rates"],
+                                             train_output_projection=s.get("output_projection", False))
+    return {"benchmark": "gradient-agreement", "recipe": settings.recipe, "method": target.method,
             "masks": settings.masks, "after_steps": settings.after_steps, "batch": list(batch[0].shape),
             "options": settings.to_dict(), "settings": rows}
 

@@ -26,9 +26,7 @@ from dropbp.core.step_flops import StepFlops
 
 from ..gradient_agreement import cosine
 from ..harness import step_clock
-
-#: ``loss_fn(model, batch) -> loss``.
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
+from ..recipe_target import LossFn
 
 #: How a candidate's per-branch rates are allocated: uniform, by depth (lower branches drop more), or by measured
 #: sensitivity (one fast pass, the optimal allocator).

@@ -1,70 +1,24 @@
 """What the probe measures: a model with its loss, its training batches and its FLOPs model, from a recipe (what
-``dropbp advise`` takes) or from a regime study's config (the toy regimes the advice is validated on)."""
+``dropbp advise`` takes; ``..recipe_target``) or from a regime study's config (the toy regimes the advice is
+validated on)."""
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
 from dropbp.backends import Backend
 from dropbp.core.seeding import seeded
-from dropbp.core.step_flops import StepFlops
-from dropbp.recipes.for_benchmarks import (FineTune, Problems, build, causal_lm_loss, find_recipe, load_recipe,
-                                           read_yaml)
+from dropbp.recipes.for_benchmarks import Problems, build, causal_lm_loss, read_yaml
 
+from ..recipe_target import Target, model_inputs, recipe_target
 from ..regime.run import TaskWorkload, batch_indices, pretrained_state, steps_per_run, task_data
 from ..regime.settings import RegimeSettings
 from ..study import Contender
-from .probe import LossFn
 
-
-@dataclass
-class Target:
-    """A model ready to probe: ``batch(k)`` is the k-th training batch after the exact steps already trained (as
-    ``loss_fn`` takes it), ``model_inputs(batch)`` the same as the model's keyword inputs (for sensitivities)."""
-
-    name: str
-    method: str
-    model: nn.Module
-    loss_fn: LossFn
-    batch: Callable[[int], Any]
-    model_inputs: Callable[[Any], Any]
-    flops_model: StepFlops
-    seq_len: int
-
-
-def _inputs(backend: Backend) -> Callable[[Any], dict[str, torch.Tensor]]:
-    return lambda b: {"input_ids": b[0].to(backend.device), "labels": b[1].to(backend.device)}
-
-
-@contextlib.contextmanager
-def recipe_target(recipe_name: str, overrides: list[str] | tuple[str, ...], backend: Backend, *, seed: int,
-                  after_steps: int = 0, progress: bool = True) -> Iterator[Target]:
-    """The recipe with DropBP off (its model, adapters, data, labels and loss), after ``after_steps`` exact steps of
-    its own training; nothing of its run folder is kept."""
-    keys = [*overrides, "dropbp.drop_rate=0", "dropbp.technique=dropbp", "train.eval_every=0", "train.exact_match=0",
-            f"train.seed={seed}"]
-    if after_steps:
-        keys.append(f"train.stop_after_steps={after_steps}")
-    recipe = load_recipe(find_recipe(recipe_name), keys, device=backend.name)
-    with tempfile.TemporaryDirectory() as scratch:
-        job = FineTune(recipe, Path(scratch) / "run", progress=progress)
-        job.setup()
-        try:
-            if after_steps:
-                job.train()
-            size = recipe.train.micro_batch_size
-            yield Target(recipe_name, recipe.model.method, job.model, job.loss_fn,
-                         lambda k: job.data.batch(after_steps + k, 0, 1, size, 0, 1), _inputs(backend),
-                         job.flops_model, recipe.data.seq_len)
-        finally:
-            job.cleanup()
+__all__ = ["Target", "recipe_target", "regime_target"]
 
 
 @contextlib.contextmanager
@@ -93,5 +47,5 @@ def regime_target(config: str | Path, backend: Backend, *, seed: int, after_step
     for step in range(after_steps):
         trainer.step(step, *batch(step))
     yield Target(f"{settings.regime}, {settings.family} ({Path(config).stem})", settings.method, trainer.model,
-                  causal_lm_loss, lambda k: batch(after_steps + k), _inputs(backend), trainer.flops_model,
+                  causal_lm_loss, lambda k: batch(after_steps + k), model_inputs(backend), trainer.flops_model,
                   settings.seq_len)
