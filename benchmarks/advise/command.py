@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,20 @@ def main(settings: AdviseSettings, *, progress: bool = True) -> dict[str, Any]:
     """``dropbp advise``: probe, predict, then write ``advise-RECIPE.{json,md,png}``."""
     name = Path(settings.recipe).stem if settings.recipe.endswith((".yaml", ".yml")) else settings.recipe
     return run_benchmark(f"advise-{name.replace('/', '-')}", settings, measure, markdown, figure, progress=progress)
+
+
+def advise_run(recipe: str, overrides: Sequence[str], device: str, budget: float, out: Path, *,
+               progress: bool = True) -> list[str]:
+    """``dropbp.advise: true`` in ``dropbp train`` (found through the ``dropbp.advisors`` entry point): probe
+    ``recipe`` with ``overrides`` as the run will train it, on ``device`` within ``budget`` minutes, with the
+    default candidates; write ``advise-*.{json,md,png}`` into ``out``; return the recommended recipe keys (none:
+    DropBP off)."""
+    settings = AdviseSettings(recipe=recipe, overrides=tuple(overrides), device=device, budget=budget, out=str(out))
+    try:
+        settings.validate()
+        return list(main(settings, progress=progress)["keys"])
+    except ConfigError as err:  # named as the recipe names the budget
+        raise ConfigError(str(err).replace("--budget", "dropbp.advise_budget")) from None
 
 
 def _run(settings: AdviseSettings, args: argparse.Namespace) -> int:

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from dropbp.backends import DEVICE_CHOICES
 from dropbp.core.errors import ConfigError
@@ -14,7 +19,12 @@ EXAMPLES = """examples:
   dropbp train recipes/configs/tiny-tasks.yaml dropbp.drop_rate=0.75 optim.lr=3e-3
   dropbp train tiny-tasks train.stop_after_steps=100 --output-dir runs/a
   dropbp train tiny-tasks --output-dir runs/a --resume
+  dropbp train tiny-tasks --device cpu dropbp.advise=true dropbp.advise_budget=1
   dropbp recipes ls"""
+
+#: Where ``dropbp.advise`` finds the probe: ``dropbp advise`` lives in the benchmarks layer above this one and
+#: declares itself in this entry-point group of the installed distribution, so this layer never imports it.
+ADVISOR_GROUP = "dropbp.advisors"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--output-dir is empty; give a folder for the run (default: runs/<recipe name>).")
     out = Path(args.output_dir) if args.output_dir is not None else Path("runs") / recipe.name
     check_output_dir("--output-dir", out)
+    advice = None
+    if recipe.dropbp.advise:
+        keys, advice = advised_keys(args, recipe, out)
+        recipe = load_recipe(find_recipe(args.recipe), [*args.overrides, *keys, "dropbp.advise=false"],
+                             device=args.device)
     run_ = FineTune(recipe, out, resume=args.resume, progress=not args.quiet,
                     allow_changed_data=args.allow_changed_data)  # holds the folder's lock
+    if advice is not None:  # the probe's files, into the run folder now that the run holds it
+        shutil.rmtree(out / "advise", ignore_errors=True)
+        shutil.move(str(advice), out / "advise")
     try:
         with StopSignals() as signals:
             run_.signals = signals
@@ -82,3 +100,35 @@ def run(args: argparse.Namespace) -> int:
     state = "finished" if summary["finished"] else f"stopped at step {summary['steps']} (resume with --resume)"
     print(f"{state}; outputs in {out} (metrics.csv, loss.png, checkpoints/, recipe.yaml)")
     return 0
+
+
+def advisor() -> Any:
+    """The probe ``dropbp.advise`` runs (``dropbp advise``'s, from the installed benchmarks layer)."""
+    found = {entry.name: entry for entry in importlib.metadata.entry_points(group=ADVISOR_GROUP)}
+    if "advise" not in found:
+        raise ConfigError("dropbp.advise needs dropbp advise's probe, which is not installed with this copy of dropbp "
+                          "(the dropbp.advisors entry point); reinstall dropbp, or run dropbp advise RECIPE yourself "
+                          "and pass the keys it prints.")
+    return found["advise"].load()
+
+
+def advised_keys(args: argparse.Namespace, recipe: Any, out: Path) -> tuple[list[str], Path]:
+    """Run the probe on the recipe as this run will train it; the recipe keys it recommends (none: DropBP off) and
+    the folder (outside the run folder, moved into it once the run holds it) where it wrote its advice."""
+    if args.resume:
+        raise ConfigError(f"dropbp.advise probes before a new run, not on --resume: resume from the run's own recipe, "
+                          f"which holds the advised keys: dropbp train {out / 'recipe.yaml'} --output-dir {out} "
+                          "--resume.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("dropbp.advise probes on one process; with several, run dropbp advise RECIPE first and pass "
+                          "the keys it prints (or leave DropBP off).")
+    staging = Path(tempfile.mkdtemp(prefix="dropbp-advise-"))
+    try:
+        keys = advisor()(args.recipe, list(args.overrides), recipe.device, recipe.dropbp.advise_budget, staging,
+                         progress=not args.quiet)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    chosen = " ".join(keys) if keys else "DropBP off"
+    print(f"dropbp.advise: training with {chosen} (the probe's advice: {out / 'advise'})", file=sys.stderr, flush=True)
+    return keys or ["dropbp.drop_rate=0"], staging

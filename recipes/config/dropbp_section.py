@@ -12,7 +12,8 @@ from dropbp.core.rate_schedule import RATE_SCHEDULES
 from dropbp.core.samplers import SAMPLERS
 from dropbp.core.sensitivity import SENSITIVITY_METHODS
 from dropbp.core.techniques import technique_names, uses_dropbp
-from dropbp.recipes.config.fields import MAX_SIZE, check_choice, check_declared, check_number, setting, yaml_key
+from dropbp.recipes.config.fields import (MAX_SIZE, POSITIVE_NUMBER, check_choice, check_declared, check_number, setting,
+                                         yaml_key)
 from dropbp.recipes.config.loader import Problems
 
 
@@ -89,6 +90,12 @@ class DropBPSection:
                                        "blocks train, redrawn every technique.period steps); or any registered "
                                        "technique")
     schedule: DropScheduleSection = setting(help="the drop rate over training", default_factory=DropScheduleSection)
+    advise: bool = setting(False, "experimental: dropbp train first runs dropbp advise's probe on this recipe (about "
+                                  "advise_budget minutes) and trains with what it recommends, a drop rate and "
+                                  "allocation (in place of drop_rate and allocation here) or DropBP off; the advice "
+                                  "is saved in the run folder (advise/), the keys it chose in recipe.yaml")
+    advise_budget: float = setting(5.0, "with advise: minutes the probe may take once the model is loaded",
+                                   allowed=POSITIVE_NUMBER)
 
     @property
     def allocation_mode(self) -> str:
@@ -109,6 +116,9 @@ class DropBPSection:
         p.check(check_choice, "dropbp.technique", self.technique, technique_names())
         self.schedule.check(p)
         engines = " or ".join(name for name in technique_names() if uses_dropbp(name))
+        if self.advise and self.technique != "dropbp":
+            p.add(f"dropbp.advise lets the probe choose the drop rate and allocation of technique dropbp, got "
+                  f"technique {self.technique}; use technique dropbp or set advise false.")
         if self.technique in technique_names() and not uses_dropbp(self.technique):
             if self.train_output_projection:
                 p.add(f"dropbp.train_output_projection needs dropbp.technique {engines} (it changes what a dropped "

@@ -118,3 +118,18 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_the_advise_key_probes_then_trains_with_the_advice_and_keeps_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "tiny-tasks", "--device", "cpu", "dropbp.advise=true", "dropbp.advise_budget=0.75",
+                 "train.steps=2", "train.eval_every=0", "train.exact_match=0", "train.micro_batch_size=2",
+                 "--output-dir", str(out), "--quiet"]) == 0
+    advice = json.loads((out / "advise" / "advise-tiny-tasks.json").read_text())
+    saved = load_recipe(out / "recipe.yaml", device="cpu")  # what a resume reads: the advised setting, no probe
+    assert not saved.dropbp.advise
+    chosen = dict(key.split("=", 1) for key in advice["keys"] or ["dropbp.drop_rate=0"])
+    assert saved.dropbp.drop_rate == float(chosen["dropbp.drop_rate"])
+    assert saved.dropbp.allocation == chosen.get("dropbp.allocation", "auto")  # off: the recipe's own
+    assert "dropbp.advise: training with" in capsys.readouterr().err
