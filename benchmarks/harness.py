@@ -161,11 +161,26 @@ def save_state(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def digest(described: Any) -> str:
+    """The one cache key: the first 16 hex digits of the SHA-256 of ``described`` as JSON (mapping keys sorted)."""
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def with_versions(described: dict[str, Any]) -> dict[str, Any]:
+    """``described`` with the Python and torch versions (what every cached model or run also depends on)."""
+    return {**described, "python": platform.python_version(), "torch": torch.__version__}
+
+
 def cache_key(described: dict[str, Any]) -> str:
-    """A short digest of everything a cached result depends on (with the Python and torch versions)."""
-    text = json.dumps({**described, "python": platform.python_version(), "torch": torch.__version__},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The key of everything a cached result depends on, the Python and torch versions included."""
+    return digest(with_versions(described))
+
+
+def runs_folder(study: str, described: Any) -> Path:
+    """Where a study keeps its finished runs and its clock, so that a stopped study resumes where it was (the one
+    policy of every study that caches runs): ``studies/STUDY-KEY`` in the cache folder, KEY the :func:`digest` of
+    what its runs depend on."""
+    return cache_dir() / "studies" / f"{study}-{digest(described)}"
 
 
 def cached_pretraining(name: str, described: dict[str, Any], model: torch.nn.Module,

@@ -17,8 +17,6 @@ CPU with one thread, the training thread's CPU time).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import statistics
 import textwrap
@@ -33,7 +31,7 @@ from dropbp.backends import Backend
 from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, SEEDS, Naming, Problems, environment, find_recipe,
                                            load_recipe, markdown_table, option_name, pyplot, setting)
 
-from .harness import StudySettings, cache_dir, run_benchmark, step_clock
+from .harness import StudySettings, run_benchmark, runs_folder, step_clock
 from .recipe_runs import RecipeWorkload, recipe_contender
 from .step_time_model import StepTimeModel
 from .study import Contender, StudyRun, Verdict, run_study
@@ -143,9 +141,9 @@ def study_cache(settings: RecipeTimeSettings) -> Path:
     the cache keyed by the recipe's text, the overrides and the threads (the runs are the same whether their times
     are then read through the step-time model or not)."""
     text = Path(find_recipe(settings.recipe)).read_text(encoding="utf-8")
-    key = json.dumps([text, list(settings.overrides), settings.threads, torch.get_num_threads()]
-                     + ([settings.curve_every] if settings.curve_every else []))  # older studies keep their key
-    return cache_dir() / "studies" / f"recipe-time-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    described = ([text, list(settings.overrides), settings.threads, torch.get_num_threads()]
+                 + ([settings.curve_every] if settings.curve_every else []))  # older studies keep their key
+    return runs_folder("recipe-time", described)
 
 
 def times_description(result: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from dropbp.recipes.for_benchmarks import (ByteTokenizer, DataSection, StepRunne
                                            quantize_4bit, stdlib_corpus, teacher_forced_exact_match, to_windows,
                                            tokenize)
 
-from ..harness import cache_dir, cache_key, cached_pretraining, step_clock
+from ..harness import cached_pretraining, digest, runs_folder, step_clock, with_versions
 from ..paper import PAPER_CONVERGENCE
 from ..step_time_model import StepTimeModel
 from ..study import (Contender, ContenderTrainer, StudyRun, Timer, contender_trainer, run_study, study_dict,
@@ -188,14 +188,20 @@ def steps_per_run(settings: RegimeSettings, data: TaskData) -> int:
     return max(1, round(settings.epochs * len(data.train_ids) / settings.batch_size))
 
 
-def runs_key(settings: RegimeSettings, backend: Backend) -> str:
-    """The cache folder's key: every setting but the results folder and the list of contenders (a run's own key
-    names its contender in full, so a study of fewer contenders reuses the runs it shares with a larger one), the
-    device and the threads a run actually uses (every wall time depends on them). :data:`UNKEYED_SETTINGS` are left
-    out altogether (not even as None), so adding one keeps every run cached before it."""
+def runs_described(settings: RegimeSettings, backend: Backend) -> dict[str, Any]:
+    """What the cached runs depend on: every setting but the results folder and the list of contenders (a run's own
+    key names its contender in full, so a study of fewer contenders reuses the runs it shares with a larger one),
+    the device and the threads a run actually uses (every wall time depends on them), the Python and torch versions.
+    :data:`UNKEYED_SETTINGS` are left out altogether (not even as None), so adding one keeps every run cached
+    before it."""
     described = {k: v for k, v in settings.to_dict().items() if k not in UNKEYED_SETTINGS}
-    return cache_key({**described, "out": None, "contenders": None, "device": backend.name,
-                      "torch_threads": torch.get_num_threads(), "runner": "study"})
+    return with_versions({**described, "out": None, "contenders": None, "device": backend.name,
+                          "torch_threads": torch.get_num_threads(), "runner": "study"})
+
+
+def runs_key(settings: RegimeSettings, backend: Backend) -> str:
+    """The key of the regime study's folder of finished runs (:func:`runs_described`)."""
+    return digest(runs_described(settings, backend))
 
 
 #: Settings that change how finished runs are read, or only choose which contenders run (each run's own key names
@@ -226,7 +232,7 @@ def run_regime(settings: RegimeSettings, backend: Backend, *, progress: bool = T
     layers = settings.model_overrides["num_hidden_layers"]
     contenders = plan(settings, layers, total)
     every = plan(dataclasses.replace(settings, contenders=CONTENDER_KINDS), layers, total)  # one clock for any subset
-    folder = cache_dir() / f"regime-runs-{runs_key(settings, backend)}"
+    folder = runs_folder("regime", runs_described(settings, backend))
     study = run_study(TaskWorkload(settings, state, data, backend), contenders, steps=total, seeds=settings.seeds,
                       **settings.runner_options(), timed=every, cache=folder, progress=progress)
     return {"benchmark": "convergence-regime", **environment(backend), "settings": settings.to_dict(),

@@ -65,7 +65,7 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
         assert 0 <= run["final_exact_match"] <= 1
     baseline = result["summary"][0]
     assert baseline["time_saved"]["mean"] == 0 and baseline["reached_target"] == 2
-    cached = list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))
+    cached = list((tmp_path / "cache").glob("studies/regime-*/run-*.json"))
     # 2 sweep rates on seed 0, then seed 1 at the chosen rate; then 2 seeds at the baseline's time for every
     # contender whose length there differs (the others keep their equal-steps runs)
     retrained = [r for r in result["equal_time_runs"] if r["steps"] != result["steps_per_run"]]
@@ -73,9 +73,9 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
     cached[0].unlink()  # as if interrupted before that run finished: only that run trains again
     again = run_regime(small(), cpu, progress=False)
     assert again["pretrain"]["from_cache"] is True
-    assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
+    assert len(list((tmp_path / "cache").glob("studies/regime-*/run-*.json"))) == len(cached)
     fewer = run_regime(small(contenders=("baseline", "dropbp")), cpu, progress=False)  # a subset: nothing trains
-    assert len(list((tmp_path / "cache").glob("regime-runs-*/run-*.json"))) == len(cached)
+    assert len(list((tmp_path / "cache").glob("studies/regime-*/run-*.json"))) == len(cached)
     def trained(run):  # what training produced; the times are the study's step-time model's
         return [(p["step"], p["flops"], p["val_loss"]) for p in run["curve"]], run["measured_time_s"]
 
@@ -90,7 +90,7 @@ def test_small_regime_run_publishes_and_resumes_from_its_cache(tmp_path, monkeyp
             assert point["time_s"] == pytest.approx(scale * (model["per_step_s"] * point["step"]
                                                              + model["per_flop_s"] * point["flops"]))
         assert run["measured_time_s"] > 0
-    assert len(list((tmp_path / "cache").glob("regime-runs-*/step-time-*.json"))) == 1  # one for any subset
+    assert len(list((tmp_path / "cache").glob("studies/regime-*/step-time-*.json"))) == 1  # one for any subset
     table = regime_markdown(again)
     for row in again["summary"]:  # every contender has its row, with its chosen learning rate
         assert f"| {row['label']} " in table and f"| {row['lr']:g} " in table
