@@ -34,7 +34,7 @@ from dropbp.recipes.for_benchmarks import (NON_NEGATIVE, SEEDS, Naming, Problems
 from .harness import StudySettings, run_benchmark, runs_folder, step_clock
 from .recipe_runs import RecipeWorkload, recipe_contender
 from .step_time_model import StepTimeModel
-from .study import Contender, StudyRun, Verdict, run_study
+from .study import Contender, StudyRun, Verdict, run_study, study_result
 
 
 @dataclass
@@ -117,23 +117,19 @@ def run_recipe_time(settings: RecipeTimeSettings, backend: Backend, *, progress:
             same = next((r for r in study.runs if r.label == contender.label and r.seed == seed), None)
             timed = next(r for r in study.at_equal_time(contender.label) if r.seed == seed)
             verdict = Verdict.of(timed, base, **settings.margins())
-            within = verdict.holds
             seeds.append({"seed": seed, "baseline": _row(base), "equal_steps": None if same is None else _row(same),
-                          "equal_time": _row(timed),
-                          "within": within, "speedup_to_target": verdict.loss_speedup,
+                          "equal_time": _row(timed), "holds": verdict.holds,
+                          "speedup_to_target": verdict.loss_speedup,
                           "curves": {"baseline": _curve(base), "equal_time": _curve(timed)}})
             if progress:
                 print(f"{contender.label}, seed {seed}: baseline {base.final_val_loss:.4f}/{base.final_exact_match} "
                       f"in {base.train_time_s:.1f} s; contender {timed.final_val_loss:.4f}/{timed.final_exact_match} "
-                      f"in {timed.steps} steps ({'within' if within else 'outside'} the margins)", flush=True)
+                      f"in {timed.steps} steps ({'holds' if verdict.holds else 'outside'} the margins)", flush=True)
         compared.append({"label": contender.label, "overrides": list(contender.overrides), "seeds": seeds,
-                         "within": sum(s["within"] for s in seeds)})
-    model = study.time_model
-    return {"benchmark": "recipe-time", **environment(backend), "settings": settings.to_dict(),
-            "clock": step_clock(backend)[1], "time_model": None if model is None else model.to_dict(),
-            "contenders": compared,
-            "seeds": compared[0]["seeds"], "within": compared[0]["within"],  # the first contender's, as before
-            "total_time_s": time.perf_counter() - started}
+                         "holds": sum(s["holds"] for s in seeds)})
+    extras = {"environment": environment(backend), "clock": step_clock(backend)[1], "contenders": compared,
+              "total_time_s": time.perf_counter() - started}
+    return study_result("recipe-time", settings, study, extras)
 
 
 def study_cache(settings: RecipeTimeSettings) -> Path:
@@ -148,11 +144,12 @@ def study_cache(settings: RecipeTimeSettings) -> Path:
 
 def times_description(result: dict[str, Any]) -> str:
     """How the report's times were taken: the step-time model and its fit, or the step clock."""
-    if not result.get("time_model"):
-        return f"the {result['clock']} summed over each run's steps (evaluation left out)"
-    model = StepTimeModel.from_dict(result["time_model"])
+    clock, fitted_model = result["extras"]["clock"], result["study"]["step_time_model"]
+    if not fitted_model:
+        return f"the {clock} summed over each run's steps (evaluation left out)"
+    model = StepTimeModel.from_dict(fitted_model)
     fitted = ", ".join(f"{p['label']} {p['seconds'] * 1e3:.1f} ms" for p in model.points)
-    return (f"a step-time model's ({model.formula()}; median step times by the {result['clock']}, timed in "
+    return (f"a step-time model's ({model.formula()}; median step times by the {clock}, timed in "
             f"interleaved rounds: {fitted}; worst fit error {model.worst_error() * 100:.1f}%), from each run's steps and training FLOPs; "
             "*measured* is the step clock's sum during the run itself")
 
@@ -165,10 +162,8 @@ def _mean(rows: list[dict[str, Any]], run: str, key: str) -> str:
 
 
 def compared(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each contender's label, overrides, rows per seed and seeds within the margins (a result made before
-    contenders could be listed holds one: the recipe as written)."""
-    return result.get("contenders") or [{"label": "recipe", "overrides": [], "seeds": result["seeds"],
-                                         "within": result["within"]}]
+    """Each contender's label, overrides, rows per seed and how many seeds hold the margins."""
+    return result["extras"]["contenders"]
 
 
 RUNS = (("baseline", "DropBP off"), ("equal_steps", "equal steps"), ("equal_time", "baseline's time"))
@@ -176,9 +171,9 @@ RUNS = (("baseline", "DropBP off"), ("equal_steps", "equal steps"), ("equal_time
 
 def recipe_time_markdown(result: dict[str, Any]) -> str:
     """Per contender, per seed and in the mean: validation loss, exact match, steps and time of its runs."""
-    s = result["settings"]
-    lines = [f"# {s['recipe']}: DropBP settings against DropBP off, at equal time, on {result['device_name']} "
-             f"({result['device']})", "",
+    s, where = result["options"], result["extras"]["environment"]
+    lines = [f"# {s['recipe']}: DropBP settings against DropBP off, at equal time, on {where['device_name']} "
+             f"({where['device']})", "",
              f"Baseline: the recipe with DropBP off (dropbp.technique=dropbp, dropbp.drop_rate=0). Overrides for "
              f"every run: {', '.join(s['overrides']) or 'none'}. Times: {times_description(result)}. Margins: "
              f"validation loss at most +{s['loss_margin'] * 100:g}% and exact match at least "
@@ -190,29 +185,27 @@ def recipe_time_markdown(result: dict[str, Any]) -> str:
         first = rows[0]["equal_time"]
         described = " ".join(entry["overrides"]) or "the recipe as shipped"
         table = [(r["seed"], label, r[run]["steps"], f"{r[run]['time_s']:.1f}",
-                  f"{r[run].get('measured_time_s', r[run]['time_s']):.1f}", f"{r[run]['val_loss']:.4f}",
+                  f"{r[run]['measured_time_s']:.1f}", f"{r[run]['val_loss']:.4f}",
                   f"{perplexity(r[run]['val_loss']):.3f}",
                   "-" if r[run]["exact_match"] is None else f"{r[run]['exact_match']:.3f}",
-                  ("yes" if r["within"] else "no") if run == "equal_time" else "",
+                  ("yes" if r["holds"] else "no") if run == "equal_time" else "",
                   _speedup(r) if run == "equal_time" else "")
                  for r in rows for run, label in RUNS if r[run] is not None]
         means = [(label, _mean(rows, run, "val_loss"), _mean(rows, run, "exact_match"), _mean(rows, run, "time_s"))
                  for run, label in RUNS if any(r[run] is not None for r in rows)]
-        savings = rows[-1]["equal_time"].get("savings", rows[-1]["equal_time"].get("verdict"))
+        savings = rows[-1]["equal_time"]["savings"]
         lines += [f"## {entry['label']}", "",
                   f"Contender: {described} (technique {first['technique']}, drop rate {first['drop_rate']}, schedule "
-                  f"{first['schedule']}). **Within the margins in {entry['within']} of {len(rows)} seeds.**", "",
+                  f"{first['schedule']}). **Holds the margins in {entry['holds']} of {len(rows)} seeds.**", "",
                   markdown_table(["seed", "run", "steps", "time (s)", "measured (s)", "val loss", "val ppl",
-                                  "exact match", "within", "speed-up to target"], table), "",
+                                  "exact match", "holds", "speed-up to target"], table), "",
                   "Mean ± standard deviation over seeds:", "",
                   markdown_table(["run", "val loss", "exact match", "time (s)"], means), "",
                   f"Last savings line of its run: {savings}", ""]
-    return "\n".join([*lines, f"Total benchmark time: {result['total_time_s'] / 60:.0f} min."])
+    return "\n".join([*lines, f"Total benchmark time: {result['extras']['total_time_s'] / 60:.0f} min."])
 
 
 def _speedup(row: dict[str, Any]) -> str:
-    if "speedup_to_target" not in row:
-        return "-"  # a result made before the measure was recorded
     return "never" if row["speedup_to_target"] is None else f"{row['speedup_to_target']:.2f}x"
 
 
@@ -261,23 +254,19 @@ def recipe_time_figure(result: dict[str, Any]) -> Any:
     exact match, where the recipe measures it) at the baseline's time: the baseline and each contender, per seed."""
     plt = pyplot()
     entries = compared(result)
-    curves = "curves" in entries[0]["seeds"][0]
     bars = [("DropBP off", [r["baseline"] for r in entries[0]["seeds"]])]
     bars += [(entry["label"], [r["equal_time"] for r in entry["seeds"]]) for entry in entries]
     matched = any(run["exact_match"] is not None for _, runs in bars for run in runs)
-    panels = (2 if curves else 0) + 1 + matched
+    panels = 3 + matched
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
-    axes = list(axes) if panels > 1 else [axes]
-    if curves:
-        _perplexity_panel(axes.pop(0), entries)
-        _perplexity_panel(axes.pop(0), entries, zoom=True)
+    axes = list(axes)
+    _perplexity_panel(axes.pop(0), entries)
+    _perplexity_panel(axes.pop(0), entries, zoom=True)
     seeds = [r["seed"] for r in entries[0]["seeds"]]
     _bars(axes[0], bars, seeds, "val_loss", "final validation loss")
     if matched:
         _bars(axes[1], bars, seeds, "exact_match", "final exact match")
-    if not curves:
-        axes[0].legend(fontsize=7)
-    fig.suptitle(f"{result['settings']['recipe']}: DropBP settings vs DropBP off")
+    fig.suptitle(f"{result['options']['recipe']}: DropBP settings vs DropBP off")
     fig.tight_layout()
     return fig
 

@@ -19,13 +19,9 @@ from dropbp.recipes.for_benchmarks import markdown_table, pyplot
 
 from .harness import StudySettings, run_benchmark
 from .registry import register_benchmark
-from .study import Contender, Study, Verdict, Workload, run_study, study_dict
+from .study import Contender, Workload, run_study, study_result
 
 S = TypeVar("S", bound=StudySettings)
-
-#: The version of the one result shape every defined study writes.
-SCHEMA = 1
-
 
 @dataclasses.dataclass(frozen=True)
 class StudyPlan:
@@ -36,15 +32,6 @@ class StudyPlan:
     contenders: Sequence[Contender]
     steps: int
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def study_result(name: str, settings: StudySettings, study: Study, extras: dict[str, Any]) -> dict[str, Any]:
-    """The one result shape: the benchmark's name, the schema version, the options, the study and its extras."""
-    verdicts = [Verdict.of(run, study.baseline(run.seed), **settings.margins())
-                for run in study.equal_time_runs if run.kind != "baseline"]
-    made = study_dict(study)
-    made["verdicts"] = [dataclasses.asdict(v) for v in verdicts]
-    return {"benchmark": name, "schema": SCHEMA, "options": settings.to_dict(), "study": made, "extras": extras}
 
 
 def _times(value: float | None) -> str:

@@ -29,7 +29,7 @@ def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path
     settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, time_model=False,
                                   curve_every=3)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
-    (row,) = result["seeds"]
+    (row,) = result["extras"]["contenders"][0]["seeds"]
     assert len(row["curves"]["baseline"]) == 3  # evaluated at steps 0, 3 and 6
     assert [p["time_s"] for p in row["curves"]["baseline"]] == sorted(p["time_s"] for p in row["curves"]["baseline"])
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
@@ -37,9 +37,11 @@ def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path
     assert same["schedule"] == "constant"  # the recipe as shipped
     expected = max(1, round(6 * base["time_s"] / same["time_s"]))  # the one equal-time rule
     assert timed["steps"] == (expected if abs(expected - 6) > 0.3 else 6)
-    assert row["within"] == within_margins(row) and result["within"] == int(within_margins(row))
+    assert row["holds"] == within_margins(row) and result["extras"]["contenders"][0]["holds"] == int(within_margins(row))
+    assert result["schema"] == 1 and result["benchmark"] == "recipe-time"  # the one result shape of every study
+    assert [v["holds"] for v in result["study"]["verdicts"]] == [row["holds"]]
     table = recipe_time_markdown(result)
-    assert f"Within the margins in {int(within_margins(row))} of 1 seeds" in table
+    assert f"Holds the margins in {int(within_margins(row))} of 1 seeds" in table
     assert len(recipe_time_figure(result).axes) == 4  # perplexity against hours, its second half, two bar charts
     curve = row["curves"]["baseline"]  # the paper's measure: the time to DropBP off's final perplexity
     assert curve[-1]["val_loss"] == base["val_loss"] and curve[-1]["time_s"] > 0
@@ -53,11 +55,11 @@ def test_the_recipe_as_shipped_against_dropbp_off_at_the_baselines_time(tmp_path
 def test_recipe_time_on_the_step_clock_with_another_technique_against_exact_backprop(tmp_path):
     settings = RecipeTimeSettings(device="cpu", overrides=FREEZE, seeds=(1,), out=tmp_path, time_model=False)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
-    (row,) = result["seeds"]
+    (row,) = result["extras"]["contenders"][0]["seeds"]
     base, same, timed = row["baseline"], row["equal_steps"], row["equal_time"]
     assert base["technique"] == "dropbp" and base["drop_rate"] == 0  # the baseline freezes nothing
     assert same["technique"] == "freeze" and same["flops"] < base["flops"]
-    assert result["time_model"] is None
+    assert result["study"]["step_time_model"] is None
     for run in (base, same, timed):
         assert run["time_s"] == run["measured_time_s"]
     expected = max(1, round(6 * base["time_s"] / same["time_s"]))
@@ -80,10 +82,10 @@ def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_withou
     settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, contenders=contenders,
                                   cache_runs=True)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
-    assert [c["label"] for c in result["contenders"]] == list(contenders)
-    depth, freeze = (c["seeds"][0] for c in result["contenders"])
+    assert [c["label"] for c in result["extras"]["contenders"]] == list(contenders)
+    depth, freeze = (c["seeds"][0] for c in result["extras"]["contenders"])
     assert depth["baseline"] == freeze["baseline"]  # one baseline run for both
-    model = StepTimeModel.from_dict(result["time_model"])
+    model = StepTimeModel.from_dict(result["study"]["step_time_model"])
     for run in (depth["baseline"], depth["equal_steps"], depth["equal_time"]):  # times read through the clock
         assert run["time_s"] == model.seconds(run["steps"], run["flops"]) and run["measured_time_s"] > 0
     assert depth["equal_steps"]["technique"] == "dropbp" and freeze["equal_steps"]["technique"] == "freeze"
@@ -102,7 +104,7 @@ def test_several_contenders_share_one_baseline_and_a_cached_study_resumes_withou
 
     monkeypatch.setattr("dropbp.benchmarks.recipe_runs.train_recipe", no_training)
     again = run_recipe_time(settings, backends.get("cpu"), progress=False)
-    assert again["contenders"] == result["contenders"] and again["time_model"] == result["time_model"]
+    assert again["extras"]["contenders"] == result["extras"]["contenders"] and again["study"] == result["study"]
 
 
 @pytest.mark.slow
@@ -111,9 +113,9 @@ def test_without_equal_steps_each_contender_trains_once_for_its_planned_count(tm
     settings = RecipeTimeSettings(device="cpu", overrides=SMALL, seeds=(0,), out=tmp_path, equal_steps=False,
                                   contenders=(warmup,), calibration_rounds=1, calibration_steps=2)
     result = run_recipe_time(settings, backends.get("cpu"), progress=False)
-    (row,) = result["seeds"]
+    (row,) = result["extras"]["contenders"][0]["seeds"]
     assert row["equal_steps"] is None  # not trained at the baseline's steps
-    model = StepTimeModel.from_dict(result["time_model"])
+    model = StepTimeModel.from_dict(result["study"]["step_time_model"])
     rates = {"DropBP off": 0.0, "DropBP p=0.25": 0.25, "DropBP p=0.5": 0.5, "DropBP p=0.75": 0.75}
     line = statistics.linear_regression([rates[p["label"]] for p in model.points], [p["flops"] for p in model.points])
     exact, half = line.intercept, line.intercept + 0.5 * line.slope  # FLOPs per step against the drop rate

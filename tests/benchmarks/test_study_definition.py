@@ -10,7 +10,8 @@ import torch
 from dropbp.benchmarks.harness import StudySettings
 from dropbp.benchmarks.registry import BENCHMARKS
 from dropbp.benchmarks.study import Contender, contender_trainer, train_contender, trainer_timer
-from dropbp.benchmarks.study_benchmark import SCHEMA, StudyPlan, define_study
+from dropbp.benchmarks.study import SCHEMA
+from dropbp.benchmarks.study_benchmark import StudyPlan, define_study
 from dropbp.recipes.cli import main
 from dropbp.recipes.for_benchmarks import POSITIVE, SEEDS, setting
 from tests.conftest import tiny_model, token_batch
