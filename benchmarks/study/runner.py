@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from dropbp.recipes.for_benchmarks import write_text_atomic
 
-from ..harness import TrainRun, holds, speedup_to
+from ..harness import StudySettings, TrainRun, holds, speedup_to
 from ..step_time_model import CALIBRATION_RATES, StepTimeModel, fit_step_time
 from .contender import Contender
 
@@ -306,3 +306,14 @@ def study_dict(study: Study) -> dict[str, Any]:
             "step_time_model": None if study.time_model is None else study.time_model.to_dict()}
 
 
+#: The version of the one result shape every defined study writes.
+SCHEMA = 1
+
+
+def study_result(name: str, settings: StudySettings, study: Study, extras: dict[str, Any]) -> dict[str, Any]:
+    """The one result shape: the benchmark's name, the schema version, the options, the study and its extras."""
+    verdicts = [Verdict.of(run, study.baseline(run.seed), **settings.margins())
+                for run in study.equal_time_runs if run.kind != "baseline"]
+    made = study_dict(study)
+    made["verdicts"] = [dataclasses.asdict(v) for v in verdicts]
+    return {"benchmark": name, "schema": SCHEMA, "options": settings.to_dict(), "study": made, "extras": extras}
