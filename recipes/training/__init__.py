@@ -2,6 +2,8 @@
 distributed set-up and the Hugging Face Trainer callback. Import them from here (loaded on first use)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dropbp.recipes.lazy import lazy_exports
 
 _STEP, _OPTIM, _EVAL = "dropbp.recipes.training.step", "dropbp.recipes.training.optim", "dropbp.recipes.training.evaluation"
@@ -21,5 +23,18 @@ EXPORTS: dict[str, str] = {
     "head_fraction": _HEAD,
     "HEAD_POSITIONS": "dropbp.recipes.config.schema",
 }
+if TYPE_CHECKING:  # the same names, for type checkers and editors (at run time they load on first use)
+    from dropbp.recipes.config.schema import HEAD_POSITIONS, LR_SCHEDULES
+    from dropbp.recipes.training.checkpoint import (ALLOCATION_KEY, POLICY_KEY, checkpoints, latest_checkpoint,
+                                                    load_checkpoint, save_checkpoint)
+    from dropbp.recipes.training.distributed import World, world_from_environment
+    from dropbp.recipes.training.evaluation import greedy_exact_match, teacher_forced_exact_match, validation_loss
+    from dropbp.recipes.training.hf_trainer import DropBPCallback
+    from dropbp.recipes.training.labelled_head import (choose_loss, head_fraction, head_is_exact, labelled_fraction,
+                                                       labelled_positions_loss)
+    from dropbp.recipes.training.optim import build_optimizer, lr_factor, lr_scheduler
+    from dropbp.recipes.training.rates import rate_schedule
+    from dropbp.recipes.training.step import StepResult, StepRunner, causal_lm_loss
+
 __all__ = sorted(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

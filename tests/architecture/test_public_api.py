@@ -1,27 +1,35 @@
-"""The public API of ``dropbp.recipes`` is explicit: every exported name resolves, and the imports type checkers read
-(under ``TYPE_CHECKING``) are exactly the exported names from the modules the lazy table loads them from."""
+"""The public API of ``dropbp.recipes`` (and of its training pieces, ``dropbp.recipes.training``) is explicit: every
+exported name resolves, and the imports type checkers read (under ``TYPE_CHECKING``) are exactly the exported names
+from the modules the lazy table loads them from."""
 from __future__ import annotations
 
 import ast
 import importlib
 from pathlib import Path
 
+import pytest
+
 import dropbp.recipes as recipes
+import dropbp.recipes.training as training
+
+LAZY_PACKAGES = [recipes, training]
 
 
-def _type_checking_imports() -> dict[str, str]:
-    tree = ast.parse(Path(recipes.__file__).read_text())
+def _type_checking_imports(package) -> dict[str, str]:
+    tree = ast.parse(Path(package.__file__).read_text())
     block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
     return {alias.name: node.module for node in block.body for alias in node.names}
 
 
-def test_the_typed_imports_are_the_lazy_table():
-    assert _type_checking_imports() == recipes.EXPORTS
+@pytest.mark.parametrize("package", LAZY_PACKAGES, ids=lambda p: p.__name__)
+def test_the_typed_imports_are_the_lazy_table(package):
+    assert _type_checking_imports(package) == package.EXPORTS
 
 
-def test_every_public_name_resolves_to_its_module():
-    for name, module in recipes.EXPORTS.items():
-        assert getattr(recipes, name) is getattr(importlib.import_module(module), name)
+@pytest.mark.parametrize("package", LAZY_PACKAGES, ids=lambda p: p.__name__)
+def test_every_public_name_resolves_to_its_module(package):
+    for name, module in package.EXPORTS.items():
+        assert getattr(package, name) is getattr(importlib.import_module(module), name)
 
 
 def test_the_benchmarks_module_lists_what_it_imports():
